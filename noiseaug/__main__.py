@@ -1,0 +1,5 @@
+"""``python -m noiseaug``: the same as the ``noiseaug`` command."""
+
+from .cli import main
+
+main()

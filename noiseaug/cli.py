@@ -1,0 +1,147 @@
+"""The ``noiseaug`` command: a thin typer layer over the library.
+
+Each command turns its options into a library call and the library's
+exceptions into a one-line message and an exit code (SPEC §1): 0 done, 1 some
+files failed, 2 bad usage or a refused configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from . import __version__
+from .errors import Interrupted, NoiseaugError
+
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Add exact, reproducible Gaussian noise to image and audio datasets.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"noiseaug {__version__}")
+        raise typer.Exit()
+
+
+VersionOption = typer.Option(None, "--version", callback=_version, is_eager=True,
+                             help="Print the version and exit.")
+
+
+@app.callback()
+def _root(version: Optional[bool] = VersionOption) -> None:
+    """Add exact, reproducible Gaussian noise to image and audio datasets."""
+
+
+def _fail(message: str, code: int) -> "typer.Exit":
+    typer.echo(f"noiseaug: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    input_dir: Path = typer.Argument(..., metavar="INPUT_DIR", help="Folder to read (never modified)."),
+    output_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="Folder to write the noisy copies and manifest to."),
+    image_sigma: Optional[str] = typer.Option(None, metavar="S|A:B", help="Image noise std in 8-bit units (0-255), or a range drawn per file.  [default: 10]"),
+    audio_sigma: Optional[str] = typer.Option(None, metavar="S|A:B", help="Audio noise std as a fraction of full scale.  [default: 0.01]"),
+    audio_snr_db: Optional[str] = typer.Option(None, metavar="D|A:B", help="Audio noise by signal-to-noise ratio in dB, instead of --audio-sigma."),
+    seed: Optional[int] = typer.Option(None, help="Master seed: same seed, same bytes.  [default: 0]"),
+    copies: Optional[int] = typer.Option(None, metavar="K", help="Independent noisy copies per input.  [default: 1]"),
+    name: Optional[str] = typer.Option(None, metavar="TEMPLATE", help="Output file name; fields {stem} {ext} {copy}.  [default: {stem}{ext}, or {stem}_n{copy}{ext} with --copies]"),
+    workers: Optional[int] = typer.Option(None, metavar="N", help="Worker processes; 1 runs in-process.  [default: CPUs available]"),
+    kinds: Optional[str] = typer.Option(None, metavar="image,audio", help="Which kinds of file to process.  [default: image,audio]"),
+    include: Optional[List[str]] = typer.Option(None, metavar="GLOB", help="Only relative paths matching GLOB (repeatable; * matches across /)."),
+    exclude: Optional[List[str]] = typer.Option(None, metavar="GLOB", help="Skip relative paths matching GLOB (repeatable)."),
+    channel_noise: Optional[str] = typer.Option(None, metavar="per-channel|shared", help="Independent noise per colour channel, or one plane for all.  [default: per-channel]"),
+    jpeg_quality: Optional[int] = typer.Option(None, metavar="Q", help="JPEG/WebP quality of written files (1-100).  [default: 95]"),
+    png_compression: Optional[int] = typer.Option(None, metavar="L", help="PNG compression level (0-9).  [default: 3]"),
+    copy_other: Optional[bool] = typer.Option(None, "--copy-other", help="Copy unsupported files unchanged."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Redo everything even if OUTPUT's manifest has other options."),
+    dry_run: Optional[bool] = typer.Option(None, "--dry-run", help="Print the plan and write nothing."),
+    on_error: Optional[str] = typer.Option(None, metavar="skip|fail", help="Record a failing file and go on, or stop at the first.  [default: skip]"),
+    shard: Optional[str] = typer.Option(None, metavar="I/N", help="Process only shard I of N (stable path hash).  [default: 0/1]"),
+    max_pixels: Optional[int] = typer.Option(None, metavar="P", help="Refuse images whose header declares more pixels.  [default: 178956970]"),
+    manifest: Optional[Path] = typer.Option(None, metavar="PATH", help="Where the manifest goes.  [default: OUTPUT/noiseaug-manifest.jsonl]"),
+    config: Optional[Path] = typer.Option(None, metavar="FILE.toml", help="Options as TOML keys; command-line options win."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr.  [default: on a terminal]"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary object on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only failures on stderr."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="One line per file on stderr."),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    """Write noisy copies of every image and audio file under INPUT_DIR to OUTPUT_DIR."""
+    from .config import load_toml, make_config
+    from .pipeline import run as run_pipeline
+    from .progress import ConsoleReporter
+
+    given: dict[str, Any] = dict(
+        image_sigma=image_sigma, audio_sigma=audio_sigma, audio_snr_db=audio_snr_db, seed=seed,
+        copies=copies, name=name, workers=workers, kinds=kinds, include=include or None,
+        exclude=exclude or None, channel_noise=channel_noise, jpeg_quality=jpeg_quality,
+        png_compression=png_compression, copy_other=copy_other, overwrite=overwrite,
+        dry_run=dry_run, on_error=on_error, shard=shard, max_pixels=max_pixels, manifest=manifest)
+    try:
+        options = load_toml(config) if config is not None else {}
+        explicit = {k: v for k, v in given.items() if v is not None}
+        if "audio_sigma" in explicit:
+            options.pop("audio_snr_db", None)
+        if "audio_snr_db" in explicit:
+            options.pop("audio_sigma", None)
+        options.update(explicit)
+        cfg = make_config(**options)
+    except NoiseaugError as exc:
+        raise _fail(str(exc), exc.exit_code)
+
+    bar = progress if progress is not None else sys.stderr.isatty()
+    reporter = ConsoleReporter(bar=bar and not cfg.dry_run, quiet=quiet, verbose=verbose)
+    try:
+        summary = run_pipeline(input_dir, output_dir, cfg, reporter=reporter)
+    except Interrupted as exc:
+        summary = exc.summary
+    except NoiseaugError as exc:
+        raise _fail(str(exc), exc.exit_code)
+    if not quiet or summary.interrupted:
+        typer.echo(summary.text(), err=True)
+    if json_out:
+        typer.echo(json.dumps(summary.to_dict(), ensure_ascii=False))
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def verify(
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="A manifest written by noiseaug run."),
+    regenerate: bool = typer.Option(False, "--regenerate", help="Recompute every output from its input and seed, and compare."),
+    output_root: Optional[Path] = typer.Option(None, metavar="DIR", help="Where the outputs are.  [default: the recorded OUTPUT, else the manifest's folder]"),
+    input_root: Optional[Path] = typer.Option(None, metavar="DIR", help="Where the inputs are, for --regenerate.  [default: the recorded INPUT]"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON report object on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only problems on stderr."),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    """Check every output in MANIFEST against its recorded hash (exit 1 on any mismatch)."""
+    from .verify import verify as verify_manifest
+
+    try:
+        report = verify_manifest(manifest, regenerate=regenerate, output_root=output_root,
+                                 input_root=input_root)
+    except NoiseaugError as exc:
+        raise _fail(str(exc), exc.exit_code)
+    for line in report.lines():
+        typer.echo(line, err=True)
+    if not quiet:
+        typer.echo(report.text(), err=True)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))
+    raise typer.Exit(report.exit_code)
+
+
+def main() -> None:
+    app(prog_name="noiseaug")

@@ -1,0 +1,262 @@
+"""Validated run options: one frozen dataclass, built once at the edge.
+
+Everything the CLI, a TOML file or a library caller passes goes through
+:func:`make_config`, which refuses bad values with :class:`UsageError`. The
+inside of noiseaug trusts a :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+KINDS = ("image", "audio")
+CHANNEL_NOISE = ("per-channel", "shared")
+ON_ERROR = ("skip", "fail")
+NAME_FIELDS = {"stem", "ext", "copy"}
+
+# Options that decide what is written; a manifest made with other values is
+# a different job, and re-running over it needs --overwrite.
+JOB_OPTIONS = (
+    "image_sigma", "audio_sigma", "audio_snr_db", "seed", "copies", "name",
+    "kinds", "include", "exclude", "channel_noise", "jpeg_quality",
+    "png_compression", "copy_other", "max_pixels", "shard",
+)
+
+
+@dataclass(frozen=True)
+class SigmaSpec:
+    """A σ (or SNR) value, or a range A:B drawn per file from its own RNG."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def parse(cls, text: str | float | int, what: str) -> "SigmaSpec":
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            low = high = float(text)
+        else:
+            parts = str(text).split(":")
+            if len(parts) > 2:
+                raise UsageError(f"{what} takes a value or a range A:B, not {text!r}")
+            try:
+                low, high = float(parts[0]), float(parts[-1])
+            except ValueError:
+                raise UsageError(f"{what} takes a number or a range A:B, not {text!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise UsageError(f"{what} must be finite, not {text!r}")
+        if low > high:
+            raise UsageError(f"{what} range {text!r} is empty: A must not exceed B")
+        return cls(low, high)
+
+    @property
+    def is_range(self) -> bool:
+        return self.low != self.high
+
+    def __str__(self) -> str:
+        fmt = lambda v: format(v, "g")  # noqa: E731
+        return fmt(self.low) if not self.is_range else f"{fmt(self.low)}:{fmt(self.high)}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every option of ``noiseaug run`` that the engine needs (SPEC §2)."""
+
+    image_sigma: SigmaSpec = SigmaSpec(10.0, 10.0)
+    audio_sigma: SigmaSpec | None = SigmaSpec(0.01, 0.01)
+    audio_snr_db: SigmaSpec | None = None
+    seed: int = 0
+    copies: int = 1
+    name: str = "{stem}{ext}"
+    workers: int = 1
+    kinds: tuple[str, ...] = KINDS
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    channel_noise: str = "per-channel"
+    jpeg_quality: int = 95
+    png_compression: int = 3
+    copy_other: bool = False
+    overwrite: bool = False
+    dry_run: bool = False
+    on_error: str = "skip"
+    shard: tuple[int, int] = (0, 1)
+    max_pixels: int = 178956970
+    manifest: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective options as JSON-ready values, for the manifest's run record."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, SigmaSpec):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value) if f.name != "shard" else f"{value[0]}/{value[1]}"
+            elif isinstance(value, Path):
+                value = os.fsdecode(value)
+            out[f.name] = value
+        return out
+
+    def job_options(self) -> dict[str, Any]:
+        """The options that decide the outputs, compared between runs."""
+        full = self.to_dict()
+        return {k: full[k] for k in JOB_OPTIONS}
+
+
+def default_workers() -> int:
+    """CPUs this process may run on (affinity and cgroup-aware where the OS says)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _int(value: Any, what: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise UsageError(f"{what} takes a whole number, not {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} takes a whole number, not {value!r}") from None
+    if number != value and not isinstance(value, str):
+        raise UsageError(f"{what} takes a whole number, not {value!r}")
+    if number < low or (high is not None and number > high):
+        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise UsageError(f"{what} takes a number {bound}, not {value!r}")
+    return number
+
+
+def _choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UsageError(f"{what} takes one of {', '.join(choices)}, not {value!r}")
+    return str(value)
+
+
+def _kinds(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    kinds = tuple(dict.fromkeys(k.strip() for k in items if k.strip()))
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise UsageError(f"--kinds takes a comma-separated list of {', '.join(KINDS)}, not {value!r}")
+    return kinds
+
+
+def _globs(value: Any, what: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(g, str) and g for g in items):
+        raise UsageError(f"{what} takes non-empty glob patterns, not {value!r}")
+    return tuple(items)
+
+
+def _shard(value: Any) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        index, count = value
+    else:
+        index, _, count = str(value).partition("/")
+    index_n = _int(index, "--shard index", 0)
+    count_n = _int(count, "--shard count", 1)
+    if index_n >= count_n:
+        raise UsageError(f"--shard {index_n}/{count_n}: the index must be below the count")
+    return index_n, count_n
+
+
+def _name(template: Any, copies: int) -> str:
+    if not isinstance(template, str) or not template:
+        raise UsageError(f"--name takes a template such as '{{stem}}_n{{copy}}{{ext}}', not {template!r}")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        template.format(stem="x", ext=".png", copy=0)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise UsageError(f"--name {template!r} is not a valid template: {exc}") from None
+    unknown = fields - NAME_FIELDS
+    if unknown:
+        raise UsageError(f"--name {template!r} uses unknown field {{{sorted(unknown)[0]}}}; "
+                         "the fields are {stem}, {ext} and {copy}")
+    if "/" in template or "\\" in template or "\0" in template:
+        raise UsageError(f"--name {template!r} must name a file, not a path")
+    if not template.endswith("{ext}"):
+        raise UsageError(f"--name {template!r} must end with {{ext}}: outputs keep their input's format")
+    if copies > 1 and "copy" not in fields:
+        raise UsageError(f"--name {template!r} has no {{copy}} field, so --copies {copies} would overwrite itself")
+    return template
+
+
+def make_config(**options: Any) -> Config:
+    """Build a :class:`Config` from option values, refusing anything invalid.
+
+    Keys are the option names with underscores; ``None`` means "the default".
+    """
+    fields = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r}")
+    given = {k: v for k, v in options.items() if v is not None}
+
+    if "audio_sigma" in given and "audio_snr_db" in given:
+        raise UsageError("--audio-sigma and --audio-snr-db exclude each other: give one")
+    image_sigma = SigmaSpec.parse(given.get("image_sigma", 10), "--image-sigma")
+    if image_sigma.low < 0:
+        raise UsageError(f"--image-sigma must not be negative, not {given['image_sigma']!r}")
+    audio_snr_db = None
+    audio_sigma: SigmaSpec | None = SigmaSpec(0.01, 0.01)
+    if "audio_snr_db" in given:
+        audio_snr_db = SigmaSpec.parse(given["audio_snr_db"], "--audio-snr-db")
+        audio_sigma = None
+    elif "audio_sigma" in given:
+        audio_sigma = SigmaSpec.parse(given["audio_sigma"], "--audio-sigma")
+        if audio_sigma.low < 0:
+            raise UsageError(f"--audio-sigma must not be negative, not {given['audio_sigma']!r}")
+
+    copies = _int(given.get("copies", 1), "--copies", 1)
+    default_name = "{stem}{ext}" if copies == 1 else "{stem}_n{copy}{ext}"
+    manifest = given.get("manifest")
+    return Config(
+        image_sigma=image_sigma,
+        audio_sigma=audio_sigma,
+        audio_snr_db=audio_snr_db,
+        seed=_int(given.get("seed", 0), "--seed", 0, 2**128 - 1),
+        copies=copies,
+        name=_name(given.get("name", default_name), copies),
+        workers=_int(given.get("workers") or default_workers(), "--workers", 1, 1024),
+        kinds=_kinds(given.get("kinds", KINDS)),
+        include=_globs(given.get("include", ()), "--include"),
+        exclude=_globs(given.get("exclude", ()), "--exclude"),
+        channel_noise=_choice(given.get("channel_noise", "per-channel"), "--channel-noise", CHANNEL_NOISE),
+        jpeg_quality=_int(given.get("jpeg_quality", 95), "--jpeg-quality", 1, 100),
+        png_compression=_int(given.get("png_compression", 3), "--png-compression", 0, 9),
+        copy_other=bool(given.get("copy_other", False)),
+        overwrite=bool(given.get("overwrite", False)),
+        dry_run=bool(given.get("dry_run", False)),
+        on_error=_choice(given.get("on_error", "skip"), "--on-error", ON_ERROR),
+        shard=_shard(given.get("shard", (0, 1))),
+        max_pixels=_int(given.get("max_pixels", 178956970), "--max-pixels", 1),
+        manifest=Path(manifest) if manifest is not None else None,
+    )
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a --config file: option names as keys, with '-' or '_'."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read --config {os.fsdecode(path)}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config {os.fsdecode(path)} is not valid TOML: {exc}") from None
+    known = {f.name for f in dataclasses.fields(Config)}
+    options: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise UsageError(f"--config {os.fsdecode(path)}: unknown key {key!r}")
+        options[name] = value
+    return options

@@ -1,0 +1,128 @@
+"""Find the work: a sorted, streaming walk of INPUT with filters and sharding.
+
+The walk never follows symbolic links (to files or directories), so it cannot
+leave INPUT or loop. Entries are visited in byte order of their names, so the
+job list is the same on every machine whatever the directory listing order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .seeding import shard_of
+
+IMAGE_EXTENSIONS = frozenset(
+    ".png .jpg .jpeg .bmp .tif .tiff .webp .pgm .ppm .pnm".split())
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .caf .w64 .rf64".split())
+
+
+def kind_of(name: str) -> str:
+    """'image', 'audio' or 'other', from a file name's extension (any case)."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    if ext in AUDIO_EXTENSIONS:
+        return "audio"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One input file chosen for the run."""
+
+    rel: str  # relative POSIX path; undecodable bytes kept as surrogates (os.fsdecode)
+    kind: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class WalkStats:
+    """What the walk saw but did not hand out as work."""
+
+    unsupported: int = 0  # neither image nor audio, and not copied
+    filtered: int = 0  # excluded by --kinds, --include or --exclude
+    other_shard: int = 0
+    links: int = 0  # symbolic links, never followed
+    special: int = 0  # sockets, FIFOs, devices
+    problems: list[str] = field(default_factory=list)  # unreadable directories
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which files a run takes: kinds, globs, --copy-other and the shard."""
+
+    kinds: tuple[str, ...] = ("image", "audio")
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    copy_other: bool = False
+    shard: tuple[int, int] = (0, 1)
+
+    def wants_kind(self, kind: str) -> bool:
+        return kind in self.kinds or (kind == "other" and self.copy_other)
+
+    def matches(self, rel: str) -> bool:
+        if self.include and not any(fnmatch.fnmatchcase(rel, g) for g in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(rel, g) for g in self.exclude)
+
+    def in_shard(self, rel: str) -> bool:
+        index, count = self.shard
+        return count == 1 or shard_of(os.fsencode(rel), count) == index
+
+
+def walk(root: Path, selection: Selection, stats: WalkStats) -> Iterator[Candidate]:
+    """Yield the files under ``root`` that ``selection`` takes, in sorted order.
+
+    Runs lazily, so the pool can start on the first files while the walk goes
+    on; counts what it passes over into ``stats``.
+    """
+    yield from _walk_dir(os.fsencode(root), b"", selection, stats)
+
+
+def _walk_dir(root: bytes, prefix: bytes, selection: Selection,
+              stats: WalkStats) -> Iterator[Candidate]:
+    path = os.path.join(root, prefix) if prefix else root
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        stats.problems.append(f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}")
+        return
+    for entry in entries:
+        rel_b = prefix + b"/" + entry.name if prefix else entry.name
+        try:
+            if entry.is_symlink():
+                stats.links += 1
+            elif entry.is_dir(follow_symlinks=False):
+                yield from _walk_dir(root, rel_b, selection, stats)
+            elif entry.is_file(follow_symlinks=False):
+                candidate = _candidate(entry, rel_b, selection, stats)
+                if candidate is not None:
+                    yield candidate
+            else:
+                stats.special += 1
+        except OSError as exc:
+            stats.problems.append(f"{os.fsdecode(entry.path)}: {exc.strerror}")
+
+
+def _candidate(entry: os.DirEntry, rel_b: bytes, selection: Selection,
+               stats: WalkStats) -> Candidate | None:
+    rel = os.fsdecode(rel_b)
+    kind = kind_of(rel)
+    if kind == "other" and not selection.copy_other:
+        stats.unsupported += 1
+        return None
+    if not selection.wants_kind(kind) or not selection.matches(rel):
+        stats.filtered += 1
+        return None
+    if not selection.in_shard(rel):
+        stats.other_shard += 1
+        return None
+    st = entry.stat(follow_symlinks=False)
+    return Candidate(rel=rel, kind=kind, size=st.st_size, mtime_ns=st.st_mtime_ns)

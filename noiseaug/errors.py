@@ -1,0 +1,68 @@
+"""The exceptions noiseaug raises, one type per kind of failure.
+
+The CLI turns each into a one-line message and an exit code: usage and
+configuration errors exit 2 before anything is written, per-file errors become
+manifest records, and an interruption exits 130.
+"""
+
+from __future__ import annotations
+
+
+class NoiseaugError(Exception):
+    """Base class of every error noiseaug raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(NoiseaugError, ValueError):
+    """A refused invocation or configuration; nothing has been written."""
+
+    exit_code = 2
+
+
+class OptionsChangedError(UsageError):
+    """OUTPUT holds a manifest made with other options and --overwrite is off."""
+
+
+class LockedError(UsageError):
+    """Another noiseaug run holds OUTPUT's lock."""
+
+
+class ManifestError(NoiseaugError):
+    """A manifest cannot be read, or names a path outside its roots."""
+
+    exit_code = 2
+
+
+class FileError(NoiseaugError):
+    """One input file could not be processed; the run goes on without it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class DecodeError(FileError):
+    """An input is not a readable file of the format its extension names."""
+
+
+class TooLargeError(FileError):
+    """An input declares more pixels than --max-pixels allows."""
+
+
+class WriteError(FileError):
+    """An output could not be written (disk full, permissions, a bad path)."""
+
+
+class Interrupted(NoiseaugError):
+    """The run was stopped by SIGINT after a clean shutdown.
+
+    ``summary`` is what the run had done by then (a ``noiseaug.Summary``).
+    """
+
+    exit_code = 130
+
+    def __init__(self, message: str, summary: object = None) -> None:
+        super().__init__(message)
+        self.summary = summary

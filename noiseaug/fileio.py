@@ -1,0 +1,118 @@
+"""Safe file system access: no-follow reads, atomic writes, OUTPUT's lock.
+
+Outputs are written to a temporary file in their destination folder and
+renamed into place, so a crash never leaves a partial file under a final name;
+a rename replaces a symbolic link at the destination instead of writing
+through it. Folders under OUTPUT are created one component at a time and
+refused if any component is a symbolic link, so nothing is written outside
+OUTPUT even if someone planted a link there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import IO
+
+from .errors import LockedError, WriteError
+
+TMP_SUFFIX = ".noiseaug-tmp"
+
+
+def read_input(path: str | bytes) -> bytes:
+    """The bytes of a regular file, refusing symbolic links and special files."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(root: str, rel_dir: str, known: set[str]) -> str:
+    """Create ``root/rel_dir`` component by component; refuse symbolic links.
+
+    ``known`` caches folders already checked by this process.
+    """
+    path = root
+    for part in [p for p in rel_dir.split("/") if p]:
+        path = os.path.join(path, part)
+        if path in known:
+            continue
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise WriteError(path, "exists and is not a folder (a link or a file); "
+                                       "refusing to write through it") from None
+        except OSError as exc:
+            raise WriteError(path, f"cannot create folder: {exc.strerror}") from exc
+        known.add(path)
+    return path
+
+
+def atomic_write(path: str, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename.
+
+    On any failure the temporary file is removed and :class:`WriteError` is
+    raised; an existing file or link at ``path`` is replaced, never followed.
+    """
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{secrets.token_hex(8)}{TMP_SUFFIX}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise WriteError(path, f"cannot write: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise WriteError(path, f"cannot write: {exc.strerror or exc}") from exc
+        raise
+
+
+class OutputLock:
+    """An exclusive advisory lock on a file in OUTPUT, held for a whole run.
+
+    ``flock`` locks vanish with the process that held them, so a lock left by
+    a killed run is simply taken over by the next one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = None
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise LockedError(f"another noiseaug run ({holder}) is writing to "
+                              f"{os.fsdecode(self.path.parent)}; wait for it or pick another OUTPUT") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

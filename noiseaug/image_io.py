@@ -1,0 +1,160 @@
+"""Image decoding and encoding: the only module that imports OpenCV and Pillow.
+
+OpenCV decodes and encodes from memory (``imdecode``/``imencode``), because
+its path-based functions fail on names that are not valid UTF-8. It decodes
+with ``IMREAD_UNCHANGED`` to keep alpha and bit depth, a mode in which it
+ignores EXIF orientation for JPEG, PNG and WebP (its TIFF reader applies the
+TIFF orientation tag itself), so the orientation is applied here. Pillow opens
+only the header, lazily: the pixel count is checked against ``--max-pixels``
+before anything is decoded, and the EXIF orientation is read from it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .errors import DecodeError, TooLargeError
+
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+Image.MAX_IMAGE_PIXELS = None  # the limit is ours: --max-pixels
+
+SAMPLE_TYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+FORMATS = {  # extension -> format family
+    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff",
+    ".tiff": "tiff", ".webp": "webp", ".pgm": "pnm", ".ppm": "pnm", ".pnm": "pnm",
+}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, before any pixel is decoded."""
+
+    width: int | None
+    height: int | None
+    orientation: int  # EXIF orientation 1..8; 1 when absent or already applied
+    gray_alpha: bool  # gray + alpha, which OpenCV expands to BGRA
+    lossless: bool  # lossless WebP (VP8L), kept lossless on writing
+
+
+def set_threads(count: int) -> None:
+    """Limit OpenCV's own thread pool (workers run one thread each)."""
+    cv2.setNumThreads(count)
+
+
+def library_version() -> str:
+    return cv2.__version__
+
+
+def read_header(data: bytes, fmt: str) -> ImageHeader:
+    """Probe the header with Pillow; unknown layouts fall back to OpenCV alone."""
+    lossless = fmt == "webp" and _webp_is_lossless(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                orientation = 1 if fmt == "tiff" else _orientation(im)
+                return ImageHeader(width, height, orientation, im.mode == "LA", lossless)
+    except Exception:  # Pillow could not parse it; OpenCV gets the last word
+        return ImageHeader(None, None, 1, False, lossless)
+
+
+def _orientation(im: "Image.Image") -> int:
+    raw = im.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        value = Image.Exif()
+        value.load(raw)
+        orientation = int(value.get(0x0112, 1))
+    except Exception:  # a broken EXIF block is no reason to refuse the pixels
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def _webp_is_lossless(data: bytes) -> bool:
+    pos = 12
+    while pos + 8 <= len(data):
+        tag, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if tag in (b"VP8L", b"VP8 "):
+            return tag == b"VP8L"
+        pos += 8 + size + (size & 1)
+    return False
+
+
+def decode(data: bytes, path: str, fmt: str, max_pixels: int) -> tuple[np.ndarray, ImageHeader]:
+    """Decode an image upright, with its bit depth, channels and alpha.
+
+    Raises :class:`TooLargeError` from the header alone, :class:`DecodeError`
+    for anything OpenCV cannot read or a sample type noiseaug does not handle.
+    """
+    header = read_header(data, fmt)
+    if header.width is not None and header.width * header.height > max_pixels:
+        raise TooLargeError(path, f"{header.width}x{header.height} pixels is more than "
+                                  f"--max-pixels {max_pixels}")
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise DecodeError(path, f"cannot decode as {fmt.upper()}: {_first_line(exc)}") from None
+    if pixels is None:
+        raise DecodeError(path, f"cannot decode as {fmt.upper()} (corrupt, truncated or another format)")
+    if pixels.shape[0] * pixels.shape[1] > max_pixels:
+        raise TooLargeError(path, f"{pixels.shape[1]}x{pixels.shape[0]} pixels is more than "
+                                  f"--max-pixels {max_pixels}")
+    if pixels.dtype not in SAMPLE_TYPES:
+        raise DecodeError(path, f"{pixels.dtype} samples are not supported "
+                                "(only 8-bit, 16-bit and float images)")
+    return _upright(pixels, header.orientation), header
+
+
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation, as a viewer would show the image."""
+    if orientation == 1:
+        return pixels
+    transposed = pixels.swapaxes(0, 1)
+    view = {
+        2: pixels[:, ::-1],
+        3: pixels[::-1, ::-1],
+        4: pixels[::-1],
+        5: transposed,
+        6: transposed[:, ::-1],
+        7: transposed[::-1, ::-1],
+        8: transposed[::-1],
+    }[orientation]
+    return np.ascontiguousarray(view)
+
+
+def encode(pixels: np.ndarray, ext: str, header: ImageHeader, *,
+           jpeg_quality: int, png_compression: int) -> np.ndarray:
+    """Encode in the format named by ``ext``; returns the encoded bytes as an array."""
+    fmt = FORMATS[ext.lower()]
+    params: list[int] = []
+    if fmt == "jpeg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+    elif fmt == "png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, png_compression]
+    elif fmt == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101 if header.lossless else jpeg_quality]
+    elif fmt == "pnm":
+        params = [cv2.IMWRITE_PXM_BINARY, 1]
+    ok, encoded = cv2.imencode(ext.lower(), pixels, params)
+    if not ok:
+        raise ValueError(f"OpenCV cannot write {pixels.dtype} {pixels.shape} as {fmt.upper()}")
+    return encoded
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1].strip() if text else type(exc).__name__
+
+
+def format_of(name: str) -> str:
+    return FORMATS[os.path.splitext(name)[1].lower()]

@@ -1,0 +1,127 @@
+"""The manifest: JSON Lines, a run record then one record per (input, copy).
+
+Records are appended as files finish, one line per write, so a crash leaves a
+valid prefix (a torn last line is ignored on reading); at the end of a run the
+file is rewritten, atomically, sorted by (input bytes, copy), so two runs with
+the same options give identical file records.
+
+File names that are not valid UTF-8 are recorded losslessly: ``input`` (and
+``output``) show the name with undecodable bytes as ``\\xNN``, and
+``input_raw`` (``output_raw``) hold the exact bytes in base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterable
+
+from .errors import ManifestError
+from .fileio import atomic_write
+
+MANIFEST_NAME = "noiseaug-manifest.jsonl"
+
+
+def default_path(output_root: Path, shard: tuple[int, int]) -> Path:
+    """OUTPUT/noiseaug-manifest.jsonl, or the shard's own manifest."""
+    index, count = shard
+    if count == 1:
+        return output_root / MANIFEST_NAME
+    return output_root / f"noiseaug-manifest.shard-{index}-of-{count}.jsonl"
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in record.items() if not k.startswith("_")},
+                      ensure_ascii=False, allow_nan=False)
+
+
+def rel_bytes(record: dict[str, Any], key: str = "input") -> bytes:
+    """A record's relative path as the exact bytes of the file name."""
+    raw = record.get(f"{key}_raw")
+    if raw is not None:
+        return base64.b64decode(raw)
+    return str(record[key]).encode("utf-8")
+
+
+def rel_str(record: dict[str, Any], key: str = "input") -> str:
+    """A record's relative path as a file system string (surrogate-escaped)."""
+    return os.fsdecode(rel_bytes(record, key))
+
+
+def sort_key(record: dict[str, Any]) -> tuple[bytes, int]:
+    return rel_bytes(record), int(record.get("copy", 0))
+
+
+@dataclass
+class Manifest:
+    """A manifest read back: its run record and the last record of each output."""
+
+    path: Path
+    run: dict[str, Any]
+    files: dict[tuple[bytes, int], dict[str, Any]] = field(default_factory=dict)
+
+
+def load(path: Path) -> Manifest:
+    """Read a manifest; later records of the same (input, copy) win."""
+    try:
+        with open(path, "rb") as fh:
+            lines = fh.read().split(b"\n")
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {os.fsdecode(path)}: {exc.strerror}") from None
+    if lines and lines[-1] == b"":
+        lines.pop()
+    run: dict[str, Any] | None = None
+    files: dict[tuple[bytes, int], dict[str, Any]] = {}
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if number == len(lines) and run is not None:
+                break  # the torn last line of a run that was killed mid-write
+            raise ManifestError(f"{os.fsdecode(path)}:{number}: not a JSON object") from None
+        if record.get("type") == "run":
+            run = run or record
+        elif record.get("type") == "file":
+            try:
+                files[sort_key(record)] = record
+            except (KeyError, ValueError, TypeError):
+                raise ManifestError(f"{os.fsdecode(path)}:{number}: file record without input or copy") from None
+    if run is None:
+        raise ManifestError(f"{os.fsdecode(path)} has no run record: not a noiseaug manifest")
+    return Manifest(Path(path), run, files)
+
+
+class ManifestWriter:
+    """Appends records to the manifest while a run goes on."""
+
+    def __init__(self, path: Path, run: dict[str, Any], *, append: bool) -> None:
+        self.path = path
+        self.run = run
+        if append:
+            self._fh: IO[str] = open(path, "a", encoding="utf-8")
+        else:
+            self._fh = open(path, "w", encoding="utf-8")
+            self.write(run)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(dumps(record) + "\n")
+        self._fh.flush()
+
+    def finish(self, records: Iterable[dict[str, Any]]) -> None:
+        """Close the append log and replace it by the sorted manifest."""
+        self._fh.close()
+        write_sorted(self.path, self.run, records)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def write_sorted(path: Path, run: dict[str, Any], records: Iterable[dict[str, Any]]) -> None:
+    """Atomically write a whole manifest, file records sorted by (input, copy)."""
+    lines = [dumps(run)] + [dumps(r) for r in sorted(records, key=sort_key)]
+    atomic_write(os.fsdecode(path), ("\n".join(lines) + "\n").encode("utf-8"))

@@ -1,0 +1,300 @@
+"""Orchestration: walk, dispatch to the worker pool, collect, keep the manifest.
+
+The parent process walks INPUT lazily and hands jobs to the pool while the
+walk goes on, with a bounded number in flight, so memory does not grow with
+the dataset. Workers read and write the files; the parent alone writes the
+manifest, appending each record as it comes back and rewriting the file sorted
+at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from . import __version__, seeding
+from .config import Config, make_config
+from .discover import Candidate, Selection, WalkStats, walk
+from .errors import Interrupted, OptionsChangedError, UsageError
+from .fileio import OutputLock
+from .manifest import Manifest, ManifestWriter, default_path, load, rel_bytes
+from .report import Summary
+from .worker import (Context, Job, failed_records, init_worker, is_up_to_date, limit_threads,
+                     output_rel, process_batch, process_job)
+
+BATCH_BYTES = 1 << 20  # small files travel to the pool in batches of about this size
+BATCH_FILES = 16
+
+
+class Reporter:
+    """Hooks through which a run tells its progress; the default says nothing."""
+
+    def discovered(self, candidate: Candidate) -> None:
+        """A file was found and will be processed."""
+
+    def finished(self, job: Job, records: list[dict[str, Any]]) -> None:
+        """A file's copies are done (ok, skipped or failed)."""
+
+    def close(self) -> None:
+        """The run is over."""
+
+
+def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
+        config: Config | None = None, *, reporter: Reporter | None = None,
+        **options: Any) -> Summary:
+    """Augment every supported file under ``input_dir`` into ``output_dir``.
+
+    Options are those of ``noiseaug run`` with underscores (``image_sigma=5``,
+    ``workers=2`` …), or a ready :class:`Config`. Raises :class:`UsageError`
+    (and its subclasses) before writing anything for a refused configuration,
+    :class:`Interrupted` after a clean stop on SIGINT; per-file failures are in
+    the returned :class:`Summary` and the manifest.
+    """
+    cfg = config if config is not None else make_config(**options)
+    reporter = reporter or Reporter()
+    in_root, out_root = check_roots(Path(input_dir), Path(output_dir))
+    manifest_path = Path(os.path.abspath(cfg.manifest)) if cfg.manifest else default_path(out_root, cfg.shard)
+    if _inside(manifest_path, in_root):
+        raise UsageError(f"--manifest {manifest_path} is inside INPUT; noiseaug never writes there")
+    prior = _prior_manifest(manifest_path, cfg)
+    summary = Summary(os.fsdecode(in_root), os.fsdecode(out_root), os.fsdecode(manifest_path), dry_run=cfg.dry_run)
+    started = time.perf_counter()
+    try:
+        if cfg.dry_run:
+            _plan(in_root, out_root, cfg, prior, summary)
+            return summary
+        out_root.mkdir(parents=True, exist_ok=True)
+        lock_name = ".noiseaug.lock" if cfg.shard[1] == 1 else f".noiseaug.shard-{cfg.shard[0]}-of-{cfg.shard[1]}.lock"
+        with OutputLock(out_root / lock_name):
+            prior = _prior_manifest(manifest_path, cfg)
+            _execute(in_root, out_root, manifest_path, cfg, prior, summary, reporter)
+    finally:
+        summary.seconds = time.perf_counter() - started
+        reporter.close()
+    if summary.interrupted:
+        raise Interrupted("interrupted by SIGINT; the manifest holds what was done", summary)
+    return summary
+
+
+def check_roots(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
+    """Refuse INPUT/OUTPUT pairs that could overwrite inputs or loop."""
+    if not input_dir.is_dir():
+        raise UsageError(f"INPUT {os.fsdecode(input_dir)} is not a folder")
+    in_root = input_dir.resolve()
+    out_root = output_dir.resolve()
+    if out_root.exists() and not out_root.is_dir():
+        raise UsageError(f"OUTPUT {os.fsdecode(output_dir)} exists and is not a folder")
+    if out_root == in_root:
+        raise UsageError("OUTPUT is the same folder as INPUT; noiseaug never writes over its inputs")
+    if _inside(out_root, in_root):
+        raise UsageError("OUTPUT is inside INPUT; pick a folder outside it")
+    if _inside(in_root, out_root):
+        raise UsageError("INPUT is inside OUTPUT; pick a folder that does not contain INPUT")
+    return in_root, out_root
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path != root and root in path.parents
+
+
+def _prior_manifest(path: Path, cfg: Config) -> Manifest | None:
+    """The previous run's manifest, if its options allow continuing from it."""
+    if not path.exists():
+        return None
+    previous = load(path)
+    if cfg.overwrite:
+        return None
+    old = previous.run.get("options", {})
+    for key, value in cfg.job_options().items():
+        if old.get(key) != value:
+            raise OptionsChangedError(
+                f"{os.fsdecode(path)} was made with --{key.replace('_', '-')} {_show(old.get(key))}, "
+                f"not {_show(value)}; use --overwrite to redo everything, or another OUTPUT")
+    return previous
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "(none)"
+    return "(unset)" if value is None else str(value)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything that decides an output's bytes."""
+    import cv2
+    import numpy
+    import PIL
+    import soundfile
+
+    return {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "opencv": cv2.__version__,
+        "pillow": PIL.__version__,
+        "libsndfile": soundfile.__libsndfile_version__,
+    }
+
+
+def run_record(cfg: Config, in_root: Path, out_root: Path) -> dict[str, Any]:
+    """The manifest's first line: what ran, with what, on what."""
+    return {
+        "type": "run",
+        "tool": "noiseaug",
+        "version": __version__,
+        "options": cfg.to_dict(),
+        "seed": cfg.seed,
+        "input_root": os.fsdecode(in_root),
+        "output_root": os.fsdecode(out_root),
+        "seeding": seeding.SCHEME,
+        "versions": library_versions(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _jobs(in_root: Path, cfg: Config, prior: Manifest | None, stats: WalkStats,
+          reserved: set[str]) -> Iterator[tuple[Job, Candidate] | list[dict[str, Any]]]:
+    """Jobs in walk order; an output clash becomes an error record instead."""
+    selection = Selection(cfg.kinds, cfg.include, cfg.exclude, cfg.copy_other, cfg.shard)
+    seen: set[str] = set(reserved)
+    copies = range(cfg.copies)
+    for cand in walk(in_root, selection, stats):
+        outs = [cand.rel] if cand.kind == "other" else [output_rel(cand.rel, cfg.name, c) for c in copies]
+        clash = next((o for o in outs if o in seen), None)
+        key = os.fsencode(cand.rel)
+        previous = tuple(prior.files.get((key, c)) for c in range(len(outs))) if prior else ()
+        job = Job(cand.rel, cand.kind, cand.size, previous)
+        if clash is not None:
+            yield failed_records(job, cfg, f"output {clash} is already taken by another input "
+                                           "or by noiseaug's own files")
+            continue
+        seen.update(outs)
+        yield job, cand
+
+
+def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
+             prior: Manifest | None, summary: Summary, reporter: Reporter) -> None:
+    ctx = Context(os.fsdecode(in_root), os.fsdecode(out_root), cfg)
+    writer = ManifestWriter(manifest_path, run_record(cfg, in_root, out_root), append=prior is not None)
+    records: dict[tuple[bytes, int], dict[str, Any]] = {}
+    reserved = {os.path.relpath(manifest_path, out_root), ".noiseaug.lock"}
+    seen_inputs: set[bytes] = set()
+
+    def collect(job: Job | None, recs: list[dict[str, Any]]) -> bool:
+        for rec in recs:
+            rec.pop("_out", None)
+            writer.write(rec)
+            records[rel_bytes(rec), rec["copy"]] = rec
+            summary.add(rec)
+        if job is not None:
+            reporter.finished(job, recs)
+        return cfg.on_error == "fail" and any(r["status"] == "error" for r in recs)
+
+    def jobs() -> Iterator[Job]:
+        for item in _jobs(in_root, cfg, prior, summary.walk, reserved):
+            if isinstance(item, list):
+                if collect(None, item):
+                    return
+                continue
+            job, cand = item
+            seen_inputs.add(os.fsencode(job.rel))
+            reporter.discovered(cand)
+            yield job
+
+    try:
+        if cfg.workers == 1:
+            limit_threads()
+            for job in jobs():
+                if collect(job, process_job(job, ctx)):
+                    break
+        else:
+            _pool_run(jobs(), ctx, cfg.workers, collect)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        if prior is not None:
+            summary.gone = sorted(os.fsdecode(k) for k, c in prior.files if c == 0 and k not in seen_inputs)
+        writer.finish(records.values())
+
+
+def _batches(jobs: Iterable[Job]) -> Iterator[list[Job]]:
+    batch: list[Job] = []
+    size = 0
+    for job in jobs:
+        batch.append(job)
+        size += job.size
+        if size >= BATCH_BYTES or len(batch) >= BATCH_FILES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _pool_run(jobs: Iterator[Job], ctx: Context, workers: int, collect) -> None:
+    """Stream batches through a process pool, a bounded number in flight.
+
+    A worker that dies (a codec crash, the OOM killer) breaks the pool: the
+    files it had in flight are recorded as failed and a fresh pool goes on.
+    """
+    import multiprocessing
+
+    mp = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+    batches = _batches(jobs)
+    max_in_flight = 2 * workers
+    stop = False
+    while not stop:
+        pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=init_worker, initargs=(ctx,))
+        in_flight: dict[Future, list[Job]] = {}
+        broken = False
+        try:
+            while True:
+                while not stop and not broken and len(in_flight) < max_in_flight:
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    in_flight[pool.submit(process_batch, batch)] = batch
+                if not in_flight:
+                    stop = True
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    batch = in_flight.pop(future)
+                    try:
+                        results = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        results = [failed_records(job, ctx.config, "a worker process died while this "
+                                                  "file was in flight (a codec crash or out of memory)")
+                                   for job in batch]
+                    for job, recs in zip(batch, results):
+                        stop = collect(job, recs) or stop
+                if broken and not in_flight:
+                    break
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future, batch in in_flight.items():
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    for job, recs in zip(batch, future.result()):
+                        collect(job, recs)
+            raise
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _plan(in_root: Path, out_root: Path, cfg: Config, prior: Manifest | None, summary: Summary) -> None:
+    """--dry-run: count what would be processed and what is up to date."""
+    ctx = Context(os.fsdecode(in_root), os.fsdecode(out_root), cfg)
+    for item in _jobs(in_root, cfg, prior, summary.walk, set()):
+        if isinstance(item, list):
+            for record in item:
+                summary.add(record)
+            continue
+        job, _ = item
+        action = "skip" if is_up_to_date(job, ctx) else "process"
+        summary.planned[job.kind, action] += 1
+        if action == "process":
+            summary.planned_bytes[job.kind] += job.size

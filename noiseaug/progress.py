@@ -1,0 +1,68 @@
+"""What a run shows on stderr while it goes: a tqdm bar, failures, and -v lines."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from .discover import Candidate
+from .pipeline import Reporter
+from .worker import Job
+
+
+class ConsoleReporter(Reporter):
+    """Progress bar (files, with MB done of MB found) and one line per failure.
+
+    The bar's total grows while the walk is still finding files. Failures are
+    printed even with ``quiet``; ``verbose`` adds one line per file.
+    """
+
+    def __init__(self, *, bar: bool, quiet: bool = False, verbose: bool = False) -> None:
+        self.quiet = quiet
+        self.verbose = verbose
+        self.bytes_found = 0
+        self.bytes_done = 0
+        self._bar: Any = None
+        self._last_postfix = 0.0
+        if bar and not quiet:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, unit="file", file=sys.stderr, dynamic_ncols=True,
+                             smoothing=0.1, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                             "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+
+    def _print(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def discovered(self, candidate: Candidate) -> None:
+        self.bytes_found += candidate.size
+        if self._bar is not None:
+            self._bar.total += 1
+
+    def finished(self, job: Job, records: list[dict[str, Any]]) -> None:
+        self.bytes_done += job.size
+        for record in records:
+            if record["status"] == "error":
+                self._print(f"noiseaug: failed: {record['input']}: {record.get('error')}")
+            elif self.verbose and not self.quiet:
+                self._print(f"{record['status']}: {record['input']} -> {record['output']}")
+        if self._bar is not None:
+            self._bar.update(1)
+            now = time.monotonic()
+            if now - self._last_postfix > 0.25:
+                self._last_postfix = now
+                self._set_postfix()
+
+    def _set_postfix(self) -> None:
+        self._bar.set_postfix_str(f"{self.bytes_done / 1e6:.1f}/{self.bytes_found / 1e6:.1f} MB",
+                                  refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._set_postfix()
+            self._bar.close()
+            self._bar = None

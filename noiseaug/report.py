@@ -1,0 +1,152 @@
+"""The outcome of a run: counts, bytes, time, failures, and the exit code."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .discover import WalkStats
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass
+class Summary:
+    """What a run did. ``exit_code`` follows SPEC §1."""
+
+    input_root: str
+    output_root: str
+    manifest: str
+    counts: Counter = field(default_factory=Counter)  # (kind, status) -> outputs
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+    walk: WalkStats = field(default_factory=WalkStats)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    gone: list[str] = field(default_factory=list)  # inputs in the old manifest, now missing
+    clipped: list[float] = field(default_factory=list)
+    interrupted: bool = False
+    dry_run: bool = False
+    planned: Counter = field(default_factory=Counter)  # dry run: (kind, "process"|"skip") -> files
+    planned_bytes: Counter = field(default_factory=Counter)
+
+    def add(self, record: dict[str, Any]) -> None:
+        kind, status = record.get("kind", "?"), record["status"]
+        self.counts[kind, status] += 1
+        if status == "ok":
+            self.bytes_in += record.get("input_bytes", 0) if record.get("copy", 0) == 0 else 0
+            self.bytes_out += record.get("output_bytes", 0)
+            if "clipped_fraction" in record:
+                self.clipped.append(record["clipped_fraction"])
+        elif status == "error":
+            self.failures.append((record["input"], record.get("error", "failed")))
+
+    def total(self, status: str) -> int:
+        return sum(n for (_, s), n in self.counts.items() if s == status)
+
+    @property
+    def failed(self) -> int:
+        return self.total("error") + len(self.walk.problems)
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.interrupted and self.total("ok") == 0 and self.failed == 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        kinds = sorted({k for k, _ in self.counts} | {k for k, _ in self.planned})
+        per_kind = {k: {s: self.counts[k, s] for s in ("ok", "skipped", "error")} for k in kinds}
+        out: dict[str, Any] = {
+            "input": self.input_root, "output": self.output_root, "manifest": self.manifest,
+            "exit_code": self.exit_code, "interrupted": self.interrupted,
+            "dry_run": self.dry_run, "up_to_date": self.up_to_date,
+            "files": per_kind,
+            "ok": self.total("ok"), "skipped": self.total("skipped"), "failed": self.failed,
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "seconds": round(self.seconds, 3),
+            "files_per_second": round(self.rate, 2),
+            "clipped_fraction_mean": (sum(self.clipped) / len(self.clipped)) if self.clipped else 0.0,
+            "clipped_fraction_max": max(self.clipped, default=0.0),
+            "not_taken": {"unsupported": self.walk.unsupported, "filtered": self.walk.filtered,
+                          "other_shard": self.walk.other_shard, "links": self.walk.links,
+                          "special": self.walk.special},
+            "failures": [{"input": i, "error": e} for i, e in self.failures],
+            "problems": list(self.walk.problems),
+            "gone": list(self.gone),
+        }
+        if self.dry_run:
+            out["plan"] = {k: {a: self.planned[k, a] for a in ("process", "skip")} for k in kinds}
+            out["plan_bytes"] = {k: self.planned_bytes[k] for k in kinds}
+        return out
+
+    @property
+    def rate(self) -> float:
+        done = self.total("ok")
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    def text(self) -> str:
+        """The human summary for stderr: an aligned table and the failures."""
+        if self.dry_run:
+            return self._plan_text()
+        kinds = sorted({k for k, _ in self.counts})
+        rows = [("", "ok", "skipped", "failed")]
+        for kind in kinds:
+            rows.append((kind, *(str(self.counts[kind, s]) for s in ("ok", "skipped", "error"))))
+        if len(kinds) > 1:
+            rows.append(("total", str(self.total("ok")), str(self.total("skipped")), str(self.total("error"))))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
+                           for i, c in enumerate(r)).rstrip() for r in rows] if kinds else []
+        lines.append(f"{_size(self.bytes_in)} in, {_size(self.bytes_out)} out, "
+                     f"{self.seconds:.2f} s, {self.rate:.1f} files/s")
+        if self.clipped:
+            lines.append(f"clipped: mean {100 * sum(self.clipped) / len(self.clipped):.3f}%, "
+                         f"max {100 * max(self.clipped):.3f}% of samples")
+        not_taken = self._not_taken()
+        if not_taken:
+            lines.append("not taken: " + not_taken)
+        if self.gone:
+            lines.append(f"{len(self.gone)} input(s) of the previous run are gone; their outputs were left alone")
+        for problem in self.walk.problems:
+            lines.append(f"failed: {problem}")
+        if self.failures:
+            lines.append(f"{len(self.failures)} output(s) failed, each named above and recorded "
+                         "in the manifest with its reason")
+        if self.interrupted:
+            lines.append("interrupted: the manifest holds what was done; run again to continue")
+        elif self.up_to_date:
+            lines.append("everything is up to date")
+        lines.append(f"manifest: {self.manifest}")
+        return "\n".join(lines)
+
+    def _not_taken(self) -> str:
+        w = self.walk
+        parts = [(w.unsupported, "unsupported (use --copy-other to copy them)"),
+                 (w.filtered, "filtered out"), (w.other_shard, "in other shards"),
+                 (w.links, "symbolic links (not followed)"), (w.special, "special files")]
+        return ", ".join(f"{n} {what}" for n, what in parts if n)
+
+    def _plan_text(self) -> str:
+        lines = ["dry run: nothing written"]
+        for kind in sorted({k for k, _ in self.planned}):
+            lines.append(f"{kind}: {self.planned[kind, 'process']} to process, "
+                         f"{self.planned[kind, 'skip']} up to date, "
+                         f"{_size(self.planned_bytes[kind])} to read")
+        not_taken = self._not_taken()
+        if not_taken:
+            lines.append("not taken: " + not_taken)
+        return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -1,0 +1,39 @@
+"""Per-file random generators, independent of scheduling and listing order.
+
+Each (input, copy) gets its own stream, following numpy's advice for parallel
+work (``random/parallel.rst``): one ``SeedSequence`` built from the root seed
+and a stable work key, never ``seed + index``. The work key is the SHA-256 of
+the input's relative POSIX path (as bytes, so any file name works) and the
+copy index. The 128-bit per-file seed that results is recorded in the manifest
+and is enough on its own to rebuild the file's generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+SCHEME = "seedsequence(master, sha256(relpath), copy) -> pcg64; v1"
+
+
+def _words(digest: bytes) -> tuple[int, ...]:
+    return tuple(int.from_bytes(digest[i:i + 4], "little") for i in range(0, len(digest), 4))
+
+
+def file_seed(master_seed: int, relpath: bytes, copy: int) -> int:
+    """The 128-bit seed of one output, from the master seed and its work key."""
+    key = _words(hashlib.sha256(relpath).digest()) + (copy,)
+    state = np.random.SeedSequence(master_seed, spawn_key=key).generate_state(4, np.uint32)
+    return sum(int(word) << (32 * i) for i, word in enumerate(state))
+
+
+def generator(seed: int) -> np.random.Generator:
+    """The generator for a per-file seed (as recorded in the manifest)."""
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def shard_of(relpath: bytes, count: int) -> int:
+    """Which of ``count`` shards a relative path belongs to; stable everywhere."""
+    digest = hashlib.sha256(b"noiseaug-shard\0" + relpath).digest()
+    return int.from_bytes(digest[:8], "little") % count

@@ -1,0 +1,170 @@
+"""``noiseaug verify``: prove a manifest's outputs, by hash or by regeneration."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError, NoiseaugError, UsageError
+from .fileio import read_input
+from .manifest import load, rel_str, sort_key
+
+
+@dataclass
+class VerifyReport:
+    """What verify found: one entry per output that does not match."""
+
+    manifest: str
+    checked: int = 0
+    not_checked: int = 0  # error records: there is no output to check
+    mismatches: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.mismatches else 0
+
+    def lines(self) -> list[str]:
+        return [f"noiseaug: mismatch: {path}: {reason}" for path, reason in self.mismatches]
+
+    def text(self) -> str:
+        lines = list(self.notes)
+        good = self.checked - len(self.mismatches)
+        lines.append(f"{good} of {self.checked} outputs match {self.manifest}"
+                     + (f" ({self.not_checked} failed in the run, not checked)" if self.not_checked else ""))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"manifest": self.manifest, "checked": self.checked, "not_checked": self.not_checked,
+                "matching": self.checked - len(self.mismatches), "exit_code": self.exit_code,
+                "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches],
+                "notes": self.notes}
+
+
+def safe_rel(record: dict[str, Any], key: str, where: str) -> str:
+    """A record's relative path, refused if absolute or climbing out with '..'."""
+    try:
+        rel = rel_str(record, key)
+    except (KeyError, ValueError, TypeError):
+        raise ManifestError(f"{where}: a file record has no valid {key!r} path") from None
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or os.path.isabs(rel) or ".." in parts or "\0" in rel:
+        raise ManifestError(f"{where}: refusing {key} path {rel!r}: it is absolute or climbs out of its root")
+    return rel
+
+
+def _root(given: Path | None, recorded: Any, fallback: Path) -> Path:
+    if given is not None:
+        return Path(given)
+    if isinstance(recorded, str) and Path(recorded).is_dir():
+        return Path(recorded)
+    return fallback
+
+
+def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
+           output_root: str | os.PathLike | None = None,
+           input_root: str | os.PathLike | None = None) -> VerifyReport:
+    """Check every output of a manifest; with ``regenerate``, rebuild and compare.
+
+    Outputs are looked for under ``output_root``, by default the recorded
+    OUTPUT if it exists, else the manifest's own folder; inputs (for
+    ``regenerate``) under ``input_root``, by default the recorded INPUT.
+    """
+    path = Path(manifest)
+    m = load(path)
+    where = os.fsdecode(path)
+    records = sorted(m.files.values(), key=sort_key)
+    for record in records:
+        safe_rel(record, "input", where)
+        safe_rel(record, "output", where)
+    out_root = _root(Path(output_root) if output_root else None, m.run.get("output_root"), path.parent)
+    report = VerifyReport(where)
+    regen = _Regenerator(m.run, Path(input_root) if input_root else None, report) if regenerate else None
+    for record in records:
+        if record.get("status") not in ("ok", "skipped"):
+            report.not_checked += 1
+            continue
+        report.checked += 1
+        out_rel = safe_rel(record, "output", where)
+        problem = _check_hash(out_root, out_rel, record)
+        if problem is None and regen is not None:
+            problem = regen.check(record, out_root / out_rel)
+        if problem is not None:
+            report.mismatches.append((record["output"], problem))
+    return report
+
+
+def _check_hash(root: Path, rel: str, record: dict[str, Any]) -> str | None:
+    try:
+        data = read_input(os.path.join(root, rel))
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if hashlib.sha256(data).hexdigest() != record.get("output_sha256"):
+        return "content differs from the recorded hash"
+    return None
+
+
+class _Regenerator:
+    """Rebuilds outputs in memory from their inputs and the run's options."""
+
+    def __init__(self, run: dict[str, Any], input_root: Path | None, report: VerifyReport) -> None:
+        from .config import make_config
+        from .pipeline import library_versions
+
+        options = dict(run.get("options", {}))
+        for key in ("workers", "overwrite", "dry_run", "manifest", "on_error"):
+            options.pop(key, None)
+        try:
+            self.cfg = make_config(**options)
+        except UsageError as exc:
+            raise ManifestError(f"the manifest's options are not valid here: {exc}") from None
+        recorded = run.get("input_root")
+        self.root = input_root or (Path(recorded) if isinstance(recorded, str) else None)
+        if self.root is None or not self.root.is_dir():
+            raise UsageError("--regenerate needs the inputs: pass --input-root DIR")
+        now = library_versions()
+        then = run.get("versions", {})
+        self.same_versions = all(then.get(k) == v for k, v in now.items() if k != "python")
+        if not self.same_versions:
+            changed = ", ".join(f"{k} {then.get(k)} -> {v}" for k, v in now.items()
+                                if k != "python" and then.get(k) != v)
+            report.notes.append(f"library versions differ from the run ({changed}): "
+                                "comparing decoded samples instead of bytes")
+
+    def check(self, record: dict[str, Any], output: Path) -> str | None:
+        from .worker import Job, render
+
+        rel = rel_str(record, "input")
+        try:
+            data = read_input(os.path.join(self.root, rel))
+        except OSError as exc:
+            return f"input {record['input']}: cannot read: {exc.strerror or exc}"
+        if hashlib.sha256(data).hexdigest() != record.get("input_sha256"):
+            return f"input {record['input']} changed since the run"
+        job = Job(rel, record["kind"], len(data))
+        try:
+            rendered = next(iter(render(job, data, [int(record["copy"])], self.cfg)))
+        except NoiseaugError as exc:
+            return f"cannot regenerate: {exc}"
+        if rendered.fields.get("seed", record.get("seed")) != record.get("seed"):
+            return "the recorded seed does not match the seeding scheme"
+        if self.same_versions:
+            if hashlib.sha256(rendered.data).hexdigest() != record.get("output_sha256"):
+                return "regenerated bytes differ"
+            return None
+        return _compare_decoded(job, bytes(rendered.data), read_input(output))
+
+
+def _compare_decoded(job: Any, fresh: bytes, existing: bytes) -> str | None:
+    import numpy as np
+
+    from .worker import decode_samples
+
+    if not np.array_equal(decode_samples(job, fresh), decode_samples(job, existing)):
+        return "regenerated samples differ"
+    return None

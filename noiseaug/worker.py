@@ -1,0 +1,263 @@
+"""Process one input file into its noisy copies and their manifest records.
+
+Runs inside a worker process (or in-process with ``--workers 1``). Workers
+read and write files themselves, so no pixel or sample crosses a process
+boundary; they return plain records and never touch the manifest. Every
+failure of one file, expected or not, becomes an ``"error"`` record with a
+one-line reason, so one bad file never stops the batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import seeding
+from .config import Config, SigmaSpec
+from .errors import DecodeError, FileError, WriteError
+from .fileio import atomic_write, ensure_dir, read_input
+from .noise import image_limits, image_sigma, noise_inplace
+
+OK, SKIPPED, ERROR = "ok", "skipped", "error"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and what the previous manifest said about its copies."""
+
+    rel: str
+    kind: str
+    size: int
+    prior: tuple[dict[str, Any] | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every job of a run shares; sent once to each worker."""
+
+    input_root: str
+    output_root: str
+    config: Config
+
+
+@dataclass
+class Rendered:
+    """One noisy output in memory, with the record fields that describe it."""
+
+    copy: int
+    data: Any  # bytes-like
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+_context: Context | None = None
+_known_dirs: set[str] = set()
+
+
+def init_worker(context: Context) -> None:
+    """Pool initializer: remember the context, one thread, leave SIGINT to the parent."""
+    global _context
+    _context = context
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_threads()
+
+
+def limit_threads() -> None:
+    """Keep OpenCV to one thread so N workers use N cores, not N²."""
+    from . import image_io
+
+    image_io.set_threads(1)
+
+
+def output_rel(rel: str, template: str, copy: int) -> str:
+    """The output's relative path: the input's folder and the --name template."""
+    folder, base = os.path.split(rel)
+    stem, ext = os.path.splitext(base)
+    name = template.format(stem=stem, ext=ext, copy=copy)
+    return f"{folder}/{name}" if folder else name
+
+
+def path_fields(key: str, rel: str) -> dict[str, str]:
+    """A relative path for a record; undecodable names also kept as base64 bytes."""
+    try:
+        rel.encode("utf-8")
+        return {key: rel}
+    except UnicodeEncodeError:
+        raw = os.fsencode(rel)
+        return {key: raw.decode("utf-8", "backslashreplace"),
+                f"{key}_raw": base64.b64encode(raw).decode("ascii")}
+
+
+def draw_sigma(spec: SigmaSpec, rng: np.random.Generator) -> float:
+    """σ for one file: the value itself, or a uniform draw from the file's own RNG."""
+    return float(rng.uniform(spec.low, spec.high)) if spec.is_range else spec.low
+
+
+def process(job: Job) -> list[dict[str, Any]]:
+    """Run one job in this worker; one record per copy."""
+    assert _context is not None, "init_worker() was not called"
+    return process_job(job, _context)
+
+
+def process_batch(jobs: list[Job]) -> list[list[dict[str, Any]]]:
+    """Run several small jobs in one round trip to the pool."""
+    return [process(job) for job in jobs]
+
+
+def _copies(job: Job, cfg: Config) -> range:
+    return range(cfg.copies) if job.kind != "other" else range(1)
+
+
+def failed_records(job: Job, cfg: Config, reason: str) -> list[dict[str, Any]]:
+    """Error records for every copy of a job that could not run at all."""
+    return [_error(_base_record(job, c, cfg), reason) for c in _copies(job, cfg)]
+
+
+def is_up_to_date(job: Job, ctx: Context) -> bool:
+    """Whether every copy of a job matches its previous record (for --dry-run)."""
+    try:
+        digest = hashlib.sha256(read_input(os.path.join(ctx.input_root, job.rel))).hexdigest()
+    except OSError:
+        return False
+    return all(
+        c < len(job.prior) and _up_to_date(job.prior[c], digest, ctx.output_root, r["_out"])
+        for c, r in ((c, _base_record(job, c, ctx.config)) for c in _copies(job, ctx.config)))
+
+
+def process_job(job: Job, ctx: Context) -> list[dict[str, Any]]:
+    """Read the input, skip copies that are up to date, render and write the rest."""
+    cfg = ctx.config
+    src = os.path.join(ctx.input_root, job.rel)
+    base = [_base_record(job, c, cfg) for c in _copies(job, cfg)]
+    try:
+        data = read_input(src)
+    except OSError as exc:
+        return [_error(r, f"cannot read: {exc.strerror or exc}") for r in base]
+    digest = hashlib.sha256(data).hexdigest()
+    for r in base:
+        r.update(input_sha256=digest, input_bytes=len(data))
+
+    records: dict[int, dict[str, Any]] = {}
+    todo = []
+    for r in base:
+        prior = job.prior[r["copy"]] if r["copy"] < len(job.prior) else None
+        if _up_to_date(prior, digest, ctx.output_root, r["_out"]):
+            records[r["copy"]] = {**prior, "status": SKIPPED}
+        else:
+            todo.append(r)
+    if todo:
+        try:
+            for rendered in render(job, data, [r["copy"] for r in todo], cfg):
+                r = base[rendered.copy]
+                r.update(rendered.fields)
+                _write(ctx.output_root, job, r, rendered.data)
+                records[r["copy"]] = r
+        except FileError as exc:
+            failed = _error_records(todo, records, exc.reason)
+            records.update(failed)
+        except MemoryError:
+            records.update(_error_records(todo, records, "out of memory"))
+        except Exception as exc:  # a codec bug must cost one file, not the run
+            reason = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            records.update(_error_records(todo, records, reason.rstrip(": ")))
+    return [records[c] for c in sorted(records)]
+
+
+def _error_records(todo: list[dict], done: dict[int, dict], reason: str) -> dict[int, dict]:
+    return {r["copy"]: _error(r, reason) for r in todo if r["copy"] not in done}
+
+
+def _base_record(job: Job, copy: int, cfg: Config) -> dict[str, Any]:
+    out = output_rel(job.rel, cfg.name, copy) if job.kind != "other" else job.rel
+    record: dict[str, Any] = {"type": "file"}
+    record.update(path_fields("input", job.rel))
+    record.update(path_fields("output", out))
+    record.update(kind=job.kind, copy=copy, status=OK)
+    record["_out"] = out
+    return record
+
+
+def _error(record: dict[str, Any], reason: str) -> dict[str, Any]:
+    keep = {k: v for k, v in record.items() if k in (
+        "type", "input", "input_raw", "output", "output_raw", "kind", "copy",
+        "seed", "input_sha256", "input_bytes")}
+    return {**keep, "status": ERROR, "error": " ".join(reason.split())}
+
+
+def _up_to_date(prior: dict[str, Any] | None, digest: str, out_root: str, out_rel: str) -> bool:
+    if not prior or prior.get("status") not in (OK, SKIPPED):
+        return False
+    if prior.get("input_sha256") != digest or prior.get("output") != path_fields("output", out_rel)["output"]:
+        return False
+    try:
+        existing = read_input(os.path.join(out_root, out_rel))
+    except OSError:
+        return False
+    return hashlib.sha256(existing).hexdigest() == prior.get("output_sha256")
+
+
+def _write(out_root: str, job: Job, record: dict[str, Any], data: Any) -> None:
+    out_rel = record.pop("_out")
+    folder = ensure_dir(out_root, os.path.dirname(out_rel), _known_dirs)
+    atomic_write(os.path.join(folder, os.path.basename(out_rel)), data)
+    record["output_sha256"] = hashlib.sha256(data).hexdigest()
+    record["output_bytes"] = len(memoryview(data).cast("B"))
+
+
+def render(job: Job, data: bytes, copies: list[int], cfg: Config) -> Iterator[Rendered]:
+    """The noisy outputs of one input for the given copy indices, in memory."""
+    if job.kind == "image":
+        yield from _render_image(job.rel, data, copies, cfg)
+    elif job.kind == "other":
+        yield Rendered(0, data, {})
+    else:
+        raise DecodeError(job.rel, f"{job.kind} files are not supported")
+
+
+def decode_samples(job: Job, data: bytes) -> np.ndarray:
+    """The samples an output decodes to, for comparisons across library versions."""
+    if job.kind == "image":
+        from . import image_io
+
+        return image_io.decode(data, job.rel, image_io.format_of(job.rel), 2**62)[0]
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config) -> Iterator[Rendered]:
+    from . import image_io
+
+    fmt = image_io.format_of(rel)
+    pixels, header = image_io.decode(data, rel, fmt, cfg.max_pixels)
+    height, width = pixels.shape[:2]
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    has_alpha = channels in (2, 4)
+    colour = channels - 1 if has_alpha else channels
+    shared = colour > 1 and (cfg.channel_noise == "shared" or header.gray_alpha)
+    lo, hi = image_limits(pixels.dtype)
+    ext = os.path.splitext(rel)[1]
+    for i, copy in enumerate(copies):
+        seed = seeding.file_seed(cfg.seed, os.fsencode(rel), copy)
+        rng = seeding.generator(seed)
+        sigma = draw_sigma(cfg.image_sigma, rng)
+        noisy = pixels if i == len(copies) - 1 else pixels.copy()
+        clipped = noise_inplace(
+            noisy, image_sigma(sigma, pixels.dtype), rng, lo=lo, hi=hi,
+            channels=colour if pixels.ndim == 3 else None, shared=shared)
+        try:
+            encoded = image_io.encode(noisy, ext, header, jpeg_quality=cfg.jpeg_quality,
+                                      png_compression=cfg.png_compression)
+        except ValueError as exc:
+            raise WriteError(rel, str(exc)) from None
+        yield Rendered(copy, encoded, {
+            "seed": f"{seed:032x}",
+            "sigma": sigma,
+            "sigma_full_scale": sigma / 255.0,
+            "height": height, "width": width, "channels": channels,
+            "dtype": str(pixels.dtype),
+            "clipped_fraction": clipped / max(1, height * width * colour),
+        })
