@@ -172,13 +172,18 @@ def _name(template: Any, copies: int) -> str:
         raise UsageError(f"--name takes a template such as '{{stem}}_n{{copy}}{{ext}}', not {template!r}")
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-        template.format(stem="x", ext=".png", copy=0)
-    except (ValueError, IndexError, KeyError) as exc:
+    except ValueError as exc:
         raise UsageError(f"--name {template!r} is not a valid template: {exc}") from None
     unknown = fields - NAME_FIELDS
     if unknown:
         raise UsageError(f"--name {template!r} uses unknown field {{{sorted(unknown)[0]}}}; "
                          "the fields are {stem}, {ext} and {copy}")
+    try:
+        template.format(stem="x", ext=".png", copy=0)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise UsageError(f"--name {template!r} is not a valid template: {exc}") from None
+    if "stem" not in fields:
+        raise UsageError(f"--name {template!r} has no {{stem}} field, so the outputs of one folder would collide")
     if "/" in template or "\\" in template or "\0" in template:
         raise UsageError(f"--name {template!r} must name a file, not a path")
     if not template.endswith("{ext}"):

@@ -1,0 +1,77 @@
+"""Shared helpers: real files in tmp_path, the CLI through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from noiseaug.cli import app
+
+
+def write_image(path: Path, pixels: np.ndarray, ext: str | None = None, params: list[int] | None = None) -> Path:
+    """Encode with OpenCV by the path's extension and write the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(ext or path.suffix, pixels, params or [])
+    assert ok, f"cannot encode {path}"
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """Decode as stored: alpha and bit depth kept, no orientation applied."""
+    data = np.frombuffer(Path(path).read_bytes(), np.uint8)
+    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    assert pixels is not None, f"cannot decode {path}"
+    return pixels
+
+
+def records(manifest: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run record and the file records of a manifest."""
+    lines = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    assert lines[0]["type"] == "run"
+    return lines[0], lines[1:]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every regular file under root (relative path -> bytes)."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            full = Path(folder) / name
+            out[os.fsdecode(full.relative_to(root))] = full.read_bytes()
+    return out
+
+
+class Cli:
+    """Runs ``noiseaug`` in-process, as a user would type it."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: Any, code: int | None = 0):
+        result = self.runner.invoke(app, [os.fsdecode(a) if isinstance(a, Path) else str(a) for a in args])
+        if code is not None:
+            assert result.exit_code == code, (
+                f"exit {result.exit_code}, wanted {code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+                + (f"\n{result.exception!r}" if result.exception and not isinstance(result.exception, SystemExit) else ""))
+        return result
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """An empty INPUT folder and a not-yet-existing OUTPUT folder."""
+    src = tmp_path / "in"
+    src.mkdir()
+    return src, tmp_path / "out"

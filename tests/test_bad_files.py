@@ -1,0 +1,52 @@
+"""Bad files: one error record and one stderr line each; the rest still done."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import read_image, records, write_image
+
+
+def test_bad_files_are_recorded_and_good_files_done(cli, tmp_path):
+    src = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_image(src / f"good{i}.png", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    good_jpg = write_image(src / "good.jpg", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).read_bytes()
+    (src / "truncated.jpg").write_bytes(good_jpg[: len(good_jpg) // 2])
+    (src / "empty.png").write_bytes(b"")
+    (src / "text.png").write_bytes(b"this is not a picture\n")
+    (src / "jpeg_named.png").write_bytes(good_jpg)  # wrong extension but decodable: kept as named
+    big = write_image(tmp_path / "big.png", np.zeros((300, 400), np.uint8))
+    (src / "huge.png").write_bytes(big.read_bytes())
+
+    result = cli("run", src, tmp_path / "out", "--max-pixels", 100000, "--workers", 2, code=1)
+    _, recs = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
+    by_input = {r["input"]: r for r in recs}
+    assert len(recs) == 10
+    bad = {"truncated.jpg", "empty.png", "text.png", "huge.png"}
+    for name in bad:
+        assert by_input[name]["status"] == "error"
+        reason = by_input[name]["error"]
+        assert reason and "\n" not in reason
+        assert f"failed: {name}: {reason}" in result.stderr
+    assert "more than --max-pixels 100000" in by_input["huge.png"]["error"]
+    for name, rec in by_input.items():
+        if name not in bad:
+            assert rec["status"] == "ok", rec
+            read_image(tmp_path / "out" / name)
+    assert "Traceback" not in result.stderr
+    for name in bad:
+        assert not (tmp_path / "out" / name).exists()
+
+
+def test_on_error_fail_stops_early_with_a_valid_manifest(cli, tmp_path):
+    src = tmp_path / "in"
+    (src).mkdir()
+    (src / "a_bad.png").write_bytes(b"nope")
+    for i in range(30):
+        write_image(src / f"b{i:02d}.png", np.zeros((10, 10), np.uint8))
+    cli("run", src, tmp_path / "out", "--on-error", "fail", "--workers", 1, code=1)
+    _, recs = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
+    assert recs[0]["input"] == "a_bad.png" and recs[0]["status"] == "error"
+    assert len(recs) < 31

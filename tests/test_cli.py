@@ -1,0 +1,86 @@
+"""The command line itself: help, version, summaries, dry runs, progress."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import tree, write_image
+
+COMMANDS = ["run", "verify"]
+
+
+@pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
+def test_help_and_version_work_on_every_command(cli, command):
+    assert "Usage:" in cli(*command, "--help").stdout
+    assert cli(*command, "--version").stdout.startswith("noiseaug ")
+
+
+def test_every_run_option_of_the_spec_is_offered(cli):
+    text = cli("run", "--help").stdout
+    for option in ("--image-sigma", "--audio-sigma", "--audio-snr-db", "--seed", "--copies", "--name",
+                   "--workers", "--kinds", "--include", "--exclude", "--channel-noise", "--jpeg-quality",
+                   "--png-compression", "--copy-other", "--overwrite", "--dry-run", "--on-error",
+                   "--shard", "--max-pixels", "--manifest", "--config", "--progress", "--no-progress",
+                   "--json", "--quiet", "--verbose"):
+        assert option in text, option
+
+
+def test_python_dash_m_runs_the_same_cli():
+    out = subprocess.run([sys.executable, "-m", "noiseaug", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("noiseaug ")
+
+
+@pytest.fixture
+def src(tmp_path):
+    folder = tmp_path / "in"
+    for name in ("cats/a.png", "cats/b.png", "dogs/c.png", "dogs/d.jpg"):
+        write_image(folder / name, np.full((16, 16, 3), 99, np.uint8))
+    return folder
+
+
+def test_json_summary_on_stdout_human_summary_on_stderr(cli, src, tmp_path):
+    result = cli("run", src, tmp_path / "out", "--json", "--workers", 2)
+    summary = json.loads(result.stdout)
+    assert summary["files"]["image"] == {"ok": 4, "skipped": 0, "error": 0}
+    assert summary["exit_code"] == 0 and summary["bytes_out"] > 0
+    assert "files/s" in result.stderr and "ok" in result.stderr
+
+
+def test_quiet_prints_nothing_and_no_progress_bar_when_piped(cli, src, tmp_path):
+    result = cli("run", src, tmp_path / "out", "-q", "--workers", 1)
+    assert result.stdout == "" and result.stderr == ""
+
+
+def test_include_exclude_and_kinds_filter_relative_paths(cli, src, tmp_path):
+    cli("run", src, tmp_path / "o1", "--include", "cats/*", "--workers", 1)
+    assert sorted(p for p in tree(tmp_path / "o1") if not p.startswith(("noiseaug-", "."))) == ["cats/a.png", "cats/b.png"]
+    cli("run", src, tmp_path / "o2", "--exclude", "*.jpg", "--exclude", "cats/b*", "--workers", 1)
+    assert sorted(p for p in tree(tmp_path / "o2") if not p.startswith(("noiseaug-", "."))) == ["cats/a.png", "dogs/c.png"]
+    cli("run", src, tmp_path / "o3", "--kinds", "audio", "--workers", 1)
+    assert [p for p in tree(tmp_path / "o3") if p.endswith(".png")] == []
+
+
+def test_dry_run_plans_and_writes_nothing(cli, src, tmp_path):
+    result = cli("run", src, tmp_path / "out", "--dry-run", "--json")
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["image"] == {"process": 4, "skip": 0}
+    assert not (tmp_path / "out").exists()
+    cli("run", src, tmp_path / "out", "--workers", 1)
+    write_image(src / "dogs" / "new.png", np.zeros((4, 4), np.uint8))
+    plan = json.loads(cli("run", src, tmp_path / "out", "--dry-run", "--json").stdout)["plan"]
+    assert plan["image"] == {"process": 1, "skip": 4}
+    assert "new.png" not in str(tree(tmp_path / "out").keys())
+
+
+def test_library_api_runs_without_the_cli(src, tmp_path):
+    import noiseaug
+
+    summary = noiseaug.run(src, tmp_path / "lib", image_sigma=3, workers=1)
+    assert summary.exit_code == 0 and summary.total("ok") == 4
+    with pytest.raises(noiseaug.UsageError):
+        noiseaug.run(src, src)

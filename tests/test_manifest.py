@@ -1,0 +1,168 @@
+"""The manifest (SPEC §4), incremental re-runs and `noiseaug verify`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import records, tree, write_image
+
+FILE_FIELDS = {"type", "input", "output", "kind", "copy", "seed", "sigma", "sigma_full_scale",
+               "input_sha256", "output_sha256", "input_bytes", "output_bytes", "height", "width",
+               "channels", "dtype", "clipped_fraction", "status"}
+
+
+@pytest.fixture
+def src(tmp_path):
+    folder = tmp_path / "in"
+    rng = np.random.default_rng(1)
+    for name in ("b/x.png", "a.png", "b/a.jpg", "c/d/e.png"):
+        write_image(folder / name, rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    (folder / "notes.txt").write_text("not media", encoding="utf-8")
+    return folder
+
+
+def test_run_record_and_file_records_are_complete_and_sorted(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 2)
+    run, recs = records(out / "noiseaug-manifest.jsonl")
+    assert run["version"] and run["seeding"] and run["started"]
+    assert {"python", "numpy", "opencv", "libsndfile"} <= set(run["versions"])
+    assert run["options"]["image_sigma"] == "10" and run["input_root"] == str(src)
+    assert [r["input"] for r in recs] == ["a.png", "b/a.jpg", "b/x.png", "c/d/e.png"]
+    for r in recs:
+        assert FILE_FIELDS <= set(r), FILE_FIELDS - set(r)
+        assert r["status"] == "ok" and len(r["seed"]) == 32
+        assert r["output_bytes"] == (out / r["output"]).stat().st_size
+
+
+def test_rerun_is_up_to_date_and_rewrites_nothing(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    mtimes = {p: os.stat(out / p).st_mtime_ns for p in tree(out) if not p.startswith(("noiseaug-", "."))}
+    result = cli("run", src, out, "--workers", 2, "--json")
+    assert "up to date" in result.stderr
+    assert json.loads(result.stdout)["up_to_date"] is True
+    assert {p: os.stat(out / p).st_mtime_ns for p in mtimes} == mtimes
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert {r["status"] for r in recs} == {"skipped"}
+
+
+def test_changed_input_is_redone_and_new_input_added(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    before = tree(out)
+    write_image(src / "a.png", np.zeros((20, 30, 3), np.uint8))
+    write_image(src / "new.png", np.zeros((5, 5, 3), np.uint8))
+    result = cli("run", src, out, "--workers", 1, "--json")
+    summary = json.loads(result.stdout)
+    assert summary["ok"] == 2 and summary["skipped"] == 3
+    after = tree(out)
+    assert after["a.png"] != before["a.png"] and after["b/x.png"] == before["b/x.png"]
+    assert "new.png" in after
+
+
+def test_deleted_output_is_made_again(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    original = (out / "b" / "x.png").read_bytes()
+    (out / "b" / "x.png").unlink()
+    cli("run", src, out, "--workers", 1)
+    assert (out / "b" / "x.png").read_bytes() == original
+
+
+def test_verify_passes_then_names_a_flipped_byte(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    manifest = out / "noiseaug-manifest.jsonl"
+    assert "4 of 4 outputs match" in cli("verify", manifest).stderr
+    cli("verify", manifest, "--regenerate")
+    target = out / "b" / "x.png"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    result = cli("verify", manifest, code=1)
+    assert "b/x.png" in result.stderr and "a.png" not in result.stderr.replace("3 of 4", "")
+    (out / "a.png").unlink()
+    result = cli("verify", manifest, "--json", code=1)
+    assert {m["output"] for m in json.loads(result.stdout)["mismatches"]} == {"a.png", "b/x.png"}
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../escape.png", "a/../../x.png"])
+def test_verify_refuses_paths_outside_the_roots(cli, src, tmp_path, bad):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    manifest = out / "noiseaug-manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["output"] = bad
+    lines[1] = json.dumps(rec)
+    manifest.write_text("\n".join(lines) + "\n")
+    result = cli("verify", manifest, code=2)
+    assert "refusing" in result.stderr
+
+
+def test_non_utf8_file_name_round_trips_through_run_manifest_and_verify(cli, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    raw = os.path.join(os.fsencode(src), b"caf\xe9 \xff.png")
+    ok_path = write_image(tmp_path / "tmp.png", np.full((10, 10), 50, np.uint8))
+    with open(raw, "wb") as fh:
+        fh.write(ok_path.read_bytes())
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 2)
+    _, [rec] = records(out / "noiseaug-manifest.jsonl")
+    assert rec["status"] == "ok"
+    assert base64.b64decode(rec["input_raw"]) == b"caf\xe9 \xff.png"
+    assert base64.b64decode(rec["output_raw"]) == b"caf\xe9 \xff.png"
+    assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xe9 \xff.png"))
+    cli("verify", out / "noiseaug-manifest.jsonl", "--regenerate")
+    cli("run", src, out, "--workers", 1)  # and resumes from it
+    _, [again] = records(out / "noiseaug-manifest.jsonl")
+    assert again["status"] == "skipped"
+
+
+def test_copy_other_makes_a_complete_dataset(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--copy-other", "--workers", 1)
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "not media"
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert {r["kind"] for r in recs if r["input"] == "notes.txt"} == {"other"}
+
+
+def test_inputs_are_never_modified_and_links_not_followed(cli, src, tmp_path):
+    outside = tmp_path / "secret"
+    write_image(outside / "private.png", np.zeros((4, 4), np.uint8))
+    os.symlink(outside, src / "link_dir")
+    os.symlink(src / "a.png", src / "link.png")
+    before = tree(src)
+    cli("run", src, tmp_path / "out", "--workers", 2)
+    assert tree(src) == before
+    produced = tree(tmp_path / "out")
+    assert not any("private" in p or "link" in p for p in produced)
+
+
+def test_a_planted_link_at_an_output_path_is_replaced_not_followed(cli, src, tmp_path):
+    out = tmp_path / "out"
+    (out / "b").mkdir(parents=True)
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep me")
+    os.symlink(victim, out / "b" / "x.png")
+    cli("run", src, out, "--workers", 1)
+    assert victim.read_bytes() == b"keep me"
+    assert not os.path.islink(out / "b" / "x.png")
+
+
+def test_a_planted_directory_link_in_output_is_refused(cli, src, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, out / "c")
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert list(elsewhere.iterdir()) == []
+    assert "c/d/e.png" in result.stderr

@@ -1,0 +1,118 @@
+"""The noise kernel through the library API: exact statistics, rounding, clipping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import noiseaug
+from noiseaug import noise
+
+
+def expected_tail(n: int, sigma: float, k: float) -> float:
+    """Expected count of |round(σZ)| >= k·σ among n draws."""
+    threshold = math.ceil(k * sigma - 0.5) - 0.5  # smallest integer reached, minus rounding
+    return n * math.erfc(threshold / sigma / math.sqrt(2))
+
+
+@pytest.mark.parametrize("dtype,centre,scale", [(np.uint8, 128, 1.0), (np.uint16, 32768, 257.0)])
+def test_residual_is_gaussian_with_requested_sigma(dtype, centre, scale):
+    sigma = 10.0
+    x = np.full((1000, 1000, 3), centre, dtype)
+    y = noiseaug.add_noise(x, noise.image_sigma(sigma, dtype), np.random.default_rng(7))
+    r = (y.astype(np.float64) - centre) / scale
+    n = r.size
+    assert abs(r.mean()) < 5 * sigma / math.sqrt(n)  # no -0.5 truncation bias
+    assert abs(r.std() - sigma) < 0.01 * sigma
+    tail = np.count_nonzero(np.abs(r) * scale >= 4 * sigma * scale)
+    want = expected_tail(n, sigma * scale, 4)
+    assert 0.7 * want < tail < 1.3 * want  # tails present, in the right amount
+
+
+def test_rounding_is_to_nearest_on_the_integer_grid():
+    x = np.full((400, 500), 100, np.uint8)
+    y = noiseaug.add_noise(x, 0.3, np.random.default_rng(1))
+    # P(|0.3 Z| < 0.5) = P(|Z| < 5/3) = 0.9044: rounding, not truncation or flooring
+    unchanged = np.count_nonzero(y == 100) / y.size
+    assert abs(unchanged - math.erf(5 / 3 / math.sqrt(2))) < 0.005
+    assert abs(np.count_nonzero(y == 101) - np.count_nonzero(y == 99)) < 0.05 * np.count_nonzero(y != 100)
+
+
+def test_per_channel_noise_is_uncorrelated_and_shared_is_identical():
+    x = np.full((600, 600, 3), 128, np.uint8)
+    per = noiseaug.add_noise(x, 10, np.random.default_rng(3)).astype(np.float64) - 128
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert abs(np.corrcoef(per[..., a].ravel(), per[..., b].ravel())[0, 1]) < 0.01
+    shared = noiseaug.add_noise(x, 10, np.random.default_rng(3), shared=True)
+    assert np.array_equal(shared[..., 0], shared[..., 1]) and np.array_equal(shared[..., 1], shared[..., 2])
+    assert shared[..., 0].std() > 9
+
+
+def test_clipping_piles_at_the_limits_instead_of_wrapping():
+    low = noiseaug.add_noise(np.zeros((500, 500), np.uint8), 10, np.random.default_rng(4))
+    high = noiseaug.add_noise(np.full((500, 500), 255, np.uint8), 10, np.random.default_rng(4))
+    assert low.max() < 80 and high.min() > 175  # wrap-around would reach the other end
+    # P(round(10 Z) <= 0) = Φ(0.05)
+    want = 0.5 * (1 + math.erf(0.05 / math.sqrt(2)))
+    assert abs(np.count_nonzero(low == 0) / low.size - want) < 0.005
+    assert abs(np.count_nonzero(high == 255) / high.size - want) < 0.005
+
+
+def test_float_images_are_clipped_to_unit_range_and_not_rounded():
+    x = np.full((300, 300), 0.5, np.float32)
+    y = noiseaug.add_noise(x, 0.2, np.random.default_rng(5))
+    assert y.dtype == np.float32 and y.min() == 0.0 and y.max() == 1.0
+    inside = y[(y > 0) & (y < 1)]
+    assert len(np.unique(inside)) > 0.9 * inside.size  # continuous values, not a grid
+
+
+def test_alpha_channel_is_untouched():
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (200, 300, 4), dtype=np.uint8)
+    y = noiseaug.add_noise(x, 20, np.random.default_rng(6), alpha=True)
+    assert np.array_equal(y[..., 3], x[..., 3])
+    assert np.count_nonzero(y[..., :3] != x[..., :3]) > 0.9 * x[..., :3].size
+
+
+def test_noise_does_not_depend_on_band_size(monkeypatch):
+    x = np.random.default_rng(0).integers(0, 256, (333, 517, 3), dtype=np.uint8)
+    first = noiseaug.add_noise(x, 8, np.random.default_rng(11))
+    monkeypatch.setattr(noise, "BAND_VALUES", 1000)
+    second = noiseaug.add_noise(x, 8, np.random.default_rng(11))
+    assert np.array_equal(first, second)
+
+
+def test_24_bit_grid_in_int32_stays_on_multiples_of_256():
+    data = np.zeros((50000, 2), np.int32)
+    sigma = 1e-3 * 2**31
+    noise.noise_inplace(data, sigma, np.random.default_rng(2), lo=-2**31, hi=2**31 - 256, step=256)
+    assert np.all(data % 256 == 0)
+    assert abs(data.std() / sigma - 1) < 0.02
+    assert len(np.unique(data)) > 1000  # finer than 16-bit steps: the 24-bit grid is used
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=12)),
+    sigma=st.floats(0, 300, allow_nan=False),
+    seed=st.integers(0, 2**32),
+)
+def test_any_image_stays_in_range_and_sigma_zero_is_identity(x, sigma, seed):
+    y = noiseaug.add_noise(x, sigma, np.random.default_rng(seed))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert np.array_equal(noiseaug.add_noise(x, 0.0, np.random.default_rng(seed)), x)
+    if x.shape[-1] >= 2:
+        z = noiseaug.add_noise(x, sigma, np.random.default_rng(seed), alpha=True)
+        assert np.array_equal(z[..., -1], x[..., -1])
+
+
+def test_negative_or_nan_sigma_is_refused():
+    with pytest.raises(ValueError):
+        noiseaug.add_noise(np.zeros((2, 2), np.uint8), -1.0)
+    with pytest.raises(ValueError):
+        noiseaug.add_noise(np.zeros((2, 2), np.uint8), float("nan"))

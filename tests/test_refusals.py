@@ -1,0 +1,100 @@
+"""Every refusal of SPEC §2 exits 2 with a one-line reason and writes nothing."""
+
+from __future__ import annotations
+
+import fcntl
+
+import numpy as np
+import pytest
+
+from conftest import tree, write_image
+
+
+@pytest.fixture
+def src(tmp_path):
+    folder = tmp_path / "in"
+    write_image(folder / "a.png", np.zeros((8, 8), np.uint8))
+    return folder
+
+
+def refused(cli, *args, says: str):
+    result = cli(*args, code=2)
+    assert says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 or "Usage:" in result.stderr
+    return result
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--image-sigma", "-1"], "negative"),
+    (["--audio-sigma", "-0.5"], "negative"),
+    (["--image-sigma", "9:3"], "empty"),
+    (["--image-sigma", "abc"], "number"),
+    (["--shard", "3/3"], "below the count"),
+    (["--shard", "1"], "--shard"),
+    (["--audio-sigma", "0.1", "--audio-snr-db", "20"], "exclude each other"),
+    (["--copies", "0"], "--copies"),
+    (["--copies", "2", "--name", "{stem}{ext}"], "{copy}"),
+    (["--name", "{stem}.png"], "{ext}"),
+    (["--name", "../{stem}{ext}"], "file"),
+    (["--name", "{bogus}{ext}"], "unknown field"),
+    (["--kinds", "video"], "--kinds"),
+    (["--channel-noise", "mixed"], "--channel-noise"),
+    (["--jpeg-quality", "101"], "--jpeg-quality"),
+    (["--on-error", "maybe"], "--on-error"),
+    (["--no-such-option"], "No such option"),
+])
+def test_bad_options_are_refused_before_writing(cli, src, tmp_path, args, says):
+    refused(cli, "run", src, tmp_path / "out", *args, says=says)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_equal_to_inside_or_around_input_is_refused(cli, src, tmp_path):
+    before = tree(tmp_path)
+    refused(cli, "run", src, src, says="same folder")
+    refused(cli, "run", src, src / "out", says="inside INPUT")
+    refused(cli, "run", src, tmp_path, says="INPUT is inside OUTPUT")
+    assert tree(tmp_path) == before
+
+
+def test_unknown_toml_key_is_refused_with_its_name(cli, src, tmp_path):
+    config = tmp_path / "opts.toml"
+    config.write_text('image-sigma = 4\nimage_sigmaa = 5\n', encoding="utf-8")
+    refused(cli, "run", src, tmp_path / "out", "--config", config, says="image_sigmaa")
+    assert not (tmp_path / "out").exists()
+
+
+def test_toml_options_apply_and_the_command_line_wins(cli, src, tmp_path):
+    config = tmp_path / "opts.toml"
+    config.write_text('image-sigma = 4\nseed = 9\ncopies = 2\n', encoding="utf-8")
+    result = cli("run", src, tmp_path / "out", "--config", config, "--seed", 3, "--json", "--workers", 1)
+    import json
+    summary = json.loads(result.stdout)
+    assert summary["ok"] == 2
+    run = json.loads((tmp_path / "out" / "noiseaug-manifest.jsonl").read_text().splitlines()[0])
+    assert run["options"]["image_sigma"] == "4" and run["options"]["seed"] == 3
+
+
+def test_manifest_from_other_options_is_refused_without_overwrite(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    before = tree(out)
+    result = refused(cli, "run", src, out, "--image-sigma", 3, "--workers", 1, says="--image-sigma 10")
+    assert "--overwrite" in result.stderr
+    assert tree(out) == before
+    cli("run", src, out, "--image-sigma", 3, "--overwrite", "--workers", 1)
+    assert tree(out)["a.png"] != before["a.png"]
+
+
+def test_a_held_lock_is_refused(cli, src, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".noiseaug.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        refused(cli, "run", src, out, "--workers", 1, says="another noiseaug run")
+        assert not (out / "a.png").exists()
+    cli("run", src, out, "--workers", 1)  # a lock whose holder is gone is taken over
+    assert (out / "a.png").exists()
+
+
+def test_missing_input_is_refused(cli, tmp_path):
+    refused(cli, "run", tmp_path / "nope", tmp_path / "out", says="not a folder")
