@@ -11,27 +11,24 @@ OUTPUT even if someone planted a link there.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO, Iterator
 
 from .errors import LockedError, WriteError
 
 TMP_SUFFIX = ".noiseaug-tmp"
+HASH_CHUNK = 1 << 20
 
 
 def read_input(path: str | bytes) -> bytes:
     """The bytes of a regular file, refusing symbolic links and special files."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read()
-    finally:
-        os.close(fd)
+    with open_input(path) as fh:
+        return fh.read()
 
 
 def ensure_dir(root: str, rel_dir: str, known: set[str]) -> str:
@@ -56,21 +53,52 @@ def ensure_dir(root: str, rel_dir: str, known: set[str]) -> str:
     return path
 
 
-def atomic_write(path: str, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename.
+def open_input(path: str | bytes) -> BinaryIO:
+    """A regular file opened for reading, refusing symbolic links and special files."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
-    On any failure the temporary file is removed and :class:`WriteError` is
-    raised; an existing file or link at ``path`` is replaced, never followed.
+
+def hash_stream(fh: BinaryIO) -> tuple[str, int]:
+    """SHA-256 and size of an open file from its start, in bounded memory."""
+    fh.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := fh.read(HASH_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def hash_file(path: str | bytes) -> tuple[str, int]:
+    """SHA-256 and size of a regular file (no links followed), in bounded memory."""
+    with open_input(path) as fh:
+        return hash_stream(fh)
+
+
+@contextmanager
+def atomic_file(path: str) -> Iterator[BinaryIO]:
+    """A new file that appears at ``path`` only if the ``with`` body succeeds.
+
+    It is a temporary file in the same folder, renamed into place at the end
+    (replacing a file or link there, never following it) and removed on any
+    failure. OS errors become :class:`WriteError`.
     """
     folder = os.path.dirname(path) or "."
     tmp = os.path.join(folder, f".{secrets.token_hex(8)}{TMP_SUFFIX}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise WriteError(path, f"cannot write: {exc.strerror}") from exc
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        with os.fdopen(fd, "w+b") as fh:
+            yield fh
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -80,6 +108,12 @@ def atomic_write(path: str, data: bytes | memoryview) -> None:
         if isinstance(exc, OSError):
             raise WriteError(path, f"cannot write: {exc.strerror or exc}") from exc
         raise
+
+
+def atomic_write(path: str, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 class OutputLock:

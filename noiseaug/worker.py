@@ -13,15 +13,15 @@ import base64
 import hashlib
 import os
 import signal
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
 from . import seeding
 from .config import Config, SigmaSpec
 from .errors import DecodeError, FileError, WriteError
-from .fileio import atomic_write, ensure_dir, read_input
+from .fileio import atomic_file, ensure_dir, hash_file, hash_stream, open_input, read_input
 from .noise import image_limits, image_sigma, noise_inplace
 
 OK, SKIPPED, ERROR = "ok", "skipped", "error"
@@ -48,11 +48,15 @@ class Context:
 
 @dataclass
 class Rendered:
-    """One noisy output in memory, with the record fields that describe it."""
+    """One noisy output, ready to be written, and the record fields known so far.
+
+    ``write`` streams the output into an open binary file and returns the
+    fields only known once it is written (clipping, output hash when cheap).
+    """
 
     copy: int
-    data: Any  # bytes-like
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any]
+    write: Callable[[BinaryIO], dict[str, Any]]
 
 
 _context: Context | None = None
@@ -121,7 +125,7 @@ def failed_records(job: Job, cfg: Config, reason: str) -> list[dict[str, Any]]:
 def is_up_to_date(job: Job, ctx: Context) -> bool:
     """Whether every copy of a job matches its previous record (for --dry-run)."""
     try:
-        digest = hashlib.sha256(read_input(os.path.join(ctx.input_root, job.rel))).hexdigest()
+        digest, _ = hash_file(os.path.join(ctx.input_root, job.rel))
     except OSError:
         return False
     return all(
@@ -135,12 +139,11 @@ def process_job(job: Job, ctx: Context) -> list[dict[str, Any]]:
     src = os.path.join(ctx.input_root, job.rel)
     base = [_base_record(job, c, cfg) for c in _copies(job, cfg)]
     try:
-        data = read_input(src)
+        data, digest, size = read_source(job, src)
     except OSError as exc:
         return [_error(r, f"cannot read: {exc.strerror or exc}") for r in base]
-    digest = hashlib.sha256(data).hexdigest()
     for r in base:
-        r.update(input_sha256=digest, input_bytes=len(data))
+        r.update(input_sha256=digest, input_bytes=size)
 
     records: dict[int, dict[str, Any]] = {}
     todo = []
@@ -152,20 +155,28 @@ def process_job(job: Job, ctx: Context) -> list[dict[str, Any]]:
             todo.append(r)
     if todo:
         try:
-            for rendered in render(job, data, [r["copy"] for r in todo], cfg):
+            for rendered in render(job, src, data, [r["copy"] for r in todo], cfg):
                 r = base[rendered.copy]
                 r.update(rendered.fields)
-                _write(ctx.output_root, job, r, rendered.data)
+                _write(ctx.output_root, r, rendered)
                 records[r["copy"]] = r
         except FileError as exc:
-            failed = _error_records(todo, records, exc.reason)
-            records.update(failed)
+            records.update(_error_records(todo, records, exc.reason))
         except MemoryError:
             records.update(_error_records(todo, records, "out of memory"))
         except Exception as exc:  # a codec bug must cost one file, not the run
-            reason = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            records.update(_error_records(todo, records, reason.rstrip(": ")))
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            records.update(_error_records(todo, records, f"unexpected {type(exc).__name__}: {text}".rstrip(": ")))
     return [records[c] for c in sorted(records)]
+
+
+def read_source(job: Job, src: str) -> tuple[bytes | None, str, int]:
+    """Images are read whole (the codec needs them in memory); audio is only hashed."""
+    if job.kind == "audio":
+        digest, size = hash_file(src)
+        return None, digest, size
+    data = read_input(src)
+    return data, hashlib.sha256(data).hexdigest(), len(data)
 
 
 def _error_records(todo: list[dict], done: dict[int, dict], reason: str) -> dict[int, dict]:
@@ -195,28 +206,43 @@ def _up_to_date(prior: dict[str, Any] | None, digest: str, out_root: str, out_re
     if prior.get("input_sha256") != digest or prior.get("output") != path_fields("output", out_rel)["output"]:
         return False
     try:
-        existing = read_input(os.path.join(out_root, out_rel))
+        existing, _ = hash_file(os.path.join(out_root, out_rel))
     except OSError:
         return False
-    return hashlib.sha256(existing).hexdigest() == prior.get("output_sha256")
+    return existing == prior.get("output_sha256")
 
 
-def _write(out_root: str, job: Job, record: dict[str, Any], data: Any) -> None:
+def _write(out_root: str, record: dict[str, Any], rendered: Rendered) -> None:
     out_rel = record.pop("_out")
     folder = ensure_dir(out_root, os.path.dirname(out_rel), _known_dirs)
-    atomic_write(os.path.join(folder, os.path.basename(out_rel)), data)
-    record["output_sha256"] = hashlib.sha256(data).hexdigest()
-    record["output_bytes"] = len(memoryview(data).cast("B"))
+    with atomic_file(os.path.join(folder, os.path.basename(out_rel))) as fh:
+        record.update(rendered.write(fh))
+        if "output_sha256" not in record:
+            record["output_sha256"], record["output_bytes"] = hash_stream(fh)
 
 
-def render(job: Job, data: bytes, copies: list[int], cfg: Config) -> Iterator[Rendered]:
-    """The noisy outputs of one input for the given copy indices, in memory."""
+def _bytes_writer(encoded: Any) -> Callable[[BinaryIO], dict[str, Any]]:
+    def write(fh: BinaryIO) -> dict[str, Any]:
+        fh.write(encoded)
+        return {"output_sha256": hashlib.sha256(encoded).hexdigest(),
+                "output_bytes": len(memoryview(encoded).cast("B"))}
+    return write
+
+
+def render(job: Job, src: str, data: bytes | None, copies: list[int], cfg: Config) -> Iterator[Rendered]:
+    """The noisy outputs of one input for the given copy indices.
+
+    ``data`` holds the input's bytes for images and copied files; audio is
+    streamed from ``src``.
+    """
     if job.kind == "image":
+        assert data is not None
         yield from _render_image(job.rel, data, copies, cfg)
-    elif job.kind == "other":
-        yield Rendered(0, data, {})
+    elif job.kind == "audio":
+        yield from _render_audio(job.rel, src, copies, cfg)
     else:
-        raise DecodeError(job.rel, f"{job.kind} files are not supported")
+        assert data is not None
+        yield Rendered(0, {}, _bytes_writer(data))
 
 
 def decode_samples(job: Job, data: bytes) -> np.ndarray:
@@ -225,6 +251,10 @@ def decode_samples(job: Job, data: bytes) -> np.ndarray:
         from . import image_io
 
         return image_io.decode(data, job.rel, image_io.format_of(job.rel), 2**62)[0]
+    if job.kind == "audio":
+        from . import audio_io
+
+        return audio_io.decode_all(data)
     return np.frombuffer(data, dtype=np.uint8)
 
 
@@ -253,11 +283,75 @@ def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config) -> Iter
                                       png_compression=cfg.png_compression)
         except ValueError as exc:
             raise WriteError(rel, str(exc)) from None
-        yield Rendered(copy, encoded, {
+        yield Rendered(copy, {
             "seed": f"{seed:032x}",
             "sigma": sigma,
             "sigma_full_scale": sigma / 255.0,
             "height": height, "width": width, "channels": channels,
             "dtype": str(pixels.dtype),
             "clipped_fraction": clipped / max(1, height * width * colour),
-        })
+        }, _bytes_writer(encoded))
+
+
+def _render_audio(rel: str, src: str, copies: list[int], cfg: Config) -> Iterator[Rendered]:
+    from . import audio_io
+    from .audio_io import AudioError
+
+    with open_input(src) as fh:
+        try:
+            snd = audio_io.open_read(fh)
+        except AudioError as exc:
+            raise DecodeError(rel, f"cannot decode as audio: {exc}") from None
+        with snd:
+            layout = audio_io.layout_of(snd)
+            metadata = snd.copy_metadata()
+            try:
+                level = audio_io.rms(snd, layout) if cfg.audio_snr_db is not None else None
+            except AudioError as exc:
+                raise DecodeError(rel, str(exc)) from None
+            for copy in copies:
+                seed = seeding.file_seed(cfg.seed, os.fsencode(rel), copy)
+                rng = seeding.generator(seed)
+                fields: dict[str, Any] = {"seed": f"{seed:032x}"}
+                if level is not None:
+                    assert cfg.audio_snr_db is not None
+                    snr_db = draw_sigma(cfg.audio_snr_db, rng)
+                    sigma = level / 10 ** (snr_db / 20)
+                    fields["snr_db"] = snr_db
+                else:
+                    assert cfg.audio_sigma is not None
+                    sigma = draw_sigma(cfg.audio_sigma, rng)
+                fields.update(sigma=sigma, sigma_full_scale=sigma, samplerate=layout.samplerate,
+                              channels=layout.channels, format=layout.format, subtype=layout.subtype,
+                              endian=layout.endian)
+                yield Rendered(copy, fields, _audio_writer(rel, snd, layout, metadata, sigma, rng, seed))
+
+
+def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sigma: float,
+                  rng: np.random.Generator, seed: int) -> Callable[[BinaryIO], dict[str, Any]]:
+    from . import audio_io
+    from .audio_io import AudioError
+
+    def write(fh: BinaryIO) -> dict[str, Any]:
+        clipped = frames = 0
+        try:
+            out = audio_io.open_write(fh, layout, metadata)
+        except AudioError as exc:
+            raise WriteError(rel, str(exc)) from None
+        with out:
+            try:
+                for block in audio_io.blocks(snd, layout):
+                    clipped += noise_inplace(block, sigma * layout.full_scale, rng,
+                                             lo=layout.lo, hi=layout.hi, step=layout.step)
+                    out.write(block)
+                    frames += block.shape[0]
+            except AudioError as exc:
+                raise DecodeError(rel, str(exc)) from None
+        if layout.format == "OGG":
+            fh.seek(0)
+            fixed = audio_io.set_ogg_serials(fh.read(), seed)
+            fh.seek(0)
+            fh.write(fixed)
+            fh.truncate()
+        return {"frames": frames, "clipped_fraction": clipped / max(1, frames * layout.channels)}
+    return write

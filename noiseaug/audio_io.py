@@ -1,0 +1,201 @@
+"""Audio streaming with soundfile (libsndfile): the only module that imports it.
+
+Samples are read and written in fixed blocks, so memory per file stays bounded
+whatever the length of the recording. PCM is handled as integers on the
+subtype's own grid, because libsndfile floors when it converts float to PCM
+and drops the low byte of int32 data written to a 24-bit file: the rounding
+is done here, in :mod:`noiseaug.noise`, before libsndfile sees the samples.
+
+Two libsndfile habits would make identical runs give different bytes: a PEAK
+chunk with a wall-clock time stamp in FLOAT/DOUBLE WAVs (turned off with
+``SFC_SET_ADD_PEAK_CHUNK``), and Ogg stream serial numbers drawn from the
+clock (rewritten here from the file's seed, with the page checksums redone).
+"""
+
+from __future__ import annotations
+
+import binascii
+import io
+import re
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import soundfile as sf
+
+BLOCK_FRAMES = 1 << 16
+SFC_GET_LOG_INFO = 0x1001
+SFC_SET_ADD_PEAK_CHUNK = 0x1050
+# libsndfile's parse log says "data : 264600 (should be 88170)" for a cut file
+_SHORT_CHUNK = re.compile(rb"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_STREAMED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # written by streaming tools that never knew the length
+
+# subtype -> (container dtype read and written, grid step in that dtype)
+INTEGER_GRIDS: dict[str, tuple[type, int]] = {
+    "PCM_S8": (np.int16, 256), "PCM_U8": (np.int16, 256), "PCM_16": (np.int16, 1),
+    "PCM_24": (np.int32, 256), "PCM_32": (np.int32, 1),
+    "ALAC_16": (np.int16, 1), "ALAC_20": (np.int32, 4096), "ALAC_24": (np.int32, 256),
+    "ALAC_32": (np.int32, 1),
+}
+LOSSY_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})
+
+
+class AudioError(Exception):
+    """libsndfile could not read or write a file; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a file's samples are stored, and how noiseaug handles them."""
+
+    format: str
+    subtype: str
+    endian: str
+    samplerate: int
+    channels: int
+    frames: int
+    dtype: np.dtype
+    step: int
+    lo: float
+    hi: float
+    full_scale: float  # the data value of digital full scale (1.0 for float)
+
+    @property
+    def integer(self) -> bool:
+        return self.dtype.kind == "i"
+
+
+def library_version() -> str:
+    return sf.__libsndfile_version__
+
+
+def open_read(fh: BinaryIO) -> sf.SoundFile:
+    """Open an input; refuse one whose header promises more samples than it holds.
+
+    libsndfile quietly shortens a cut WAV or AIFF to what is there; a dataset
+    tool must not pass a truncated recording off as a good one.
+    """
+    try:
+        snd = sf.SoundFile(fh)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(_one_line(exc)) from None
+    log = sf._ffi.new("char[]", 16384)
+    sf._snd.sf_command(snd._file, SFC_GET_LOG_INFO, log, 16384)
+    for chunk, declared, present in _SHORT_CHUNK.findall(sf._ffi.string(log)):
+        if int(declared) > int(present) and int(declared) not in _STREAMED_SIZES:
+            snd.close()
+            raise AudioError(f"truncated: the {chunk.decode()} chunk declares {int(declared)} bytes, "
+                             f"the file holds {int(present)}")
+    return snd
+
+
+def layout_of(snd: sf.SoundFile) -> Layout:
+    """The layout of an open file: integer grid for PCM, float otherwise."""
+    grid = INTEGER_GRIDS.get(snd.subtype)
+    if grid is not None:
+        dtype, step = np.dtype(grid[0]), grid[1]
+        info = np.iinfo(dtype)
+        lo, hi, full = float(info.min), float(info.max + 1 - step), float(-int(info.min))
+    else:
+        dtype = np.dtype(np.float64 if snd.subtype == "DOUBLE" else np.float32)
+        step, lo, hi, full = 1, -1.0, 1.0, 1.0
+    return Layout(snd.format, snd.subtype, snd.endian, snd.samplerate, snd.channels,
+                  snd.frames, dtype, step, lo, hi, full)
+
+
+def blocks(snd: sf.SoundFile, layout: Layout) -> Iterator[np.ndarray]:
+    """The file's samples, block by block, in its layout's dtype (one reused buffer)."""
+    buffer = np.empty((BLOCK_FRAMES, layout.channels), dtype=layout.dtype)
+    snd.seek(0)
+    total = 0
+    while True:
+        try:
+            n = snd.read(BLOCK_FRAMES, dtype=layout.dtype.name, always_2d=True, out=buffer).shape[0]
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"cannot decode after frame {total}: {_one_line(exc)}") from None
+        if n == 0:
+            break
+        total += n
+        yield buffer[:n]
+        if n < BLOCK_FRAMES:
+            break
+    if layout.frames > 0 and total < layout.frames and layout.subtype not in LOSSY_SUBTYPES:
+        raise AudioError(f"truncated: the header declares {layout.frames} frames, only {total} could be read")
+
+
+def rms(snd: sf.SoundFile, layout: Layout) -> float:
+    """Channel-pooled RMS as a fraction of full scale, in one streaming pass."""
+    total, count = 0.0, 0
+    for block in blocks(snd, layout):
+        values = block.astype(np.float64) / layout.full_scale if layout.integer else block
+        total += float(np.dot(values.ravel(), values.ravel()))
+        count += block.size
+    return (total / count) ** 0.5 if count else 0.0
+
+
+def open_write(fh: BinaryIO, layout: Layout, metadata: dict[str, str]) -> sf.SoundFile:
+    """An output in the input's format, subtype, endianness, rate and channels."""
+    try:
+        out = sf.SoundFile(fh, "w", samplerate=layout.samplerate, channels=layout.channels,
+                           subtype=layout.subtype, endian=layout.endian, format=layout.format)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"cannot write {layout.format}/{layout.subtype}: {_one_line(exc)}") from None
+    if layout.subtype in ("FLOAT", "DOUBLE"):
+        sf._snd.sf_command(out._file, SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+    for key, value in metadata.items():
+        try:
+            setattr(out, key, value)
+        except (sf.LibsndfileError, RuntimeError):
+            pass  # this container cannot hold that string; libsndfile says which it supports
+    return out
+
+
+def set_ogg_serials(data: bytes, seed: int) -> bytes:
+    """Replace the clock-drawn Ogg stream serial numbers by ones from ``seed``.
+
+    Every page's serial is rewritten (one new serial per logical stream) and
+    its CRC recomputed; anything that is not a sequence of Ogg pages is
+    returned unchanged.
+    """
+    out = bytearray(data)
+    serials: dict[bytes, bytes] = {}
+    pos = 0
+    while pos + 27 <= len(out) and out[pos:pos + 4] == b"OggS":
+        nsegs = out[pos + 26]
+        length = 27 + nsegs + sum(out[pos + 27:pos + 27 + nsegs])
+        if pos + length > len(out):
+            return data
+        old = bytes(out[pos + 14:pos + 18])
+        new = serials.setdefault(old, ((seed + len(serials)) & 0xFFFFFFFF).to_bytes(4, "little"))
+        out[pos + 14:pos + 18] = new
+        out[pos + 22:pos + 26] = b"\0\0\0\0"
+        out[pos + 22:pos + 26] = _ogg_crc(bytes(out[pos:pos + length])).to_bytes(4, "little")
+        pos += length
+    return bytes(out) if pos == len(out) else data
+
+
+_BITREV = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+
+
+def _ogg_crc(page: bytes) -> int:
+    """Ogg's CRC-32 (polynomial 0x04C11DB7, MSB first, no reflection, init 0).
+
+    zlib's CRC-32 is the same polynomial bit-reflected; feeding it bit-reversed
+    bytes, undoing its pre/post inversion and reversing the result gives
+    Ogg's checksum at C speed.
+    """
+    reflected = binascii.crc32(page.translate(_BITREV), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{reflected:032b}"[::-1], 2)
+
+
+def decode_all(data: bytes) -> np.ndarray:
+    """Every sample of an in-memory file (for comparisons, not for the pipeline)."""
+    with open_read(io.BytesIO(data)) as snd:
+        layout = layout_of(snd)
+        return np.concatenate([b.copy() for b in blocks(snd, layout)] or
+                              [np.empty((0, layout.channels), layout.dtype)])
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -1,0 +1,165 @@
+"""Audio through `noiseaug run`: exact arithmetic on each subtype's own grid."""
+
+from __future__ import annotations
+
+import math
+import wave
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import records, tree, write_image
+
+RATE = 16000
+
+
+def tone(seconds: float = 1.0, channels: int = 1, amplitude: float = 0.5, rate: int = RATE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    mono = amplitude * np.sin(2 * np.pi * 441 * t)
+    return np.stack([mono * (0.9 ** c) for c in range(channels)], axis=1)
+
+
+def int_read(path, dtype="int32"):
+    return sf.read(path, dtype=dtype, always_2d=True)[0]
+
+
+def run_audio(cli, tmp_path, files: dict[str, tuple], *args, out="out"):
+    src = tmp_path / "in"
+    src.mkdir(exist_ok=True)
+    for name, (signal, kwargs) in files.items():
+        sf.write(src / name, signal, **kwargs)
+    cli("run", src, tmp_path / out, "--workers", 1, *args)
+    return src, tmp_path / out
+
+
+def test_quiet_pcm16_residual_has_requested_sigma_and_no_flooring_bias(cli, tmp_path):
+    quiet = tone(4.0, 2, amplitude=0.01)
+    src, out = run_audio(cli, tmp_path, {"q.wav": (quiet, dict(samplerate=RATE, subtype="PCM_16"))},
+                         "--audio-sigma", 0.002)
+    r = (int_read(out / "q.wav", "int16").astype(np.float64) - int_read(src / "q.wav", "int16")) / 32768
+    sigma = 0.002 * math.sqrt(1 + 1 / (12 * (0.002 * 32768) ** 2))  # rounding adds 1/12 LSB²
+    assert abs(r.std() / sigma - 1) < 0.01
+    assert abs(r.mean()) < 5 * sigma / math.sqrt(r.size)  # flooring would shift it by half an LSB
+
+
+def test_pcm24_noise_lives_on_the_24_bit_grid(cli, tmp_path):
+    src, out = run_audio(cli, tmp_path, {"d.wav": (tone(1.0), dict(samplerate=RATE, subtype="PCM_24"))},
+                         "--audio-sigma", 1e-5)
+    residual = (int_read(out / "d.wav") - int_read(src / "d.wav")) // 256  # in 24-bit steps
+    assert np.all((int_read(out / "d.wav") % 256) == 0)
+    assert np.count_nonzero(residual % 256) > 0.9 * residual.size  # not whole 16-bit steps
+    assert abs(residual.std() / (1e-5 * 2**23) - 1) < 0.03
+
+
+@pytest.mark.parametrize("name,subtype,fmt", [
+    ("u8.wav", "PCM_U8", "WAV"), ("s8.aiff", "PCM_S8", "AIFF"), ("p16.wav", "PCM_16", "WAV"),
+    ("p24.wav", "PCM_24", "WAV"), ("p32.wav", "PCM_32", "WAV"), ("f32.wav", "FLOAT", "WAV"),
+    ("f64.wav", "DOUBLE", "WAV"), ("l.flac", "PCM_16", "FLAC"), ("l24.flac", "PCM_24", "FLAC"),
+    ("c.caf", "PCM_24", "CAF"), ("w.w64", "PCM_16", "W64"), ("r.rf64", "PCM_24", "RF64"), ("s.au", "PCM_16", "AU"),
+])
+def test_sigma_zero_reproduces_every_sample(cli, tmp_path, name, subtype, fmt):
+    signal = tone(0.5, 2, amplitude=0.7)
+    src, out = run_audio(cli, tmp_path, {name: (signal, dict(samplerate=RATE, subtype=subtype, format=fmt))},
+                         "--audio-sigma", 0)
+    dtype = "float64" if subtype in ("FLOAT", "DOUBLE") else "int32"
+    assert np.array_equal(int_read(out / name, dtype), int_read(src / name, dtype))
+    info = sf.info(out / name)
+    assert (info.format, info.subtype, info.samplerate, info.channels) == (fmt, subtype, RATE, 2)
+
+
+def test_format_rate_channels_endianness_and_metadata_are_kept(cli, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    with sf.SoundFile(src / "big.wav", "w", 22050, 3, "PCM_24", endian="BIG", format="WAV") as f:
+        f.title, f.artist, f.comment, f.date = "Take 5", "Quartet", "room mic", "2026-01-02"
+        f.write(tone(0.3, 3, rate=22050))
+    with sf.SoundFile(src / "little.aiff", "w", 8000, 1, "PCM_16", endian="LITTLE", format="AIFF") as f:
+        f.write(tone(0.3, 1, rate=8000))
+    cli("run", src, tmp_path / "out", "--workers", 1)
+    with sf.SoundFile(tmp_path / "out" / "big.wav") as f:
+        assert (f.samplerate, f.channels, f.subtype, f.endian) == (22050, 3, "PCM_24", "BIG")
+        meta = f.copy_metadata()
+        assert {k: meta.get(k) for k in ("title", "artist", "comment", "date")} == {
+            "title": "Take 5", "artist": "Quartet", "comment": "room mic", "date": "2026-01-02"}
+    assert (tmp_path / "out" / "big.wav").read_bytes()[:4] == b"RIFX"
+    with sf.SoundFile(tmp_path / "out" / "little.aiff") as f:
+        assert (f.samplerate, f.endian, f.subtype) == (8000, "LITTLE", "PCM_16")
+
+
+def test_snr_20_db_on_a_sine(cli, tmp_path):
+    src, out = run_audio(cli, tmp_path, {"s.flac": (tone(3.0, 2, 0.5), dict(samplerate=RATE, subtype="PCM_24"))},
+                         "--audio-snr-db", 20)
+    x = sf.read(src / "s.flac", dtype="float64")[0]
+    y = sf.read(out / "s.flac", dtype="float64")[0]
+    snr = 10 * math.log10(np.mean(x**2) / np.mean((y - x) ** 2))
+    assert abs(snr - 20) < 0.3
+    _, [rec] = records(out / "noiseaug-manifest.jsonl")
+    assert rec["snr_db"] == 20 and rec["sigma"] == pytest.approx(math.sqrt(np.mean(x**2)) / 10, rel=1e-3)
+
+
+def test_noise_does_not_depend_on_block_size(cli, tmp_path, monkeypatch):
+    from noiseaug import audio_io
+
+    files = {"x.wav": (tone(2.0, 2), dict(samplerate=RATE, subtype="PCM_16")),
+             "y.flac": (tone(1.0, 1), dict(samplerate=RATE, subtype="PCM_24"))}
+    run_audio(cli, tmp_path, files, out="a")
+    monkeypatch.setattr(audio_io, "BLOCK_FRAMES", 1000)
+    run_audio(cli, tmp_path, files, out="b")
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_lossy_and_float_outputs_are_reproducible_byte_for_byte(cli, tmp_path):
+    signal = tone(1.0, 2)
+    files = {"v.ogg": (signal, dict(samplerate=RATE, subtype="VORBIS")),
+             "o.opus": (tone(1.0, 2, rate=48000), dict(samplerate=48000, subtype="OPUS", format="OGG")),
+             "m.mp3": (signal, dict(samplerate=RATE, subtype="MPEG_LAYER_III")),
+             "f.wav": (signal, dict(samplerate=RATE, subtype="FLOAT"))}
+    src, _ = run_audio(cli, tmp_path, files, out="a")
+    cli("run", src, tmp_path / "b", "--workers", 2)
+    for name in files:
+        a, b = (tmp_path / d / name for d in "ab")
+        assert a.read_bytes() == b.read_bytes(), name
+        assert sf.info(a).subtype == sf.info(src / name).subtype
+        assert np.abs(sf.read(a)[0] - sf.read(src / name)[0]).std() > 0.003  # noised, still decodable
+    assert b"PEAK" not in (tmp_path / "a" / "f.wav").read_bytes()
+
+
+def test_six_channels_and_an_independent_decoder(cli, tmp_path):
+    src, out = run_audio(cli, tmp_path, {"six.wav": (tone(0.5, 6), dict(samplerate=RATE, subtype="PCM_16"))})
+    with wave.open(str(out / "six.wav")) as w:  # Python's own WAV reader, not libsndfile
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (6, 2, RATE)
+        frames = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 6)
+    assert np.array_equal(frames, int_read(out / "six.wav", "int16"))
+    residual = frames.astype(np.float64) - int_read(src / "six.wav", "int16")
+    assert all(abs(residual[:, c].std() / 327.68 - 1) < 0.05 for c in range(6))
+
+
+def test_mixed_dataset_workers_1_and_2_agree_and_bad_audio_is_recorded(cli, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", tone(1.0, 2), RATE, subtype="PCM_24")
+    sf.write(src / "b.flac", tone(1.0, 1), RATE)
+    write_image(src / "c.png", np.full((20, 20, 3), 77, np.uint8))
+    good = (src / "a.wav").read_bytes()
+    (src / "cut.wav").write_bytes(good[: len(good) // 3])
+    (src / "text.wav").write_bytes(b"RIFF but not really")
+    r1 = cli("run", src, tmp_path / "w1", "--workers", 1, code=1)
+    cli("run", src, tmp_path / "w2", "--workers", 2, code=1)
+    t1, t2 = tree(tmp_path / "w1"), tree(tmp_path / "w2")
+    for name in ("a.wav", "b.flac", "c.png"):
+        assert t1[name] == t2[name]
+    _, recs = records(tmp_path / "w1" / "noiseaug-manifest.jsonl")
+    status = {r["input"]: r["status"] for r in recs}
+    assert status == {"a.wav": "ok", "b.flac": "ok", "c.png": "ok", "cut.wav": "error", "text.wav": "error"}
+    assert "truncated" in next(line for line in r1.stderr.splitlines() if "failed: cut.wav: " in line)
+    assert "failed: text.wav: " in r1.stderr
+    assert "cut.wav" not in t1 and "text.wav" not in t1
+
+
+def test_audio_sigma_range_is_drawn_per_file(cli, tmp_path):
+    files = {f"{i}.wav": (tone(0.2), dict(samplerate=RATE, subtype="PCM_16")) for i in range(4)}
+    _, out = run_audio(cli, tmp_path, files, "--audio-sigma", "0.001:0.05")
+    sigmas = [r["sigma"] for r in records(out / "noiseaug-manifest.jsonl")[1]]
+    assert all(0.001 <= s <= 0.05 for s in sigmas) and len(set(sigmas)) == 4
