@@ -63,7 +63,8 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     if _inside(manifest_path, in_root):
         raise UsageError(f"--manifest {manifest_path} is inside INPUT; noiseaug never writes there")
     prior = _prior_manifest(manifest_path, cfg)
-    summary = Summary(os.fsdecode(in_root), os.fsdecode(out_root), os.fsdecode(manifest_path), dry_run=cfg.dry_run)
+    shown = cfg.manifest if cfg.manifest else default_path(Path(output_dir), cfg.shard)
+    summary = Summary(os.fsdecode(in_root), os.fsdecode(out_root), os.fsdecode(shown), dry_run=cfg.dry_run)
     started = time.perf_counter()
     try:
         if cfg.dry_run:

@@ -6,7 +6,10 @@ Procedural "photos" (sky, sun, hills, textured grass), so the noise is seen
 on smooth gradients and on texture alike, in every layout noiseaug keeps:
 colour JPEG (one with EXIF orientation 6, stored sideways), 8-bit and 16-bit
 PNG, grayscale, RGBA with a soft alpha edge, TIFF, WebP, and a CSV that is
-not media. Deterministic: the same numpy gives the same pixels.
+not media. Recordings: a melody with harmonics and envelopes, a stereo
+chord, and vowel-like "speech" (harmonics of a wavering pitch shaped by
+formants), as WAV PCM_16, WAV PCM_24, FLAC and Ogg Vorbis. Deterministic:
+the same numpy gives the same pixels and samples.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import soundfile as sf
 from PIL import Image
 
 
@@ -44,6 +48,55 @@ def landscape(height: int, width: int, seed: int) -> np.ndarray:
 def to_bgr(img: np.ndarray, depth: int = 8) -> np.ndarray:
     scale, dtype = (255, np.uint8) if depth == 8 else (65535, np.uint16)
     return np.rint(img[..., ::-1] * scale).astype(dtype)
+
+
+def envelope(n: int, rate: int, attack: float = 0.02, release: float = 0.15) -> np.ndarray:
+    t = np.arange(n) / rate
+    return np.minimum(1.0, t / attack) * np.exp(-t / release * 0.5) * np.minimum(1.0, (n / rate - t) / 0.01)
+
+
+def melody(rate: int, seed: int) -> np.ndarray:
+    """A little tune: notes with five harmonics and plucked envelopes."""
+    rng = np.random.default_rng(seed)
+    scale = [0, 2, 4, 5, 7, 9, 11, 12]
+    notes = []
+    for _ in range(12):
+        f0 = 220.0 * 2 ** (scale[rng.integers(0, len(scale))] / 12)
+        n = int(rate * rng.choice([0.125, 0.25, 0.375]))
+        t = np.arange(n) / rate
+        tone = sum(np.sin(2 * np.pi * f0 * k * t) / k ** 1.5 for k in range(1, 6))
+        notes.append(tone * envelope(n, rate))
+    return 0.3 * np.concatenate(notes)
+
+
+def chord(rate: int, seconds: float) -> np.ndarray:
+    """A slowly beating stereo major chord."""
+    t = np.arange(int(rate * seconds)) / rate
+    left = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0))
+    right = sum(np.sin(2 * np.pi * f * 1.003 * t) for f in (261.6, 329.6, 392.0))
+    fade = np.minimum(1.0, t / 0.2) * np.minimum(1.0, (seconds - t) / 0.5)
+    return 0.2 * np.stack([left * fade, right * fade], axis=1)
+
+
+def speech(rate: int, seed: int) -> np.ndarray:
+    """Vowel-like syllables: harmonics of a wavering pitch weighted by formants."""
+    rng = np.random.default_rng(seed)
+    vowels = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480)]
+    parts = []
+    for _ in range(10):
+        n = int(rate * rng.uniform(0.15, 0.3))
+        t = np.arange(n) / rate
+        pitch = 120 * (1 + 0.08 * np.sin(2 * np.pi * 3 * t + rng.uniform(0, 6)))
+        phase = 2 * np.pi * np.cumsum(pitch) / rate
+        formants = vowels[rng.integers(0, len(vowels))]
+        voice = np.zeros(n)
+        for k in range(1, int(rate / 2 / 160)):
+            weight = sum(np.exp(-((k * 120 - f) / 90.0) ** 2) for f in formants) + 0.02
+            voice += weight * np.sin(k * phase) / k ** 0.5
+        parts.append(voice * np.sin(np.pi * t / t[-1]) ** 2)
+        parts.append(np.zeros(int(rate * rng.uniform(0.03, 0.12))))
+    signal = np.concatenate(parts)
+    return 0.25 * signal / np.abs(signal).max()
 
 
 def main(out: Path) -> None:
@@ -76,6 +129,14 @@ def main(out: Path) -> None:
     rgb = to_bgr(landscape(size, size, 8))
     badge = np.dstack([rgb, np.rint(alpha * 255).astype(np.uint8)])
     cv2.imwrite(str(out / "icons" / "badge_rgba.png"), badge)
+
+    (out / "sounds" / "music").mkdir(parents=True, exist_ok=True)
+    (out / "sounds" / "speech").mkdir(parents=True, exist_ok=True)
+    sf.write(out / "sounds" / "music" / "melody.wav", melody(22050, 1), 22050, subtype="PCM_16")
+    sf.write(out / "sounds" / "music" / "chord_24bit.wav", chord(22050, 2.0), 22050, subtype="PCM_24")
+    voice = speech(16000, 2)
+    sf.write(out / "sounds" / "speech" / "voice.flac", voice, 16000, subtype="PCM_16")
+    sf.write(out / "sounds" / "speech" / "voice.ogg", voice, 16000, subtype="VORBIS")
 
     (out / "labels.csv").write_text(
         "path,label\n"
