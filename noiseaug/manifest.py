@@ -97,31 +97,92 @@ def load(path: Path) -> Manifest:
 
 
 class ManifestWriter:
-    """Appends records to the manifest while a run goes on."""
+    """Appends records to the manifest while a run goes on.
+
+    The file is only opened on the first record, so a run with nothing to do
+    writes nothing. When continuing a previous manifest, records are appended
+    to it; otherwise it is started afresh with the run record.
+    """
 
     def __init__(self, path: Path, run: dict[str, Any], *, append: bool) -> None:
         self.path = path
         self.run = run
-        if append:
-            self._fh: IO[str] = open(path, "a", encoding="utf-8")
-        else:
-            self._fh = open(path, "w", encoding="utf-8")
-            self.write(run)
+        self.append = append
+        self.written = 0
+        self._fh: IO[str] | None = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "a" if self.append else "w", encoding="utf-8")
+            if not self.append:
+                self._fh.write(dumps(self.run) + "\n")
         self._fh.write(dumps(record) + "\n")
         self._fh.flush()
-
-    def finish(self, records: Iterable[dict[str, Any]]) -> None:
-        """Close the append log and replace it by the sorted manifest."""
-        self._fh.close()
-        write_sorted(self.path, self.run, records)
+        self.written += 1
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def render(run: dict[str, Any], records: Iterable[dict[str, Any]]) -> bytes:
+    """A whole manifest's bytes: the run record, then file records sorted by (input, copy)."""
+    lines = [dumps(run)] + [dumps(r) for r in sorted(records, key=sort_key)]
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def write_sorted(path: Path, run: dict[str, Any], records: Iterable[dict[str, Any]]) -> None:
-    """Atomically write a whole manifest, file records sorted by (input, copy)."""
-    lines = [dumps(run)] + [dumps(r) for r in sorted(records, key=sort_key)]
-    atomic_write(os.fsdecode(path), ("\n".join(lines) + "\n").encode("utf-8"))
+    """Atomically write a whole manifest, unless the file already holds exactly that."""
+    data = render(run, records)
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write(os.fsdecode(path), data)
+
+
+def state_path(manifest: Path) -> Path:
+    """The stat cache kept beside a manifest (see :class:`StatCache`)."""
+    return manifest.with_name(f".{manifest.name}.state")
+
+
+class StatCache:
+    """Sizes and mtimes of inputs and outputs when their records were last confirmed.
+
+    A re-run trusts an output whose input and output still have the recorded
+    size and mtime, without hashing either (rsync's quick check); anything
+    else is checked by content hash. Kept out of the manifest so that records
+    stay identical between runs and machines.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, list[int]] = {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and data.get("version") == 1:
+                self.entries = data["entries"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no cache, or a damaged one: everything gets hashed
+        self._loaded = dict(self.entries)
+
+    @staticmethod
+    def key(rel: str, copy: int) -> str:
+        return f"{copy}:{base64.b64encode(os.fsencode(rel)).decode('ascii')}"
+
+    def matches(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> bool:
+        entry = self.entries.get(self.key(rel, copy))
+        return output_stat is not None and entry == [*input_stat, *output_stat]
+
+    def set(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> None:
+        if output_stat is None:
+            self.entries.pop(self.key(rel, copy), None)
+        else:
+            self.entries[self.key(rel, copy)] = [*input_stat, *output_stat]
+
+    def save(self) -> None:
+        if self.entries != self._loaded:
+            atomic_write(os.fsdecode(self.path),
+                         json.dumps({"version": 1, "entries": self.entries}, sort_keys=True).encode("utf-8"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import stat
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -23,10 +24,11 @@ from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, OptionsChangedError, UsageError
 from .fileio import OutputLock
-from .manifest import Manifest, ManifestWriter, default_path, load, rel_bytes
+from .manifest import (Manifest, ManifestWriter, StatCache, default_path, load, rel_bytes, rel_str,
+                       state_path, write_sorted)
 from .report import Summary
-from .worker import (Context, Job, failed_records, init_worker, is_up_to_date, limit_threads,
-                     output_rel, process_batch, process_job)
+from .worker import (Context, Job, carried, copies_of, failed_records, init_worker, is_up_to_date,
+                     limit_threads, output_rel, process_batch, process_job)
 
 BATCH_BYTES = 1 << 20  # small files travel to the pool in batches of about this size
 BATCH_FILES = 16
@@ -71,8 +73,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             _plan(in_root, out_root, cfg, prior, summary)
             return summary
         out_root.mkdir(parents=True, exist_ok=True)
-        lock_name = ".noiseaug.lock" if cfg.shard[1] == 1 else f".noiseaug.shard-{cfg.shard[0]}-of-{cfg.shard[1]}.lock"
-        with OutputLock(out_root / lock_name):
+        with OutputLock(out_root / lock_name(cfg.shard)):
             prior = _prior_manifest(manifest_path, cfg)
             _execute(in_root, out_root, manifest_path, cfg, prior, summary, reporter)
     finally:
@@ -81,6 +82,11 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     if summary.interrupted:
         raise Interrupted("interrupted by SIGINT; the manifest holds what was done", summary)
     return summary
+
+
+def lock_name(shard: tuple[int, int]) -> str:
+    """OUTPUT's lock file: one per shard, so shards may share an OUTPUT."""
+    return ".noiseaug.lock" if shard[1] == 1 else f".noiseaug.shard-{shard[0]}-of-{shard[1]}.lock"
 
 
 def check_roots(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
@@ -178,34 +184,77 @@ def _jobs(in_root: Path, cfg: Config, prior: Manifest | None, stats: WalkStats,
         yield job, cand
 
 
+def file_stat(path: str) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a regular file, None for anything else or nothing."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
 def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
              prior: Manifest | None, summary: Summary, reporter: Reporter) -> None:
+    """Process every job; keep the manifest and the stat cache up to date.
+
+    Records of outputs that are still good are carried over unchanged, so a
+    repeated or resumed run ends with the same file records as a clean one,
+    and a run with nothing to do writes nothing at all.
+    """
     ctx = Context(os.fsdecode(in_root), os.fsdecode(out_root), cfg)
+    out_dir = os.fsdecode(out_root)
     writer = ManifestWriter(manifest_path, run_record(cfg, in_root, out_root), append=prior is not None)
+    cache = StatCache(state_path(manifest_path))
     records: dict[tuple[bytes, int], dict[str, Any]] = {}
-    reserved = {os.path.relpath(manifest_path, out_root), ".noiseaug.lock"}
-    seen_inputs: set[bytes] = set()
+    reserved = {os.path.relpath(p, out_root) for p in (manifest_path, state_path(manifest_path))}
+    reserved.add(lock_name(cfg.shard))
+    input_stats: dict[str, tuple[int, int]] = {}
+    walk_done = False
 
     def collect(job: Job | None, recs: list[dict[str, Any]]) -> bool:
         for rec in recs:
             rec.pop("_out", None)
-            writer.write(rec)
+            skipped = rec.pop("_skipped", False)
+            if not skipped:
+                writer.write(rec)
             records[rel_bytes(rec), rec["copy"]] = rec
-            summary.add(rec)
+            summary.add(rec, skipped=skipped)
+            if job is not None and job.rel in input_stats:
+                good = rec["status"] == "ok"
+                out_stat = file_stat(os.path.join(out_dir, rel_str(rec, "output"))) if good else None
+                cache.set(job.rel, rec["copy"], input_stats[job.rel], out_stat)
         if job is not None:
             reporter.finished(job, recs)
         return cfg.on_error == "fail" and any(r["status"] == "error" for r in recs)
 
+    def unchanged(job: Job, cand: Candidate) -> list[dict[str, Any]] | None:
+        """The previous records, if size and mtime say nothing changed."""
+        copies = copies_of(job.kind, cfg)
+        if len(job.prior) != len(copies) or not all(r and r.get("status") == "ok" for r in job.prior):
+            return None
+        for record in job.prior:
+            out_stat = file_stat(os.path.join(out_dir, rel_str(record, "output")))
+            if not cache.matches(job.rel, record["copy"], (cand.size, cand.mtime_ns), out_stat):
+                return None
+        return [carried(r) for r in job.prior]
+
     def jobs() -> Iterator[Job]:
+        nonlocal walk_done
         for item in _jobs(in_root, cfg, prior, summary.walk, reserved):
             if isinstance(item, list):
                 if collect(None, item):
                     return
                 continue
             job, cand = item
-            seen_inputs.add(os.fsencode(job.rel))
+            input_stats[job.rel] = (cand.size, cand.mtime_ns)
             reporter.discovered(cand)
+            kept = unchanged(job, cand)
+            if kept is not None:
+                if collect(job, kept):
+                    return
+                continue
             yield job
+        walk_done = True
 
     try:
         if cfg.workers == 1:
@@ -218,9 +267,34 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        if prior is not None:
-            summary.gone = sorted(os.fsdecode(k) for k, c in prior.files if c == 0 and k not in seen_inputs)
-        writer.finish(records.values())
+        writer.close()
+        _finish(writer, prior, records, walk_done, summary)
+        cache.save()
+
+
+def _finish(writer: ManifestWriter, prior: Manifest | None, records: dict[tuple[bytes, int], dict[str, Any]],
+            walk_done: bool, summary: Summary) -> None:
+    """Rewrite the manifest sorted, keeping what this run did not reach.
+
+    Previous records of inputs this run never saw are kept; when the walk
+    went through to the end, those inputs are gone, and their records are
+    flagged ``"input_missing": true`` (their outputs are left alone).
+    """
+    final = dict(records)
+    if prior is not None:
+        for key, record in prior.files.items():
+            if key in final:
+                continue
+            if walk_done:
+                record = {**record, "input_missing": True}
+                if key[1] == 0:
+                    summary.gone.append(rel_str(record))
+            final[key] = record
+    run = writer.run
+    if prior is not None and writer.written == 0 and all(
+            final[k] == prior.files.get(k) for k in final) and len(final) == len(prior.files):
+        run = prior.run  # nothing happened: keep the manifest as it is
+    write_sorted(writer.path, run, final.values())
 
 
 def _batches(jobs: Iterable[Job]) -> Iterator[list[Job]]:

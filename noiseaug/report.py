@@ -31,8 +31,9 @@ class Summary:
     planned: Counter = field(default_factory=Counter)  # dry run: (kind, "process"|"skip") -> files
     planned_bytes: Counter = field(default_factory=Counter)
 
-    def add(self, record: dict[str, Any]) -> None:
-        kind, status = record.get("kind", "?"), record["status"]
+    def add(self, record: dict[str, Any], skipped: bool = False) -> None:
+        """Count one output; ``skipped`` when it was up to date and left alone."""
+        kind, status = record.get("kind", "?"), "skipped" if skipped else record["status"]
         self.counts[kind, status] += 1
         if status == "ok":
             self.bytes_in += record.get("input_bytes", 0) if record.get("copy", 0) == 0 else 0

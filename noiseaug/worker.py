@@ -24,7 +24,7 @@ from .errors import DecodeError, FileError, WriteError
 from .fileio import atomic_file, ensure_dir, hash_file, hash_stream, open_input, read_input
 from .noise import image_limits, image_sigma, noise_inplace
 
-OK, SKIPPED, ERROR = "ok", "skipped", "error"
+OK, ERROR = "ok", "error"
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,20 @@ def process_batch(jobs: list[Job]) -> list[list[dict[str, Any]]]:
     return [process(job) for job in jobs]
 
 
+def carried(prior: dict[str, Any]) -> dict[str, Any]:
+    """A previous record kept as it is, marked (privately) as skipped for the summary."""
+    record = {k: v for k, v in prior.items() if k != "input_missing"}
+    record["_skipped"] = True
+    return record
+
+
 def _copies(job: Job, cfg: Config) -> range:
-    return range(cfg.copies) if job.kind != "other" else range(1)
+    return copies_of(job.kind, cfg)
+
+
+def copies_of(kind: str, cfg: Config) -> range:
+    """The copy indices an input of this kind gets (copied files get one)."""
+    return range(cfg.copies) if kind != "other" else range(1)
 
 
 def failed_records(job: Job, cfg: Config, reason: str) -> list[dict[str, Any]]:
@@ -150,7 +162,7 @@ def process_job(job: Job, ctx: Context) -> list[dict[str, Any]]:
     for r in base:
         prior = job.prior[r["copy"]] if r["copy"] < len(job.prior) else None
         if _up_to_date(prior, digest, ctx.output_root, r["_out"]):
-            records[r["copy"]] = {**prior, "status": SKIPPED}
+            records[r["copy"]] = carried(prior)
         else:
             todo.append(r)
     if todo:
@@ -201,7 +213,7 @@ def _error(record: dict[str, Any], reason: str) -> dict[str, Any]:
 
 
 def _up_to_date(prior: dict[str, Any] | None, digest: str, out_root: str, out_rel: str) -> bool:
-    if not prior or prior.get("status") not in (OK, SKIPPED):
+    if not prior or prior.get("status") != OK:
         return False
     if prior.get("input_sha256") != digest or prior.get("output") != path_fields("output", out_rel)["output"]:
         return False

@@ -43,13 +43,39 @@ def test_run_record_and_file_records_are_complete_and_sorted(cli, src, tmp_path)
 def test_rerun_is_up_to_date_and_rewrites_nothing(cli, src, tmp_path):
     out = tmp_path / "out"
     cli("run", src, out, "--workers", 1)
-    mtimes = {p: os.stat(out / p).st_mtime_ns for p in tree(out) if not p.startswith(("noiseaug-", "."))}
-    result = cli("run", src, out, "--workers", 2, "--json")
-    assert "up to date" in result.stderr
-    assert json.loads(result.stdout)["up_to_date"] is True
-    assert {p: os.stat(out / p).st_mtime_ns for p in mtimes} == mtimes
+    mtimes = {p: os.stat(out / p).st_mtime_ns for p in tree(out) if not p.endswith(".lock")}
+    manifest = (out / "noiseaug-manifest.jsonl").read_bytes()
+    for workers in (2, 1):
+        result = cli("run", src, out, "--workers", workers, "--json")
+        assert "up to date" in result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["up_to_date"] is True and summary["skipped"] == 4 and summary["ok"] == 0
+        assert {p: os.stat(out / p).st_mtime_ns for p in mtimes} == mtimes
+    assert (out / "noiseaug-manifest.jsonl").read_bytes() == manifest
+
+
+def test_same_size_and_mtime_skip_hashing_but_content_changes_are_caught(cli, src, tmp_path):
+    out = tmp_path / "out"
+    target = write_image(src / "flat.bmp", np.zeros((8, 8, 3), np.uint8))  # uncompressed: edits keep the size
+    cli("run", src, out, "--workers", 1)
+    stamp = os.stat(target)
+    write_image(target, np.full((8, 8, 3), 200, np.uint8))
+    os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # same size and mtime: the quick check trusts it
+    assert json.loads(cli("run", src, out, "--workers", 1, "--json").stdout)["skipped"] == 5
+    os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # touched: hashed, found changed
+    summary = json.loads(cli("run", src, out, "--workers", 1, "--json").stdout)
+    assert summary["ok"] == 1 and summary["skipped"] == 4
+
+
+def test_vanished_input_is_reported_and_its_output_left_alone(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    (src / "b" / "x.png").unlink()
+    result = cli("run", src, out, "--workers", 1, "--json")
+    assert json.loads(result.stdout)["gone"] == ["b/x.png"]
+    assert "gone" in result.stderr and (out / "b" / "x.png").exists()
     _, recs = records(out / "noiseaug-manifest.jsonl")
-    assert {r["status"] for r in recs} == {"skipped"}
+    assert [r["input"] for r in recs if r.get("input_missing")] == ["b/x.png"]
 
 
 def test_changed_input_is_redone_and_new_input_added(cli, src, tmp_path):
@@ -121,9 +147,8 @@ def test_non_utf8_file_name_round_trips_through_run_manifest_and_verify(cli, tmp
     assert base64.b64decode(rec["output_raw"]) == b"caf\xe9 \xff.png"
     assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xe9 \xff.png"))
     cli("verify", out / "noiseaug-manifest.jsonl", "--regenerate")
-    cli("run", src, out, "--workers", 1)  # and resumes from it
-    _, [again] = records(out / "noiseaug-manifest.jsonl")
-    assert again["status"] == "skipped"
+    again = json.loads(cli("run", src, out, "--workers", 1, "--json").stdout)  # and resumes from it
+    assert again["up_to_date"] and again["skipped"] == 1
 
 
 def test_copy_other_makes_a_complete_dataset(cli, src, tmp_path):
