@@ -143,5 +143,23 @@ def verify(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def merge(
+    manifests: List[Path] = typer.Argument(..., metavar="MANIFEST...", help="Shard manifests of one run."),
+    output: Path = typer.Option(..., "-o", "--output", metavar="MANIFEST", help="Where to write the joined manifest."),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    """Join the manifests of shards (--shard I/N) into one manifest."""
+    from .manifest import merge as merge_manifests
+
+    try:
+        count, notes = merge_manifests(manifests, output)
+    except NoiseaugError as exc:
+        raise _fail(str(exc), exc.exit_code)
+    for note in notes:
+        typer.echo(f"noiseaug: warning: {note}", err=True)
+    typer.echo(f"{count} records from {len(manifests)} manifests written to {output}", err=True)
+
+
 def main() -> None:
     app(prog_name="noiseaug")

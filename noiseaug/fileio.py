@@ -23,6 +23,29 @@ from .errors import LockedError, WriteError
 
 TMP_SUFFIX = ".noiseaug-tmp"
 HASH_CHUNK = 1 << 20
+_temp_tag = "run"  # names this process's temporary files; one tag per lock (shard)
+
+
+def set_temp_tag(tag: str) -> None:
+    """Tag the temporary files this process writes, so that a sweep after a
+    crash removes only its own shard's leftovers, never another shard's live ones."""
+    global _temp_tag
+    _temp_tag = tag
+
+
+def sweep_temporaries(root: str, tag: str) -> int:
+    """Remove the temporary files a killed run with this tag left under ``root``."""
+    suffix = f".{tag}{TMP_SUFFIX}"
+    removed = 0
+    for folder, dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") and name.endswith(suffix):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
 
 
 def read_input(path: str | bytes) -> bytes:
@@ -91,7 +114,7 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
     failure. OS errors become :class:`WriteError`.
     """
     folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{secrets.token_hex(8)}{TMP_SUFFIX}")
+    tmp = os.path.join(folder, f".{secrets.token_hex(8)}.{_temp_tag}{TMP_SUFFIX}")
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
@@ -120,11 +143,15 @@ class OutputLock:
     """An exclusive advisory lock on a file in OUTPUT, held for a whole run.
 
     ``flock`` locks vanish with the process that held them, so a lock left by
-    a killed run is simply taken over by the next one.
+    a killed run is simply taken over by the next one. The file says
+    ``running`` while a run holds it and ``clean`` once it ended normally, so
+    the next run knows whether temporary files may have been left behind
+    (``dirty``).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.dirty = False
         self._fh: IO[str] | None = None
 
     def __enter__(self) -> "OutputLock":
@@ -140,13 +167,24 @@ class OutputLock:
             raise LockedError(f"another noiseaug run ({holder}) is writing to "
                               f"{os.fsdecode(self.path.parent)}; wait for it or pick another OUTPUT") from None
         fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}\n")
-        fh.flush()
+        self.dirty = fh.read().strip() not in ("", "clean")
+        self._rewrite(fh, f"running, pid {os.getpid()}")
         self._fh = fh
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    @staticmethod
+    def _rewrite(fh: IO[str], text: str) -> None:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(text + "\n")
+        fh.flush()
+
+    def release(self, clean: bool) -> None:
         if self._fh is not None:
+            if clean:
+                self._rewrite(self._fh, "clean")
             self._fh.close()
             self._fh = None
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.release(clean=exc_type is None)

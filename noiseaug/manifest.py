@@ -55,6 +55,17 @@ def sort_key(record: dict[str, Any]) -> tuple[bytes, int]:
     return rel_bytes(record), int(record.get("copy", 0))
 
 
+def safe_rel(record: dict[str, Any], key: str, where: str) -> str:
+    """A record's relative path, refused if absolute or climbing out with '..'."""
+    try:
+        rel = rel_str(record, key)
+    except (KeyError, ValueError, TypeError):
+        raise ManifestError(f"{where}: a file record has no valid {key!r} path") from None
+    if not rel or rel.startswith("/") or ".." in rel.split("/") or "\0" in rel:
+        raise ManifestError(f"{where}: refusing {key} path {rel!r}: it is absolute or climbs out of its root")
+    return rel
+
+
 @dataclass
 class Manifest:
     """A manifest read back: its run record and the last record of each output."""
@@ -186,3 +197,44 @@ class StatCache:
         if self.entries != self._loaded:
             atomic_write(os.fsdecode(self.path),
                          json.dumps({"version": 1, "entries": self.entries}, sort_keys=True).encode("utf-8"))
+
+
+def merge(paths: list[Path], output: Path) -> tuple[int, list[str]]:
+    """Join shard manifests into one; returns the record count and notes.
+
+    Refuses manifests made with different options (the shard aside), records
+    that disagree about the same output, and unsafe paths. The result's file
+    records equal those of the same run done unsharded.
+    """
+    from .config import JOB_OPTIONS
+
+    manifests = [load(p) for p in paths]
+    first = manifests[0]
+    job = {k: v for k, v in first.run.get("options", {}).items() if k in JOB_OPTIONS and k != "shard"}
+    files: dict[tuple[bytes, int], dict[str, Any]] = {}
+    shards: set[str] = set()
+    for m in manifests:
+        where = os.fsdecode(m.path)
+        options = m.run.get("options", {})
+        for key, value in job.items():
+            if options.get(key) != value:
+                raise ManifestError(f"{where} was made with {key.replace('_', '-')}={options.get(key)!r}, "
+                                    f"{os.fsdecode(first.path)} with {value!r}: not shards of one run")
+        shards.add(str(options.get("shard", "0/1")))
+        for key, record in m.files.items():
+            safe_rel(record, "input", where)
+            safe_rel(record, "output", where)
+            if key in files and files[key] != record:
+                raise ManifestError(f"{where} and another manifest disagree about {record['output']!r}")
+            files[key] = record
+    notes = []
+    counts = {s.split("/")[1] for s in shards if "/" in s}
+    if len(counts) == 1:
+        count = int(counts.pop())
+        missing = sorted(set(range(count)) - {int(s.split("/")[0]) for s in shards})
+        if missing:
+            notes.append(f"shards {', '.join(f'{i}/{count}' for i in missing)} are missing from the merge")
+    run = {**first.run, "options": {**first.run.get("options", {}), "shard": "0/1"},
+           "merged_from": [os.fsdecode(p) for p in paths]}
+    write_sorted(output, run, files.values())
+    return len(files), notes

@@ -23,7 +23,7 @@ from . import __version__, seeding
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, OptionsChangedError, UsageError
-from .fileio import OutputLock
+from .fileio import OutputLock, set_temp_tag, sweep_temporaries
 from .manifest import (Manifest, ManifestWriter, StatCache, default_path, load, rel_bytes, rel_str,
                        state_path, write_sorted)
 from .report import Summary
@@ -73,8 +73,12 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             _plan(in_root, out_root, cfg, prior, summary)
             return summary
         out_root.mkdir(parents=True, exist_ok=True)
-        with OutputLock(out_root / lock_name(cfg.shard)):
+        name = lock_name(cfg.shard)
+        with OutputLock(out_root / name) as lock:
             prior = _prior_manifest(manifest_path, cfg)
+            set_temp_tag(temp_tag(cfg.shard))
+            if lock.dirty:
+                sweep_temporaries(os.fsdecode(out_root), temp_tag(cfg.shard))
             _execute(in_root, out_root, manifest_path, cfg, prior, summary, reporter)
     finally:
         summary.seconds = time.perf_counter() - started
@@ -87,6 +91,10 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
 def lock_name(shard: tuple[int, int]) -> str:
     """OUTPUT's lock file: one per shard, so shards may share an OUTPUT."""
     return ".noiseaug.lock" if shard[1] == 1 else f".noiseaug.shard-{shard[0]}-of-{shard[1]}.lock"
+
+
+def temp_tag(shard: tuple[int, int]) -> str:
+    return "run" if shard[1] == 1 else f"shard-{shard[0]}-of-{shard[1]}"
 
 
 def check_roots(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
@@ -201,7 +209,7 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
     repeated or resumed run ends with the same file records as a clean one,
     and a run with nothing to do writes nothing at all.
     """
-    ctx = Context(os.fsdecode(in_root), os.fsdecode(out_root), cfg)
+    ctx = Context(os.fsdecode(in_root), os.fsdecode(out_root), cfg, temp_tag(cfg.shard), os.getpid())
     out_dir = os.fsdecode(out_root)
     writer = ManifestWriter(manifest_path, run_record(cfg, in_root, out_root), append=prior is not None)
     cache = StatCache(state_path(manifest_path))

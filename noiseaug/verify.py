@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import ManifestError, NoiseaugError, UsageError
 from .fileio import hash_stream, read_input
-from .manifest import load, rel_str, sort_key
+from .manifest import load, rel_str, safe_rel, sort_key
 
 
 @dataclass
@@ -43,18 +43,6 @@ class VerifyReport:
                 "matching": self.checked - len(self.mismatches), "exit_code": self.exit_code,
                 "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches],
                 "notes": self.notes}
-
-
-def safe_rel(record: dict[str, Any], key: str, where: str) -> str:
-    """A record's relative path, refused if absolute or climbing out with '..'."""
-    try:
-        rel = rel_str(record, key)
-    except (KeyError, ValueError, TypeError):
-        raise ManifestError(f"{where}: a file record has no valid {key!r} path") from None
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or os.path.isabs(rel) or ".." in parts or "\0" in rel:
-        raise ManifestError(f"{where}: refusing {key} path {rel!r}: it is absolute or climbs out of its root")
-    return rel
 
 
 def _root(given: Path | None, recorded: Any, fallback: Path) -> Path:

@@ -21,7 +21,7 @@ import numpy as np
 from . import seeding
 from .config import Config, SigmaSpec
 from .errors import DecodeError, FileError, WriteError
-from .fileio import atomic_file, ensure_dir, hash_file, hash_stream, open_input, read_input
+from .fileio import atomic_file, ensure_dir, hash_file, hash_stream, open_input, read_input, set_temp_tag
 from .noise import image_limits, image_sigma, noise_inplace
 
 OK, ERROR = "ok", "error"
@@ -44,6 +44,8 @@ class Context:
     input_root: str
     output_root: str
     config: Config
+    temp_tag: str = "run"
+    parent_pid: int = 0  # the run's main process; workers end when it is gone
 
 
 @dataclass
@@ -67,8 +69,44 @@ def init_worker(context: Context) -> None:
     """Pool initializer: remember the context, one thread, leave SIGINT to the parent."""
     global _context
     _context = context
+    set_temp_tag(context.temp_tag)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_threads()
+    if context.parent_pid:
+        _exit_with(context.parent_pid)
+
+
+def _exit_with(pid: int) -> None:
+    """End this worker when process ``pid`` ends, even by SIGKILL.
+
+    Pool workers do not notice on their own that the main process has died:
+    they would wait forever, holding its pipes. A pidfd (Linux) becomes
+    readable when the process exits; elsewhere the pid is polled.
+    """
+    import select
+    import threading
+    import time
+
+    try:
+        fd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+        os._exit(1)
+
+    threading.Thread(target=watch, name="noiseaug-parent-watch", daemon=True).start()
 
 
 def limit_threads() -> None:

@@ -1,0 +1,136 @@
+"""Interruptions, resumption, shards and merge (SPEC §2, §4): real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import records, tree, write_image
+
+HOUSEKEEPING = (".noiseaug.lock", ".noiseaug-manifest.jsonl.state")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("data") / "in"
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        smooth = cv2.GaussianBlur(rng.integers(0, 256, (384, 384, 3), dtype=np.uint8), (0, 0), 4)
+        write_image(src / f"c{i % 4}" / f"img{i:02d}.png", smooth)
+    return src
+
+
+@pytest.fixture(scope="module")
+def clean(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "out"
+    subprocess.run([sys.executable, "-m", "noiseaug", "run", dataset, out, "--workers", "2", "-q"], check=True)
+    return out
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {k: v for k, v in tree(out).items() if not k.startswith(HOUSEKEEPING) and k != "noiseaug-manifest.jsonl"}
+
+
+def start(dataset: Path, out: Path, workers: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "noiseaug", "run", dataset, out, "--workers", str(workers),
+                             "--no-progress", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_outputs(out: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = sum(1 for p in out.rglob("*.png")) if out.exists() else 0
+        if done >= count or proc.poll() is not None:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"no {count} outputs after {timeout} s")
+
+
+@pytest.mark.parametrize("after,workers", [(1, 1), (12, 2), (30, 1), (40, 2)])
+def test_sigkill_at_any_point_then_resume_equals_a_clean_run(dataset, clean, tmp_path, after, workers):
+    out = tmp_path / "out"
+    proc = start(dataset, out, workers)
+    wait_for_outputs(out, after, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.name.endswith(".png")]
+    for path in leftovers:  # only complete files under final names
+        assert cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED) is not None
+    subprocess.run([sys.executable, "-m", "noiseaug", "run", dataset, out, "--workers", "2", "-q"], check=True)
+    assert outputs(out) == outputs(clean)
+    assert records(out / "noiseaug-manifest.jsonl")[1] == records(clean / "noiseaug-manifest.jsonl")[1]
+    assert not [p for p in out.rglob("*noiseaug-tmp")]
+
+
+def test_sigint_exits_130_with_a_valid_manifest_and_resumes(dataset, clean, tmp_path):
+    out = tmp_path / "out"
+    proc = start(dataset, out, 2)
+    wait_for_outputs(out, 8, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert b"Traceback" not in stderr and b"interrupted" in stderr
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert 8 <= len(recs) < 48 and all(r["status"] == "ok" for r in recs)
+    assert recs == sorted(recs, key=lambda r: r["input"])
+    for rec in recs:
+        assert (out / rec["output"]).exists()
+    assert not [p for p in out.rglob("*noiseaug-tmp")]
+    subprocess.run([sys.executable, "-m", "noiseaug", "run", dataset, out, "-q"], check=True)
+    assert records(out / "noiseaug-manifest.jsonl")[1] == records(clean / "noiseaug-manifest.jsonl")[1]
+
+
+def test_shards_merged_equal_the_unsharded_manifest(cli, dataset, clean, tmp_path):
+    out = tmp_path / "out"
+    for i in range(3):
+        cli("run", dataset, out, "--shard", f"{i}/3", "--workers", 1)
+    shard_manifests = sorted(out.glob("noiseaug-manifest.shard-*-of-3.jsonl"))
+    sizes = [len(records(m)[1]) for m in shard_manifests]
+    assert len(shard_manifests) == 3 and sum(sizes) == 48 and min(sizes) > 5
+    merged = tmp_path / "merged.jsonl"
+    cli("merge", *shard_manifests, "-o", merged)
+    assert records(merged)[1] == records(clean / "noiseaug-manifest.jsonl")[1]
+    assert outputs(out).keys() >= outputs(clean).keys()
+    assert all(outputs(out)[k] == v for k, v in outputs(clean).items())
+    result = cli("merge", *shard_manifests[:2], "-o", tmp_path / "partial.jsonl")
+    assert "2/3" in result.stderr or "missing" in result.stderr
+
+
+def test_merge_refuses_manifests_of_different_runs(cli, dataset, tmp_path):
+    cli("run", dataset, tmp_path / "a", "--shard", "0/2", "--workers", 1, "--include", "c0/*")
+    cli("run", dataset, tmp_path / "a", "--shard", "1/2", "--workers", 1, "--include", "c0/*", "--seed", 1)
+    result = cli("merge", *sorted((tmp_path / "a").glob("noiseaug-manifest.shard-*")), "-o", tmp_path / "m.jsonl",
+                 code=2)
+    assert "seed" in result.stderr and not (tmp_path / "m.jsonl").exists()
+
+
+def test_a_makefile_calling_noiseaug_twice_does_no_work_the_second_time(dataset, tmp_path):
+    noiseaug = [sys.executable, "-m", "noiseaug"]
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(
+        "NOISEAUG ?= noiseaug\n"
+        "noisy/noiseaug-manifest.jsonl: $(shell find in -type f)\n"
+        "\t$(NOISEAUG) run in noisy --workers 2 --json > summary.json\n", encoding="utf-8")
+    os.symlink(dataset, tmp_path / "in")
+    env = {**os.environ, "NOISEAUG": " ".join(noiseaug)}
+    subprocess.run(["make", "-s"], cwd=tmp_path, check=True, env=env)
+    first = json.loads((tmp_path / "summary.json").read_text())
+    assert first["ok"] == 48
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "noisy").rglob("*")}
+    second = subprocess.run(["make", "-s"], cwd=tmp_path, check=True, env=env, capture_output=True, text=True)
+    assert "up to date" in second.stdout or second.stdout == ""
+    # and the tool itself, forced to run, does nothing either
+    forced = subprocess.run(["make", "-s", "-B"], cwd=tmp_path, check=True, env=env)
+    assert forced.returncode == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["up_to_date"] is True
+    assert {p: p.stat().st_mtime_ns for p in mtimes if not p.name.endswith(".lock")} == \
+        {p: t for p, t in mtimes.items() if not p.name.endswith(".lock")}
