@@ -197,5 +197,8 @@ def decode_all(data: bytes) -> np.ndarray:
 
 
 def _one_line(exc: BaseException) -> str:
+    """libsndfile's reason on one line, without soundfile's "Error opening <object>:" prefix,
+    which names a file object (and a descriptor number that varies from run to run)."""
     text = " ".join(str(exc).split())
+    text = re.sub(r"^Error opening <[^>]*>: ", "", text)
     return text or type(exc).__name__

@@ -139,20 +139,25 @@ def _choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{what} takes true or false, not {value!r}")
+    return value
+
+
 def _kinds(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else list(value)
-    kinds = tuple(dict.fromkeys(k.strip() for k in items if k.strip()))
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
+    kinds = {str(k).strip() for k in items if str(k).strip()}
+    if not kinds or kinds - set(KINDS):
         raise UsageError(f"--kinds takes a comma-separated list of {', '.join(KINDS)}, not {value!r}")
-    return kinds
+    return tuple(k for k in KINDS if k in kinds)  # canonical order: equal sets are equal options
 
 
 def _globs(value: Any, what: str) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else list(value)
     if not all(isinstance(g, str) and g for g in items):
         raise UsageError(f"{what} takes non-empty glob patterns, not {value!r}")
-    return tuple(items)
+    return tuple(sorted(set(items)))  # order and repeats do not change the selection
 
 
 def _shard(value: Any) -> tuple[int, int]:
@@ -171,9 +176,13 @@ def _name(template: Any, copies: int) -> str:
     if not isinstance(template, str) or not template:
         raise UsageError(f"--name takes a template such as '{{stem}}_n{{copy}}{{ext}}', not {template!r}")
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
         raise UsageError(f"--name {template!r} is not a valid template: {exc}") from None
+    if any(spec or conv for _, spec, conv in parsed):
+        raise UsageError(f"--name {template!r}: fields take no conversions or format specs, just {{stem}}, "
+                         "{ext} and {copy}")
+    fields = {f for f, _, _ in parsed}
     unknown = fields - NAME_FIELDS
     if unknown:
         raise UsageError(f"--name {template!r} uses unknown field {{{sorted(unknown)[0]}}}; "
@@ -229,16 +238,16 @@ def make_config(**options: Any) -> Config:
         seed=_int(given.get("seed", 0), "--seed", 0, 2**128 - 1),
         copies=copies,
         name=_name(given.get("name", default_name), copies),
-        workers=_int(given.get("workers") or default_workers(), "--workers", 1, 1024),
+        workers=_int(given["workers"], "--workers", 1, 1024) if "workers" in given else default_workers(),
         kinds=_kinds(given.get("kinds", KINDS)),
         include=_globs(given.get("include", ()), "--include"),
         exclude=_globs(given.get("exclude", ()), "--exclude"),
         channel_noise=_choice(given.get("channel_noise", "per-channel"), "--channel-noise", CHANNEL_NOISE),
         jpeg_quality=_int(given.get("jpeg_quality", 95), "--jpeg-quality", 1, 100),
         png_compression=_int(given.get("png_compression", 3), "--png-compression", 0, 9),
-        copy_other=bool(given.get("copy_other", False)),
-        overwrite=bool(given.get("overwrite", False)),
-        dry_run=bool(given.get("dry_run", False)),
+        copy_other=_bool(given.get("copy_other", False), "--copy-other"),
+        overwrite=_bool(given.get("overwrite", False), "--overwrite"),
+        dry_run=_bool(given.get("dry_run", False), "--dry-run"),
         on_error=_choice(given.get("on_error", "skip"), "--on-error", ON_ERROR),
         shard=_shard(given.get("shard", (0, 1))),
         max_pixels=_int(given.get("max_pixels", 178956970), "--max-pixels", 1),

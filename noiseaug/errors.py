@@ -52,7 +52,22 @@ class TooLargeError(FileError):
 
 
 class WriteError(FileError):
-    """An output could not be written (disk full, permissions, a bad path)."""
+    """An output could not be written (disk full, permissions, a bad path).
+
+    ``fatal`` when the next file would fail the same way (a full disk, a
+    read-only or forbidden OUTPUT): the run then stops instead of failing
+    file after file.
+    """
+
+    FATAL_ERRNOS = frozenset({28, 122, 30, 13, 1})  # ENOSPC, EDQUOT, EROFS, EACCES, EPERM
+
+    def __init__(self, path: str, reason: str, errno: int | None = None) -> None:
+        super().__init__(path, reason)
+        self.errno = errno
+
+    @property
+    def fatal(self) -> bool:
+        return self.errno in self.FATAL_ERRNOS
 
 
 class Interrupted(NoiseaugError):

@@ -71,7 +71,7 @@ def ensure_dir(root: str, rel_dir: str, known: set[str]) -> str:
                 raise WriteError(path, "exists and is not a folder (a link or a file); "
                                        "refusing to write through it") from None
         except OSError as exc:
-            raise WriteError(path, f"cannot create folder: {exc.strerror}") from exc
+            raise WriteError(path, f"cannot create folder: {exc.strerror}", exc.errno) from exc
         known.add(path)
     return path
 
@@ -118,7 +118,7 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
-        raise WriteError(path, f"cannot write: {exc.strerror}") from exc
+        raise WriteError(path, f"cannot write: {exc.strerror}", exc.errno) from exc
     try:
         with os.fdopen(fd, "w+b") as fh:
             yield fh
@@ -129,7 +129,7 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise WriteError(path, f"cannot write: {exc.strerror or exc}") from exc
+            raise WriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from exc
         raise
 
 

@@ -40,7 +40,7 @@ class ImageHeader:
     width: int | None
     height: int | None
     orientation: int  # EXIF orientation 1..8; 1 when absent or already applied
-    gray_alpha: bool  # gray + alpha, which OpenCV expands to BGRA
+    gray: bool  # a gray image that OpenCV expands to BGR(A): gray+alpha, or a gray palette
     lossless: bool  # lossless WebP (VP8L), kept lossless on writing
 
 
@@ -62,9 +62,18 @@ def read_header(data: bytes, fmt: str) -> ImageHeader:
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
                 orientation = 1 if fmt == "tiff" else _orientation(im)
-                return ImageHeader(width, height, orientation, im.mode == "LA", lossless)
+                return ImageHeader(width, height, orientation, _is_gray(im), lossless)
     except Exception:  # Pillow could not parse it; OpenCV gets the last word
         return ImageHeader(None, None, 1, False, lossless)
+
+
+def _is_gray(im: "Image.Image") -> bool:
+    if im.mode in ("LA", "La"):
+        return True
+    if im.mode == "P":
+        palette = im.getpalette() or []
+        return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+    return False
 
 
 def _orientation(im: "Image.Image") -> int:
@@ -96,14 +105,16 @@ def decode(data: bytes, path: str, fmt: str, max_pixels: int) -> tuple[np.ndarra
     Raises :class:`TooLargeError` from the header alone, :class:`DecodeError`
     for anything OpenCV cannot read or a sample type noiseaug does not handle.
     """
+    if not data:
+        raise DecodeError(path, "empty file")
     header = read_header(data, fmt)
     if header.width is not None and header.width * header.height > max_pixels:
         raise TooLargeError(path, f"{header.width}x{header.height} pixels is more than "
                                   f"--max-pixels {max_pixels}")
     try:
         pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise DecodeError(path, f"cannot decode as {fmt.upper()}: {_first_line(exc)}") from None
+    except cv2.error:  # OpenCV's text is a source location and an assertion, not a reason
+        pixels = None
     if pixels is None:
         raise DecodeError(path, f"cannot decode as {fmt.upper()} (corrupt, truncated or another format)")
     if pixels.shape[0] * pixels.shape[1] > max_pixels:
@@ -112,6 +123,8 @@ def decode(data: bytes, path: str, fmt: str, max_pixels: int) -> tuple[np.ndarra
     if pixels.dtype not in SAMPLE_TYPES:
         raise DecodeError(path, f"{pixels.dtype} samples are not supported "
                                 "(only 8-bit, 16-bit and float images)")
+    if header.gray and pixels.ndim == 3 and pixels.shape[2] == 3:
+        pixels = np.ascontiguousarray(pixels[..., 0])  # a gray palette: keep it gray
     return _upright(pixels, header.orientation), header
 
 
@@ -149,11 +162,6 @@ def encode(pixels: np.ndarray, ext: str, header: ImageHeader, *,
     if not ok:
         raise ValueError(f"OpenCV cannot write {pixels.dtype} {pixels.shape} as {fmt.upper()}")
     return encoded
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1].strip() if text else type(exc).__name__
 
 
 def format_of(name: str) -> str:

@@ -73,6 +73,7 @@ class Manifest:
     path: Path
     run: dict[str, Any]
     files: dict[tuple[bytes, int], dict[str, Any]] = field(default_factory=dict)
+    torn: bool = False  # the last line was cut off (a run killed while writing it)
 
 
 def load(path: Path) -> Manifest:
@@ -86,6 +87,7 @@ def load(path: Path) -> Manifest:
         lines.pop()
     run: dict[str, Any] | None = None
     files: dict[tuple[bytes, int], dict[str, Any]] = {}
+    torn = False
     for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
@@ -93,7 +95,8 @@ def load(path: Path) -> Manifest:
                 raise ValueError("not an object")
         except ValueError:
             if number == len(lines) and run is not None:
-                break  # the torn last line of a run that was killed mid-write
+                torn = True  # the last line of a run that was killed mid-write
+                break
             raise ManifestError(f"{os.fsdecode(path)}:{number}: not a JSON object") from None
         if record.get("type") == "run":
             run = run or record
@@ -104,7 +107,7 @@ def load(path: Path) -> Manifest:
                 raise ManifestError(f"{os.fsdecode(path)}:{number}: file record without input or copy") from None
     if run is None:
         raise ManifestError(f"{os.fsdecode(path)} has no run record: not a noiseaug manifest")
-    return Manifest(Path(path), run, files)
+    return Manifest(Path(path), run, files, torn)
 
 
 class ManifestWriter:
@@ -234,7 +237,10 @@ def merge(paths: list[Path], output: Path) -> tuple[int, list[str]]:
         missing = sorted(set(range(count)) - {int(s.split("/")[0]) for s in shards})
         if missing:
             notes.append(f"shards {', '.join(f'{i}/{count}' for i in missing)} are missing from the merge")
-    run = {**first.run, "options": {**first.run.get("options", {}), "shard": "0/1"},
-           "merged_from": [os.fsdecode(p) for p in paths]}
+    options = {**first.run.get("options", {}), "shard": "0/1"}
+    recorded = first.run.get("output_root")
+    if not (isinstance(recorded, str) and Path(os.path.abspath(output)).parent == Path(recorded)):
+        options["manifest"] = os.path.abspath(output)  # not in OUTPUT: verify must look at OUTPUT itself
+    run = {**first.run, "options": options, "merged_from": [os.fsdecode(p) for p in paths]}
     write_sorted(output, run, files.values())
     return len(files), notes

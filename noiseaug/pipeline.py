@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 from . import __version__, seeding
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
-from .errors import Interrupted, OptionsChangedError, UsageError
+from .errors import Interrupted, OptionsChangedError, UsageError, WriteError
 from .fileio import OutputLock, set_temp_tag, sweep_temporaries
 from .manifest import (Manifest, ManifestWriter, StatCache, default_path, load, rel_bytes, rel_str,
                        state_path, write_sorted)
@@ -64,6 +64,9 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     manifest_path = Path(os.path.abspath(cfg.manifest)) if cfg.manifest else default_path(out_root, cfg.shard)
     if _inside(manifest_path, in_root):
         raise UsageError(f"--manifest {manifest_path} is inside INPUT; noiseaug never writes there")
+    if cfg.manifest and not manifest_path.parent.is_dir():
+        raise UsageError(f"--manifest {os.fsdecode(cfg.manifest)}: folder {os.fsdecode(manifest_path.parent)} "
+                         "does not exist")
     prior = _prior_manifest(manifest_path, cfg)
     shown = cfg.manifest if cfg.manifest else default_path(Path(output_dir), cfg.shard)
     summary = Summary(os.fsdecode(in_root), os.fsdecode(out_root), os.fsdecode(shown), dry_run=cfg.dry_run)
@@ -72,7 +75,10 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         if cfg.dry_run:
             _plan(in_root, out_root, cfg, prior, summary)
             return summary
-        out_root.mkdir(parents=True, exist_ok=True)
+        try:
+            out_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create OUTPUT {os.fsdecode(output_dir)}: {exc.strerror}") from None
         name = lock_name(cfg.shard)
         with OutputLock(out_root / name) as lock:
             prior = _prior_manifest(manifest_path, cfg)
@@ -220,12 +226,21 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
     walk_done = False
 
     def collect(job: Job | None, recs: list[dict[str, Any]]) -> bool:
+        """Take a job's records; True when the run must stop."""
+        stop = False
         for rec in recs:
             rec.pop("_out", None)
-            skipped = rec.pop("_skipped", False)
+            skipped = rec.get("_skipped", False)
+            if rec.pop("_fatal", False) and not summary.stopped:
+                summary.stopped = f"{rec['error']} (writing {rec['output']}); fix OUTPUT and run again"
+                stop = True
             if not skipped:
-                writer.write(rec)
-            records[rel_bytes(rec), rec["copy"]] = rec
+                try:
+                    writer.write(rec)
+                except OSError as exc:
+                    summary.stopped = summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
+                    stop = True
+            records[rel_bytes(rec), rec["copy"]] = {k: v for k, v in rec.items() if not k.startswith("_")}
             summary.add(rec, skipped=skipped)
             if job is not None and job.rel in input_stats:
                 good = rec["status"] == "ok"
@@ -233,7 +248,10 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
                 cache.set(job.rel, rec["copy"], input_stats[job.rel], out_stat)
         if job is not None:
             reporter.finished(job, recs)
-        return cfg.on_error == "fail" and any(r["status"] == "error" for r in recs)
+        if cfg.on_error == "fail" and any(r["status"] == "error" for r in recs) and not stop:
+            summary.stopped = summary.stopped or "at the first failure (--on-error fail); files not started were not attempted"
+            stop = True
+        return stop
 
     def unchanged(job: Job, cand: Candidate) -> list[dict[str, Any]] | None:
         """The previous records, if size and mtime say nothing changed."""
@@ -275,9 +293,16 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        writer.close()
-        _finish(writer, prior, records, walk_done, summary)
-        cache.save()
+        try:
+            writer.close()
+        except OSError as exc:
+            summary.stopped = summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
+        try:
+            _finish(writer, prior, records, walk_done, summary)
+            cache.save()
+        except WriteError as exc:
+            summary.stopped = f"the manifest could not be rewritten ({exc.reason}); " \
+                              "its appended records are kept and a re-run continues from them"
 
 
 def _finish(writer: ManifestWriter, prior: Manifest | None, records: dict[tuple[bytes, int], dict[str, Any]],

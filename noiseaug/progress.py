@@ -8,6 +8,7 @@ from typing import Any
 
 from .discover import Candidate
 from .pipeline import Reporter
+from .report import printable
 from .worker import Job
 
 
@@ -45,11 +46,14 @@ class ConsoleReporter(Reporter):
 
     def finished(self, job: Job, records: list[dict[str, Any]]) -> None:
         self.bytes_done += job.size
-        for record in records:
-            if record["status"] == "error":
-                self._print(f"noiseaug: failed: {record['input']}: {record.get('error')}")
-            elif self.verbose and not self.quiet:
-                self._print(f"{record['status']}: {record['input']} -> {record['output']}")
+        reasons = list(dict.fromkeys(r.get("error") for r in records if r["status"] == "error"))
+        for reason in reasons:  # one line per input and reason, not one per copy
+            self._print(f"noiseaug: failed: {printable(records[0]['input'])}: {reason}")
+        if self.verbose and not self.quiet:
+            for record in records:
+                if record["status"] != "error":
+                    status = "skipped" if record.get("_skipped") else record["status"]
+                    self._print(f"{status}: {printable(record['input'])} -> {printable(record['output'])}")
         if self._bar is not None:
             self._bar.update(1)
             now = time.monotonic()

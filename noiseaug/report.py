@@ -11,6 +11,13 @@ from .discover import WalkStats
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
+def printable(text: str) -> str:
+    """A file name made safe for one terminal line: control characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @dataclass
 class Summary:
     """What a run did. ``exit_code`` follows SPEC §1."""
@@ -27,6 +34,7 @@ class Summary:
     gone: list[str] = field(default_factory=list)  # inputs in the old manifest, now missing
     clipped: list[float] = field(default_factory=list)
     interrupted: bool = False
+    stopped: str | None = None  # why the run stopped before the end (not Ctrl-C)
     dry_run: bool = False
     planned: Counter = field(default_factory=Counter)  # dry run: (kind, "process"|"skip") -> files
     planned_bytes: Counter = field(default_factory=Counter)
@@ -52,13 +60,16 @@ class Summary:
 
     @property
     def up_to_date(self) -> bool:
-        return not self.interrupted and self.total("ok") == 0 and self.failed == 0
+        if self.dry_run:
+            return sum(n for (_, action), n in self.planned.items() if action == "process") == 0
+        return (not self.interrupted and not self.stopped and self.total("ok") == 0
+                and self.failed == 0 and self.total("skipped") > 0)
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed else EXIT_OK
+        return EXIT_FAILED if self.failed or self.stopped else EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
         kinds = sorted({k for k, _ in self.counts} | {k for k, _ in self.planned})
@@ -66,7 +77,7 @@ class Summary:
         out: dict[str, Any] = {
             "input": self.input_root, "output": self.output_root, "manifest": self.manifest,
             "exit_code": self.exit_code, "interrupted": self.interrupted,
-            "dry_run": self.dry_run, "up_to_date": self.up_to_date,
+            "dry_run": self.dry_run, "up_to_date": self.up_to_date, "stopped": self.stopped,
             "files": per_kind,
             "ok": self.total("ok"), "skipped": self.total("skipped"), "failed": self.failed,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
@@ -113,16 +124,22 @@ class Summary:
         if not_taken:
             lines.append("not taken: " + not_taken)
         if self.gone:
-            lines.append(f"{len(self.gone)} input(s) of the previous run are gone; their outputs were left alone")
+            shown = ", ".join(printable(g) for g in self.gone[:5]) + (", ..." if len(self.gone) > 5 else "")
+            lines.append(f"{len(self.gone)} input(s) of the previous run are gone ({shown}); "
+                         "their outputs were left alone and their records flagged input_missing")
         for problem in self.walk.problems:
-            lines.append(f"failed: {problem}")
+            lines.append(f"failed: {printable(problem)}")
         if self.failures:
             lines.append(f"{len(self.failures)} output(s) failed, each named above and recorded "
                          "in the manifest with its reason")
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
         if self.interrupted:
             lines.append("interrupted: the manifest holds what was done; run again to continue")
         elif self.up_to_date:
             lines.append("everything is up to date")
+        elif not self.counts and not self.walk.problems:
+            lines.append("no input file was selected: nothing to do")
         lines.append(f"manifest: {self.manifest}")
         return "\n".join(lines)
 

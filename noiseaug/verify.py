@@ -12,6 +12,7 @@ from typing import Any
 from .errors import ManifestError, NoiseaugError, UsageError
 from .fileio import hash_stream, read_input
 from .manifest import load, rel_str, safe_rel, sort_key
+from .report import printable
 
 
 @dataclass
@@ -19,6 +20,7 @@ class VerifyReport:
     """What verify found: one entry per output that does not match."""
 
     manifest: str
+    output_root: str
     checked: int = 0
     not_checked: int = 0  # error records: there is no output to check
     mismatches: list[tuple[str, str]] = field(default_factory=list)
@@ -29,28 +31,31 @@ class VerifyReport:
         return 1 if self.mismatches else 0
 
     def lines(self) -> list[str]:
-        return [f"noiseaug: mismatch: {path}: {reason}" for path, reason in self.mismatches]
+        return [f"noiseaug: mismatch: {printable(path)}: {reason}" for path, reason in self.mismatches]
 
     def text(self) -> str:
         lines = list(self.notes)
         good = self.checked - len(self.mismatches)
-        lines.append(f"{good} of {self.checked} outputs match {self.manifest}"
+        lines.append(f"{good} of {self.checked} outputs in {self.output_root} match {self.manifest}"
                      + (f" ({self.not_checked} failed in the run, not checked)" if self.not_checked else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"manifest": self.manifest, "checked": self.checked, "not_checked": self.not_checked,
+        return {"manifest": self.manifest, "output_root": self.output_root, "checked": self.checked, "not_checked": self.not_checked,
                 "matching": self.checked - len(self.mismatches), "exit_code": self.exit_code,
                 "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches],
                 "notes": self.notes}
 
 
-def _root(given: Path | None, recorded: Any, fallback: Path) -> Path:
+def _output_root(given: Path | None, run: dict[str, Any], manifest: Path) -> Path:
+    """Where a manifest's outputs are: given, else beside a manifest kept in OUTPUT
+    (so a copied or moved OUTPUT verifies itself), else the recorded OUTPUT."""
     if given is not None:
-        return Path(given)
-    if isinstance(recorded, str) and Path(recorded).is_dir():
-        return Path(recorded)
-    return fallback
+        return given
+    recorded = run.get("output_root")
+    if run.get("options", {}).get("manifest") is None or not isinstance(recorded, str):
+        return manifest.parent
+    return Path(recorded)
 
 
 def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
@@ -69,8 +74,11 @@ def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
     for record in records:
         safe_rel(record, "input", where)
         safe_rel(record, "output", where)
-    out_root = _root(Path(output_root) if output_root else None, m.run.get("output_root"), path.parent)
-    report = VerifyReport(where)
+    out_root = _output_root(Path(output_root) if output_root else None, m.run, path)
+    report = VerifyReport(where, os.fsdecode(out_root))
+    if m.torn:
+        report.mismatches.append(("(last line)", "the manifest's last line is cut off (a run was killed "
+                                                 "while writing it): that record cannot be checked"))
     regen = _Regenerator(m.run, Path(input_root) if input_root else None, report) if regenerate else None
     for record in records:
         if record.get("status") not in ("ok", "skipped"):

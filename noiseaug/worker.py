@@ -211,7 +211,11 @@ def process_job(job: Job, ctx: Context) -> list[dict[str, Any]]:
                 _write(ctx.output_root, r, rendered)
                 records[r["copy"]] = r
         except FileError as exc:
-            records.update(_error_records(todo, records, exc.reason))
+            failed = _error_records(todo, records, exc.reason)
+            if isinstance(exc, WriteError) and exc.fatal:
+                for record in failed.values():
+                    record["_fatal"] = True
+            records.update(failed)
         except MemoryError:
             records.update(_error_records(todo, records, "out of memory"))
         except Exception as exc:  # a codec bug must cost one file, not the run
@@ -317,7 +321,7 @@ def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config) -> Iter
     channels = pixels.shape[2] if pixels.ndim == 3 else 1
     has_alpha = channels in (2, 4)
     colour = channels - 1 if has_alpha else channels
-    shared = colour > 1 and (cfg.channel_noise == "shared" or header.gray_alpha)
+    shared = colour > 1 and (cfg.channel_noise == "shared" or header.gray)
     lo, hi = image_limits(pixels.dtype)
     ext = os.path.splitext(rel)[1]
     for i, copy in enumerate(copies):

@@ -50,3 +50,24 @@ def test_on_error_fail_stops_early_with_a_valid_manifest(cli, tmp_path):
     _, recs = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
     assert recs[0]["input"] == "a_bad.png" and recs[0]["status"] == "error"
     assert len(recs) < 31
+
+
+def test_failure_lines_escape_control_characters_and_name_no_descriptors(cli, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "bro\nken.png").write_bytes(b"")
+    (src / "red\x1b[31m.wav").write_bytes(b"not audio at all")
+    result = cli("run", src, tmp_path / "out", "--workers", 1, "--copies", 2, code=1)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("noiseaug: failed:")]
+    assert lines == ["noiseaug: failed: bro\\nken.png: empty file",
+                     lines[1]] and lines[1].startswith("noiseaug: failed: red\\x1b[31m.wav: ")
+    assert "<_io" not in result.stderr and "\x1b" not in result.stderr
+
+
+def test_dry_run_with_work_to_do_is_not_up_to_date(cli, tmp_path):
+    import json
+
+    src = tmp_path / "in"
+    write_image(src / "a.png", np.zeros((4, 4), np.uint8))
+    summary = json.loads(cli("run", src, tmp_path / "out", "--dry-run", "--json").stdout)
+    assert summary["up_to_date"] is False and summary["plan"]["image"]["process"] == 1

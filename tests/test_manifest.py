@@ -105,7 +105,7 @@ def test_verify_passes_then_names_a_flipped_byte(cli, src, tmp_path):
     out = tmp_path / "out"
     cli("run", src, out, "--workers", 1)
     manifest = out / "noiseaug-manifest.jsonl"
-    assert "4 of 4 outputs match" in cli("verify", manifest).stderr
+    assert f"4 of 4 outputs in {out} match" in cli("verify", manifest).stderr
     cli("verify", manifest, "--regenerate")
     target = out / "b" / "x.png"
     data = bytearray(target.read_bytes())
@@ -191,3 +191,24 @@ def test_a_planted_directory_link_in_output_is_refused(cli, src, tmp_path):
     result = cli("run", src, out, "--workers", 1, code=1)
     assert list(elsewhere.iterdir()) == []
     assert "c/d/e.png" in result.stderr
+
+
+def test_verify_checks_a_copied_output_folder_itself(cli, src, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    backup = tmp_path / "backup"
+    shutil.copytree(out, backup)
+    (backup / "a.png").write_bytes(b"damaged")
+    result = cli("verify", backup / "noiseaug-manifest.jsonl", code=1)
+    assert "a.png" in result.stderr and str(backup) in result.stderr
+
+
+def test_verify_fails_on_a_manifest_cut_off_mid_line(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    manifest = out / "noiseaug-manifest.jsonl"
+    manifest.write_bytes(manifest.read_bytes()[:-40])
+    result = cli("verify", manifest, code=1)
+    assert "cut off" in result.stderr

@@ -98,3 +98,31 @@ def test_a_held_lock_is_refused(cli, src, tmp_path):
 
 def test_missing_input_is_refused(cli, tmp_path):
     refused(cli, "run", tmp_path / "nope", tmp_path / "out", says="not a folder")
+
+
+@pytest.mark.parametrize("toml,says", [
+    ('copy-other = "no"', "true or false"), ("workers = 0", "--workers"), ('name = "{stem!r}{ext}"', "conversions"),
+])
+def test_toml_values_of_the_wrong_type_are_refused(cli, src, tmp_path, toml, says):
+    config = tmp_path / "opts.toml"
+    config.write_text(toml + "\n", encoding="utf-8")
+    refused(cli, "run", src, tmp_path / "out", "--config", config, says=says)
+
+
+def test_workers_zero_and_format_specs_in_names_are_refused(cli, src, tmp_path):
+    refused(cli, "run", src, tmp_path / "out", "--workers", 0, says="--workers")
+    refused(cli, "run", src, tmp_path / "out", "--name", "{stem:>300}{ext}", says="format")
+    assert not (tmp_path / "out").exists()
+
+
+def test_equivalent_selections_are_the_same_options(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--kinds", "image,audio", "--exclude", "x*", "--exclude", "y*", "--workers", 1)
+    cli("run", src, out, "--kinds", "audio,image,audio", "--exclude", "y*", "--exclude", "x*", "--workers", 1)
+
+
+def test_output_under_a_file_and_missing_manifest_folder_are_refused(cli, src, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    refused(cli, "run", src, tmp_path / "afile" / "sub", says="cannot create OUTPUT")
+    refused(cli, "run", src, tmp_path / "out", "--manifest", tmp_path / "nope" / "m.jsonl", says="does not exist")
+    assert not (tmp_path / "out").exists()
