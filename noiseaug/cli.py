@@ -70,6 +70,7 @@ def run(
     on_error: Optional[str] = typer.Option(None, metavar="skip|fail", help="Record a failing file and go on, or stop at the first.  [default: skip]"),
     shard: Optional[str] = typer.Option(None, metavar="I/N", help="Process only shard I of N (stable path hash).  [default: 0/1]"),
     max_pixels: Optional[int] = typer.Option(None, metavar="P", help="Refuse images whose header declares more pixels.  [default: 178956970]"),
+    file_timeout: Optional[float] = typer.Option(None, metavar="SECONDS", help="Abandon a file (recorded as failed) after this long; its worker is replaced.  [default: 600]"),
     manifest: Optional[Path] = typer.Option(None, metavar="PATH", help="Where the manifest goes.  [default: OUTPUT/noiseaug-manifest.jsonl]"),
     config: Optional[Path] = typer.Option(None, metavar="FILE.toml", help="Options as TOML keys; command-line options win."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr.  [default: on a terminal]"),
@@ -88,7 +89,8 @@ def run(
         copies=copies, name=name, workers=workers, kinds=kinds, include=include or None,
         exclude=exclude or None, channel_noise=channel_noise, jpeg_quality=jpeg_quality,
         png_compression=png_compression, copy_other=copy_other, overwrite=overwrite,
-        dry_run=dry_run, on_error=on_error, shard=shard, max_pixels=max_pixels, manifest=manifest)
+        dry_run=dry_run, on_error=on_error, shard=shard, max_pixels=max_pixels, file_timeout=file_timeout,
+        manifest=manifest)
     try:
         options = load_toml(config) if config is not None else {}
         explicit = {k: v for k, v in given.items() if v is not None}

@@ -88,6 +88,7 @@ class Config:
     on_error: str = "skip"
     shard: tuple[int, int] = (0, 1)
     max_pixels: int = 178956970
+    file_timeout: float = 600.0
     manifest: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +132,16 @@ def _int(value: Any, what: str, low: int, high: int | None = None) -> int:
         bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
         raise UsageError(f"{what} takes a number {bound}, not {value!r}")
     return number
+
+
+def _seconds(value: Any, what: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} takes a number of seconds, not {value!r}") from None
+    if isinstance(value, bool) or not (0 < seconds < math.inf):
+        raise UsageError(f"{what} takes a positive number of seconds, not {value!r}")
+    return seconds
 
 
 def _choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
@@ -251,6 +262,7 @@ def make_config(**options: Any) -> Config:
         on_error=_choice(given.get("on_error", "skip"), "--on-error", ON_ERROR),
         shard=_shard(given.get("shard", (0, 1))),
         max_pixels=_int(given.get("max_pixels", 178956970), "--max-pixels", 1),
+        file_timeout=_seconds(given.get("file_timeout", 600.0), "--file-timeout"),
         manifest=Path(manifest) if manifest is not None else None,
     )
 

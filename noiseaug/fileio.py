@@ -34,17 +34,28 @@ def set_temp_tag(tag: str) -> None:
 
 
 def sweep_temporaries(root: str, tag: str) -> int:
-    """Remove the temporary files a killed run with this tag left under ``root``."""
-    suffix = f".{tag}{TMP_SUFFIX}"
+    """Remove the temporary files a killed run with this tag left anywhere under ``root``."""
     removed = 0
-    for folder, dirs, files in os.walk(root):
-        for name in files:
-            if name.startswith(".") and name.endswith(suffix):
-                try:
-                    os.unlink(os.path.join(folder, name))
-                    removed += 1
-                except OSError:
-                    pass
+    for folder, _, _ in os.walk(root):
+        removed += sweep_folder(folder, tag)
+    return removed
+
+
+def sweep_folder(folder: str, tag: str, pid: int | None = None) -> int:
+    """Remove this tag's temporary files in one folder (only ``pid``'s, if given)."""
+    middle = f".{tag}." if pid is None else f".{tag}.{pid}{TMP_SUFFIX}"
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith(".") and name.endswith(TMP_SUFFIX) and middle in name:
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+            except OSError:
+                pass
     return removed
 
 
@@ -114,7 +125,7 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
     failure. OS errors become :class:`WriteError`.
     """
     folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{secrets.token_hex(8)}.{_temp_tag}{TMP_SUFFIX}")
+    tmp = os.path.join(folder, f".{secrets.token_hex(8)}.{_temp_tag}.{os.getpid()}{TMP_SUFFIX}")
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:

@@ -14,8 +14,6 @@ import os
 import platform
 import stat
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -23,12 +21,12 @@ from . import __version__, seeding
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, OptionsChangedError, UsageError, WriteError
-from .fileio import OutputLock, set_temp_tag, sweep_temporaries
+from .fileio import OutputLock, set_temp_tag, sweep_folder, sweep_temporaries
 from .manifest import (Manifest, ManifestWriter, StatCache, default_path, load, rel_bytes, rel_str,
                        state_path, write_sorted)
 from .report import Summary
-from .worker import (Context, Job, carried, copies_of, failed_records, init_worker, is_up_to_date,
-                     limit_threads, output_rel, process_batch, process_job)
+from .worker import (Context, Job, carried, copies_of, failed_records, is_up_to_date, limit_threads,
+                     output_rel, process_job)
 
 BATCH_BYTES = 1 << 20  # small files travel to the pool in batches of about this size
 BATCH_FILES = 16
@@ -289,7 +287,7 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
                 if collect(job, process_job(job, ctx)):
                     break
         else:
-            _pool_run(jobs(), ctx, cfg.workers, collect)
+            _pool_run(jobs(), ctx, cfg, collect)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -343,54 +341,19 @@ def _batches(jobs: Iterable[Job]) -> Iterator[list[Job]]:
         yield batch
 
 
-def _pool_run(jobs: Iterator[Job], ctx: Context, workers: int, collect) -> None:
-    """Stream batches through a process pool, a bounded number in flight.
+def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect) -> None:
+    """Stream batches of jobs through the worker pool."""
+    from .pool import WorkerPool
 
-    A worker that dies (a codec crash, the OOM killer) breaks the pool: the
-    files it had in flight are recorded as failed and a fresh pool goes on.
-    """
-    import multiprocessing
+    def on_lost(job: Job, pid: int) -> None:
+        folder = os.path.dirname(output_rel(job.rel, cfg.name, 0) if job.kind != "other" else job.rel)
+        sweep_folder(os.path.join(ctx.output_root, folder), ctx.temp_tag, pid)
 
-    mp = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-    batches = _batches(jobs)
-    max_in_flight = 2 * workers
-    stop = False
-    while not stop:
-        pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=init_worker, initargs=(ctx,))
-        in_flight: dict[Future, list[Job]] = {}
-        broken = False
-        try:
-            while True:
-                while not stop and not broken and len(in_flight) < max_in_flight:
-                    batch = next(batches, None)
-                    if batch is None:
-                        break
-                    in_flight[pool.submit(process_batch, batch)] = batch
-                if not in_flight:
-                    stop = True
-                    break
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    batch = in_flight.pop(future)
-                    try:
-                        results = future.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        results = [failed_records(job, ctx.config, "a worker process died while this "
-                                                  "file was in flight (a codec crash or out of memory)")
-                                   for job in batch]
-                    for job, recs in zip(batch, results):
-                        stop = collect(job, recs) or stop
-                if broken and not in_flight:
-                    break
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            for future, batch in in_flight.items():
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    for job, recs in zip(batch, future.result()):
-                        collect(job, recs)
-            raise
-        pool.shutdown(wait=True, cancel_futures=True)
+    pool = WorkerPool(ctx, cfg.workers, cfg.file_timeout, on_lost)
+    try:
+        pool.run(_batches(jobs), collect)
+    finally:
+        pool.close()
 
 
 def _plan(in_root: Path, out_root: Path, cfg: Config, prior: Manifest | None, summary: Summary) -> None:

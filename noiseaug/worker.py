@@ -61,14 +61,11 @@ class Rendered:
     write: Callable[[BinaryIO], dict[str, Any]]
 
 
-_context: Context | None = None
 _known_dirs: set[str] = set()
 
 
 def init_worker(context: Context) -> None:
-    """Pool initializer: remember the context, one thread, leave SIGINT to the parent."""
-    global _context
-    _context = context
+    """Set up a worker process: one thread, SIGINT left to the parent, exit with it."""
     set_temp_tag(context.temp_tag)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_threads()
@@ -110,8 +107,12 @@ def _exit_with(pid: int) -> None:
 
 
 def limit_threads() -> None:
-    """Keep OpenCV to one thread so N workers use N cores, not N²."""
-    from . import image_io
+    """Keep OpenCV to one thread so N workers use N cores, not N².
+
+    Also loads the codecs now, so that their import time is not charged to
+    the first file (and its --file-timeout).
+    """
+    from . import audio_io, image_io  # noqa: F401
 
     image_io.set_threads(1)
 
@@ -138,17 +139,6 @@ def path_fields(key: str, rel: str) -> dict[str, str]:
 def draw_sigma(spec: SigmaSpec, rng: np.random.Generator) -> float:
     """σ for one file: the value itself, or a uniform draw from the file's own RNG."""
     return float(rng.uniform(spec.low, spec.high)) if spec.is_range else spec.low
-
-
-def process(job: Job) -> list[dict[str, Any]]:
-    """Run one job in this worker; one record per copy."""
-    assert _context is not None, "init_worker() was not called"
-    return process_job(job, _context)
-
-
-def process_batch(jobs: list[Job]) -> list[list[dict[str, Any]]]:
-    """Run several small jobs in one round trip to the pool."""
-    return [process(job) for job in jobs]
 
 
 def carried(prior: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,214 @@
+"""A process pool that knows which file each worker holds.
+
+``concurrent.futures`` loses track of the culprit when a worker dies: the
+whole pool breaks and every file in flight fails with it. Here each worker
+has its own pipe and reports every file as it finishes, so when a worker
+dies (a codec's segfault, the OOM killer) or overruns ``--file-timeout``, the
+parent knows the one file it was on: that file is recorded as failed, the
+worker is replaced, and the rest of its batch goes to another worker.
+
+Protocol on each worker's pipe: the parent sends a batch (a list of jobs),
+``"stop"`` (finish the current file, skip the rest of the batch) or ``None``
+(exit); the worker answers ``("idle",)`` once it has started (so start-up
+does not count against a file's time limit), ``("file", index, records)`` per
+file, and ``("idle",)`` again when its batch is over.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Iterator
+
+from .worker import Context, Job, failed_records, init_worker, process_job
+
+Records = list[dict[str, Any]]
+
+
+def _serve(conn: Connection, context: Context) -> None:
+    """A worker's life: take a batch, send back each file's records as it is done."""
+    init_worker(context)
+    conn.send(("idle",))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        if message == "stop":
+            continue  # arrived after the batch was already over
+        for index, job in enumerate(message):
+            if index and conn.poll():
+                if conn.recv() in ("stop", None):
+                    break
+            conn.send(("file", index, process_job(job, context)))
+        conn.send(("idle",))
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    batch: list[Job] = field(default_factory=list)
+    done: int = 0  # files of the batch already reported
+    idle: bool = False  # until the worker says it has started
+    started: float = 0.0  # when the current file began
+    stopping: bool = False
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = {"SIGKILL": " (out of memory?)", "SIGSEGV": " (a crash in a codec)",
+                "SIGBUS": " (a crash in a codec)", "SIGABRT": " (a codec aborted)"}.get(name, "")
+        return f"the worker process reading this file was killed by {name}{hint}"
+    return f"the worker process reading this file exited unexpectedly (code {exitcode})"
+
+
+class WorkerStartError(RuntimeError):
+    """Worker processes die before they can take any work."""
+
+
+class WorkerPool:
+    """N worker processes fed with batches of jobs, one batch each at a time.
+
+    ``on_lost(job, pid)`` is called for a file whose worker died or was
+    killed, so its temporary output can be removed.
+    """
+
+    def __init__(self, context: Context, workers: int, file_timeout: float,
+                 on_lost: Callable[[Job, int], None]) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        self._mp = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        self._context = context
+        self._timeout = file_timeout
+        self._on_lost = on_lost
+        self._failed_starts = 0
+        self._workers = [self._start() for _ in range(workers)]
+
+    def _start(self) -> _Worker:
+        parent, child = self._mp.Pipe()
+        process = self._mp.Process(target=_serve, args=(child, self._context), daemon=True,
+                                   name="noiseaug-worker")
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def run(self, batches: Iterator[list[Job]], collect: Callable[[Job, Records], bool]) -> None:
+        """Feed every batch to the workers; ``collect`` returns True to stop early.
+
+        On KeyboardInterrupt (or a stop) no new file is started and the files
+        in flight are finished and collected; then the interrupt goes on up.
+        """
+        requeue: collections.deque[Job] = collections.deque()
+        stop = interrupted = False
+        while True:
+            try:
+                if stop:
+                    requeue.clear()
+                    self._stop_all()
+                else:
+                    self._feed(batches, requeue)
+                busy = [w for w in self._workers if not w.idle]
+                if not busy:
+                    break
+                for job, records in self._gather(busy, requeue):
+                    stop = collect(job, records) or stop
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise  # a second Ctrl-C: give up on the files in flight
+                interrupted = stop = True
+        if interrupted:
+            raise KeyboardInterrupt
+
+    def _stop_all(self) -> None:
+        for worker in self._workers:
+            if not worker.idle and not worker.stopping:
+                worker.stopping = True
+                try:
+                    worker.conn.send("stop")
+                except OSError:
+                    pass
+
+    def _feed(self, batches: Iterator[list[Job]], requeue: collections.deque[Job]) -> None:
+        for worker in self._workers:
+            if not worker.idle:
+                continue
+            batch = [requeue.popleft()] if requeue else next(batches, None)
+            if batch is None:
+                return
+            worker.batch, worker.done, worker.idle = batch, 0, False
+            worker.started = time.monotonic()
+            worker.conn.send(batch)
+
+    def _gather(self, busy: list[_Worker], requeue: collections.deque[Job]) -> Iterator[tuple[Job, Records]]:
+        working = [w.started for w in busy if w.batch]
+        timeout = max(0.0, min(working) + self._timeout - time.monotonic()) if working else 1.0
+        wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout)
+        for worker in busy:
+            while not worker.idle and worker.conn.poll():
+                try:
+                    message = worker.conn.recv()
+                except (EOFError, OSError):
+                    break
+                if message[0] == "file":
+                    worker.done = message[1] + 1
+                    worker.started = time.monotonic()
+                    yield worker.batch[message[1]], message[2]
+                else:
+                    worker.idle, worker.stopping, worker.batch = True, False, []
+                    self._failed_starts = 0
+            if worker.idle:
+                continue
+            if not worker.batch:  # still starting
+                if not worker.process.is_alive():
+                    self._restart_unstarted(worker)
+                continue
+            if not worker.process.is_alive():
+                worker.process.join()
+                yield from self._replace(worker, requeue, _death(worker.process.exitcode))
+            elif time.monotonic() - worker.started > self._timeout:
+                worker.process.kill()
+                worker.process.join()
+                yield from self._replace(worker, requeue,
+                                         f"took longer than --file-timeout {self._timeout:g} s; abandoned")
+
+    def _replace(self, worker: _Worker, requeue: collections.deque[Job],
+                 reason: str) -> Iterator[tuple[Job, Records]]:
+        job = worker.batch[worker.done]
+        if not worker.stopping:
+            requeue.extend(worker.batch[worker.done + 1:])
+        self._on_lost(job, worker.process.pid)
+        worker.conn.close()
+        self._workers[self._workers.index(worker)] = self._start()
+        yield job, failed_records(job, self._context.config, reason)
+
+    def _restart_unstarted(self, worker: _Worker) -> None:
+        worker.process.join()
+        self._failed_starts += 1
+        if self._failed_starts > 3 * len(self._workers):
+            raise WorkerStartError(f"worker processes die on start ({_death(worker.process.exitcode)})")
+        worker.conn.close()
+        self._workers[self._workers.index(worker)] = self._start()
+
+    def close(self) -> None:
+        """Stop the workers: politely when idle, by force when still busy."""
+        for worker in self._workers:
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass
+        for worker in self._workers:
+            worker.process.join(timeout=5 if worker.idle else 0.1)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()

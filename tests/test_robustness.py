@@ -1,0 +1,104 @@
+"""Faults: dying and hanging workers, with real processes (SPEC §3, issue 'robustness')."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import records, write_image
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Small images plus one long recording that keeps a worker busy for a while."""
+    src = tmp_path_factory.mktemp("data") / "in"
+    for i in range(10):
+        write_image(src / "small" / f"img{i}.png", np.full((32, 32, 3), 10 * i, np.uint8))
+    (src / "long").mkdir()
+    block = (np.random.default_rng(0).standard_normal((48000 * 10, 2)) * 0.1).astype(np.float32)
+    with sf.SoundFile(src / "long" / "session.wav", "w", 48000, 2, "PCM_16") as f:
+        for _ in range(30):  # five minutes
+            f.write(block)
+    return src
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def holder_of(path_part: str, pids: list[int]) -> int | None:
+    """The process that has a file whose path contains ``path_part`` open."""
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if path_part in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def run(src: Path, out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "noiseaug", "run", src, out, "--workers", "2",
+                             "--no-progress", "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_a_killed_worker_costs_one_file_and_is_replaced(dataset, tmp_path):
+    out = tmp_path / "out"
+    proc = run(dataset, out)
+    victim = None
+    deadline = time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        victim = holder_of("long/session.wav", descendants(proc.pid))
+        time.sleep(0.005)
+    assert victim is not None, "never saw a worker on the long file"
+    os.kill(victim, signal.SIGKILL)  # as the OOM killer would
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    summary = json.loads(stdout)
+    assert summary["ok"] == 10 and summary["failed"] == 1
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    [lost] = [r for r in recs if r["status"] == "error"]
+    assert lost["input"] == "long/session.wav" and "SIGKILL" in lost["error"]
+    assert not list(out.rglob("*noiseaug-tmp")) and not (out / "long" / "session.wav").exists()
+    again = subprocess.run([sys.executable, "-m", "noiseaug", "run", dataset, out, "--workers", "2", "--json"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and json.loads(again.stdout)["ok"] == 1  # and a re-run finishes the job
+
+
+def test_a_file_over_the_time_limit_is_abandoned_and_the_rest_done(dataset, tmp_path):
+    out = tmp_path / "out"
+    proc = run(dataset, out, "--file-timeout", "0.3")
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    status = {r["input"]: (r["status"], r.get("error", "")) for r in recs}
+    assert status.pop("long/session.wav")[1].startswith("took longer than --file-timeout 0.3 s")
+    assert {s for s, _ in status.values()} == {"ok"} and len(status) == 10
+    assert not list(out.rglob("*noiseaug-tmp"))
+    assert "failed: long/session.wav: took longer" in stderr
