@@ -33,6 +33,13 @@ FORMATS = {  # extension -> format family
 }
 
 
+# bytes per decoded pixel for a Pillow mode, as OpenCV will hold it (palettes may expand to BGRA)
+DECODED_BYTES = {"1": 1, "L": 1, "P": 4, "PA": 4, "LA": 4, "La": 4, "RGB": 3, "RGBA": 4, "RGBa": 4,
+                 "RGBX": 4, "CMYK": 4, "YCbCr": 3, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2,
+                 "I": 4, "F": 4}
+WORKING_COPIES = 3  # decoded pixels, a noisy copy, the encoded bytes: a safe upper bound
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What the header says, before any pixel is decoded."""
@@ -42,6 +49,7 @@ class ImageHeader:
     orientation: int  # EXIF orientation 1..8; 1 when absent or already applied
     gray: bool  # a gray image that OpenCV expands to BGR(A): gray+alpha, or a gray palette
     lossless: bool  # lossless WebP (VP8L), kept lossless on writing
+    pixel_bytes: int = 8  # decoded bytes per pixel (8 when the mode is unknown)
 
 
 def set_threads(count: int) -> None:
@@ -62,9 +70,22 @@ def read_header(data: bytes, fmt: str) -> ImageHeader:
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
                 orientation = 1 if fmt == "tiff" else _orientation(im)
-                return ImageHeader(width, height, orientation, _is_gray(im), lossless)
+                return ImageHeader(width, height, orientation, _is_gray(im), lossless,
+                                   DECODED_BYTES.get(im.mode, 8))
     except Exception:  # Pillow could not parse it; OpenCV gets the last word
         return ImageHeader(None, None, 1, False, lossless)
+
+
+def available_memory() -> int | None:
+    """Memory the system can still give without swapping (Linux), else None."""
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _is_gray(im: "Image.Image") -> bool:
@@ -108,9 +129,15 @@ def decode(data: bytes, path: str, fmt: str, max_pixels: int) -> tuple[np.ndarra
     if not data:
         raise DecodeError(path, "empty file")
     header = read_header(data, fmt)
-    if header.width is not None and header.width * header.height > max_pixels:
-        raise TooLargeError(path, f"{header.width}x{header.height} pixels is more than "
-                                  f"--max-pixels {max_pixels}")
+    if header.width is not None:
+        if header.width * header.height > max_pixels:
+            raise TooLargeError(path, f"{header.width}x{header.height} pixels is more than "
+                                      f"--max-pixels {max_pixels}")
+        need = header.width * header.height * header.pixel_bytes * WORKING_COPIES
+        available = available_memory()
+        if available is not None and need > available:
+            raise TooLargeError(path, f"{header.width}x{header.height} pixels need about {need / 1e9:.1f} GB "
+                                      f"to process, only {available / 1e9:.1f} GB of memory is available")
     try:
         pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # OpenCV's text is a source location and an assertion, not a reason

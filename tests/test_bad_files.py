@@ -71,3 +71,23 @@ def test_dry_run_with_work_to_do_is_not_up_to_date(cli, tmp_path):
     write_image(src / "a.png", np.zeros((4, 4), np.uint8))
     summary = json.loads(cli("run", src, tmp_path / "out", "--dry-run", "--json").stdout)
     assert summary["up_to_date"] is False and summary["plan"]["image"]["process"] == 1
+
+
+def test_an_image_too_big_for_memory_is_refused_from_its_header(cli, tmp_path):
+    """A valid PNG header declaring 2^31 x 2^31 pixels: refused before any allocation."""
+    import struct
+    import zlib
+
+    src = tmp_path / "in"
+    src.mkdir()
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 2**31 - 1, 2**31 - 1, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    (src / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                                   + chunk(b"IEND", b""))
+    result = cli("run", src, tmp_path / "a", "--workers", 1, code=1)
+    assert "more than --max-pixels" in result.stderr
+    result = cli("run", src, tmp_path / "b", "--workers", 1, "--max-pixels", 2**63, code=1)
+    assert "of memory is available" in result.stderr

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import soundfile as sf
@@ -102,3 +103,40 @@ def test_a_file_over_the_time_limit_is_abandoned_and_the_rest_done(dataset, tmp_
     assert {s for s, _ in status.values()} == {"ok"} and len(status) == 10
     assert not list(out.rglob("*noiseaug-tmp"))
     assert "failed: long/session.wav: took longer" in stderr
+
+
+def can_mount_tmpfs(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c",
+                             f"mount -t tmpfs -o size=64k tmpfs '{probe}'"], capture_output=True)
+    return result.returncode == 0
+
+
+def test_a_full_disk_stops_the_run_cleanly(tmp_path):
+    if not can_mount_tmpfs(tmp_path):
+        pytest.skip("needs a private tmpfs (unshare --map-root-user --mount), which this kernel refuses")
+    src = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        write_image(src / f"img{i:02d}.png", rng.integers(0, 256, (100, 100, 3), dtype=np.uint8))  # ~30 KB each
+    out, copy, manifest = tmp_path / "out", tmp_path / "copy", tmp_path / "manifest.jsonl"
+    out.mkdir()
+    script = (f"mount -t tmpfs -o size=256k tmpfs '{out}' && "
+              f"'{sys.executable}' -m noiseaug run '{src}' '{out}' --workers 2 --json --manifest '{manifest}' "
+              f"> '{tmp_path}/summary.json' 2> '{tmp_path}/stderr.txt'; echo $? > '{tmp_path}/rc'; "
+              f"cp -a '{out}' '{copy}'")
+    subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], check=True, timeout=120)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "1", stderr
+    assert "No space left on device" in stderr and "stopped:" in stderr and "Traceback" not in stderr
+    failed_lines = [line for line in stderr.splitlines() if line.startswith("noiseaug: failed:")]
+    assert 1 <= len(failed_lines) <= 2  # stops at the first failed write (one per worker at most)
+    assert not list(copy.rglob("*noiseaug-tmp"))
+    _, recs = records(manifest)
+    written = {p.name for p in copy.glob("*.png")}
+    assert {r["output"] for r in recs if r["status"] == "ok"} == written and 3 < len(written) < 30
+    for name in written:  # every file left under a final name is complete
+        assert cv2.imdecode(np.frombuffer((copy / name).read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED) is not None
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "No space left" in summary["stopped"]
