@@ -15,7 +15,7 @@ from typing import Any, List, Optional
 import typer
 
 from . import __version__
-from .errors import Interrupted, NoiseaugError
+from .errors import FileError, Interrupted, NoiseaugError
 
 app = typer.Typer(
     add_completion=False,
@@ -74,6 +74,7 @@ def run(
     manifest: Optional[Path] = typer.Option(None, metavar="PATH", help="Where the manifest goes.  [default: OUTPUT/noiseaug-manifest.jsonl]"),
     config: Optional[Path] = typer.Option(None, metavar="FILE.toml", help="Options as TOML keys; command-line options win."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr.  [default: on a terminal]"),
+    preview: int = typer.Option(0, "--preview", metavar="N", help="After the run, draw N evenly chosen outputs beside their inputs in OUTPUT/noiseaug-preview.png."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary object on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only failures on stderr."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="One line per file on stderr."),
@@ -113,9 +114,28 @@ def run(
         raise _fail(str(exc), exc.exit_code)
     if not quiet or summary.interrupted:
         typer.echo(summary.text(), err=True)
+    if preview > 0 and not cfg.dry_run and not summary.interrupted:
+        _contact_sheet(summary, preview, quiet)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), ensure_ascii=False))
     raise typer.Exit(summary.exit_code)
+
+
+def _contact_sheet(summary: Any, count: int, quiet: bool) -> None:
+    from pathlib import Path as _Path
+
+    from .manifest import load
+    from .preview import contact_sheet
+
+    target = _Path(summary.output_root) / "noiseaug-preview.png"
+    try:
+        manifest = load(_Path(summary.manifest))
+        contact_sheet(list(manifest.files.values()), summary.input_root, summary.output_root, count, target)
+    except NoiseaugError as exc:
+        typer.echo(f"noiseaug: warning: no preview: {exc}", err=True)
+        return
+    if not quiet:
+        typer.echo(f"preview: {target}", err=True)
 
 
 @app.command()
@@ -161,6 +181,33 @@ def merge(
     for note in notes:
         typer.echo(f"noiseaug: warning: {note}", err=True)
     typer.echo(f"{count} records from {len(manifests)} manifests written to {output}", err=True)
+
+
+@app.command(name="preview")
+def preview_command(
+    file: Path = typer.Argument(..., metavar="FILE", help="An image or a recording."),
+    output: Path = typer.Option(..., "-o", "--output", metavar="PICTURE.png", help="Where to draw the preview (PNG)."),
+    image_sigma: str = typer.Option("10", metavar="S[,S...]", help="Image noise std(s) in 8-bit units; one row each."),
+    audio_sigma: Optional[str] = typer.Option(None, metavar="S[,S...]", help="Audio noise std(s) as fractions of full scale.  [default: 0.01]"),
+    audio_snr_db: Optional[str] = typer.Option(None, metavar="D[,D...]", help="Audio noise by SNR in dB, instead of --audio-sigma."),
+    seed: int = typer.Option(0, help="Master seed, as for run."),
+    channel_noise: str = typer.Option("per-channel", metavar="per-channel|shared", help="As for run."),
+    max_pixels: int = typer.Option(178956970, metavar="P", help="Refuse larger images."),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    """Draw what a noise setting does to FILE: original, noisy and residual (images), or
+    waveforms and spectrograms (audio)."""
+    from .preview import preview
+
+    if channel_noise not in ("per-channel", "shared"):
+        raise _fail(f"--channel-noise takes per-channel or shared, not {channel_noise!r}", 2)
+    try:
+        layout = preview(file, output, image_sigma=image_sigma, audio_sigma=audio_sigma,
+                         audio_snr_db=audio_snr_db, seed=seed, channel_noise=channel_noise,
+                         max_pixels=max_pixels)
+    except NoiseaugError as exc:
+        raise _fail(str(exc), exc.exit_code if not isinstance(exc, FileError) else 1)
+    typer.echo(f"{output}: {layout.width}x{layout.height}", err=True)
 
 
 def main() -> None:

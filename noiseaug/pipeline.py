@@ -10,6 +10,7 @@ at the end.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import os
 import platform
 import stat
@@ -349,9 +350,13 @@ def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect) -> None:
         folder = os.path.dirname(output_rel(job.rel, cfg.name, 0) if job.kind != "other" else job.rel)
         sweep_folder(os.path.join(ctx.output_root, folder), ctx.temp_tag, pid)
 
+    batches = _batches(jobs)
+    first = next(batches, None)
+    if first is None:
+        return  # nothing to dispatch (an up-to-date run): no pool to start
     pool = WorkerPool(ctx, cfg.workers, cfg.file_timeout, on_lost)
     try:
-        pool.run(_batches(jobs), collect)
+        pool.run(itertools.chain([first], batches), collect)
     finally:
         pool.close()
 

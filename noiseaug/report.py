@@ -33,6 +33,8 @@ class Summary:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     gone: list[str] = field(default_factory=list)  # inputs in the old manifest, now missing
     clipped: list[float] = field(default_factory=list)
+    kind_bytes: Counter = field(default_factory=Counter)  # (kind, "in"|"out") -> bytes
+    kind_clipped: dict[str, list[float]] = field(default_factory=dict)
     interrupted: bool = False
     stopped: str | None = None  # why the run stopped before the end (not Ctrl-C)
     dry_run: bool = False
@@ -44,10 +46,14 @@ class Summary:
         kind, status = record.get("kind", "?"), "skipped" if skipped else record["status"]
         self.counts[kind, status] += 1
         if status == "ok":
-            self.bytes_in += record.get("input_bytes", 0) if record.get("copy", 0) == 0 else 0
+            if record.get("copy", 0) == 0:
+                self.bytes_in += record.get("input_bytes", 0)
+                self.kind_bytes[kind, "in"] += record.get("input_bytes", 0)
             self.bytes_out += record.get("output_bytes", 0)
+            self.kind_bytes[kind, "out"] += record.get("output_bytes", 0)
             if "clipped_fraction" in record:
                 self.clipped.append(record["clipped_fraction"])
+                self.kind_clipped.setdefault(kind, []).append(record["clipped_fraction"])
         elif status == "error":
             self.failures.append((record["input"], record.get("error", "failed")))
 
@@ -107,19 +113,8 @@ class Summary:
         if self.dry_run:
             return self._plan_text()
         kinds = sorted({k for k, _ in self.counts})
-        rows = [("", "ok", "skipped", "failed")]
-        for kind in kinds:
-            rows.append((kind, *(str(self.counts[kind, s]) for s in ("ok", "skipped", "error"))))
-        if len(kinds) > 1:
-            rows.append(("total", str(self.total("ok")), str(self.total("skipped")), str(self.total("error"))))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
-                           for i, c in enumerate(r)).rstrip() for r in rows] if kinds else []
-        lines.append(f"{_size(self.bytes_in)} in, {_size(self.bytes_out)} out, "
-                     f"{self.seconds:.2f} s, {self.rate:.1f} files/s")
-        if self.clipped:
-            lines.append(f"clipped: mean {100 * sum(self.clipped) / len(self.clipped):.3f}%, "
-                         f"max {100 * max(self.clipped):.3f}% of samples")
+        lines = _table(self._rows(kinds)) if kinds else []
+        lines.append(f"{self.seconds:.2f} s, {self.rate:.1f} files/s")
         not_taken = self._not_taken()
         if not_taken:
             lines.append("not taken: " + not_taken)
@@ -129,9 +124,10 @@ class Summary:
                          "their outputs were left alone and their records flagged input_missing")
         for problem in self.walk.problems:
             lines.append(f"failed: {printable(problem)}")
-        if self.failures:
-            lines.append(f"{len(self.failures)} output(s) failed, each named above and recorded "
-                         "in the manifest with its reason")
+        for path, reason in self.failures[:20]:
+            lines.append(f"failed: {printable(path)}: {reason}")
+        if len(self.failures) > 20:
+            lines.append(f"... and {len(self.failures) - 20} more failures, each in the manifest with its reason")
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.interrupted:
@@ -142,6 +138,18 @@ class Summary:
             lines.append("no input file was selected: nothing to do")
         lines.append(f"manifest: {self.manifest}")
         return "\n".join(lines)
+
+    def _rows(self, kinds: list[str]) -> list[tuple[str, ...]]:
+        rows = [("", "ok", "skipped", "failed", "in", "out", "clipped mean", "max")]
+        for kind in kinds + (["total"] if len(kinds) > 1 else []):
+            pick = kinds if kind == "total" else [kind]
+            clipped = [c for k in pick for c in self.kind_clipped.get(k, [])]
+            rows.append((kind, *(str(sum(self.counts[k, s] for k in pick)) for s in ("ok", "skipped", "error")),
+                         _size(sum(self.kind_bytes[k, "in"] for k in pick)),
+                         _size(sum(self.kind_bytes[k, "out"] for k in pick)),
+                         f"{100 * sum(clipped) / len(clipped):.3f}%" if clipped else "-",
+                         f"{100 * max(clipped):.3f}%" if clipped else "-"))
+        return rows
 
     def _not_taken(self) -> str:
         w = self.walk
@@ -160,6 +168,13 @@ class Summary:
         if not_taken:
             lines.append("not taken: " + not_taken)
         return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as aligned text: the first column to the left, the others to the right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)).rstrip()
+            for r in rows]
 
 
 def _size(n: float) -> str:

@@ -302,26 +302,38 @@ def decode_samples(job: Job, data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
+def colour_channels(pixels: np.ndarray) -> int:
+    """How many channels of an image are colour (alpha, when present, is last)."""
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    return channels - 1 if channels in (2, 4) else channels
+
+
+def noise_image(pixels: np.ndarray, sigma_8bit: float, rng: np.random.Generator, *,
+                shared: bool) -> float:
+    """Noise an image's colour channels in place; returns the clipped fraction.
+
+    ``sigma_8bit`` is in 8-bit units, scaled to the image's sample type.
+    """
+    colour = colour_channels(pixels)
+    lo, hi = image_limits(pixels.dtype)
+    clipped = noise_inplace(pixels, image_sigma(sigma_8bit, pixels.dtype), rng, lo=lo, hi=hi,
+                            channels=colour if pixels.ndim == 3 else None, shared=shared and colour > 1)
+    return clipped / max(1, pixels.shape[0] * pixels.shape[1] * colour)
+
+
 def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config) -> Iterator[Rendered]:
     from . import image_io
 
-    fmt = image_io.format_of(rel)
-    pixels, header = image_io.decode(data, rel, fmt, cfg.max_pixels)
+    pixels, header = image_io.decode(data, rel, image_io.format_of(rel), cfg.max_pixels)
     height, width = pixels.shape[:2]
-    channels = pixels.shape[2] if pixels.ndim == 3 else 1
-    has_alpha = channels in (2, 4)
-    colour = channels - 1 if has_alpha else channels
-    shared = colour > 1 and (cfg.channel_noise == "shared" or header.gray)
-    lo, hi = image_limits(pixels.dtype)
+    shared = cfg.channel_noise == "shared" or header.gray
     ext = os.path.splitext(rel)[1]
     for i, copy in enumerate(copies):
         seed = seeding.file_seed(cfg.seed, os.fsencode(rel), copy)
         rng = seeding.generator(seed)
         sigma = draw_sigma(cfg.image_sigma, rng)
         noisy = pixels if i == len(copies) - 1 else pixels.copy()
-        clipped = noise_inplace(
-            noisy, image_sigma(sigma, pixels.dtype), rng, lo=lo, hi=hi,
-            channels=colour if pixels.ndim == 3 else None, shared=shared)
+        clipped = noise_image(noisy, sigma, rng, shared=shared)
         try:
             encoded = image_io.encode(noisy, ext, header, jpeg_quality=cfg.jpeg_quality,
                                       png_compression=cfg.png_compression)
@@ -331,9 +343,10 @@ def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config) -> Iter
             "seed": f"{seed:032x}",
             "sigma": sigma,
             "sigma_full_scale": sigma / 255.0,
-            "height": height, "width": width, "channels": channels,
+            "height": height, "width": width,
+            "channels": pixels.shape[2] if pixels.ndim == 3 else 1,
             "dtype": str(pixels.dtype),
-            "clipped_fraction": clipped / max(1, height * width * colour),
+            "clipped_fraction": clipped,
         }, _bytes_writer(encoded))
 
 

@@ -1,0 +1,412 @@
+"""Pictures of what a setting does: previews of one file, contact sheets of a run.
+
+Drawn with OpenCV and numpy only. Image previews show, per σ, a 1:1 crop of
+the original, the noisy version and the residual amplified so that ±3σ spans
+the whole gray range: noise is seen at the scale it is added, not averaged
+away by downscaling. Audio previews show the waveform envelope and a
+log-frequency spectrogram of the original and of each noisy version, both
+computed in one streaming pass, so long recordings need no more memory than
+short ones. The noise is the one ``noiseaug run`` would add to the file if it
+sat at the top of INPUT (same seed scheme, copy 0).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from . import audio_io, image_io, seeding
+from .discover import kind_of
+from .errors import DecodeError, UsageError
+from .fileio import atomic_write, open_input, read_input
+from .noise import IMAGE_FULL_SCALE, noise_inplace
+from .worker import noise_image
+
+BACKGROUND = (250, 250, 250)
+INK = (30, 30, 30)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+CROP = 320  # image panels: up to this many source pixels shown at 1:1
+LABEL_H = 44
+PAD = 12
+PLOT_W, WAVE_H, SPEC_H = 880, 130, 210
+NFFT = 2048
+
+
+@dataclass
+class Panel:
+    """Where a panel sits in the picture, and what its label says."""
+
+    name: str  # "original", "noisy", "residual", "waveform", "spectrogram", "input", "output"
+    label: str
+    box: tuple[int, int, int, int]  # x, y, width, height of the picture area (below its label)
+    row: int = 0
+
+
+@dataclass
+class Layout:
+    """The picture's panels, for tests and for anyone scripting previews."""
+
+    width: int = 0
+    height: int = 0
+    title: str = ""
+    panels: list[Panel] = field(default_factory=list)
+    snr_db: list[float] = field(default_factory=list)
+    clipped: list[float] = field(default_factory=list)
+
+
+def parse_values(text: str | float | Sequence[float], what: str) -> list[float]:
+    """'5,10,25' (or one number) as a list of non-negative values."""
+    items = [text] if isinstance(text, (int, float)) else (
+        str(text).split(",") if isinstance(text, str) else list(text))
+    try:
+        values = [float(v) for v in items if str(v).strip()]
+    except ValueError:
+        raise UsageError(f"{what} takes numbers separated by commas, not {text!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise UsageError(f"{what} takes non-negative numbers separated by commas, not {text!r}")
+    return values
+
+
+def preview(path: str | os.PathLike, output: str | os.PathLike, *, image_sigma: Any = 10,
+            audio_sigma: Any = None, audio_snr_db: Any = None, seed: int = 0,
+            channel_noise: str = "per-channel", max_pixels: int = 178956970) -> Layout:
+    """Draw a preview picture of ``path`` with the given noise settings into ``output`` (PNG)."""
+    src = os.fspath(path)
+    kind = kind_of(os.path.basename(src))
+    if not os.path.isfile(src):
+        raise UsageError(f"{src} is not a file")
+    if kind == "image":
+        layout, picture = _image_preview(src, parse_values(image_sigma, "--image-sigma"), seed,
+                                         channel_noise == "shared", max_pixels)
+    elif kind == "audio":
+        if audio_sigma is not None and audio_snr_db is not None:
+            raise UsageError("--audio-sigma and --audio-snr-db exclude each other: give one")
+        snr = audio_snr_db is not None
+        values = parse_values(audio_snr_db if snr else (audio_sigma if audio_sigma is not None else 0.01),
+                              "--audio-snr-db" if snr else "--audio-sigma")
+        layout, picture = _audio_preview(src, values, snr, seed)
+    else:
+        raise UsageError(f"{src}: not an image or a recording noiseaug knows (see the supported extensions)")
+    _save(picture, output)
+    return layout
+
+
+def _save(picture: np.ndarray, output: str | os.PathLike) -> None:
+    ok, data = cv2.imencode(".png", picture)
+    if not ok:
+        raise UsageError(f"cannot encode the preview as PNG ({picture.shape})")
+    atomic_write(os.path.abspath(os.fspath(output)), data)
+
+
+# ---- drawing helpers -------------------------------------------------------------------------
+
+
+def _text(canvas: np.ndarray, text: str, x: int, y: int, width: int, scale: float = 0.55) -> None:
+    """Write one line, shrunk until it fits ``width`` (never clipped)."""
+    while scale > 0.3 and cv2.getTextSize(text, FONT, scale, 1)[0][0] > width:
+        scale -= 0.05
+    while cv2.getTextSize(text, FONT, scale, 1)[0][0] > width and len(text) > 4:
+        text = text[:-4] + "..."
+    cv2.putText(canvas, text, (x, y), FONT, scale, INK, 1, cv2.LINE_AA)
+
+
+def _canvas(width: int, height: int) -> np.ndarray:
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = BACKGROUND
+    return canvas
+
+
+def _to_display(pixels: np.ndarray) -> np.ndarray:
+    """Any decoded image as 8-bit BGR; alpha composited over a checkerboard."""
+    if pixels.dtype == np.uint16:
+        view = (pixels >> 8).astype(np.uint8)
+    elif pixels.dtype.kind == "f":
+        view = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    else:
+        view = pixels
+    if view.ndim == 2:
+        return cv2.cvtColor(view, cv2.COLOR_GRAY2BGR)
+    if view.shape[2] == 4:
+        rows, cols = np.indices(view.shape[:2])
+        checker = np.where(((rows // 8) + (cols // 8)) % 2 == 0, 200, 255).astype(np.float32)[..., None]
+        alpha = view[..., 3:4].astype(np.float32) / 255.0
+        return (view[..., :3] * alpha + checker * (1 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(view[..., :3])
+
+
+def _zoom(view: np.ndarray) -> tuple[np.ndarray, int]:
+    """Enlarge small crops by a whole factor (nearest neighbour keeps each pixel visible)."""
+    factor = max(1, min(4, CROP // max(view.shape[:2])))
+    if factor > 1:
+        view = cv2.resize(view, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    return view, factor
+
+
+# ---- images ----------------------------------------------------------------------------------
+
+
+def _image_preview(src: str, sigmas: list[float], seed: int, shared: bool,
+                   max_pixels: int) -> tuple[Layout, np.ndarray]:
+    data = read_input(src)
+    name = os.path.basename(src)
+    pixels, header = image_io.decode(data, name, image_io.format_of(name), max_pixels)
+    height, width = pixels.shape[:2]
+    top, left = max(0, (height - CROP) // 2), max(0, (width - CROP) // 2)
+    crop = np.ascontiguousarray(pixels[top:top + CROP, left:left + CROP])
+    shown, factor = _zoom(_to_display(crop))
+    ph, pw = shown.shape[:2]
+    columns, rows = 3, len(sigmas)
+    layout = Layout(width=PAD + columns * (pw + PAD), title=f"{name}: {width}x{height} {pixels.dtype}, "
+                    f"{pixels.shape[2] if pixels.ndim == 3 else 1} channel(s); "
+                    f"crop {crop.shape[1]}x{crop.shape[0]} at ({left}, {top})"
+                    + (f", shown x{factor}" if factor > 1 else ""))
+    title_h = 40
+    layout.width = max(layout.width, 640)
+    layout.height = title_h + rows * (LABEL_H + ph + PAD) + PAD
+    canvas = _canvas(layout.width, layout.height)
+    _text(canvas, layout.title, PAD, 26, layout.width - 2 * PAD, 0.6)
+    for row, sigma in enumerate(sigmas):
+        rng = seeding.generator(seeding.file_seed(seed, os.fsencode(name), 0))
+        noisy = pixels.copy()
+        clipped = noise_image(noisy, sigma, rng, shared=shared or header.gray)
+        layout.clipped.append(clipped)
+        noisy_crop = noisy[top:top + CROP, left:left + CROP]
+        residual, gain = residual_display(crop, noisy_crop, sigma)
+        y = title_h + row * (LABEL_H + ph + PAD)
+        panels = [("original", "original", shown),
+                  ("noisy", f"noisy  sigma={sigma:g}  clipped {100 * clipped:.2f}%", _zoom(_to_display(noisy_crop))[0]),
+                  ("residual", f"residual x{gain:.2f} (+-3 sigma = black..white)", _zoom(residual)[0])]
+        for col, (kind, label, picture) in enumerate(panels):
+            x = PAD + col * (pw + PAD)
+            _text(canvas, label, x, y + 28, pw)
+            canvas[y + LABEL_H:y + LABEL_H + ph, x:x + pw] = picture
+            layout.panels.append(Panel(kind, label, (x, y + LABEL_H, pw, ph), row))
+    return layout, canvas
+
+
+def residual_display(original: np.ndarray, noisy: np.ndarray, sigma_8bit: float) -> tuple[np.ndarray, float]:
+    """The residual in 8-bit units, mapped so that ±3σ spans 0..255 around mid-gray (BGR)."""
+    scale = IMAGE_FULL_SCALE[np.dtype(original.dtype)]
+    colour = original if original.ndim == 2 else original[..., :3 if original.shape[2] >= 3 else 1]
+    noisy_colour = noisy if noisy.ndim == 2 else noisy[..., :colour.shape[2]]
+    diff = (noisy_colour.astype(np.float32) - colour.astype(np.float32)) * np.float32(255.0 / scale)
+    gain = 127.5 / (3 * sigma_8bit) if sigma_8bit > 0 else 1.0
+    shown = np.clip(np.rint(127.5 + diff * np.float32(gain)), 0, 255).astype(np.uint8)
+    if shown.ndim == 2 or shown.shape[2] == 1:
+        shown = cv2.cvtColor(shown.reshape(shown.shape[:2]), cv2.COLOR_GRAY2BGR)
+    return shown, gain
+
+
+# ---- audio -----------------------------------------------------------------------------------
+
+
+class _Track:
+    """Streaming waveform envelope and spectrogram of one (mono-mixed) signal."""
+
+    def __init__(self, frames: int, rate: int) -> None:
+        self.frames = max(1, frames)
+        self.low = np.full(PLOT_W, np.inf)
+        self.high = np.full(PLOT_W, -np.inf)
+        self.power = np.zeros((PLOT_W, NFFT // 2 + 1))
+        self.count = np.zeros(PLOT_W)
+        self.hop = max(1, min(NFFT, self.frames // PLOT_W))
+        self.window = np.hanning(NFFT).astype(np.float64)
+        self.pending = np.zeros(0)
+        self.start = 0  # frame index of pending[0]
+        self.seen = 0
+        self.energy = 0.0
+
+    def add(self, mono: np.ndarray) -> None:
+        columns = (np.arange(self.seen, self.seen + len(mono)) * PLOT_W) // self.frames
+        np.minimum.at(self.low, columns, mono)
+        np.maximum.at(self.high, columns, mono)
+        self.seen += len(mono)
+        self.pending = np.concatenate([self.pending, mono])
+        count = (len(self.pending) - NFFT) // self.hop + 1
+        if count > 0:
+            starts = np.arange(count) * self.hop
+            frames = np.lib.stride_tricks.sliding_window_view(self.pending, NFFT)[starts]
+            spectrum = np.abs(np.fft.rfft(frames * self.window, axis=1)) ** 2
+            cols = np.minimum(PLOT_W - 1, ((self.start + starts + NFFT // 2) * PLOT_W) // self.frames)
+            np.add.at(self.power, cols, spectrum)
+            np.add.at(self.count, cols, 1)
+            self.pending = self.pending[count * self.hop:]
+            self.start += count * self.hop
+
+
+def _audio_preview(src: str, values: list[float], snr: bool, seed: int) -> tuple[Layout, np.ndarray]:
+    name = os.path.basename(src)
+    with open_input(src) as fh:
+        try:
+            snd = audio_io.open_read(fh)
+        except audio_io.AudioError as exc:
+            raise DecodeError(name, f"cannot decode as audio: {exc}") from None
+        with snd:
+            layout_ = audio_io.layout_of(snd)
+            level = audio_io.rms(snd, layout_) if snr else 0.0
+            sigmas = [level / 10 ** (v / 20) for v in values] if snr else values
+            original = _Track(layout_.frames, layout_.samplerate)
+            noisy = [_Track(layout_.frames, layout_.samplerate) for _ in sigmas]
+            rngs = [seeding.generator(seeding.file_seed(seed, os.fsencode(name), 0)) for _ in sigmas]
+            signal_energy = 0.0
+            noise_energy = [0.0] * len(sigmas)
+            for block in audio_io.blocks(snd, layout_):
+                clean = _as_float(block, layout_)
+                original.add(clean.mean(axis=1))
+                signal_energy += float(np.square(clean).sum())
+                for i, sigma in enumerate(sigmas):
+                    work = block.copy()
+                    noise_inplace(work, sigma * layout_.full_scale, rngs[i], lo=layout_.lo, hi=layout_.hi,
+                                  step=layout_.step)
+                    dirty = _as_float(work, layout_)
+                    noisy[i].add(dirty.mean(axis=1))
+                    noise_energy[i] += float(np.square(dirty - clean).sum())
+    seconds = layout_.frames / layout_.samplerate
+    layout = Layout(title=f"{name}: {layout_.format}/{layout_.subtype}, {layout_.samplerate} Hz, "
+                          f"{layout_.channels} channel(s), {seconds:.1f} s"
+                          + (" (channels mixed for display)" if layout_.channels > 1 else ""))
+    layout.snr_db = [10 * math.log10(signal_energy / e) if e > 0 and signal_energy > 0 else math.inf
+                     for e in noise_energy]
+    labels = ["original"] + [
+        (f"noisy  target SNR {v:g} dB (sigma={s:.4g})" if snr else f"noisy  sigma={v:g} of full scale")
+        + f"  measured SNR {m:.2f} dB" for v, s, m in zip(values, sigmas, layout.snr_db)]
+    tracks = [original] + noisy
+    axis_w = 60
+    layout.width = axis_w + PLOT_W + PAD
+    block_h = LABEL_H + WAVE_H + 6 + SPEC_H + 22
+    title_h = 40
+    layout.height = title_h + len(tracks) * (block_h + PAD) + PAD
+    canvas = _canvas(layout.width, layout.height)
+    _text(canvas, layout.title, PAD, 26, layout.width - 2 * PAD, 0.6)
+    for row, (track, label) in enumerate(zip(tracks, labels)):
+        y = title_h + row * (block_h + PAD)
+        _text(canvas, label, axis_w, y + 28, PLOT_W)
+        wave_box = (axis_w, y + LABEL_H, PLOT_W, WAVE_H)
+        spec_box = (axis_w, y + LABEL_H + WAVE_H + 6, PLOT_W, SPEC_H)
+        _draw_wave(canvas, track, wave_box)
+        _draw_spectrogram(canvas, track, spec_box, layout_.samplerate)
+        _draw_time_axis(canvas, spec_box, seconds)
+        kind = "original" if row == 0 else "noisy"
+        layout.panels.append(Panel(f"{kind}-waveform", label, wave_box, row))
+        layout.panels.append(Panel(f"{kind}-spectrogram", label, spec_box, row))
+    return layout, canvas
+
+
+def _as_float(block: np.ndarray, layout: audio_io.Layout) -> np.ndarray:
+    if layout.integer:
+        return block.astype(np.float64) / layout.full_scale
+    return block.astype(np.float64)
+
+
+def _draw_wave(canvas: np.ndarray, track: _Track, box: tuple[int, int, int, int]) -> None:
+    x, y, w, h = box
+    canvas[y:y + h, x:x + w] = (255, 255, 255)
+    mid = y + h // 2
+    cv2.line(canvas, (x, mid), (x + w - 1, mid), (210, 210, 210), 1)
+    seen = np.isfinite(track.low)
+    top = np.clip(mid - track.high * (h / 2 - 2), y, y + h - 1).astype(int)
+    bottom = np.clip(mid - track.low * (h / 2 - 2), y, y + h - 1).astype(int)
+    for col in np.nonzero(seen)[0]:
+        cv2.line(canvas, (x + int(col), int(top[col])), (x + int(col), int(bottom[col])), (150, 80, 20), 1)
+    for value, text in ((1.0, "+1"), (-1.0, "-1")):
+        _text(canvas, text, x - 34, int(mid - value * (h / 2 - 2)) + (12 if value > 0 else -2), 30, 0.4)
+
+
+def _draw_spectrogram(canvas: np.ndarray, track: _Track, box: tuple[int, int, int, int], rate: int) -> None:
+    x, y, w, h = box
+    filled = track.count > 0
+    power = np.zeros_like(track.power)
+    power[filled] = track.power[filled] / track.count[filled, None]
+    if filled.any() and not filled.all():  # short files: carry each column's spectrum to its neighbours
+        idx = np.maximum.accumulate(np.where(filled, np.arange(len(filled)), -1))
+        idx[idx < 0] = np.argmax(filled)
+        power = power[idx]
+    reference = (np.hanning(NFFT).sum() / 2) ** 2  # a full-scale sine peaks at 0 dB
+    db = 10 * np.log10(power / reference + 1e-12)
+    low, high = max(20.0, rate / NFFT), rate / 2
+    freqs = np.geomspace(low, high, h)[::-1]
+    bins = np.clip(np.rint(freqs / (rate / NFFT)).astype(int), 0, NFFT // 2)
+    image = np.clip((db[:, bins].T + 100) / 100 * 255, 0, 255).astype(np.uint8)
+    canvas[y:y + h, x:x + w] = cv2.applyColorMap(image, cv2.COLORMAP_INFERNO)
+    for f in (100, 1000, 10000):
+        if low <= f <= high:
+            row = y + int((1 - math.log(f / low) / math.log(high / low)) * (h - 1))
+            cv2.line(canvas, (x - 4, row), (x, row), INK, 1)
+            _text(canvas, f"{f // 1000}k" if f >= 1000 else str(f), x - 40, row + 4, 34, 0.4)
+    _text(canvas, "Hz", x - 40, y + h - 2, 34, 0.4)
+
+
+def _draw_time_axis(canvas: np.ndarray, box: tuple[int, int, int, int], seconds: float) -> None:
+    x, y, w, h = box
+    _text(canvas, "0 s", x, y + h + 16, 60, 0.4)
+    end = f"{seconds:.1f} s"
+    tw = cv2.getTextSize(end, FONT, 0.4, 1)[0][0]
+    _text(canvas, end, x + w - tw, y + h + 16, tw + 2, 0.4)
+    _text(canvas, "dB: -100 (black) .. 0 (yellow)", x + w // 2 - 110, y + h + 16, 240, 0.4)
+
+
+# ---- contact sheet of a run ------------------------------------------------------------------
+
+
+def contact_sheet(records: list[dict[str, Any]], input_root: str, output_root: str, count: int,
+                  output: str | os.PathLike) -> Layout:
+    """``count`` evenly chosen outputs of a run, each beside its input."""
+    from .manifest import rel_str
+
+    done = [r for r in records if r.get("status") == "ok" and r.get("kind") in ("image", "audio")]
+    if not done or count <= 0:
+        raise UsageError("no image or recording was written: nothing to show")
+    picks = [done[int(i * len(done) / min(count, len(done)))] for i in range(min(count, len(done)))]
+    thumb = 220
+    cols = 2
+    cell_w, cell_h = thumb, thumb + 24
+    pair_w = cols * cell_w + PAD
+    per_row = max(1, 1200 // (pair_w + PAD * 2))
+    rows = math.ceil(len(picks) / per_row)
+    layout = Layout(width=PAD + per_row * (pair_w + 2 * PAD), title=f"noiseaug: {len(picks)} of {len(done)} outputs")
+    layout.height = 40 + rows * (cell_h + LABEL_H + PAD) + PAD
+    canvas = _canvas(layout.width, layout.height)
+    _text(canvas, layout.title + " (input | output)", PAD, 26, layout.width - 2 * PAD, 0.6)
+    for i, record in enumerate(picks):
+        x0 = PAD + (i % per_row) * (pair_w + 2 * PAD)
+        y0 = 40 + (i // per_row) * (cell_h + LABEL_H + PAD)
+        _text(canvas, record["input"], x0, y0 + 16, pair_w)
+        sigma = f"sigma={record['sigma']:.3g}" + (f", {100 * record['clipped_fraction']:.2f}% clipped"
+                                                   if "clipped_fraction" in record else "")
+        _text(canvas, sigma, x0, y0 + 36, pair_w, 0.45)
+        for j, (root, key) in enumerate(((input_root, "input"), (output_root, "output"))):
+            x = x0 + j * (cell_w + PAD)
+            box = (x, y0 + LABEL_H, thumb, thumb)
+            picture = _thumbnail(os.path.join(root, rel_str(record, key)), record["kind"], thumb)
+            if picture is not None:
+                h, w = picture.shape[:2]
+                canvas[box[1]:box[1] + h, x:x + w] = picture
+            layout.panels.append(Panel(key, record["input"], box, i))
+    _save(canvas, output)
+    return layout
+
+
+def _thumbnail(path: str, kind: str, size: int) -> np.ndarray | None:
+    try:
+        if kind == "image":
+            name = os.path.basename(path)
+            pixels, _ = image_io.decode(read_input(path), name, image_io.format_of(name), 2**40)
+            view = _to_display(pixels)
+            scale = size / max(view.shape[:2])
+            return cv2.resize(view, (max(1, int(view.shape[1] * scale)), max(1, int(view.shape[0] * scale))),
+                              interpolation=cv2.INTER_AREA)
+        with open_input(path) as fh, audio_io.open_read(fh) as snd:
+            layout = audio_io.layout_of(snd)
+            track = _Track(layout.frames, layout.samplerate)
+            for block in audio_io.blocks(snd, layout):
+                track.add(_as_float(block, layout).mean(axis=1))
+        picture = _canvas(PLOT_W, 200)
+        _draw_wave(picture, track, (40, 10, PLOT_W - 50, 180))
+        return cv2.resize(picture, (size, int(size * 200 / PLOT_W)), interpolation=cv2.INTER_AREA)
+    except (OSError, DecodeError, audio_io.AudioError, ValueError):
+        return None

@@ -1,0 +1,132 @@
+"""Preview pictures and contact sheets: geometry, labels, and that they show the real noise."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import read_image, write_image
+from noiseaug.preview import preview, residual_display
+
+
+def photo(height: int, width: int, dtype=np.uint8, channels: int = 3) -> np.ndarray:
+    top = np.iinfo(dtype).max
+    y, x = np.mgrid[0:height, 0:width]
+    base = (0.2 + 0.6 * (x / width) * (y / height)) * top
+    planes = [base * (0.7 + 0.1 * c) for c in range(channels)]
+    if channels == 4:
+        planes[3] = np.where(x < width // 2, top, top // 3)
+    return np.stack(planes, axis=-1).astype(dtype).squeeze()
+
+
+@pytest.mark.parametrize("name,pixels", [
+    ("rgb.png", photo(200, 500)),
+    ("deep.png", photo(150, 180, np.uint16)),
+    ("rgba.png", photo(400, 400, channels=4)),
+    ("gray.png", photo(100, 90, channels=1)),
+])
+def test_image_preview_geometry_labels_and_residual(cli, tmp_path, name, pixels):
+    src = tmp_path / "in"
+    write_image(src / name, pixels)
+    sigmas = [5.0, 10.0, 25.0]
+    picture = tmp_path / "p.png"
+    result = cli("preview", src / name, "-o", picture, "--image-sigma", "5,10,25")
+    assert str(picture) in result.stderr
+    layout = preview(src / name, tmp_path / "again.png", image_sigma="5,10,25")
+    shown = read_image(picture)
+    assert shown.shape == (layout.height, layout.width, 3)
+    assert [p.name for p in layout.panels] == ["original", "noisy", "residual"] * 3
+    labels = [p.label for p in layout.panels if p.name == "noisy"]
+    assert [lab.split()[1] for lab in labels] == ["sigma=5", "sigma=10", "sigma=25"]
+    assert all("clipped" in lab for lab in labels)
+    for panel in layout.panels:  # every panel lies inside the picture, with its label above it
+        x, y, w, h = panel.box
+        assert 0 <= x and x + w <= layout.width and y + h <= layout.height and y >= 40
+        strip = shown[y - 40:y - 4, x:x + w]
+        assert (strip < 128).any()  # some ink was drawn there
+
+    # the residual panel is the real residual of what `run` writes (same seed scheme)
+    cli("run", src, tmp_path / "out", "--image-sigma", 10, "--workers", 1)
+    noisy = read_image(tmp_path / "out" / name)
+    residual = [p for p in layout.panels if p.name == "residual"][1]
+    x, y, w, h = residual.box
+    ch = min(320, pixels.shape[0])
+    cw = min(320, pixels.shape[1])
+    top, left = (pixels.shape[0] - ch) // 2, (pixels.shape[1] - cw) // 2
+    expected, _ = residual_display(pixels[top:top + ch, left:left + cw], noisy[top:top + ch, left:left + cw], 10)
+    factor = w // cw
+    assert factor >= 1 and h == ch * factor
+    assert np.array_equal(shown[y:y + h:factor, x:x + w:factor], expected)
+    assert 100 < expected.mean() < 155 and expected.std() > 20  # centred, visible
+
+
+def tone_file(path, seconds: float, channels: int, rate: int = 16000) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    signal = 0.4 * np.sin(2 * np.pi * 440 * t)
+    sf.write(path, np.stack([signal] * channels, axis=1), rate, subtype="PCM_16")
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_audio_preview_shows_waveforms_spectrograms_and_measured_snr(cli, tmp_path, channels):
+    path = tmp_path / "tone.wav"
+    tone_file(path, 2.0, channels)
+    picture = tmp_path / "a.png"
+    cli("preview", path, "-o", picture, "--audio-snr-db", "20,5")
+    layout = preview(path, tmp_path / "b.png", audio_snr_db="20,5")
+    shown = read_image(picture)
+    assert shown.shape == (layout.height, layout.width, 3)
+    assert [p.name for p in layout.panels] == ["original-waveform", "original-spectrogram",
+                                                "noisy-waveform", "noisy-spectrogram"] * 1 + \
+        ["noisy-waveform", "noisy-spectrogram"]
+    assert layout.snr_db == pytest.approx([20, 5], abs=0.3)
+    assert "measured SNR 20." in layout.panels[2].label or "measured SNR 19.9" in layout.panels[2].label
+    original, noisy = (layout.panels[i].box for i in (1, 3))
+    quiet = shown[original[1]:original[1] + original[3], original[0]:original[0] + original[2]].mean()
+    loud = shown[noisy[1]:noisy[1] + noisy[3], noisy[0]:noisy[0] + noisy[2]].mean()
+    assert loud > quiet + 20  # the noise floor lights up the noisy spectrogram
+
+
+def test_long_recording_preview_streams(tmp_path):
+    """Memory does not grow with the length of the recording."""
+    rate = 48000
+    block = (0.1 * np.sin(np.arange(rate * 10) * 0.05)).astype(np.float32)
+    peaks = {}
+    for minutes in (1, 8):
+        path = tmp_path / f"long{minutes}.wav"
+        with sf.SoundFile(path, "w", rate, 2, "PCM_16") as f:
+            for _ in range(minutes * 6):
+                f.write(np.stack([block, block], axis=1))
+        tracemalloc.start()
+        layout = preview(path, tmp_path / "long.png", audio_sigma="0.01")
+        peaks[minutes] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        rms = np.sqrt(np.mean(block.astype(np.float64) ** 2))
+        assert layout.snr_db[0] == pytest.approx(20 * np.log10(rms / 0.01), abs=0.2)
+    whole = rate * 60 * 8 * 2 * 8  # a float64 copy of the 8-minute recording
+    assert peaks[8] < 1.2 * peaks[1] and peaks[8] < whole / 5, peaks
+
+
+def test_run_preview_writes_a_contact_sheet(cli, tmp_path):
+    src = tmp_path / "in"
+    for i in range(5):
+        write_image(src / f"img{i}.png", photo(60 + 10 * i, 80))
+    tone_file(src / "tone.wav", 0.5, 1)
+    result = cli("run", src, tmp_path / "out", "--preview", 4, "--workers", 1, "--json")
+    sheet = read_image(tmp_path / "out" / "noiseaug-preview.png")
+    assert sheet.ndim == 3 and sheet.shape[0] > 200 and sheet.shape[1] > 400
+    assert "noiseaug-preview.png" in result.stderr and json.loads(result.stdout)["ok"] == 6
+
+
+def test_preview_refuses_what_it_cannot_show(cli, tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    assert "not an image" in cli("preview", tmp_path / "notes.txt", "-o", tmp_path / "p.png", code=2).stderr
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    assert "cannot decode" in cli("preview", tmp_path / "bad.png", "-o", tmp_path / "p.png", code=1).stderr
+    write_image(tmp_path / "ok.png", photo(10, 10))
+    cli("preview", tmp_path / "ok.png", "-o", tmp_path / "p.png", "--image-sigma", "-3", code=2)
+    assert cv2.imread(str(tmp_path / "p.png")) is None
