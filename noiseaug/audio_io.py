@@ -69,6 +69,21 @@ def library_version() -> str:
     return sf.__libsndfile_version__
 
 
+def _native(fh: BinaryIO) -> BinaryIO | int:
+    """The file's descriptor when it has one: libsndfile then does its own I/O.
+
+    Through a Python file object, soundfile routes every read and seek through
+    cffi callbacks, and a malformed file that makes libsndfile seek to a
+    negative offset prints a Python traceback from inside the callback.
+    """
+    try:
+        fh.flush()
+        fh.seek(0)
+        return fh.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return fh
+
+
 def open_read(fh: BinaryIO) -> sf.SoundFile:
     """Open an input; refuse one whose header promises more samples than it holds.
 
@@ -76,7 +91,7 @@ def open_read(fh: BinaryIO) -> sf.SoundFile:
     tool must not pass a truncated recording off as a good one.
     """
     try:
-        snd = sf.SoundFile(fh)
+        snd = sf.SoundFile(_native(fh), closefd=False)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(_one_line(exc)) from None
     log = sf._ffi.new("char[]", 16384)
@@ -136,8 +151,8 @@ def rms(snd: sf.SoundFile, layout: Layout) -> float:
 def open_write(fh: BinaryIO, layout: Layout, metadata: dict[str, str]) -> sf.SoundFile:
     """An output in the input's format, subtype, endianness, rate and channels."""
     try:
-        out = sf.SoundFile(fh, "w", samplerate=layout.samplerate, channels=layout.channels,
-                           subtype=layout.subtype, endian=layout.endian, format=layout.format)
+        out = sf.SoundFile(_native(fh), "w", samplerate=layout.samplerate, channels=layout.channels,
+                           subtype=layout.subtype, endian=layout.endian, format=layout.format, closefd=False)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"cannot write {layout.format}/{layout.subtype}: {_one_line(exc)}") from None
     if layout.subtype in ("FLOAT", "DOUBLE"):
@@ -197,8 +212,8 @@ def decode_all(data: bytes) -> np.ndarray:
 
 
 def _one_line(exc: BaseException) -> str:
-    """libsndfile's reason on one line, without soundfile's "Error opening <object>:" prefix,
-    which names a file object (and a descriptor number that varies from run to run)."""
+    """libsndfile's reason on one line, without soundfile's "Error opening 6:" prefix,
+    which names a file descriptor or object (varying from run to run)."""
     text = " ".join(str(exc).split())
-    text = re.sub(r"^Error opening <[^>]*>: ", "", text)
+    text = re.sub(r"^Error opening (<[^>]*>|\d+|'[^']*'): ", "", text)
     return text or type(exc).__name__
