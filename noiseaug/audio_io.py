@@ -23,11 +23,16 @@ from typing import BinaryIO, Iterator
 import numpy as np
 import soundfile as sf
 
+from .fileio import codec_stderr_silenced
+
 BLOCK_FRAMES = 1 << 16
 SFC_GET_LOG_INFO = 0x1001
 SFC_SET_ADD_PEAK_CHUNK = 0x1050
-# libsndfile's parse log says "data : 264600 (should be 88170)" for a cut file
+# libsndfile's parse log says "data : 264600 (should be 88170)" for a cut file, and for an
+# AIFF whose COMM chunk promises more frames than its SSND chunk holds, says so too
 _SHORT_CHUNK = re.compile(rb"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_SHORT_FRAMES = re.compile(rb"Frame count read from 'COMM' chunk \((\d+)\) not equal to frame count\s*"
+                           rb"\*{3} calculated from length of 'SSND' chunk \((\d+)\)")
 _STREAMED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # written by streaming tools that never knew the length
 
 # subtype -> (container dtype read and written, grid step in that dtype)
@@ -91,15 +96,22 @@ def open_read(fh: BinaryIO) -> sf.SoundFile:
     tool must not pass a truncated recording off as a good one.
     """
     try:
-        snd = sf.SoundFile(_native(fh), closefd=False)
+        with codec_stderr_silenced():
+            snd = sf.SoundFile(_native(fh), closefd=False)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(_one_line(exc)) from None
     log = sf._ffi.new("char[]", 16384)
     sf._snd.sf_command(snd._file, SFC_GET_LOG_INFO, log, 16384)
-    for chunk, declared, present in _SHORT_CHUNK.findall(sf._ffi.string(log)):
+    text = sf._ffi.string(log)
+    for chunk, declared, present in _SHORT_CHUNK.findall(text):
         if int(declared) > int(present) and int(declared) not in _STREAMED_SIZES:
             snd.close()
             raise AudioError(f"truncated: the {chunk.decode()} chunk declares {int(declared)} bytes, "
+                             f"the file holds {int(present)}")
+    for declared, present in _SHORT_FRAMES.findall(text):
+        if int(declared) > int(present):
+            snd.close()
+            raise AudioError(f"truncated: the header declares {int(declared)} frames, "
                              f"the file holds {int(present)}")
     return snd
 
@@ -121,11 +133,15 @@ def layout_of(snd: sf.SoundFile) -> Layout:
 def blocks(snd: sf.SoundFile, layout: Layout) -> Iterator[np.ndarray]:
     """The file's samples, block by block, in its layout's dtype (one reused buffer)."""
     buffer = np.empty((BLOCK_FRAMES, layout.channels), dtype=layout.dtype)
-    snd.seek(0)
     total = 0
+    try:
+        snd.seek(0)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"cannot decode: {_one_line(exc)}") from None
     while True:
         try:
-            n = snd.read(BLOCK_FRAMES, dtype=layout.dtype.name, always_2d=True, out=buffer).shape[0]
+            with codec_stderr_silenced():
+                n = snd.read(BLOCK_FRAMES, dtype=layout.dtype.name, always_2d=True, out=buffer).shape[0]
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"cannot decode after frame {total}: {_one_line(exc)}") from None
         if n == 0:
@@ -136,6 +152,8 @@ def blocks(snd: sf.SoundFile, layout: Layout) -> Iterator[np.ndarray]:
             break
     if layout.frames > 0 and total < layout.frames and layout.subtype not in LOSSY_SUBTYPES:
         raise AudioError(f"truncated: the header declares {layout.frames} frames, only {total} could be read")
+    if total == 0 and layout.subtype in LOSSY_SUBTYPES:
+        raise AudioError("no audio could be decoded (truncated or damaged stream)")
 
 
 def rms(snd: sf.SoundFile, layout: Layout) -> float:

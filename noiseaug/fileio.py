@@ -59,6 +59,28 @@ def sweep_folder(folder: str, tag: str, pid: int | None = None) -> int:
     return removed
 
 
+_devnull: int | None = None
+
+
+@contextmanager
+def codec_stderr_silenced() -> Iterator[None]:
+    """Keep C codec libraries (libpng, libtiff, libjpeg, mpg123) off stderr meanwhile.
+
+    They print straight to file descriptor 2, in the middle of noiseaug's own
+    lines; the reason for a failure is noiseaug's to report, once.
+    """
+    global _devnull
+    if _devnull is None:
+        _devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    saved = os.dup(2)
+    try:
+        os.dup2(_devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def read_input(path: str | bytes) -> bytes:
     """The bytes of a regular file, refusing symbolic links and special files."""
     with open_input(path) as fh:

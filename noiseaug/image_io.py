@@ -14,34 +14,16 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from .errors import DecodeError, TooLargeError
+from .fileio import codec_stderr_silenced
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-_DEVNULL = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-
-
-@contextmanager
-def _codec_stderr_silenced() -> Iterator[None]:
-    """Keep libpng, libtiff and libjpeg from writing their own messages to stderr.
-
-    They print straight to file descriptor 2, in the middle of noiseaug's own
-    lines; the reason for a failure is noiseaug's to report, once.
-    """
-    saved = os.dup(2)
-    try:
-        os.dup2(_DEVNULL, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 Image.MAX_IMAGE_PIXELS = None  # the limit is ours: --max-pixels
 
 SAMPLE_TYPES = (np.uint8, np.uint16, np.float32, np.float64)
@@ -84,7 +66,7 @@ def read_header(data: bytes, fmt: str) -> ImageHeader:
     """Probe the header with Pillow; unknown layouts fall back to OpenCV alone."""
     lossless = fmt == "webp" and _webp_is_lossless(data)
     try:
-        with warnings.catch_warnings(), _codec_stderr_silenced():
+        with warnings.catch_warnings(), codec_stderr_silenced():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
@@ -158,7 +140,7 @@ def decode(data: bytes, path: str, fmt: str, max_pixels: int) -> tuple[np.ndarra
             raise TooLargeError(path, f"{header.width}x{header.height} pixels need about {need / 1e9:.1f} GB "
                                       f"to process, only {available / 1e9:.1f} GB of memory is available")
     try:
-        with _codec_stderr_silenced():
+        with codec_stderr_silenced():
             pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # OpenCV's text is a source location and an assertion, not a reason
         pixels = None
@@ -205,7 +187,7 @@ def encode(pixels: np.ndarray, ext: str, header: ImageHeader, *,
         params = [cv2.IMWRITE_WEBP_QUALITY, 101 if header.lossless else jpeg_quality]
     elif fmt == "pnm":
         params = [cv2.IMWRITE_PXM_BINARY, 1]
-    with _codec_stderr_silenced():
+    with codec_stderr_silenced():
         ok, encoded = cv2.imencode(ext.lower(), pixels, params)
     if not ok:
         raise ValueError(f"OpenCV cannot write {pixels.dtype} {pixels.shape} as {fmt.upper()}")

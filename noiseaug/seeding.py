@@ -14,7 +14,8 @@ import hashlib
 
 import numpy as np
 
-SCHEME = "seedsequence(master, sha256(relpath), copy) -> pcg64; v1"
+SCHEME = ("seedsequence(master, sha256(relpath), copy) -> pcg64; 8-bit: round(sigma*Z) by 16-bit table "
+          "+ exact escapes (jumped stream); others: float normal; v1")
 
 
 def _words(digest: bytes) -> tuple[int, ...]:

@@ -116,3 +116,35 @@ def test_negative_or_nan_sigma_is_refused():
         noiseaug.add_noise(np.zeros((2, 2), np.uint8), -1.0)
     with pytest.raises(ValueError):
         noiseaug.add_noise(np.zeros((2, 2), np.uint8), float("nan"))
+
+
+def test_8_bit_table_path_has_the_exact_law_of_rounded_noise():
+    """Each value of round(σZ) appears with its exact probability, tails and escapes included."""
+    sigma, n = 23.7, 4_000_000
+    x = np.full(n, 128, np.uint8)
+    r = noiseaug.add_noise(x, sigma, np.random.default_rng(12)).astype(np.int64) - 128
+    counts = np.bincount(r + 128, minlength=256)
+    for k in range(-100, 101):
+        p = 0.5 * (math.erfc((k - 0.5) / (sigma * math.sqrt(2))) - math.erfc((k + 0.5) / (sigma * math.sqrt(2))))
+        expected = n * p
+        assert abs(counts[k + 128] - expected) < 5 * math.sqrt(expected) + 2, (k, counts[k + 128], expected)
+    beyond = int(np.count_nonzero(np.abs(r) >= 95))  # past 4σ: the tails are there, in the right amount
+    want = n * math.erfc(94.5 / (sigma * math.sqrt(2)))
+    assert abs(beyond - want) < 5 * math.sqrt(want)
+
+
+def test_compiled_and_numpy_kernels_give_the_same_bytes(monkeypatch):
+    if noise._kernel is None:
+        pytest.skip("the C kernel was not built here (no compiler at install time): only numpy runs")
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, 256, (301, 257, 3), dtype=np.uint8), {}),
+             (rng.integers(0, 256, (200, 199, 4), dtype=np.uint8), {"alpha": True}),
+             (rng.integers(0, 256, (200, 199, 4), dtype=np.uint8), {"alpha": True, "shared": True}),
+             (rng.integers(0, 256, (123, 77), dtype=np.uint8), {})]
+    for pixels, options in cases:
+        for sigma in (0.4, 10, 150):
+            compiled = noiseaug.add_noise(pixels, sigma, np.random.default_rng(3), **options)
+            with monkeypatch.context() as patch:
+                patch.setattr(noise, "_kernel", None)
+                plain = noiseaug.add_noise(pixels, sigma, np.random.default_rng(3), **options)
+            assert np.array_equal(compiled, plain), (pixels.shape, options, sigma)

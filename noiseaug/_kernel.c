@@ -1,0 +1,139 @@
+/*
+ * The inner loop of noiseaug's 8-bit noise: out = clip(x + table[w], 0, 255).
+ *
+ * `table` maps 16 random bits to a rounded noise value k with exactly the
+ * probability floor(P(k) * 2^16) / 2^16; the entries left over hold ESCAPE,
+ * and those positions are returned to Python, which draws them exactly from
+ * the residual distribution (see noise.py). Pure computation, no allocation
+ * per sample; the same bits give the same result as the numpy fallback.
+ *
+ * add_table_noise(x, w, table, channels, noised, shared) -> (clipped, escapes)
+ *   x        writable uint8 buffer, pixels * channels values (C order)
+ *   w        uint16 buffer: pixels * noised values, or pixels when shared
+ *   table    int16 buffer of 65536 entries
+ *   channels values per pixel in x; the first `noised` of them get noise
+ *   shared   one noise value per pixel for all noised channels
+ * Returns the number of clipped values and the escaped indices into w (as
+ * bytes holding native Py_ssize_t values, in increasing order).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define ESCAPE INT16_MIN
+
+/* Growable list of escaped indices, kept in C while the GIL is released. */
+typedef struct {
+    Py_ssize_t *items;
+    Py_ssize_t len, cap;
+    int failed;
+} Escapes;
+
+static void push(Escapes *e, Py_ssize_t j) {
+    if (e->len == e->cap) {
+        Py_ssize_t cap = e->cap ? 2 * e->cap : 256;
+        Py_ssize_t *grown = realloc(e->items, (size_t)cap * sizeof(Py_ssize_t));
+        if (grown == NULL) {
+            e->failed = 1;
+            return;
+        }
+        e->items = grown;
+        e->cap = cap;
+    }
+    e->items[e->len++] = j;
+}
+
+/* clip(x + k) without branches; `clipped` counts values that fell outside
+ * [0, 255]. A macro on locals: through a pointer, every uint8_t store could
+ * alias the counter and force a reload each iteration. */
+#define ADD_CLIP(dst, k, clipped)                      \
+    do {                                               \
+        int v_ = (int)(dst) + (k);                     \
+        (clipped) += (unsigned)v_ > 255u;              \
+        v_ = v_ < 0 ? 0 : v_;                          \
+        (dst) = (uint8_t)(v_ > 255 ? 255 : v_);        \
+    } while (0)
+
+static PyObject *add_table_noise(PyObject *self, PyObject *args) {
+    Py_buffer xb, wb, tb;
+    Py_ssize_t channels, noised;
+    int shared;
+    if (!PyArg_ParseTuple(args, "w*y*y*nnp", &xb, &wb, &tb, &channels, &noised, &shared))
+        return NULL;
+    PyObject *result = NULL;
+    Escapes esc = {NULL, 0, 0, 0};
+    if (tb.len != 65536 * 2 || channels < 1 || noised < 1 || noised > channels ||
+        xb.len % channels != 0) {
+        PyErr_SetString(PyExc_ValueError, "add_table_noise: inconsistent buffer sizes");
+        goto done;
+    }
+    Py_ssize_t pixels = xb.len / channels;
+    Py_ssize_t draws = shared ? pixels : pixels * noised;
+    if (wb.len / 2 < draws) {
+        PyErr_SetString(PyExc_ValueError, "add_table_noise: too few random values");
+        goto done;
+    }
+    uint8_t *x = (uint8_t *)xb.buf;
+    const uint16_t *w = (const uint16_t *)wb.buf;
+    const int16_t *table = (const int16_t *)tb.buf;
+    long long clipped = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (!shared && noised == channels) { /* every value noised: one flat loop */
+        for (Py_ssize_t j = 0; j < draws; j++) {
+            int k = table[w[j]];
+            if (k == ESCAPE)
+                push(&esc, j);
+            else
+                ADD_CLIP(x[j], k, clipped);
+        }
+    } else {
+        for (Py_ssize_t p = 0; p < pixels; p++) {
+            uint8_t *px = x + p * channels;
+            if (shared) {
+                int k = table[w[p]];
+                if (k == ESCAPE) {
+                    push(&esc, p);
+                    continue;
+                }
+                for (Py_ssize_t c = 0; c < noised; c++)
+                    ADD_CLIP(px[c], k, clipped);
+            } else {
+                for (Py_ssize_t c = 0; c < noised; c++) {
+                    Py_ssize_t j = p * noised + c;
+                    int k = table[w[j]];
+                    if (k == ESCAPE)
+                        push(&esc, j);
+                    else
+                        ADD_CLIP(px[c], k, clipped);
+                }
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (esc.failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *indices = PyBytes_FromStringAndSize((const char *)esc.items,
+                                                  esc.len * (Py_ssize_t)sizeof(Py_ssize_t));
+    if (indices != NULL)
+        result = Py_BuildValue("LN", clipped, indices);
+done:
+    free(esc.items);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&wb);
+    PyBuffer_Release(&tb);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"add_table_noise", add_table_noise, METH_VARARGS,
+     "add_table_noise(x, w, table, channels, noised, shared) -> (clipped, escaped indices as bytes)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",
+                                    "noiseaug's compiled 8-bit noise loop", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
