@@ -7,9 +7,11 @@
  * the residual distribution (see noise.py). Pure computation, no allocation
  * per sample; the same bits give the same result as the numpy fallback.
  *
- * add_table_noise(x, w, table, channels, noised, shared) -> (clipped, escapes)
+ * add_table_noise(x, capsule, table, channels, noised, shared) -> (clipped, escapes)
  *   x        writable uint8 buffer, pixels * channels values (C order)
- *   w        uint16 buffer: pixels * noised values, or pixels when shared
+ *   capsule  a numpy BitGenerator's capsule: ceil(draws / 4) raw 64-bit words are
+ *            taken from it, each giving four 16-bit draws (low bits first),
+ *            exactly as bit_generator.random_raw(n).view("<u2") would
  *   table    int16 buffer of 65536 entries
  *   channels values per pixel in x; the first `noised` of them get noise
  *   shared   one noise value per pixel for all noised channels
@@ -55,14 +57,32 @@ static void push(Escapes *e, Py_ssize_t j) {
         (dst) = (uint8_t)(v_ > 255 ? 255 : v_);        \
     } while (0)
 
+/* numpy's bit generator interface (numpy/random/bitgen.h), reached through the
+ * "BitGenerator" capsule of any numpy.random.BitGenerator. */
+typedef struct {
+    void *state;
+    uint64_t (*next_uint64)(void *st);
+    uint32_t (*next_uint32)(void *st);
+    double (*next_double)(void *st);
+    uint64_t (*next_raw)(void *st);
+} bitgen_t;
+
+/* Noise value j of the band: 16 bits of word j / 4, as random_raw(...).view("<u2") gives. */
+#define DRAW(j) ((uint16_t)(words[(j) >> 2] >> (16 * ((j) & 3))))
+
 static PyObject *add_table_noise(PyObject *self, PyObject *args) {
-    Py_buffer xb, wb, tb;
+    Py_buffer xb, tb;
+    PyObject *capsule;
     Py_ssize_t channels, noised;
     int shared;
-    if (!PyArg_ParseTuple(args, "w*y*y*nnp", &xb, &wb, &tb, &channels, &noised, &shared))
+    if (!PyArg_ParseTuple(args, "w*Oy*nnp", &xb, &capsule, &tb, &channels, &noised, &shared))
         return NULL;
     PyObject *result = NULL;
     Escapes esc = {NULL, 0, 0, 0};
+    uint64_t *words = NULL;
+    bitgen_t *bitgen = PyCapsule_GetPointer(capsule, "BitGenerator");
+    if (bitgen == NULL)
+        goto done;
     if (tb.len != 65536 * 2 || channels < 1 || noised < 1 || noised > channels ||
         xb.len % channels != 0) {
         PyErr_SetString(PyExc_ValueError, "add_table_noise: inconsistent buffer sizes");
@@ -70,28 +90,44 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
     }
     Py_ssize_t pixels = xb.len / channels;
     Py_ssize_t draws = shared ? pixels : pixels * noised;
-    if (wb.len / 2 < draws) {
-        PyErr_SetString(PyExc_ValueError, "add_table_noise: too few random values");
+    words = malloc(((size_t)draws / 4 + 1) * sizeof(uint64_t));
+    if (words == NULL) {
+        PyErr_NoMemory();
         goto done;
     }
     uint8_t *x = (uint8_t *)xb.buf;
-    const uint16_t *w = (const uint16_t *)wb.buf;
     const int16_t *table = (const int16_t *)tb.buf;
     long long clipped = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (!shared && noised == channels) { /* every value noised: one flat loop */
-        for (Py_ssize_t j = 0; j < draws; j++) {
-            int k = table[w[j]];
-            if (k == ESCAPE)
-                push(&esc, j);
-            else
-                ADD_CLIP(x[j], k, clipped);
+    if (!shared && noised == channels) { /* every value noised: one flat loop, four draws per word */
+        Py_ssize_t j = 0;
+        for (; j + 4 <= draws; j += 4) {
+            uint64_t word = bitgen->next_raw(bitgen->state);
+            for (int s = 0; s < 4; s++) {
+                int k = table[(uint16_t)(word >> (16 * s))];
+                if (k == ESCAPE)
+                    push(&esc, j + s);
+                else
+                    ADD_CLIP(x[j + s], k, clipped);
+            }
+        }
+        if (j < draws) {
+            uint64_t word = bitgen->next_raw(bitgen->state);
+            for (int s = 0; j + s < draws; s++) {
+                int k = table[(uint16_t)(word >> (16 * s))];
+                if (k == ESCAPE)
+                    push(&esc, j + s);
+                else
+                    ADD_CLIP(x[j + s], k, clipped);
+            }
         }
     } else {
+        for (Py_ssize_t i = 0; i < (draws + 3) / 4; i++)
+            words[i] = bitgen->next_raw(bitgen->state);
         for (Py_ssize_t p = 0; p < pixels; p++) {
             uint8_t *px = x + p * channels;
             if (shared) {
-                int k = table[w[p]];
+                int k = table[DRAW(p)];
                 if (k == ESCAPE) {
                     push(&esc, p);
                     continue;
@@ -101,7 +137,7 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
             } else {
                 for (Py_ssize_t c = 0; c < noised; c++) {
                     Py_ssize_t j = p * noised + c;
-                    int k = table[w[j]];
+                    int k = table[DRAW(j)];
                     if (k == ESCAPE)
                         push(&esc, j);
                     else
@@ -121,15 +157,15 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
         result = Py_BuildValue("LN", clipped, indices);
 done:
     free(esc.items);
+    free(words);
     PyBuffer_Release(&xb);
-    PyBuffer_Release(&wb);
     PyBuffer_Release(&tb);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"add_table_noise", add_table_noise, METH_VARARGS,
-     "add_table_noise(x, w, table, channels, noised, shared) -> (clipped, escaped indices as bytes)"},
+     "add_table_noise(x, bitgen_capsule, table, channels, noised, shared) -> (clipped, escaped indices as bytes)"},
     {NULL, NULL, 0, NULL},
 };
 

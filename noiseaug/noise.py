@@ -108,13 +108,14 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
     for start in range(0, flat.shape[0], band_rows):
         band = flat[start:start + band_rows]
         pixels = band.reshape(-1, total)
-        count = pixels.shape[0] * (1 if shared else noised)
-        words = rng.bit_generator.random_raw((count + 3) // 4)
-        draws = words.astype("<u8", copy=False).view("<u2")[:count]
         if _kernel is not None:
-            done, escaped = _kernel.add_table_noise(pixels.reshape(-1), draws, table, total, noised, shared)
+            done, escaped = _kernel.add_table_noise(pixels.reshape(-1), rng.bit_generator.capsule, table,
+                                                    total, noised, shared)
             escaped = np.frombuffer(escaped, dtype=np.intp)
         else:
+            count = pixels.shape[0] * (1 if shared else noised)
+            words = rng.bit_generator.random_raw((count + 3) // 4)
+            draws = words.astype("<u8", copy=False).view("<u2")[:count]
             done, escaped = _table_loop(pixels, draws, table, noised, shared)
         clipped += done
         if escaped.size:
