@@ -46,7 +46,10 @@ def _serve(conn: Connection, context: Context) -> None:
             if index and conn.poll():
                 if conn.recv() in ("stop", None):
                     break
-            conn.send(("file", index, process_job(job, context)))
+            records = process_job(job, context)
+            conn.send(("file", index, records))
+            if any(r.get("_fatal") for r in records):
+                break  # a full disk fails the next file too: leave the rest to the parent's verdict
         conn.send(("idle",))
 
 
