@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/noiseaug run sample_data/ out/ --progress
+	$(BIN)/noiseaug run sample_data/ out/ --progress --preview 8
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

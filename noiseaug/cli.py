@@ -115,21 +115,18 @@ def run(
     if not quiet or summary.interrupted:
         typer.echo(summary.text(), err=True)
     if preview > 0 and not cfg.dry_run and not summary.interrupted:
-        _contact_sheet(summary, preview, quiet)
+        _contact_sheet(summary, output_dir / "noiseaug-preview.png", preview, quiet)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), ensure_ascii=False))
     raise typer.Exit(summary.exit_code)
 
 
-def _contact_sheet(summary: Any, count: int, quiet: bool) -> None:
-    from pathlib import Path as _Path
-
+def _contact_sheet(summary: Any, target: Path, count: int, quiet: bool) -> None:
     from .manifest import load
     from .preview import contact_sheet
 
-    target = _Path(summary.output_root) / "noiseaug-preview.png"
     try:
-        manifest = load(_Path(summary.manifest))
+        manifest = load(Path(summary.manifest))
         contact_sheet(list(manifest.files.values()), summary.input_root, summary.output_root, count, target)
     except NoiseaugError as exc:
         typer.echo(f"noiseaug: warning: no preview: {exc}", err=True)
