@@ -17,7 +17,8 @@ K = round(σZ) matters, and since x lies in [0, 255], every K ≤ −256 (or
 which is exact, not a truncation. K is drawn from 16 random bits through a
 table holding each value floor(P(K=k)·2¹⁶) times; the few draws that land
 outside those entries (under 1% for any σ) are drawn again, exactly, from
-the leftover probability mass with 53-bit uniforms from a second stream. The
+the leftover probability mass with 53-bit uniforms from a second stream
+(spawned from the generator's seed sequence). The
 table loop is compiled (``_kernel.c``) when a C compiler was available at
 install time, and numpy otherwise; both give the same bytes.
 """
@@ -103,7 +104,7 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
         shared = False
     per_row = flat.shape[1] * (1 if shared else noised)
     band_rows = max(4, (4 * BAND_VALUES // max(1, per_row)) // 4 * 4)  # whole 64-bit words per band
-    escapes_rng = np.random.Generator(rng.bit_generator.jumped())
+    escapes_rng = _escape_stream(rng)
     clipped = 0
     for start in range(0, flat.shape[0], band_rows):
         band = flat[start:start + band_rows]
@@ -121,6 +122,14 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
         if escaped.size:
             clipped += _fill_escapes(pixels, escaped, values, cdf, escapes_rng, noised, shared)
     return clipped
+
+
+def _escape_stream(rng: np.random.Generator) -> np.random.Generator:
+    """A second stream for the rare escapes, independent of how many bits the table path used."""
+    try:
+        return rng.spawn(1)[0]
+    except (TypeError, ValueError):  # a generator built without a SeedSequence
+        return np.random.Generator(np.random.SFC64(rng.bit_generator.random_raw(4).tolist()))
 
 
 def _table_loop(pixels: np.ndarray, draws: np.ndarray, table: np.ndarray, noised: int,

@@ -125,7 +125,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _prior_manifest(path: Path, cfg: Config) -> Manifest | None:
     """The previous run's manifest, if its options allow continuing from it."""
-    if not path.exists():
+    if not path.exists() or _stillborn(path):
         return None
     previous = load(path)
     if cfg.overwrite:
@@ -137,6 +137,15 @@ def _prior_manifest(path: Path, cfg: Config) -> Manifest | None:
                 f"{os.fsdecode(path)} was made with --{key.replace('_', '-')} {_show(old.get(key))}, "
                 f"not {_show(value)}; use --overwrite to redo everything, or another OUTPUT")
     return previous
+
+
+def _stillborn(path: Path) -> bool:
+    """A manifest whose run was killed before its first line was complete: empty or a torn run line."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return not data.strip() or (b"\n" not in data and data.startswith(b'{"type": "run"'))
 
 
 def _show(value: Any) -> str:

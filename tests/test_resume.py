@@ -134,3 +134,12 @@ def test_a_makefile_calling_noiseaug_twice_does_no_work_the_second_time(dataset,
     assert json.loads((tmp_path / "summary.json").read_text())["up_to_date"] is True
     assert {p: p.stat().st_mtime_ns for p in mtimes if not p.name.endswith(".lock")} == \
         {p: t for p, t in mtimes.items() if not p.name.endswith(".lock")}
+
+
+@pytest.mark.parametrize("content", [b"", b'{"type": "run", "tool": "noiseau'])
+def test_a_run_killed_before_its_first_manifest_line_is_resumed(cli, dataset, clean, tmp_path, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "noiseaug-manifest.jsonl").write_bytes(content)
+    cli("run", dataset, out, "--workers", 2)
+    assert records(out / "noiseaug-manifest.jsonl")[1] == records(clean / "noiseaug-manifest.jsonl")[1]
