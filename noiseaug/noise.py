@@ -104,8 +104,9 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
         shared = False
     per_row = flat.shape[1] * (1 if shared else noised)
     band_rows = max(4, (4 * BAND_VALUES // max(1, per_row)) // 4 * 4)  # whole 64-bit words per band
-    escapes_rng = _escape_stream(rng)
     clipped = 0
+    escaped_all = []
+    per_pixel_draws = 1 if shared else noised
     for start in range(0, flat.shape[0], band_rows):
         band = flat[start:start + band_rows]
         pixels = band.reshape(-1, total)
@@ -119,8 +120,11 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
             draws = words.astype("<u8", copy=False).view("<u2")[:count]
             done, escaped = _table_loop(pixels, draws, table, noised, shared)
         clipped += done
-        if escaped.size:
-            clipped += _fill_escapes(pixels, escaped, values, cdf, escapes_rng, noised, shared)
+        if escaped.size:  # left untouched by the table pass; drawn all at once below
+            escaped_all.append(escaped + start * flat.shape[1] * per_pixel_draws)
+    if escaped_all:
+        clipped += _fill_escapes(flat.reshape(-1, total), np.concatenate(escaped_all), values, cdf,
+                                 _escape_stream(rng), noised, shared)
     return clipped
 
 

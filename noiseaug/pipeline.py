@@ -363,6 +363,8 @@ def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect) -> None:
     first = next(batches, None)
     if first is None:
         return  # nothing to dispatch (an up-to-date run): no pool to start
+    from . import audio_io, image_io  # noqa: F401  (loaded once here, inherited by forked workers)
+
     pool = WorkerPool(ctx, cfg.workers, cfg.file_timeout, on_lost)
     try:
         pool.run(itertools.chain([first], batches), collect)

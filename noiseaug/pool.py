@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -76,6 +77,19 @@ def _death(exitcode: int | None) -> str:
     return f"the worker process reading this file exited unexpectedly (code {exitcode})"
 
 
+def _start_method() -> str:
+    """``fork`` when it is safe, so workers start with the codecs already imported.
+
+    Forking copies only the calling thread, so it is safe only while the
+    parent runs one thread; otherwise a fork server, or spawn where there is
+    none. Starting workers from scratch costs about half a second each here.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 class WorkerStartError(RuntimeError):
     """Worker processes die before they can take any work."""
 
@@ -89,8 +103,7 @@ class WorkerPool:
 
     def __init__(self, context: Context, workers: int, file_timeout: float,
                  on_lost: Callable[[Job, int], None]) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        self._mp = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        self._mp = multiprocessing.get_context(_start_method())
         self._context = context
         self._timeout = file_timeout
         self._on_lost = on_lost

@@ -29,6 +29,7 @@ class ConsoleReporter(Reporter):
         if bar and not quiet:
             from tqdm import tqdm
 
+            tqdm.monitor_interval = 0  # no monitor thread: workers are forked from this process
             self._bar = tqdm(total=0, unit="file", file=sys.stderr, dynamic_ncols=True,
                              smoothing=0.1, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
                              "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
