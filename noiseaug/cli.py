@@ -42,6 +42,18 @@ def _root(version: Optional[bool] = VersionOption) -> None:
     """Add exact, reproducible Gaussian noise to image and audio datasets."""
 
 
+PRESENTATION = ("json", "progress", "quiet", "verbose", "preview")  # TOML keys the CLI itself handles
+
+
+def _flag(options: dict[str, Any], key: str) -> bool:
+    from .errors import UsageError
+
+    value = options.get(key, False)
+    if not isinstance(value, bool):
+        raise UsageError(f"--config: {key} takes true or false, not {value!r}")
+    return value
+
+
 def _fail(message: str, code: int) -> "typer.Exit":
     typer.echo(f"noiseaug: error: {message}", err=True)
     return typer.Exit(code)
@@ -93,7 +105,13 @@ def run(
         dry_run=dry_run, on_error=on_error, shard=shard, max_pixels=max_pixels, file_timeout=file_timeout,
         manifest=manifest)
     try:
-        options = load_toml(config) if config is not None else {}
+        options = load_toml(config, PRESENTATION) if config is not None else {}
+        shown = {k: options.pop(k) for k in PRESENTATION if k in options}
+        json_out = json_out or _flag(shown, "json")
+        quiet = quiet or _flag(shown, "quiet")
+        verbose = verbose or _flag(shown, "verbose")
+        progress = progress if progress is not None else shown.get("progress")
+        preview = preview or int(shown.get("preview", 0))
         explicit = {k: v for k, v in given.items() if v is not None}
         if "audio_sigma" in explicit:
             options.pop("audio_snr_db", None)
@@ -139,7 +157,7 @@ def _contact_sheet(summary: Any, target: Path, count: int, quiet: bool) -> None:
 def verify(
     manifest: Path = typer.Argument(..., metavar="MANIFEST", help="A manifest written by noiseaug run."),
     regenerate: bool = typer.Option(False, "--regenerate", help="Recompute every output from its input and seed, and compare."),
-    output_root: Optional[Path] = typer.Option(None, metavar="DIR", help="Where the outputs are.  [default: the recorded OUTPUT, else the manifest's folder]"),
+    output_root: Optional[Path] = typer.Option(None, metavar="DIR", help="Where the outputs are.  [default: the manifest's folder when it lives in OUTPUT (the default place), else the recorded OUTPUT]"),
     input_root: Optional[Path] = typer.Option(None, metavar="DIR", help="Where the inputs are, for --regenerate.  [default: the recorded INPUT]"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON report object on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only problems on stderr."),
@@ -196,6 +214,8 @@ def preview_command(
     waveforms and spectrograms (audio)."""
     from .preview import preview
 
+    if output.suffix.lower() != ".png":
+        raise _fail(f"-o {output}: previews are PNG pictures; name the file *.png", 2)
     if channel_noise not in ("per-channel", "shared"):
         raise _fail(f"--channel-noise takes per-channel or shared, not {channel_noise!r}", 2)
     try:

@@ -267,8 +267,12 @@ def make_config(**options: Any) -> Config:
     )
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a --config file: option names as keys, with '-' or '_'."""
+def load_toml(path: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a --config file: option names as keys, with '-' or '_'.
+
+    ``extra`` names further keys the caller handles itself (the CLI's
+    presentation options, such as ``json`` or ``quiet``).
+    """
     import tomllib
 
     try:
@@ -278,7 +282,7 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read --config {os.fsdecode(path)}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"--config {os.fsdecode(path)} is not valid TOML: {exc}") from None
-    known = {f.name for f in dataclasses.fields(Config)}
+    known = {f.name for f in dataclasses.fields(Config)} | set(extra)
     options: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")

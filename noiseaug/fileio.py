@@ -33,6 +33,17 @@ def set_temp_tag(tag: str) -> None:
     _temp_tag = tag
 
 
+def open_no_follow(path: str | os.PathLike, flags: int, mode: str) -> IO[str]:
+    """Open a text file that must not be a symbolic link (a planted link would lead outside OUTPUT)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise WriteError(os.fsdecode(path), "is a symbolic link; refusing to write through it", exc.errno) from None
+        raise
+    return os.fdopen(fd, mode, encoding="utf-8")
+
+
 def sweep_temporaries(root: str, tag: str) -> int:
     """Remove the temporary files a killed run with this tag left anywhere under ``root``."""
     removed = 0
@@ -190,7 +201,7 @@ class OutputLock:
     def __enter__(self) -> "OutputLock":
         import fcntl
 
-        fh = open(self.path, "a+", encoding="utf-8")
+        fh = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "r+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable
 
 from .errors import ManifestError
-from .fileio import atomic_write
+from .fileio import atomic_write, open_no_follow
 
 MANIFEST_NAME = "noiseaug-manifest.jsonl"
 
@@ -127,7 +127,8 @@ class ManifestWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is None:
-            self._fh = open(self.path, "a" if self.append else "w", encoding="utf-8")
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.append else os.O_TRUNC)
+            self._fh = open_no_follow(self.path, flags, "a" if self.append else "w")
             if not self.append:
                 self._fh.write(dumps(self.run) + "\n")
         self._fh.write(dumps(record) + "\n")
@@ -150,7 +151,7 @@ def write_sorted(path: Path, run: dict[str, Any], records: Iterable[dict[str, An
     """Atomically write a whole manifest, unless the file already holds exactly that."""
     data = render(run, records)
     try:
-        if path.read_bytes() == data:
+        if not path.is_symlink() and path.read_bytes() == data:
             return
     except OSError:
         pass
@@ -223,6 +224,10 @@ def merge(paths: list[Path], output: Path) -> tuple[int, list[str]]:
             if options.get(key) != value:
                 raise ManifestError(f"{where} was made with {key.replace('_', '-')}={options.get(key)!r}, "
                                     f"{os.fsdecode(first.path)} with {value!r}: not shards of one run")
+        for root in ("input_root", "output_root"):
+            if m.run.get(root) != first.run.get(root):
+                raise ManifestError(f"{where} has {root} {m.run.get(root)!r}, {os.fsdecode(first.path)} has "
+                                    f"{first.run.get(root)!r}: not shards of one run")
         shards.add(str(options.get("shard", "0/1")))
         for key, record in m.files.items():
             safe_rel(record, "input", where)

@@ -66,6 +66,9 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     if cfg.manifest and not manifest_path.parent.is_dir():
         raise UsageError(f"--manifest {os.fsdecode(cfg.manifest)}: folder {os.fsdecode(manifest_path.parent)} "
                          "does not exist")
+    if manifest_path.is_symlink():
+        raise UsageError(f"{os.fsdecode(manifest_path)} is a symbolic link; refusing to read or write "
+                         "a manifest through it")
     prior = _prior_manifest(manifest_path, cfg)
     shown = cfg.manifest if cfg.manifest else default_path(Path(output_dir), cfg.shard)
     summary = Summary(os.fsdecode(in_root), os.fsdecode(out_root), os.fsdecode(shown), dry_run=cfg.dry_run)
@@ -130,6 +133,10 @@ def _prior_manifest(path: Path, cfg: Config) -> Manifest | None:
     previous = load(path)
     if cfg.overwrite:
         return None
+    if previous.run.get("seeding") != seeding.SCHEME:
+        raise OptionsChangedError(
+            f"{os.fsdecode(path)} was made by noiseaug {previous.run.get('version')} with another noise "
+            f"scheme ({previous.run.get('seeding')}); use --overwrite to redo everything, or another OUTPUT")
     old = previous.run.get("options", {})
     for key, value in cfg.job_options().items():
         if old.get(key) != value:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator
 
+from .errors import NoiseaugError
 from .worker import Context, Job, failed_records, init_worker, process_job
 
 Records = list[dict[str, Any]]
@@ -90,7 +91,7 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-class WorkerStartError(RuntimeError):
+class WorkerStartError(NoiseaugError):
     """Worker processes die before they can take any work."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import __version__, seeding
 from .errors import ManifestError, NoiseaugError, UsageError
 from .fileio import hash_stream, read_input
 from .manifest import load, rel_str, safe_rel, sort_key
@@ -25,10 +26,11 @@ class VerifyReport:
     not_checked: int = 0  # error records: there is no output to check
     mismatches: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    torn: bool = False  # the manifest's last line was cut off: one record could not be read
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.mismatches else 0
+        return 1 if self.mismatches or self.torn else 0
 
     def lines(self) -> list[str]:
         return [f"noiseaug: mismatch: {printable(path)}: {reason}" for path, reason in self.mismatches]
@@ -38,12 +40,15 @@ class VerifyReport:
         good = self.checked - len(self.mismatches)
         lines.append(f"{good} of {self.checked} outputs in {self.output_root} match {self.manifest}"
                      + (f" ({self.not_checked} failed in the run, not checked)" if self.not_checked else ""))
+        if self.torn:
+            lines.append("the manifest's last line is cut off (a run was killed while writing it): "
+                         "that record could not be read; run noiseaug again to complete the manifest")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"manifest": self.manifest, "output_root": self.output_root, "checked": self.checked, "not_checked": self.not_checked,
                 "matching": self.checked - len(self.mismatches), "exit_code": self.exit_code,
-                "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches],
+                "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches], "torn": self.torn,
                 "notes": self.notes}
 
 
@@ -77,8 +82,11 @@ def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
     out_root = _output_root(Path(output_root) if output_root else None, m.run, path)
     report = VerifyReport(where, os.fsdecode(out_root))
     if m.torn:
-        report.mismatches.append(("(last line)", "the manifest's last line is cut off (a run was killed "
-                                                 "while writing it): that record cannot be checked"))
+        report.torn = True
+    if m.run.get("seeding") != seeding.SCHEME and regenerate:
+        raise ManifestError(f"{where} was made with another noise scheme ({m.run.get('seeding')}) than this "
+                            f"noiseaug {__version__} implements; --regenerate cannot rebuild its outputs "
+                            "(the hash check without it still works)")
     regen = _Regenerator(m.run, Path(input_root) if input_root else None, report) if regenerate else None
     for record in records:
         if record.get("status") not in ("ok", "skipped"):

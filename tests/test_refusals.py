@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 
 import numpy as np
 import pytest
@@ -126,3 +127,44 @@ def test_output_under_a_file_and_missing_manifest_folder_are_refused(cli, src, t
     refused(cli, "run", src, tmp_path / "afile" / "sub", says="cannot create OUTPUT")
     refused(cli, "run", src, tmp_path / "out", "--manifest", tmp_path / "nope" / "m.jsonl", says="does not exist")
     assert not (tmp_path / "out").exists()
+
+
+def test_presentation_options_may_come_from_toml_too(cli, src, tmp_path):
+    import json
+
+    config = tmp_path / "opts.toml"
+    config.write_text("json = true\nquiet = true\nprogress = false\n", encoding="utf-8")
+    result = cli("run", src, tmp_path / "out", "--config", config, "--workers", 1)
+    assert json.loads(result.stdout)["ok"] == 1 and result.stderr == ""
+
+
+def test_links_planted_at_the_lock_or_manifest_are_refused(cli, src, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in (".noiseaug.lock", "noiseaug-manifest.jsonl"):
+        out = tmp_path / f"out{len(name)}"
+        out.mkdir()
+        os.symlink(victim, out / name)
+        result = cli("run", src, out, "--workers", 1, code=None)
+        assert result.exit_code != 0 and "symbolic link" in result.stderr
+        assert victim.read_text() == "keep me"
+
+
+def test_preview_pictures_must_be_png(cli, src, tmp_path):
+    cli("preview", src / "a.png", "-o", tmp_path / "p.jpg", code=2)
+    assert not (tmp_path / "p.jpg").exists()
+
+
+def test_a_manifest_from_another_noise_scheme_is_refused(cli, src, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    manifest = out / "noiseaug-manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    run = json.loads(lines[0])
+    run["seeding"] = "an older scheme"
+    manifest.write_text("\n".join([json.dumps(run)] + lines[1:]) + "\n")
+    refused(cli, "run", src, out, "--workers", 1, says="another noise scheme")
+    assert "another noise scheme" in cli("verify", manifest, "--regenerate", code=2).stderr
+    cli("verify", manifest)  # the hashes still check
