@@ -194,8 +194,10 @@ def process_job(job: Job, ctx: Context) -> list[dict[str, Any]]:
         else:
             todo.append(r)
     if todo:
+        outputs = render(job, src, data, [r["copy"] for r in todo], cfg)
+        data = None  # the renderer holds the input now, and lets it go once decoded
         try:
-            for rendered in render(job, src, data, [r["copy"] for r in todo], cfg):
+            for rendered in outputs:
                 r = base[rendered.copy]
                 r.update(rendered.fields)
                 _write(ctx.output_root, r, rendered)
@@ -325,6 +327,7 @@ def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config) -> Iter
     from . import image_io
 
     pixels, header = image_io.decode(data, rel, image_io.format_of(rel), cfg.max_pixels)
+    del data  # a large image's compressed bytes need not stay beside its pixels and its encoding
     height, width = pixels.shape[:2]
     shared = cfg.channel_noise == "shared" or header.gray
     ext = os.path.splitext(rel)[1]
