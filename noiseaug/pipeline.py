@@ -69,8 +69,8 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     if manifest_path.is_symlink():
         raise UsageError(f"{os.fsdecode(manifest_path)} is a symbolic link; refusing to read or write "
                          "a manifest through it")
-    prior = _prior_manifest(manifest_path, cfg)
     shown = cfg.manifest if cfg.manifest else default_path(Path(output_dir), cfg.shard)
+    prior = _prior_manifest(manifest_path, cfg, shown)
     summary = Summary(os.fsdecode(in_root), os.fsdecode(out_root), os.fsdecode(shown), dry_run=cfg.dry_run)
     started = time.perf_counter()
     try:
@@ -83,7 +83,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             raise UsageError(f"cannot create OUTPUT {os.fsdecode(output_dir)}: {exc.strerror}") from None
         name = lock_name(cfg.shard)
         with OutputLock(out_root / name) as lock:
-            prior = _prior_manifest(manifest_path, cfg)
+            prior = _prior_manifest(manifest_path, cfg, shown)
             set_temp_tag(temp_tag(cfg.shard))
             if lock.dirty:
                 sweep_temporaries(os.fsdecode(out_root), temp_tag(cfg.shard))
@@ -126,8 +126,11 @@ def _inside(path: Path, root: Path) -> bool:
     return path != root and root in path.parents
 
 
-def _prior_manifest(path: Path, cfg: Config) -> Manifest | None:
-    """The previous run's manifest, if its options allow continuing from it."""
+def _prior_manifest(path: Path, cfg: Config, shown: Path) -> Manifest | None:
+    """The previous run's manifest, if its options allow continuing from it.
+
+    ``shown`` is the manifest's path as the user gave it, for messages.
+    """
     if not path.exists() or _stillborn(path):
         return None
     previous = load(path)
@@ -135,13 +138,13 @@ def _prior_manifest(path: Path, cfg: Config) -> Manifest | None:
         return None
     if previous.run.get("seeding") != seeding.SCHEME:
         raise OptionsChangedError(
-            f"{os.fsdecode(path)} was made by noiseaug {previous.run.get('version')} with another noise "
+            f"{os.fsdecode(shown)} was made by noiseaug {previous.run.get('version')} with another noise "
             f"scheme ({previous.run.get('seeding')}); use --overwrite to redo everything, or another OUTPUT")
     old = previous.run.get("options", {})
     for key, value in cfg.job_options().items():
         if old.get(key) != value:
             raise OptionsChangedError(
-                f"{os.fsdecode(path)} was made with --{key.replace('_', '-')} {_show(old.get(key))}, "
+                f"{os.fsdecode(shown)} was made with --{key.replace('_', '-')} {_show(old.get(key))}, "
                 f"not {_show(value)}; use --overwrite to redo everything, or another OUTPUT")
     return previous
 
