@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -27,6 +27,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 Image.MAX_IMAGE_PIXELS = None  # the limit is ours: --max-pixels
 
 SAMPLE_TYPES = (np.uint8, np.uint16, np.float32, np.float64)
+ICC_FORMATS = ("png", "jpeg", "webp")  # where OpenCV 5 reads and writes colour profiles
 
 FORMATS = {  # extension -> format family
     ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp", ".tif": "tiff",
@@ -51,6 +52,7 @@ class ImageHeader:
     gray: bool  # a gray image that OpenCV expands to BGR(A): gray+alpha, or a gray palette
     lossless: bool  # lossless WebP (VP8L), kept lossless on writing
     pixel_bytes: int = 8  # decoded bytes per pixel (8 when the mode is unknown)
+    icc: np.ndarray | None = None  # the colour profile, carried to the output (PNG, JPEG, WebP)
 
 
 def set_threads(count: int) -> None:
@@ -141,7 +143,8 @@ def decode(data: bytes, path: str, fmt: str, max_pixels: int) -> tuple[np.ndarra
                                       f"to process, only {available / 1e9:.1f} GB of memory is available")
     try:
         with codec_stderr_silenced():
-            pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+            pixels, icc = _decode_with_profile(np.frombuffer(data, dtype=np.uint8))
+            header = replace(header, icc=icc)
     except cv2.error:  # OpenCV's text is a source location and an assertion, not a reason
         pixels = None
     if pixels is None:
@@ -188,10 +191,33 @@ def encode(pixels: np.ndarray, ext: str, header: ImageHeader, *,
     elif fmt == "pnm":
         params = [cv2.IMWRITE_PXM_BINARY, 1]
     with codec_stderr_silenced():
-        ok, encoded = cv2.imencode(ext.lower(), pixels, params)
+        ok, encoded = _encode_with_profile(ext.lower(), pixels, params, header.icc if fmt in ICC_FORMATS else None)
     if not ok:
         raise ValueError(f"OpenCV cannot write {pixels.dtype} {pixels.shape} as {fmt.upper()}")
     return encoded
+
+
+def _decode_with_profile(buffer: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Decode keeping alpha and depth; also return the ICC colour profile, if any.
+
+    ``imdecodeWithMetadata`` exists from OpenCV 4.12 on; older versions lose the profile.
+    """
+    if not hasattr(cv2, "imdecodeWithMetadata"):
+        return cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED), None
+    pixels, kinds, blobs = cv2.imdecodeWithMetadata(buffer, flags=cv2.IMREAD_UNCHANGED)
+    icc = next((blob for kind, blob in zip(kinds, blobs) if kind == cv2.IMAGE_METADATA_ICCP), None)
+    return pixels, icc
+
+
+def _encode_with_profile(ext: str, pixels: np.ndarray, params: list[int],
+                         icc: np.ndarray | None) -> tuple[bool, np.ndarray]:
+    """Encode, embedding the input's colour profile so the output looks the same in a viewer."""
+    if icc is not None and hasattr(cv2, "imencodeWithMetadata"):
+        try:
+            return cv2.imencodeWithMetadata(ext, pixels, [cv2.IMAGE_METADATA_ICCP], [icc], params)
+        except cv2.error:
+            pass  # a profile OpenCV will not embed: the pixels still go out
+    return cv2.imencode(ext, pixels, params)
 
 
 def format_of(name: str) -> str:

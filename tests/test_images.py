@@ -187,3 +187,15 @@ def test_gray_palette_png_stays_gray(cli, dirs):
     cli("run", src, out, "--workers", 1, "--image-sigma", 8)
     y = read_image(out / "pal.png")
     assert y.ndim == 2 and abs((y.astype(float) - gray).std() - 8) < 1
+
+
+@pytest.mark.parametrize("name,fmt", [("c.jpg", "JPEG"), ("c.png", "PNG"), ("c.webp", "WEBP")])
+def test_colour_profile_is_carried_to_the_output(cli, dirs, name, fmt):
+    from PIL import ImageCms
+
+    src, out = dirs
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(src / name, fmt, icc_profile=profile)
+    cli("run", src, out, "--workers", 1)
+    with Image.open(out / name) as im:
+        assert im.info.get("icc_profile") == profile
