@@ -70,10 +70,6 @@ class Layout:
         return self.dtype.kind == "i"
 
 
-def library_version() -> str:
-    return sf.__libsndfile_version__
-
-
 def _native(fh: BinaryIO) -> BinaryIO | int:
     """The file's descriptor when it has one: libsndfile then does its own I/O.
 

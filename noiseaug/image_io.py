@@ -60,10 +60,6 @@ def set_threads(count: int) -> None:
     cv2.setNumThreads(count)
 
 
-def library_version() -> str:
-    return cv2.__version__
-
-
 def read_header(data: bytes, fmt: str) -> ImageHeader:
     """Probe the header with Pillow; unknown layouts fall back to OpenCV alone."""
     lossless = fmt == "webp" and _webp_is_lossless(data)

@@ -219,7 +219,6 @@ class _Track:
         self.pending = np.zeros(0)
         self.start = 0  # frame index of pending[0]
         self.seen = 0
-        self.energy = 0.0
 
     def add(self, mono: np.ndarray) -> None:
         columns = (np.arange(self.seen, self.seen + len(mono)) * PLOT_W) // self.frames

@@ -33,7 +33,6 @@ def photo(height: int, width: int, dtype=np.uint8, channels: int = 3) -> np.ndar
 def test_image_preview_geometry_labels_and_residual(cli, tmp_path, name, pixels):
     src = tmp_path / "in"
     write_image(src / name, pixels)
-    sigmas = [5.0, 10.0, 25.0]
     picture = tmp_path / "p.png"
     result = cli("preview", src / name, "-o", picture, "--image-sigma", "5,10,25")
     assert str(picture) in result.stderr
