@@ -27,7 +27,7 @@ def dataset(tmp_path_factory) -> Path:
     (src / "long").mkdir()
     block = (np.random.default_rng(0).standard_normal((48000 * 10, 2)) * 0.1).astype(np.float32)
     with sf.SoundFile(src / "long" / "session.wav", "w", 48000, 2, "PCM_16") as f:
-        for _ in range(30):  # five minutes
+        for _ in range(60):  # ten minutes: about a second of work, far over the 0.3 s limit below
             f.write(block)
     return src
 
