@@ -163,9 +163,62 @@ done:
     return result;
 }
 
+/* The same for 16-bit PCM: x is int16 (every value noised), the table holds
+ * int32 values (noise up to ±65536 after lumping), INT32_MIN marks an escape. */
+static PyObject *add_table_noise_i16(PyObject *self, PyObject *args) {
+    Py_buffer xb, tb;
+    PyObject *capsule;
+    if (!PyArg_ParseTuple(args, "w*Oy*", &xb, &capsule, &tb))
+        return NULL;
+    PyObject *result = NULL;
+    Escapes esc = {NULL, 0, 0, 0};
+    bitgen_t *bitgen = PyCapsule_GetPointer(capsule, "BitGenerator");
+    if (bitgen == NULL)
+        goto done;
+    if (tb.len != 65536 * 4 || xb.len % 2 != 0) {
+        PyErr_SetString(PyExc_ValueError, "add_table_noise_i16: inconsistent buffer sizes");
+        goto done;
+    }
+    int16_t *x = (int16_t *)xb.buf;
+    const int32_t *table = (const int32_t *)tb.buf;
+    Py_ssize_t draws = xb.len / 2;
+    long long clipped = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < draws; j += 4) {
+        uint64_t word = bitgen->next_raw(bitgen->state);
+        for (int s = 0; s < 4 && j + s < draws; s++) {
+            int32_t k = table[(uint16_t)(word >> (16 * s))];
+            if (k == INT32_MIN) {
+                push(&esc, j + s);
+                continue;
+            }
+            int32_t v = (int32_t)x[j + s] + k;
+            clipped += (v < -32768) | (v > 32767);
+            v = v < -32768 ? -32768 : v;
+            x[j + s] = (int16_t)(v > 32767 ? 32767 : v);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (esc.failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *indices = PyBytes_FromStringAndSize((const char *)esc.items,
+                                                  esc.len * (Py_ssize_t)sizeof(Py_ssize_t));
+    if (indices != NULL)
+        result = Py_BuildValue("LN", clipped, indices);
+done:
+    free(esc.items);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&tb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"add_table_noise", add_table_noise, METH_VARARGS,
      "add_table_noise(x, bitgen_capsule, table, channels, noised, shared) -> (clipped, escaped indices as bytes)"},
+    {"add_table_noise_i16", add_table_noise_i16, METH_VARARGS,
+     "add_table_noise_i16(x, bitgen_capsule, table) -> (clipped, escaped indices as bytes)"},
     {NULL, NULL, 0, NULL},
 };
 

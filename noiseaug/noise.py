@@ -10,11 +10,11 @@ Integer data is computed in float32 when its grid has at most 2**16 steps (24
 bits of mantissa leave 8 bits below the rounding point) and in float64 above
 that (PCM_24 and PCM_32 audio); float data in its own precision.
 
-8-bit images take a faster exact path. For an integer x, round(x + σZ) =
+8-bit images and 16-bit PCM take a faster exact path. For an integer x, round(x + σZ) =
 x + round(σZ) (ties have probability zero), so only the discrete law of
 K = round(σZ) matters, and since x lies in [0, 255], every K ≤ −256 (or
 ≥ 256) clips to the same output: the tails are lumped into those two values,
-which is exact, not a truncation. K is drawn from 16 random bits through a
+which is exact, not a truncation (±65536 for 16-bit PCM). K is drawn from 16 random bits through a
 table holding each value floor(P(K=k)·2¹⁶) times; the few draws that land
 outside those entries (under 1% for any σ) are drawn again, exactly, from
 the leftover probability mass with 53-bit uniforms from a second stream
@@ -61,42 +61,45 @@ def image_sigma(sigma_8bit: float, dtype: np.dtype) -> float:
     return sigma_8bit * IMAGE_FULL_SCALE[np.dtype(dtype)] / 255.0
 
 
-ESCAPE = np.int16(-32768)
-LUMP = 256  # |K| >= 256 clips to the same 8-bit output: lumped into ±256 exactly
+LUMP8 = 256  # |K| >= 256 clips to the same 8-bit output: lumped into ±256 exactly
+LUMP16 = 65536  # likewise for 16-bit PCM samples
 
 
 @functools.lru_cache(maxsize=64)
-def _rounded_law(sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rounded_law(sigma: float, lump: int = LUMP8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The table of round(σZ) for 16-bit draws, and the leftover law for escapes.
 
+    Values with |k| >= ``lump`` are lumped into ±lump (they all clip alike).
     Returns (table, values, cdf): ``table`` holds each k floor(P(K=k)·2¹⁶)
-    times then ESCAPE; an escape takes ``values[searchsorted(cdf, u)]``.
+    times, then the escape mark (its dtype's minimum); an escape takes
+    ``values[searchsorted(cdf, u)]``.
     """
-    ks = np.arange(-LUMP, LUMP + 1)
+    dtype = np.int16 if lump <= LUMP8 else np.int32
+    ks = np.arange(-lump, lump + 1)
     root2s = sigma * math.sqrt(2.0)
-    upper = np.array([0.5 * (math.erfc((k - 0.5) / root2s) - math.erfc((k + 0.5) / root2s))
-                      for k in range(1, LUMP)])  # P(k - 1/2 <= σZ < k + 1/2), precise in the tail
-    tail = 0.5 * math.erfc((LUMP - 0.5) / root2s)  # P(σZ >= 255.5)
+    erfc = np.array([math.erfc((k - 0.5) / root2s) for k in range(1, lump + 1)])
+    upper = 0.5 * (erfc[:-1] - erfc[1:])  # P(k - 1/2 <= σZ < k + 1/2), precise in the tail
+    tail = 0.5 * erfc[-1]  # P(σZ >= lump - 1/2)
     centre = math.erf(0.5 / root2s)
     half = np.concatenate([upper, [tail]])
     p = np.concatenate([half[::-1], [centre], half])
     counts = np.floor(p * 65536).astype(np.int64)
-    counts[LUMP] -= max(0, int(counts.sum()) - 65536)  # rounding in p must not overfill the table
-    table = np.full(65536, ESCAPE, dtype=np.int16)
-    table[:counts.sum()] = np.repeat(ks.astype(np.int16), counts)
+    counts[lump] -= max(0, int(counts.sum()) - 65536)  # rounding in p must not overfill the table
+    table = np.full(65536, np.iinfo(dtype).min, dtype=dtype)
+    table[:counts.sum()] = np.repeat(ks.astype(dtype), counts)
     leftover = np.maximum(p - counts / 65536.0, 0.0)
     cdf = np.cumsum(leftover)
     if cdf[-1] > 0:
         cdf /= cdf[-1]
     else:  # a table with no escape entries: this law is never drawn from
         cdf = np.linspace(1.0 / cdf.size, 1.0, cdf.size)
-    return table, ks.astype(np.int16), cdf
+    return table, ks.astype(dtype), cdf
 
 
 def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
-                 channels: int | None, shared: bool) -> int:
+                 channels: int | None, shared: bool, escapes: np.random.Generator | None) -> int:
     """The exact table path for 8-bit images (see the module's docstring)."""
-    table, values, cdf = _rounded_law(float(sigma))
+    table, values, cdf = _rounded_law(float(sigma), LUMP8)
     flat = data.reshape(data.shape[0], -1, data.shape[-1] if data.ndim == 3 else 1)
     total = flat.shape[2]
     noised = total if channels is None else channels
@@ -124,12 +127,43 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
             escaped_all.append(escaped + start * flat.shape[1] * per_pixel_draws)
     if escaped_all:
         clipped += _fill_escapes(flat.reshape(-1, total), np.concatenate(escaped_all), values, cdf,
-                                 _escape_stream(rng), noised, shared)
+                                 escapes if escapes is not None else escape_stream(rng), noised, shared,
+                                 (0, 255))
     return clipped
 
 
-def _escape_stream(rng: np.random.Generator) -> np.random.Generator:
-    """A second stream for the rare escapes, independent of how many bits the table path used."""
+def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
+                 escapes: np.random.Generator) -> int:
+    """The exact table path for 16-bit PCM: every value noised, clipped to int16."""
+    table, values, cdf = _rounded_law(float(sigma), LUMP16)
+    flat = data.reshape(-1)
+    band = 4 * BAND_VALUES
+    clipped = 0
+    escaped_all = []
+    for start in range(0, flat.size, band):
+        part = flat[start:start + band]
+        if _kernel is not None:
+            done, escaped = _kernel.add_table_noise_i16(part, rng.bit_generator.capsule, table)
+            escaped = np.frombuffer(escaped, dtype=np.intp)
+        else:
+            words = rng.bit_generator.random_raw((part.size + 3) // 4)
+            draws = words.astype("<u8", copy=False).view("<u2")[:part.size]
+            done, escaped = _table_loop(part.reshape(-1, 1), draws, table, 1, False, (-32768, 32767))
+        clipped += done
+        if escaped.size:
+            escaped_all.append(escaped + start)
+    if escaped_all:
+        clipped += _fill_escapes(flat.reshape(-1, 1), np.concatenate(escaped_all), values, cdf, escapes,
+                                 1, False, (-32768, 32767))
+    return clipped
+
+
+def escape_stream(rng: np.random.Generator) -> np.random.Generator:
+    """A second stream for the rare escapes, independent of how many bits the table path used.
+
+    Pass the same one to every block of one recording, so that the noise does
+    not depend on the block size.
+    """
     try:
         return rng.spawn(1)[0]
     except (TypeError, ValueError):  # a generator built without a SeedSequence
@@ -137,32 +171,33 @@ def _escape_stream(rng: np.random.Generator) -> np.random.Generator:
 
 
 def _table_loop(pixels: np.ndarray, draws: np.ndarray, table: np.ndarray, noised: int,
-                shared: bool) -> tuple[int, np.ndarray]:
-    """numpy twin of ``_kernel.add_table_noise``: same bits, same result."""
+                shared: bool, limits: tuple[int, int] = (0, 255)) -> tuple[int, np.ndarray]:
+    """numpy twin of the compiled loops: same bits, same result."""
+    escape = np.iinfo(table.dtype).min
     k = table[draws].reshape(pixels.shape[0], 1 if shared else noised)
-    escaped = np.flatnonzero(k == ESCAPE)
-    k[k == ESCAPE] = 0
+    escaped = np.flatnonzero(k == escape)
+    k[k == escape] = 0
     colour = pixels[:, :noised]
-    total = colour + k.astype(np.int16)
-    clipped = int(np.count_nonzero(total.view(np.uint16) > 255))  # negatives wrap above 255
-    np.clip(total, 0, 255, out=total)
+    total = colour.astype(np.int32) + k
+    clipped = int(np.count_nonzero((total < limits[0]) | (total > limits[1])))
+    np.clip(total, limits[0], limits[1], out=total)
     colour[...] = total
     return clipped, escaped
 
 
 def _fill_escapes(pixels: np.ndarray, escaped: np.ndarray, values: np.ndarray, cdf: np.ndarray,
-                  rng: np.random.Generator, noised: int, shared: bool) -> int:
+                  rng: np.random.Generator, noised: int, shared: bool, limits: tuple[int, int]) -> int:
     """Draw the escaped positions exactly from the leftover law and apply them."""
     uniform = (rng.bit_generator.random_raw(escaped.size) >> np.uint64(11)) * (1.0 / 2**53)
-    k = values[np.minimum(np.searchsorted(cdf, uniform, side="right"), values.size - 1)].astype(np.int16)
+    k = values[np.minimum(np.searchsorted(cdf, uniform, side="right"), values.size - 1)].astype(np.int32)
     if shared:
         rows, cols = np.repeat(escaped, noised), np.tile(np.arange(noised), escaped.size)
         k = np.repeat(k, noised)
     else:
         rows, cols = np.divmod(escaped, noised)
-    total = pixels[rows, cols].astype(np.int16) + k
-    clipped = int(np.count_nonzero((total < 0) | (total > 255)))
-    pixels[rows, cols] = np.clip(total, 0, 255)
+    total = pixels[rows, cols].astype(np.int32) + k
+    clipped = int(np.count_nonzero((total < limits[0]) | (total > limits[1])))
+    pixels[rows, cols] = np.clip(total, limits[0], limits[1])
     return clipped
 
 
@@ -182,6 +217,7 @@ def noise_inplace(
     step: int = 1,
     channels: int | None = None,
     shared: bool = False,
+    escapes: np.random.Generator | None = None,
 ) -> int:
     """Add clipped Gaussian noise to ``data`` in place; return how many values clipped.
 
@@ -190,13 +226,18 @@ def noise_inplace(
     256 for 24-bit samples held in int32). Axis 0 is the band axis (rows,
     frames). With ``channels``, only the first ``channels`` entries of the last
     axis are noised (the rest, alpha, is left alone); with ``shared``, one
-    noise value per position is added to all of those channels.
+    noise value per position is added to all of those channels. The exact
+    table paths (8-bit images, 16-bit PCM) draw rare escapes from
+    ``escapes`` (see :func:`escape_stream`), made from ``rng`` when not given.
     """
     if data.size == 0:
         return 0
     if (data.dtype == np.uint8 and step == 1 and (lo, hi) == (0.0, 255.0) and data.flags.c_contiguous
             and sigma > 0):
-        return _noise_uint8(data, sigma, rng, channels, shared)
+        return _noise_uint8(data, sigma, rng, channels, shared, escapes)
+    if (data.dtype == np.int16 and step == 1 and (lo, hi) == (-32768.0, 32767.0) and data.flags.c_contiguous
+            and sigma > 0 and channels is None):
+        return _noise_int16(data, sigma, rng, escapes if escapes is not None else escape_stream(rng))
     integer = data.dtype.kind in "iu"
     wdtype = _work_dtype(data.dtype, lo, hi, step)
     target = data if channels is None else data[..., :channels]

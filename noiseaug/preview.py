@@ -24,7 +24,7 @@ from . import audio_io, image_io, seeding
 from .discover import kind_of
 from .errors import DecodeError, UsageError
 from .fileio import atomic_write, open_input, read_input
-from .noise import IMAGE_FULL_SCALE, noise_inplace
+from .noise import IMAGE_FULL_SCALE, escape_stream, noise_inplace
 from .worker import noise_image
 
 BACKGROUND = (250, 250, 250)
@@ -252,6 +252,7 @@ def _audio_preview(src: str, values: list[float], snr: bool, seed: int) -> tuple
             original = _Track(layout_.frames, layout_.samplerate)
             noisy = [_Track(layout_.frames, layout_.samplerate) for _ in sigmas]
             rngs = [seeding.generator(seeding.file_seed(seed, os.fsencode(name), 0)) for _ in sigmas]
+            escapes = [escape_stream(rng) for rng in rngs]
             signal_energy = 0.0
             noise_energy = [0.0] * len(sigmas)
             for block in audio_io.blocks(snd, layout_):
@@ -261,7 +262,7 @@ def _audio_preview(src: str, values: list[float], snr: bool, seed: int) -> tuple
                 for i, sigma in enumerate(sigmas):
                     work = block.copy()
                     noise_inplace(work, sigma * layout_.full_scale, rngs[i], lo=layout_.lo, hi=layout_.hi,
-                                  step=layout_.step)
+                                  step=layout_.step, escapes=escapes[i])
                     dirty = _as_float(work, layout_)
                     noisy[i].add(dirty.mean(axis=1))
                     noise_energy[i] += float(np.square(dirty - clean).sum())

@@ -14,8 +14,8 @@ import hashlib
 
 import numpy as np
 
-SCHEME = ("seedsequence(master, sha256(relpath), copy) -> sfc64; 8-bit: round(sigma*Z) by 16-bit table "
-          "+ exact escapes (spawned stream); others: float normal; v1")
+SCHEME = ("seedsequence(master, sha256(relpath), copy) -> sfc64; 8-bit images and PCM_16: round(sigma*Z) by "
+          "16-bit table + exact escapes (spawned stream); others: float normal; v1")
 
 
 def _words(digest: bytes) -> tuple[int, ...]:

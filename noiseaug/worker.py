@@ -22,7 +22,7 @@ from . import seeding
 from .config import Config, SigmaSpec
 from .errors import DecodeError, FileError, WriteError
 from .fileio import atomic_file, ensure_dir, hash_file, hash_stream, open_input, read_input, set_temp_tag
-from .noise import image_limits, image_sigma, noise_inplace
+from .noise import escape_stream, image_limits, image_sigma, noise_inplace
 
 OK, ERROR = "ok", "error"
 
@@ -400,9 +400,10 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
             raise WriteError(rel, str(exc)) from None
         with out:
             try:
+                escapes = escape_stream(rng)  # one for the whole recording: blocks do not matter
                 for block in audio_io.blocks(snd, layout):
-                    clipped += noise_inplace(block, sigma * layout.full_scale, rng,
-                                             lo=layout.lo, hi=layout.hi, step=layout.step)
+                    clipped += noise_inplace(block, sigma * layout.full_scale, rng, lo=layout.lo,
+                                             hi=layout.hi, step=layout.step, escapes=escapes)
                     out.write(block)
                     frames += block.shape[0]
             except AudioError as exc:

@@ -148,3 +148,22 @@ def test_compiled_and_numpy_kernels_give_the_same_bytes(monkeypatch):
                 patch.setattr(noise, "_kernel", None)
                 plain = noiseaug.add_noise(pixels, sigma, np.random.default_rng(3), **options)
             assert np.array_equal(compiled, plain), (pixels.shape, options, sigma)
+
+
+def test_16_bit_pcm_table_path_is_exact_and_matches_its_numpy_twin(monkeypatch):
+    sigma = 0.004 * 32768
+    x = np.zeros(2_000_000, np.int16)
+    y = x.copy()
+    noise.noise_inplace(y, sigma, np.random.default_rng(4), lo=-32768, hi=32767)
+    counts = np.bincount(y.astype(np.int64) + 2000, minlength=4001)
+    for k in range(-300, 301, 7):
+        p = 0.5 * (math.erfc((k - 0.5) / (sigma * math.sqrt(2))) - math.erfc((k + 0.5) / (sigma * math.sqrt(2))))
+        assert abs(counts[k + 2000] - y.size * p) < 5 * math.sqrt(y.size * p) + 2, k
+    if noise._kernel is not None:
+        z = x.copy()
+        monkeypatch.setattr(noise, "_kernel", None)
+        noise.noise_inplace(z, sigma, np.random.default_rng(4), lo=-32768, hi=32767)
+        assert np.array_equal(y, z)
+    loud = np.full(100_000, 32000, np.int16)  # clipping at the top of the range, not wrapping
+    noise.noise_inplace(loud, 3000.0, np.random.default_rng(5), lo=-32768, hi=32767)
+    assert loud.min() > 15000 and np.count_nonzero(loud == 32767) > 0.3 * loud.size
