@@ -10,17 +10,18 @@ Integer data is computed in float32 when its grid has at most 2**16 steps (24
 bits of mantissa leave 8 bits below the rounding point) and in float64 above
 that (PCM_24 and PCM_32 audio); float data in its own precision.
 
-8-bit images and 16-bit PCM take a faster exact path. For an integer x, round(x + σZ) =
-x + round(σZ) (ties have probability zero), so only the discrete law of
-K = round(σZ) matters, and since x lies in [0, 255], every K ≤ −256 (or
-≥ 256) clips to the same output: the tails are lumped into those two values,
-which is exact, not a truncation (±65536 for 16-bit PCM). K is drawn from 16 random bits through a
-table holding each value floor(P(K=k)·2¹⁶) times; the few draws that land
-outside those entries (under 1% for any σ) are drawn again, exactly, from
-the leftover probability mass with 53-bit uniforms from a second stream
-(spawned from the generator's seed sequence). The
-table loop is compiled (``_kernel.c``) when a C compiler was available at
-install time, and numpy otherwise; both give the same bytes.
+8-bit images and 16-bit PCM take a faster exact path. For an integer x,
+round(x + σZ) = x + round(σZ) (ties have probability zero), so only the
+discrete law of K = round(σZ) matters; and since x lies in [0, 255], every
+K ≤ −256 (or ≥ 256) clips to the same output, so the tails are lumped into
+those two values, which is exact, not a truncation (±65536 for 16-bit PCM).
+K is drawn from 16 random bits through a table holding each value
+floor(P(K=k)·2¹⁶) times; the draws that land outside those entries (under 1%
+for 8-bit images, a few percent for audio-sized σ) are drawn again, exactly,
+from the leftover probability mass with 53-bit uniforms from a second stream
+(spawned from the generator's seed sequence). The table loop is compiled
+(``_kernel.c``) when a C compiler was available at install time, and numpy
+otherwise; both give the same bytes.
 """
 
 from __future__ import annotations
