@@ -46,6 +46,15 @@ static void push(Escapes *e, Py_ssize_t j) {
     e->items[e->len++] = j;
 }
 
+/* (clipped, escaped indices as bytes of native Py_ssize_t), or NULL with an error set. */
+static PyObject *outcome(long long clipped, const Escapes *esc) {
+    if (esc->failed)
+        return PyErr_NoMemory();
+    PyObject *indices = PyBytes_FromStringAndSize((const char *)esc->items,
+                                                  esc->len * (Py_ssize_t)sizeof(Py_ssize_t));
+    return indices == NULL ? NULL : Py_BuildValue("LN", clipped, indices);
+}
+
 /* clip(x + k) without branches; `clipped` counts values that fell outside
  * [0, 255]. A macro on locals: through a pointer, every uint8_t store could
  * alias the counter and force a reload each iteration. */
@@ -90,8 +99,10 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
     }
     Py_ssize_t pixels = xb.len / channels;
     Py_ssize_t draws = shared ? pixels : pixels * noised;
-    words = malloc(((size_t)draws / 4 + 1) * sizeof(uint64_t));
-    if (words == NULL) {
+    int flat = !shared && noised == channels; /* every value noised: no need to buffer the words */
+    if (!flat)
+        words = malloc(((size_t)draws / 4 + 1) * sizeof(uint64_t));
+    if (!flat && words == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -99,7 +110,7 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
     const int16_t *table = (const int16_t *)tb.buf;
     long long clipped = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (!shared && noised == channels) { /* every value noised: one flat loop, four draws per word */
+    if (flat) { /* one loop, four draws per word */
         Py_ssize_t j = 0;
         for (; j + 4 <= draws; j += 4) {
             uint64_t word = bitgen->next_raw(bitgen->state);
@@ -147,14 +158,7 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
-    if (esc.failed) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    PyObject *indices = PyBytes_FromStringAndSize((const char *)esc.items,
-                                                  esc.len * (Py_ssize_t)sizeof(Py_ssize_t));
-    if (indices != NULL)
-        result = Py_BuildValue("LN", clipped, indices);
+    result = outcome(clipped, &esc);
 done:
     free(esc.items);
     free(words);
@@ -199,14 +203,7 @@ static PyObject *add_table_noise_i16(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
-    if (esc.failed) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    PyObject *indices = PyBytes_FromStringAndSize((const char *)esc.items,
-                                                  esc.len * (Py_ssize_t)sizeof(Py_ssize_t));
-    if (indices != NULL)
-        result = Py_BuildValue("LN", clipped, indices);
+    result = outcome(clipped, &esc);
 done:
     free(esc.items);
     PyBuffer_Release(&xb);
