@@ -18,8 +18,10 @@ those two values, which is exact, not a truncation (±65536 for 16-bit PCM).
 K is drawn from 16 random bits through a table holding each value
 floor(P(K=k)·2¹⁶) times; the draws that land outside those entries (under 1%
 for 8-bit images, a few percent for audio-sized σ) are drawn again, exactly,
-from the leftover probability mass with 53-bit uniforms from a second stream
-(spawned from the generator's seed sequence). The table loop is compiled
+from the leftover law: through a second table of the same kind, and what
+that leaves from a cumulative table with 53-bit uniforms. Escapes use their
+own streams, spawned from the generator's seed sequence, so the result does
+not depend on how the data is cut into bands or blocks. The table loop is compiled
 (``_kernel.c``) when a C compiler was available at install time, and numpy
 otherwise; both give the same bytes.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,15 +69,40 @@ LUMP8 = 256  # |K| >= 256 clips to the same 8-bit output: lumped into ±256 exac
 LUMP16 = 65536  # likewise for 16-bit PCM samples
 
 
-@functools.lru_cache(maxsize=64)
-def _rounded_law(sigma: float, lump: int = LUMP8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The table of round(σZ) for 16-bit draws, and the leftover law for escapes.
+@dataclass(frozen=True)
+class _Law:
+    """round(σZ) as tables of 16-bit draws.
 
-    Values with |k| >= ``lump`` are lumped into ±lump (they all clip alike).
-    Returns (table, values, cdf): ``table`` holds each k floor(P(K=k)·2¹⁶)
-    times, then the escape mark (its dtype's minimum); an escape takes
-    ``values[searchsorted(cdf, u)]``.
+    ``first`` holds each k floor(P(K=k)·2¹⁶) times, then the escape mark
+    (its dtype's minimum). An escape is drawn from ``second``, built the same
+    way from the leftover law, and an escape from that, from ``cdf`` of what
+    is left (53-bit uniforms). Every level is exact; together they are the
+    law of round(σZ), with the tails lumped into ±lump.
     """
+
+    first: np.ndarray
+    second: np.ndarray
+    values: np.ndarray
+    cdf: np.ndarray
+
+
+def _table(p: np.ndarray, ks: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """A 2¹⁶-entry table for the law ``p`` over ``ks``, and the probability it leaves out."""
+    counts = np.floor(p * 65536).astype(np.int64)
+    counts[np.argmax(counts)] -= max(0, int(counts.sum()) - 65536)  # rounding must not overfill
+    table = np.full(65536, np.iinfo(dtype).min, dtype=dtype)
+    table[:counts.sum()] = np.repeat(ks.astype(dtype), counts)
+    return table, np.maximum(p - counts / 65536.0, 0.0)
+
+
+def _normalised(mass: np.ndarray) -> np.ndarray:
+    total = mass.sum()
+    return mass / total if total > 0 else np.full(mass.size, 1.0 / mass.size)
+
+
+@functools.lru_cache(maxsize=64)
+def _rounded_law(sigma: float, lump: int = LUMP8) -> _Law:
+    """The law of round(σZ), values with |k| >= ``lump`` lumped into ±lump (they all clip alike)."""
     dtype = np.int16 if lump <= LUMP8 else np.int32
     ks = np.arange(-lump, lump + 1)
     root2s = sigma * math.sqrt(2.0)
@@ -84,23 +112,26 @@ def _rounded_law(sigma: float, lump: int = LUMP8) -> tuple[np.ndarray, np.ndarra
     centre = math.erf(0.5 / root2s)
     half = np.concatenate([upper, [tail]])
     p = np.concatenate([half[::-1], [centre], half])
-    counts = np.floor(p * 65536).astype(np.int64)
-    counts[lump] -= max(0, int(counts.sum()) - 65536)  # rounding in p must not overfill the table
-    table = np.full(65536, np.iinfo(dtype).min, dtype=dtype)
-    table[:counts.sum()] = np.repeat(ks.astype(dtype), counts)
-    leftover = np.maximum(p - counts / 65536.0, 0.0)
-    cdf = np.cumsum(leftover)
-    if cdf[-1] > 0:
-        cdf /= cdf[-1]
-    else:  # a table with no escape entries: this law is never drawn from
-        cdf = np.linspace(1.0 / cdf.size, 1.0, cdf.size)
-    return table, ks.astype(dtype), cdf
+    first, leftover = _table(p, ks, dtype)
+    second, rest = _table(_normalised(leftover), ks, dtype)
+    cdf = np.cumsum(_normalised(rest))
+    cdf[-1] = 1.0
+    return _Law(first, second, ks.astype(dtype), cdf)
+
+
+@dataclass(frozen=True)
+class EscapeStreams:
+    """The streams that table escapes draw from: one per table level."""
+
+    second: np.random.Generator
+    last: np.random.Generator
 
 
 def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
-                 channels: int | None, shared: bool, escapes: np.random.Generator | None) -> int:
+                 channels: int | None, shared: bool, escapes: EscapeStreams | None) -> int:
     """The exact table path for 8-bit images (see the module's docstring)."""
-    table, values, cdf = _rounded_law(float(sigma), LUMP8)
+    law = _rounded_law(float(sigma), LUMP8)
+    table = law.first
     flat = data.reshape(data.shape[0], -1, data.shape[-1] if data.ndim == 3 else 1)
     total = flat.shape[2]
     noised = total if channels is None else channels
@@ -127,16 +158,17 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
         if escaped.size:  # left untouched by the table pass; drawn all at once below
             escaped_all.append(escaped + start * flat.shape[1] * per_pixel_draws)
     if escaped_all:
-        clipped += _fill_escapes(flat.reshape(-1, total), np.concatenate(escaped_all), values, cdf,
+        clipped += _fill_escapes(flat.reshape(-1, total), np.concatenate(escaped_all), law,
                                  escapes if escapes is not None else escape_stream(rng), noised, shared,
                                  (0, 255))
     return clipped
 
 
 def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
-                 escapes: np.random.Generator) -> int:
+                 escapes: EscapeStreams) -> int:
     """The exact table path for 16-bit PCM: every value noised, clipped to int16."""
-    table, values, cdf = _rounded_law(float(sigma), LUMP16)
+    law = _rounded_law(float(sigma), LUMP16)
+    table = law.first
     flat = data.reshape(-1)
     band = 4 * BAND_VALUES
     clipped = 0
@@ -154,21 +186,23 @@ def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
         if escaped.size:
             escaped_all.append(escaped + start)
     if escaped_all:
-        clipped += _fill_escapes(flat.reshape(-1, 1), np.concatenate(escaped_all), values, cdf, escapes,
+        clipped += _fill_escapes(flat.reshape(-1, 1), np.concatenate(escaped_all), law, escapes,
                                  1, False, (-32768, 32767))
     return clipped
 
 
-def escape_stream(rng: np.random.Generator) -> np.random.Generator:
-    """A second stream for the rare escapes, independent of how many bits the table path used.
+def escape_stream(rng: np.random.Generator) -> EscapeStreams:
+    """Streams for the table escapes, independent of how many bits the table path used.
 
     Pass the same one to every block of one recording, so that the noise does
     not depend on the block size.
     """
     try:
-        return rng.spawn(1)[0]
+        second, last = rng.spawn(2)
     except (TypeError, ValueError):  # a generator built without a SeedSequence
-        return np.random.Generator(np.random.SFC64(rng.bit_generator.random_raw(4).tolist()))
+        seeds = rng.bit_generator.random_raw(8).tolist()
+        second, last = (np.random.Generator(np.random.SFC64(seeds[i:i + 4])) for i in (0, 4))
+    return EscapeStreams(second, last)
 
 
 def _table_loop(pixels: np.ndarray, draws: np.ndarray, table: np.ndarray, noised: int,
@@ -186,11 +220,15 @@ def _table_loop(pixels: np.ndarray, draws: np.ndarray, table: np.ndarray, noised
     return clipped, escaped
 
 
-def _fill_escapes(pixels: np.ndarray, escaped: np.ndarray, values: np.ndarray, cdf: np.ndarray,
-                  rng: np.random.Generator, noised: int, shared: bool, limits: tuple[int, int]) -> int:
+def _fill_escapes(pixels: np.ndarray, escaped: np.ndarray, law: _Law, streams: EscapeStreams,
+                  noised: int, shared: bool, limits: tuple[int, int]) -> int:
     """Draw the escaped positions exactly from the leftover law and apply them."""
-    uniform = (rng.bit_generator.random_raw(escaped.size) >> np.uint64(11)) * (1.0 / 2**53)
-    k = values[np.minimum(np.searchsorted(cdf, uniform, side="right"), values.size - 1)].astype(np.int32)
+    words = streams.second.bit_generator.random_raw(escaped.size)
+    k = law.second[(words & np.uint64(0xFFFF)).astype(np.intp)].astype(np.int32)
+    missed = np.flatnonzero(k == np.iinfo(law.second.dtype).min)
+    if missed.size:
+        uniform = (streams.last.bit_generator.random_raw(missed.size) >> np.uint64(11)) * (1.0 / 2**53)
+        k[missed] = law.values[np.minimum(np.searchsorted(law.cdf, uniform, side="right"), law.values.size - 1)]
     if shared:
         rows, cols = np.repeat(escaped, noised), np.tile(np.arange(noised), escaped.size)
         k = np.repeat(k, noised)
@@ -218,7 +256,7 @@ def noise_inplace(
     step: int = 1,
     channels: int | None = None,
     shared: bool = False,
-    escapes: np.random.Generator | None = None,
+    escapes: EscapeStreams | None = None,
 ) -> int:
     """Add clipped Gaussian noise to ``data`` in place; return how many values clipped.
 
