@@ -55,9 +55,11 @@ class ImageHeader:
     icc: np.ndarray | None = None  # the colour profile, carried to the output (PNG, JPEG, WebP)
 
 
-def set_threads(count: int) -> None:
-    """Limit OpenCV's own thread pool (workers run one thread each)."""
+def set_threads(count: int) -> int:
+    """Limit OpenCV's own thread pool (workers run one thread each); returns the old limit."""
+    previous = cv2.getNumThreads()
     cv2.setNumThreads(count)
+    return previous
 
 
 def read_header(data: bytes, fmt: str) -> ImageHeader:

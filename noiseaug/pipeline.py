@@ -164,20 +164,25 @@ def _show(value: Any) -> str:
     return "(unset)" if value is None else str(value)
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of everything that decides an output's bytes."""
-    import cv2
-    import numpy
-    import PIL
-    import soundfile
+def library_versions(kinds: tuple[str, ...] = ("image", "audio")) -> dict[str, str]:
+    """Versions of everything that decides the bytes of these kinds of output.
 
-    return {
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "opencv": cv2.__version__,
-        "pillow": PIL.__version__,
-        "libsndfile": soundfile.__libsndfile_version__,
-    }
+    Only the codecs a run uses are named (and imported: each costs a good
+    fraction of a second of start-up).
+    """
+    import numpy
+
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__}
+    if "image" in kinds:
+        import cv2
+        import PIL
+
+        versions.update(opencv=cv2.__version__, pillow=PIL.__version__)
+    if "audio" in kinds:
+        import soundfile
+
+        versions["libsndfile"] = soundfile.__libsndfile_version__
+    return versions
 
 
 def run_record(cfg: Config, in_root: Path, out_root: Path) -> dict[str, Any]:
@@ -191,7 +196,7 @@ def run_record(cfg: Config, in_root: Path, out_root: Path) -> dict[str, Any]:
         "input_root": os.fsdecode(in_root),
         "output_root": os.fsdecode(out_root),
         "seeding": seeding.SCHEME,
-        "versions": library_versions(),
+        "versions": library_versions(cfg.kinds),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -302,10 +307,16 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
 
     try:
         if cfg.workers == 1:
-            limit_threads()
-            for job in jobs():
-                if collect(job, process_job(job, ctx)):
-                    break
+            previous = limit_threads(cfg.kinds)
+            try:
+                for job in jobs():
+                    if collect(job, process_job(job, ctx)):
+                        break
+            finally:
+                if previous is not None:
+                    from . import image_io
+
+                    image_io.set_threads(previous)
         else:
             _pool_run(jobs(), ctx, cfg, collect)
     except KeyboardInterrupt:
@@ -373,7 +384,10 @@ def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect) -> None:
     first = next(batches, None)
     if first is None:
         return  # nothing to dispatch (an up-to-date run): no pool to start
-    from . import audio_io, image_io  # noqa: F401  (loaded once here, inherited by forked workers)
+    import importlib
+
+    for kind in cfg.kinds:  # loaded once here, inherited by forked workers
+        importlib.import_module(f".{kind}_io", __package__)
 
     pool = WorkerPool(ctx, cfg.workers, cfg.file_timeout, on_lost)
     try:

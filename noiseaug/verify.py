@@ -132,7 +132,7 @@ class _Regenerator:
         self.root = input_root or (Path(recorded) if isinstance(recorded, str) else None)
         if self.root is None or not self.root.is_dir():
             raise UsageError("--regenerate needs the inputs: pass --input-root DIR")
-        now = library_versions()
+        now = library_versions(self.cfg.kinds)
         then = run.get("versions", {})
         self.same_versions = all(then.get(k) == v for k, v in now.items() if k != "python")
         if not self.same_versions:

@@ -68,7 +68,7 @@ def init_worker(context: Context) -> None:
     """Set up a worker process: one thread, SIGINT left to the parent, exit with it."""
     set_temp_tag(context.temp_tag)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    limit_threads()
+    limit_threads(context.config.kinds)
     if context.parent_pid:
         _exit_with(context.parent_pid)
 
@@ -106,15 +106,17 @@ def _exit_with(pid: int) -> None:
     threading.Thread(target=watch, name="noiseaug-parent-watch", daemon=True).start()
 
 
-def limit_threads() -> None:
+def limit_threads(kinds: tuple[str, ...]) -> int | None:
     """Keep OpenCV to one thread so N workers use N cores, not N².
 
-    Also loads the codecs now, so that their import time is not charged to
-    the first file (and its --file-timeout).
+    Returns OpenCV's previous limit (to restore after an in-process run), or
+    None when the run has no images and OpenCV is not even loaded.
     """
-    from . import audio_io, image_io  # noqa: F401
+    if "image" not in kinds:
+        return None
+    from . import image_io
 
-    image_io.set_threads(1)
+    return image_io.set_threads(1)
 
 
 def output_rel(rel: str, template: str, copy: int) -> str:
