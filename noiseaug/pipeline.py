@@ -167,12 +167,14 @@ def _show(value: Any) -> str:
 def library_versions(kinds: tuple[str, ...] = ("image", "audio")) -> dict[str, str]:
     """Versions of everything that decides the bytes of these kinds of output.
 
-    Only the codecs a run uses are named (and imported: each costs a good
-    fraction of a second of start-up).
+    A codec the run does not use is not loaded (each costs a good fraction of
+    a second of start-up) and is recorded as such: it decides no byte.
     """
     import numpy
 
-    versions = {"python": platform.python_version(), "numpy": numpy.__version__}
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__,
+                "opencv": "not loaded (no images in this run)", "pillow": "not loaded (no images in this run)",
+                "libsndfile": "not loaded (no audio in this run)"}
     if "image" in kinds:
         import cv2
         import PIL
