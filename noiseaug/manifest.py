@@ -212,6 +212,8 @@ def merge(paths: list[Path], output: Path) -> tuple[int, list[str]]:
     """
     from .config import JOB_OPTIONS
 
+    if not Path(os.path.abspath(output)).parent.is_dir():
+        raise ManifestError(f"-o {os.fsdecode(output)}: its folder does not exist")
     manifests = [load(p) for p in paths]
     first = manifests[0]
     job = {k: v for k, v in first.run.get("options", {}).items() if k in JOB_OPTIONS and k != "shard"}

@@ -143,3 +143,9 @@ def test_a_run_killed_before_its_first_manifest_line_is_resumed(cli, dataset, cl
     (out / "noiseaug-manifest.jsonl").write_bytes(content)
     cli("run", dataset, out, "--workers", 2)
     assert records(out / "noiseaug-manifest.jsonl")[1] == records(clean / "noiseaug-manifest.jsonl")[1]
+
+
+def test_merge_into_a_missing_folder_is_a_usage_error(cli, dataset, tmp_path):
+    cli("run", dataset, tmp_path / "a", "--shard", "0/2", "--workers", 1, "--include", "c0/*")
+    shard = next((tmp_path / "a").glob("noiseaug-manifest.shard-*"))
+    assert "does not exist" in cli("merge", shard, "-o", tmp_path / "nope" / "m.jsonl", code=2).stderr
