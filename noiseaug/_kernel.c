@@ -1,38 +1,58 @@
 /*
- * The inner loop of noiseaug's 8-bit noise: out = clip(x + table[w], 0, 255).
+ * The inner loops of noiseaug's exact table noise (see noise.py):
+ *   out = clip(x + k), k = round(sigma * Z) drawn from 16 random bits per value.
  *
- * `table` maps 16 random bits to a rounded noise value k with exactly the
- * probability floor(P(k) * 2^16) / 2^16; the entries left over hold ESCAPE,
- * and those positions are returned to Python, which draws them exactly from
- * the residual distribution (see noise.py). Pure computation, no allocation
- * per sample; the same bits give the same result as the numpy fallback.
+ * `first` maps 16 random bits to a noise value k with exactly the
+ * probability floor(P(k) * 2^16) / 2^16; its leftover entries hold ESCAPE.
+ * An escaped value is drawn again from `second`, the table of the leftover
+ * law, with the low 16 bits of one word of the `second` generator per escape,
+ * in increasing order of position; what escapes `second` as well is returned
+ * to Python, which draws it from the cumulative table of what is left. The
+ * same bits give the same bytes as the numpy twin in noise.py (tested).
  *
- * add_table_noise(x, capsule, table, channels, noised, shared) -> (clipped, escapes)
- *   x        writable uint8 buffer, pixels * channels values (C order)
- *   capsule  a numpy BitGenerator's capsule: ceil(draws / 4) raw 64-bit words are
- *            taken from it, each giving four 16-bit draws (low bits first),
- *            exactly as bit_generator.random_raw(n).view("<u2") would
- *   table    int16 buffer of 65536 entries
- *   channels values per pixel in x; the first `noised` of them get noise
- *   shared   one noise value per pixel for all noised channels
- * Returns the number of clipped values and the escaped indices into w (as
- * bytes holding native Py_ssize_t values, in increasing order).
+ * Each 64-bit word gives four 16-bit draws, low bits first, as
+ * bit_generator.random_raw(n).view("<u2") gives. The words come from a numpy
+ * BitGenerator's capsule, or, for SFC64 (what noiseaug seeds), from its state
+ * (4 uint64 words, updated in place) stepped here exactly as numpy steps it:
+ * inlined, that is three times cheaper than a call through the capsule.
+ *
+ * add_table_noise(x, bits, first, second_bits, second, channels, noised, shared)
+ *   -> (clipped, missed indices as bytes of native Py_ssize_t)
+ *   x         writable uint8 buffer, pixels * channels values (C order)
+ *   bits      the generator for the table draws: a BitGenerator capsule,
+ *             or a writable buffer holding an SFC64 state
+ *   first     int16 buffer of 65536 entries; second likewise
+ *   second_bits  capsule of the BitGenerator for the escapes
+ *   channels  values per pixel in x; the first `noised` of them get noise
+ *   shared    one noise value per pixel for all noised channels
+ * add_table_noise_i16(x, bits, first, second_bits, second) does the same for
+ * int16 PCM (every value noised) with int32 tables.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
-#define ESCAPE INT16_MIN
 
-/* Growable list of escaped indices, kept in C while the GIL is released. */
+/* numpy's bit generator interface (numpy/random/bitgen.h), reached through the
+ * "BitGenerator" capsule of any numpy.random.BitGenerator. */
+typedef struct {
+    void *state;
+    uint64_t (*next_uint64)(void *st);
+    uint32_t (*next_uint32)(void *st);
+    double (*next_double)(void *st);
+    uint64_t (*next_raw)(void *st);
+} bitgen_t;
+
+/* Growable list of positions that escaped both tables, kept in C while the GIL is released. */
 typedef struct {
     Py_ssize_t *items;
     Py_ssize_t len, cap;
     int failed;
-} Escapes;
+} Positions;
 
-static void push(Escapes *e, Py_ssize_t j) {
+static void push(Positions *e, Py_ssize_t j) {
     if (e->len == e->cap) {
         Py_ssize_t cap = e->cap ? 2 * e->cap : 256;
         Py_ssize_t *grown = realloc(e->items, (size_t)cap * sizeof(Py_ssize_t));
@@ -46,180 +66,260 @@ static void push(Escapes *e, Py_ssize_t j) {
     e->items[e->len++] = j;
 }
 
-/* (clipped, escaped indices as bytes of native Py_ssize_t), or NULL with an error set. */
-static PyObject *outcome(long long clipped, const Escapes *esc) {
-    if (esc->failed)
+/* (clipped, missed positions as bytes of native Py_ssize_t), or NULL with an error set. */
+static PyObject *outcome(long long clipped, const Positions *missed) {
+    if (missed->failed)
         return PyErr_NoMemory();
-    PyObject *indices = PyBytes_FromStringAndSize((const char *)esc->items,
-                                                  esc->len * (Py_ssize_t)sizeof(Py_ssize_t));
+    PyObject *indices = PyBytes_FromStringAndSize((const char *)missed->items,
+                                                  missed->len * (Py_ssize_t)sizeof(Py_ssize_t));
     return indices == NULL ? NULL : Py_BuildValue("LN", clipped, indices);
 }
 
-/* clip(x + k) without branches; `clipped` counts values that fell outside
- * [0, 255]. A macro on locals: through a pointer, every uint8_t store could
- * alias the counter and force a reload each iteration. */
-#define ADD_CLIP(dst, k, clipped)                      \
-    do {                                               \
-        int v_ = (int)(dst) + (k);                     \
-        (clipped) += (unsigned)v_ > 255u;              \
-        v_ = v_ < 0 ? 0 : v_;                          \
-        (dst) = (uint8_t)(v_ > 255 ? 255 : v_);        \
+/* Where the random words come from: an SFC64 state stepped inline, or a capsule. */
+typedef struct {
+    uint64_t s[4];
+    bitgen_t *gen; /* NULL: use s */
+    Py_buffer view; /* the SFC64 state's buffer, written back at the end */
+} Bits;
+
+/* One step of numpy's SFC64 (numpy/random/src/sfc64/sfc64.h) on four lvalues, as an expression. */
+#define SFC64_STEP(s0, s1, s2, s3, t)                                                        \
+    (t = s0 + s1 + s3++, s0 = s1 ^ (s1 >> 11), s1 = s2 + (s2 << 3),                         \
+     s2 = ((s2 << 24) | (s2 >> 40)) + t, t)
+
+static inline uint64_t next_word(Bits *b) {
+    uint64_t t;
+    if (b->gen != NULL)
+        return b->gen->next_raw(b->gen->state);
+    return SFC64_STEP(b->s[0], b->s[1], b->s[2], b->s[3], t);
+}
+
+/* The hot loops keep the generator in locals (WORDS_FROM ... WORDS_BACK): through
+ * a pointer, every uint8 store could alias the state and force it back to memory. */
+#define WORDS_FROM(b)                                                     \
+    bitgen_t *gen_ = (b)->gen;                                            \
+    uint64_t s0_ = (b)->s[0], s1_ = (b)->s[1], s2_ = (b)->s[2], s3_ = (b)->s[3], t_
+#define WORDS_BACK(b)                                                     \
+    do {                                                                  \
+        (b)->s[0] = s0_, (b)->s[1] = s1_, (b)->s[2] = s2_, (b)->s[3] = s3_; \
     } while (0)
 
-/* numpy's bit generator interface (numpy/random/bitgen.h), reached through the
- * "BitGenerator" capsule of any numpy.random.BitGenerator. */
-typedef struct {
-    void *state;
-    uint64_t (*next_uint64)(void *st);
-    uint32_t (*next_uint32)(void *st);
-    double (*next_double)(void *st);
-    uint64_t (*next_raw)(void *st);
-} bitgen_t;
+/* Fills `b` from a capsule or an SFC64 state buffer; 0 on success, -1 with an error set. */
+static int open_bits(PyObject *obj, Bits *b) {
+    b->gen = NULL;
+    b->view.obj = NULL;
+    if (PyCapsule_CheckExact(obj)) {
+        b->gen = PyCapsule_GetPointer(obj, "BitGenerator");
+        return b->gen == NULL ? -1 : 0;
+    }
+    if (PyObject_GetBuffer(obj, &b->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    if (b->view.len != sizeof b->s) {
+        PyErr_SetString(PyExc_ValueError, "an SFC64 state is 4 uint64 words");
+        PyBuffer_Release(&b->view);
+        b->view.obj = NULL;
+        return -1;
+    }
+    memcpy(b->s, b->view.buf, sizeof b->s);
+    return 0;
+}
 
-/* Noise value j of the band: 16 bits of word j / 4, as random_raw(...).view("<u2") gives. */
-#define DRAW(j) ((uint16_t)(words[(j) >> 2] >> (16 * ((j) & 3))))
+/* Writes an inline SFC64 state back to its buffer and lets go of it. */
+static void close_bits(Bits *b) {
+    if (b->view.obj == NULL)
+        return;
+    memcpy(b->view.buf, b->s, sizeof b->s);
+    PyBuffer_Release(&b->view);
+}
+
+static inline int clip8(int v, long long *clipped) {
+    *clipped += (unsigned)v > 255u;
+    v = v < 0 ? 0 : v;
+    return v > 255 ? 255 : v;
+}
+
+static inline int32_t clip16(int32_t v, long long *clipped) {
+    *clipped += (v < -32768) | (v > 32767);
+    v = v < -32768 ? -32768 : v;
+    return v > 32767 ? 32767 : v;
+}
+
+/* Adds noise value k of draw j to its value(s) of x (uint8 layout); returns how many clipped. */
+static inline long long apply8(uint8_t *x, Py_ssize_t j, int k, Py_ssize_t channels, Py_ssize_t noised,
+                               int shared) {
+    long long clipped = 0;
+    if (shared) {
+        uint8_t *px = x + j * channels;
+        for (Py_ssize_t c = 0; c < noised; c++)
+            px[c] = (uint8_t)clip8(px[c] + k, &clipped);
+    } else {
+        uint8_t *v = x + (j / noised) * channels + j % noised;
+        *v = (uint8_t)clip8(*v + k, &clipped);
+    }
+    return clipped;
+}
+
+/* The second table's value for one escape, or INT32_MIN when it escapes that table too. */
+static int32_t second_draw(Bits *bits, const void *table, int wide) {
+    uint16_t i = (uint16_t)next_word(bits);
+    int32_t k = wide ? ((const int32_t *)table)[i] : ((const int16_t *)table)[i];
+    return k == (wide ? INT32_MIN : INT16_MIN) ? INT32_MIN : k;
+}
+
+/* Draws each of `draws` table values in order: BODY(j, bits16) runs once per draw j,
+ * NEXT gives the next word. */
+#define FOR_EACH_DRAW(draws, NEXT, BODY)                                  \
+    do {                                                                  \
+        Py_ssize_t j_ = 0;                                                \
+        for (; j_ + 4 <= (draws); j_ += 4) {                              \
+            uint64_t w_ = NEXT;                                           \
+            BODY(j_, (uint16_t)w_);                                       \
+            BODY(j_ + 1, (uint16_t)(w_ >> 16));                           \
+            BODY(j_ + 2, (uint16_t)(w_ >> 32));                           \
+            BODY(j_ + 3, (uint16_t)(w_ >> 48));                           \
+        }                                                                 \
+        if (j_ < (draws)) {                                               \
+            uint64_t w_ = NEXT;                                           \
+            for (int q_ = 0; j_ + q_ < (draws); q_++)                     \
+                BODY(j_ + q_, (uint16_t)(w_ >> (16 * q_)));               \
+        }                                                                 \
+    } while (0)
+
+/* FOR_EACH_DRAW from the generator of WORDS_FROM, one loop per kind of generator. */
+#define DRAW_ALL(draws, BODY)                                                           \
+    do {                                                                                \
+        if (gen_ == NULL)                                                               \
+            FOR_EACH_DRAW(draws, SFC64_STEP(s0_, s1_, s2_, s3_, t_), BODY);              \
+        else                                                                            \
+            FOR_EACH_DRAW(draws, gen_->next_raw(gen_->state), BODY);                    \
+    } while (0)
 
 static PyObject *add_table_noise(PyObject *self, PyObject *args) {
-    Py_buffer xb, tb;
-    PyObject *capsule;
+    Py_buffer xb, tb, sb;
+    PyObject *first_obj, *second_obj;
     Py_ssize_t channels, noised;
     int shared;
-    if (!PyArg_ParseTuple(args, "w*Oy*nnp", &xb, &capsule, &tb, &channels, &noised, &shared))
+    if (!PyArg_ParseTuple(args, "w*Oy*Oy*nnp", &xb, &first_obj, &tb, &second_obj, &sb, &channels,
+                          &noised, &shared))
         return NULL;
     PyObject *result = NULL;
-    Escapes esc = {NULL, 0, 0, 0};
-    uint64_t *words = NULL;
-    bitgen_t *bitgen = PyCapsule_GetPointer(capsule, "BitGenerator");
-    if (bitgen == NULL)
+    Positions missed = {NULL, 0, 0, 0};
+    Bits bits, second_bits;
+    int opened = open_bits(first_obj, &bits) == 0;
+    if (!opened || open_bits(second_obj, &second_bits) < 0)
         goto done;
-    if (tb.len != 65536 * 2 || channels < 1 || noised < 1 || noised > channels ||
+    if (tb.len != 65536 * 2 || sb.len != 65536 * 2 || channels < 1 || noised < 1 || noised > channels ||
         xb.len % channels != 0) {
         PyErr_SetString(PyExc_ValueError, "add_table_noise: inconsistent buffer sizes");
-        goto done;
-    }
-    Py_ssize_t pixels = xb.len / channels;
-    Py_ssize_t draws = shared ? pixels : pixels * noised;
-    int flat = !shared && noised == channels; /* every value noised: no need to buffer the words */
-    if (!flat)
-        words = malloc(((size_t)draws / 4 + 1) * sizeof(uint64_t));
-    if (!flat && words == NULL) {
-        PyErr_NoMemory();
+        close_bits(&second_bits);
         goto done;
     }
     uint8_t *x = (uint8_t *)xb.buf;
-    const int16_t *table = (const int16_t *)tb.buf;
+    const int16_t *first = (const int16_t *)tb.buf;
+    Py_ssize_t pixels = xb.len / channels;
+    Py_ssize_t draws = shared ? pixels : pixels * noised;
     long long clipped = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (flat) { /* one loop, four draws per word */
-        Py_ssize_t j = 0;
-        for (; j + 4 <= draws; j += 4) {
-            uint64_t word = bitgen->next_raw(bitgen->state);
-            for (int s = 0; s < 4; s++) {
-                int k = table[(uint16_t)(word >> (16 * s))];
-                if (k == ESCAPE)
-                    push(&esc, j + s);
-                else
-                    ADD_CLIP(x[j + s], k, clipped);
-            }
-        }
-        if (j < draws) {
-            uint64_t word = bitgen->next_raw(bitgen->state);
-            for (int s = 0; j + s < draws; s++) {
-                int k = table[(uint16_t)(word >> (16 * s))];
-                if (k == ESCAPE)
-                    push(&esc, j + s);
-                else
-                    ADD_CLIP(x[j + s], k, clipped);
-            }
-        }
-    } else {
-        for (Py_ssize_t i = 0; i < (draws + 3) / 4; i++)
-            words[i] = bitgen->next_raw(bitgen->state);
-        for (Py_ssize_t p = 0; p < pixels; p++) {
-            uint8_t *px = x + p * channels;
-            if (shared) {
-                int k = table[DRAW(p)];
-                if (k == ESCAPE) {
-                    push(&esc, p);
-                    continue;
-                }
-                for (Py_ssize_t c = 0; c < noised; c++)
-                    ADD_CLIP(px[c], k, clipped);
-            } else {
-                for (Py_ssize_t c = 0; c < noised; c++) {
-                    Py_ssize_t j = p * noised + c;
-                    int k = table[DRAW(j)];
-                    if (k == ESCAPE)
-                        push(&esc, j);
-                    else
-                        ADD_CLIP(px[c], k, clipped);
-                }
-            }
-        }
-    }
+#define ESCAPE8(j)                                                          \
+    do {                                                                    \
+        int32_t k2_ = second_draw(&second_bits, sb.buf, 0);                 \
+        if (k2_ == INT32_MIN)                                               \
+            push(&missed, (j));                                             \
+        else                                                                \
+            clipped += apply8(x, (j), k2_, channels, noised, shared);       \
+    } while (0)
+#define FLAT8(j, d)                                                         \
+    do {                                                                    \
+        int k_ = first[d];                                                  \
+        if (k_ == INT16_MIN)                                                \
+            ESCAPE8(j);                                                     \
+        else                                                                \
+            x[j] = (uint8_t)clip8(x[j] + k_, &clipped);                     \
+    } while (0)
+#define PIXEL8(j, d)                                                        \
+    do {                                                                    \
+        int k_ = first[d];                                                  \
+        if (k_ == INT16_MIN)                                                \
+            ESCAPE8(j);                                                     \
+        else                                                                \
+            clipped += apply8(x, (j), k_, channels, noised, shared);        \
+    } while (0)
+    WORDS_FROM(&bits);
+    if (!shared && noised == channels) /* draw j noises value j */
+        DRAW_ALL(draws, FLAT8);
+    else
+        DRAW_ALL(draws, PIXEL8);
+    WORDS_BACK(&bits);
     Py_END_ALLOW_THREADS
-    result = outcome(clipped, &esc);
+    close_bits(&second_bits);
+    result = outcome(clipped, &missed);
 done:
-    free(esc.items);
-    free(words);
+    if (opened)
+        close_bits(&bits);
+    free(missed.items);
     PyBuffer_Release(&xb);
     PyBuffer_Release(&tb);
+    PyBuffer_Release(&sb);
     return result;
 }
 
-/* The same for 16-bit PCM: x is int16 (every value noised), the table holds
- * int32 values (noise up to ±65536 after lumping), INT32_MIN marks an escape. */
 static PyObject *add_table_noise_i16(PyObject *self, PyObject *args) {
-    Py_buffer xb, tb;
-    PyObject *capsule;
-    if (!PyArg_ParseTuple(args, "w*Oy*", &xb, &capsule, &tb))
+    Py_buffer xb, tb, sb;
+    PyObject *first_obj, *second_obj;
+    if (!PyArg_ParseTuple(args, "w*Oy*Oy*", &xb, &first_obj, &tb, &second_obj, &sb))
         return NULL;
     PyObject *result = NULL;
-    Escapes esc = {NULL, 0, 0, 0};
-    bitgen_t *bitgen = PyCapsule_GetPointer(capsule, "BitGenerator");
-    if (bitgen == NULL)
+    Positions missed = {NULL, 0, 0, 0};
+    Bits bits, second_bits;
+    int opened = open_bits(first_obj, &bits) == 0;
+    if (!opened || open_bits(second_obj, &second_bits) < 0)
         goto done;
-    if (tb.len != 65536 * 4 || xb.len % 2 != 0) {
+    if (tb.len != 65536 * 4 || sb.len != 65536 * 4 || xb.len % 2 != 0) {
         PyErr_SetString(PyExc_ValueError, "add_table_noise_i16: inconsistent buffer sizes");
+        close_bits(&second_bits);
         goto done;
     }
     int16_t *x = (int16_t *)xb.buf;
-    const int32_t *table = (const int32_t *)tb.buf;
+    const int32_t *first = (const int32_t *)tb.buf;
     Py_ssize_t draws = xb.len / 2;
     long long clipped = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t j = 0; j < draws; j += 4) {
-        uint64_t word = bitgen->next_raw(bitgen->state);
-        for (int s = 0; s < 4 && j + s < draws; s++) {
-            int32_t k = table[(uint16_t)(word >> (16 * s))];
-            if (k == INT32_MIN) {
-                push(&esc, j + s);
-                continue;
-            }
-            int32_t v = (int32_t)x[j + s] + k;
-            clipped += (v < -32768) | (v > 32767);
-            v = v < -32768 ? -32768 : v;
-            x[j + s] = (int16_t)(v > 32767 ? 32767 : v);
-        }
-    }
+#define VALUE16(j, d)                                                       \
+    do {                                                                    \
+        int32_t k_ = first[d];                                              \
+        if (k_ == INT32_MIN)                                                \
+            k_ = second_draw(&second_bits, sb.buf, 1);                      \
+        if (k_ == INT32_MIN)                                                \
+            push(&missed, (j));                                             \
+        else                                                                \
+            x[j] = (int16_t)clip16((int32_t)x[j] + k_, &clipped);           \
+    } while (0)
+    WORDS_FROM(&bits);
+    DRAW_ALL(draws, VALUE16);
+    WORDS_BACK(&bits);
     Py_END_ALLOW_THREADS
-    result = outcome(clipped, &esc);
+    close_bits(&second_bits);
+    result = outcome(clipped, &missed);
 done:
-    free(esc.items);
+    if (opened)
+        close_bits(&bits);
+    free(missed.items);
     PyBuffer_Release(&xb);
     PyBuffer_Release(&tb);
+    PyBuffer_Release(&sb);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"add_table_noise", add_table_noise, METH_VARARGS,
-     "add_table_noise(x, bitgen_capsule, table, channels, noised, shared) -> (clipped, escaped indices as bytes)"},
+     "add_table_noise(x, bits, first, second_bits, second, channels, noised, shared) -> "
+     "(clipped, missed positions as bytes)"},
     {"add_table_noise_i16", add_table_noise_i16, METH_VARARGS,
-     "add_table_noise_i16(x, bitgen_capsule, table) -> (clipped, escaped indices as bytes)"},
+     "add_table_noise_i16(x, bits, first, second_bits, second) -> (clipped, missed positions as bytes)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",
-                                    "noiseaug's compiled 8-bit noise loop", -1, methods};
+                                    "noiseaug's compiled table-noise loops", -1, methods};
 
 PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }

@@ -28,9 +28,11 @@ otherwise; both give the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -131,64 +133,55 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
                  channels: int | None, shared: bool, escapes: EscapeStreams | None) -> int:
     """The exact table path for 8-bit images (see the module's docstring)."""
     law = _rounded_law(float(sigma), LUMP8)
-    table = law.first
-    flat = data.reshape(data.shape[0], -1, data.shape[-1] if data.ndim == 3 else 1)
-    total = flat.shape[2]
+    total = data.shape[-1] if data.ndim == 3 else 1
     noised = total if channels is None else channels
-    if data.ndim != 3:
-        shared = False
-    per_row = flat.shape[1] * (1 if shared else noised)
-    band_rows = max(4, (4 * BAND_VALUES // max(1, per_row)) // 4 * 4)  # whole 64-bit words per band
-    clipped = 0
-    escaped_all = []
-    per_pixel_draws = 1 if shared else noised
-    for start in range(0, flat.shape[0], band_rows):
-        band = flat[start:start + band_rows]
-        pixels = band.reshape(-1, total)
-        if _kernel is not None:
-            done, escaped = _kernel.add_table_noise(pixels.reshape(-1), rng.bit_generator.capsule, table,
-                                                    total, noised, shared)
-            escaped = np.frombuffer(escaped, dtype=np.intp)
-        else:
-            count = pixels.shape[0] * (1 if shared else noised)
-            words = rng.bit_generator.random_raw((count + 3) // 4)
-            draws = words.astype("<u8", copy=False).view("<u2")[:count]
-            done, escaped = _table_loop(pixels, draws, table, noised, shared)
-        clipped += done
-        if escaped.size:  # left untouched by the table pass; drawn all at once below
-            escaped_all.append(escaped + start * flat.shape[1] * per_pixel_draws)
-    if escaped_all:
-        clipped += _fill_escapes(flat.reshape(-1, total), np.concatenate(escaped_all), law,
-                                 escapes if escapes is not None else escape_stream(rng), noised, shared,
-                                 (0, 255))
-    return clipped
+    shared = shared and data.ndim == 3
+    pixels = data.reshape(-1, total)
+    streams = escapes if escapes is not None else escape_stream(rng)
+    if _kernel is not None:
+        with _words(rng) as bits, _words(streams.second) as second_bits:
+            clipped, missed = _kernel.add_table_noise(pixels.reshape(-1), bits, law.first, second_bits,
+                                                      law.second, total, noised, shared)
+        return clipped + _fill_missed(pixels, np.frombuffer(missed, dtype=np.intp), law, streams,
+                                      noised, shared, (0, 255))
+    return _table_noise_numpy(pixels, rng, law, streams, noised, shared, (0, 255))
 
 
 def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
                  escapes: EscapeStreams) -> int:
     """The exact table path for 16-bit PCM: every value noised, clipped to int16."""
     law = _rounded_law(float(sigma), LUMP16)
-    table = law.first
-    flat = data.reshape(-1)
-    band = 4 * BAND_VALUES
-    clipped = 0
-    escaped_all = []
-    for start in range(0, flat.size, band):
-        part = flat[start:start + band]
-        if _kernel is not None:
-            done, escaped = _kernel.add_table_noise_i16(part, rng.bit_generator.capsule, table)
-            escaped = np.frombuffer(escaped, dtype=np.intp)
-        else:
-            words = rng.bit_generator.random_raw((part.size + 3) // 4)
-            draws = words.astype("<u8", copy=False).view("<u2")[:part.size]
-            done, escaped = _table_loop(part.reshape(-1, 1), draws, table, 1, False, (-32768, 32767))
-        clipped += done
-        if escaped.size:
-            escaped_all.append(escaped + start)
-    if escaped_all:
-        clipped += _fill_escapes(flat.reshape(-1, 1), np.concatenate(escaped_all), law, escapes,
-                                 1, False, (-32768, 32767))
-    return clipped
+    values = data.reshape(-1, 1)
+    limits = (-32768, 32767)
+    if _kernel is not None:
+        with _words(rng) as bits, _words(escapes.second) as second_bits:
+            clipped, missed = _kernel.add_table_noise_i16(values.reshape(-1), bits, law.first, second_bits,
+                                                          law.second)
+        return clipped + _fill_missed(values, np.frombuffer(missed, dtype=np.intp), law, escapes,
+                                      1, False, limits)
+    return _table_noise_numpy(values, rng, law, escapes, 1, False, limits)
+
+
+@contextlib.contextmanager
+def _words(rng: np.random.Generator) -> Iterator[object]:
+    """Where the compiled loops draw 64-bit words from.
+
+    For SFC64, its state, stepped inline in C and stored back afterwards
+    (three times cheaper than a call per word); for any other bit
+    generator, its capsule. Either way the generator ends where
+    ``random_raw`` would have left it.
+    """
+    generator = rng.bit_generator
+    if type(generator) is not np.random.SFC64:
+        yield generator.capsule
+        return
+    state = generator.state
+    words = np.array(state["state"]["state"], dtype=np.uint64)
+    try:
+        yield words
+    finally:
+        state["state"]["state"] = words
+        generator.state = state
 
 
 def escape_stream(rng: np.random.Generator) -> EscapeStreams:
@@ -205,38 +198,68 @@ def escape_stream(rng: np.random.Generator) -> EscapeStreams:
     return EscapeStreams(second, last)
 
 
-def _table_loop(pixels: np.ndarray, draws: np.ndarray, table: np.ndarray, noised: int,
-                shared: bool, limits: tuple[int, int] = (0, 255)) -> tuple[int, np.ndarray]:
-    """numpy twin of the compiled loops: same bits, same result."""
-    escape = np.iinfo(table.dtype).min
-    k = table[draws].reshape(pixels.shape[0], 1 if shared else noised)
-    escaped = np.flatnonzero(k == escape)
-    k[k == escape] = 0
-    colour = pixels[:, :noised]
-    total = colour.astype(np.int32) + k
-    clipped = int(np.count_nonzero((total < limits[0]) | (total > limits[1])))
-    np.clip(total, limits[0], limits[1], out=total)
-    colour[...] = total
-    return clipped, escaped
+def _table_noise_numpy(pixels: np.ndarray, rng: np.random.Generator, law: _Law, streams: EscapeStreams,
+                       noised: int, shared: bool, limits: tuple[int, int]) -> int:
+    """numpy twin of the compiled loops: same bits, same bytes, in bands of whole 64-bit words.
 
-
-def _fill_escapes(pixels: np.ndarray, escaped: np.ndarray, law: _Law, streams: EscapeStreams,
-                  noised: int, shared: bool, limits: tuple[int, int]) -> int:
-    """Draw the escaped positions exactly from the leftover law and apply them."""
+    ``pixels`` is (positions, values per position); the first ``noised``
+    values of each position get noise, one value for all of them if ``shared``.
+    """
+    per_pixel = 1 if shared else noised
+    band = max(4, 4 * BAND_VALUES // per_pixel // 4 * 4)
+    clipped = 0
+    escaped_all = []
+    for start in range(0, pixels.shape[0], band):
+        part = pixels[start:start + band]
+        count = part.shape[0] * per_pixel
+        words = rng.bit_generator.random_raw((count + 3) // 4)
+        draws = words.astype("<u8", copy=False).view("<u2")[:count]
+        k = law.first[draws].astype(np.int32).reshape(part.shape[0], per_pixel)
+        escape = k == np.iinfo(law.first.dtype).min
+        escaped_all.append(np.flatnonzero(escape) + start * per_pixel)
+        k[escape] = 0
+        clipped += _add_clipped(part[:, :noised], k, limits)
+    escaped = np.concatenate(escaped_all)
+    if not escaped.size:
+        return clipped
     words = streams.second.bit_generator.random_raw(escaped.size)
     k = law.second[(words & np.uint64(0xFFFF)).astype(np.intp)].astype(np.int32)
-    missed = np.flatnonzero(k == np.iinfo(law.second.dtype).min)
-    if missed.size:
-        uniform = (streams.last.bit_generator.random_raw(missed.size) >> np.uint64(11)) * (1.0 / 2**53)
-        k[missed] = law.values[np.minimum(np.searchsorted(law.cdf, uniform, side="right"), law.values.size - 1)]
+    missed = k == np.iinfo(law.second.dtype).min
+    keep = ~missed
+    clipped += _add_at(pixels, escaped[keep], k[keep], noised, shared, limits)
+    return clipped + _fill_missed(pixels, escaped[missed], law, streams, noised, shared, limits)
+
+
+def _fill_missed(pixels: np.ndarray, missed: np.ndarray, law: _Law, streams: EscapeStreams,
+                 noised: int, shared: bool, limits: tuple[int, int]) -> int:
+    """Draw the positions that escaped both tables from the cumulative table, in order."""
+    if not missed.size:
+        return 0
+    uniform = (streams.last.bit_generator.random_raw(missed.size) >> np.uint64(11)) * (1.0 / 2**53)
+    k = law.values[np.minimum(np.searchsorted(law.cdf, uniform, side="right"), law.values.size - 1)]
+    return _add_at(pixels, missed, k.astype(np.int32), noised, shared, limits)
+
+
+def _add_at(pixels: np.ndarray, draws: np.ndarray, k: np.ndarray, noised: int, shared: bool,
+            limits: tuple[int, int]) -> int:
+    """Add noise value k[i] at draw position draws[i]; returns how many values clipped."""
     if shared:
-        rows, cols = np.repeat(escaped, noised), np.tile(np.arange(noised), escaped.size)
+        rows, cols = np.repeat(draws, noised), np.tile(np.arange(noised), draws.size)
         k = np.repeat(k, noised)
     else:
-        rows, cols = np.divmod(escaped, noised)
+        rows, cols = np.divmod(draws, noised)
     total = pixels[rows, cols].astype(np.int32) + k
     clipped = int(np.count_nonzero((total < limits[0]) | (total > limits[1])))
     pixels[rows, cols] = np.clip(total, limits[0], limits[1])
+    return clipped
+
+
+def _add_clipped(values: np.ndarray, k: np.ndarray, limits: tuple[int, int]) -> int:
+    """values = clip(values + k) in place (k broadcast over shared channels); returns the clipped count."""
+    total = values.astype(np.int32) + k
+    clipped = int(np.count_nonzero((total < limits[0]) | (total > limits[1])))
+    np.clip(total, limits[0], limits[1], out=total)
+    values[...] = total
     return clipped
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import noiseaug
-from noiseaug import noise
+from noiseaug import noise, seeding
 
 
 def expected_tail(n: int, sigma: float, k: float) -> float:
@@ -133,9 +133,16 @@ def test_8_bit_table_path_has_the_exact_law_of_rounded_noise():
     assert abs(beyond - want) < 5 * math.sqrt(want)
 
 
-def test_compiled_and_numpy_kernels_give_the_same_bytes(monkeypatch):
+def _generators(seed: int) -> list[np.random.Generator]:
+    """An SFC64 from a seed sequence (what runs use: stepped inline in C) and a PCG64 (through its capsule)."""
+    return [seeding.generator(seed), np.random.default_rng(seed)]
+
+
+@pytest.mark.parametrize("kind", ["sfc64", "pcg64"])
+def test_compiled_and_numpy_kernels_give_the_same_bytes(monkeypatch, kind):
     if noise._kernel is None:
         pytest.skip("the C kernel was not built here (no compiler at install time): only numpy runs")
+    pick = 0 if kind == "sfc64" else 1
     rng = np.random.default_rng(0)
     cases = [(rng.integers(0, 256, (301, 257, 3), dtype=np.uint8), {}),
              (rng.integers(0, 256, (200, 199, 4), dtype=np.uint8), {"alpha": True}),
@@ -143,27 +150,36 @@ def test_compiled_and_numpy_kernels_give_the_same_bytes(monkeypatch):
              (rng.integers(0, 256, (123, 77), dtype=np.uint8), {})]
     for pixels, options in cases:
         for sigma in (0.4, 10, 150):
-            compiled = noiseaug.add_noise(pixels, sigma, np.random.default_rng(3), **options)
+            compiled_rng, plain_rng = _generators(3)[pick], _generators(3)[pick]
+            compiled = noiseaug.add_noise(pixels, sigma, compiled_rng, **options)
             with monkeypatch.context() as patch:
                 patch.setattr(noise, "_kernel", None)
-                plain = noiseaug.add_noise(pixels, sigma, np.random.default_rng(3), **options)
+                plain = noiseaug.add_noise(pixels, sigma, plain_rng, **options)
             assert np.array_equal(compiled, plain), (pixels.shape, options, sigma)
+            # both paths leave the generator at the same point: the next draws agree
+            assert compiled_rng.bit_generator.random_raw(3).tolist() == plain_rng.bit_generator.random_raw(3).tolist()
 
 
-def test_16_bit_pcm_table_path_is_exact_and_matches_its_numpy_twin(monkeypatch):
+@pytest.mark.parametrize("kind", ["sfc64", "pcg64"])
+def test_16_bit_pcm_table_path_is_exact_and_matches_its_numpy_twin(monkeypatch, kind):
+    pick = 0 if kind == "sfc64" else 1
     sigma = 0.004 * 32768
     x = np.zeros(2_000_000, np.int16)
     y = x.copy()
-    noise.noise_inplace(y, sigma, np.random.default_rng(4), lo=-32768, hi=32767)
+    noise.noise_inplace(y, sigma, _generators(4)[pick], lo=-32768, hi=32767)
     counts = np.bincount(y.astype(np.int64) + 2000, minlength=4001)
     for k in range(-300, 301, 7):
         p = 0.5 * (math.erfc((k - 0.5) / (sigma * math.sqrt(2))) - math.erfc((k + 0.5) / (sigma * math.sqrt(2))))
         assert abs(counts[k + 2000] - y.size * p) < 5 * math.sqrt(y.size * p) + 2, k
-    if noise._kernel is not None:
-        z = x.copy()
-        monkeypatch.setattr(noise, "_kernel", None)
-        noise.noise_inplace(z, sigma, np.random.default_rng(4), lo=-32768, hi=32767)
-        assert np.array_equal(y, z)
+    if noise._kernel is not None:  # in blocks, as audio is streamed: the escapes' streams carry on
+        compiled, plain = x.copy(), x.copy()
+        for out, kernel in ((compiled, noise._kernel), (plain, None)):
+            monkeypatch.setattr(noise, "_kernel", kernel)
+            rng = _generators(4)[pick]
+            streams = noise.escape_stream(rng)
+            for start in range(0, out.size, 300_001):
+                noise.noise_inplace(out[start:start + 300_001], sigma, rng, lo=-32768, hi=32767, escapes=streams)
+        assert np.array_equal(compiled, plain)
     loud = np.full(100_000, 32000, np.int16)  # clipping at the top of the range, not wrapping
     noise.noise_inplace(loud, 3000.0, np.random.default_rng(5), lo=-32768, hi=32767)
     assert loud.min() > 15000 and np.count_nonzero(loud == 32767) > 0.3 * loud.size
