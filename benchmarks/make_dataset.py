@@ -6,6 +6,7 @@ Writes under DIR (default ``benchmarks/data/``, git-ignored):
 
     DIR/n{N}/jpeg/   N 1920x1080 colour JPEGs, quality 95
     DIR/n{N}/png/    N 1920x1080 8-bit colour PNGs, compression 3
+    DIR/n{N}/photos/ the JPEGs and PNGs above together (hard links): the issue's image set
     DIR/n{N}/png16/  a few 1920x1080 16-bit colour PNGs
     DIR/n{N}/wav/    stereo 30 s 44.1 kHz PCM_16 WAVs (16; 4 with --small)
     DIR/n{N}/flac/   the same kind of music as PCM_16 FLAC (a few)
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +254,14 @@ def _make(path: Path, build: Callable[[Path], None]) -> None:
     build(path)
 
 
+def _link(src: Path, dst: Path) -> None:
+    """A hard link (no bytes copied), or a copy where the file system has none."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def make_tier(root: Path, tier: Tier) -> Path:
     """Write one tier's JPEG, PNG, 16-bit PNG, WAV and FLAC sets; return its folder."""
     base = tier_root(root, tier)
@@ -259,6 +269,9 @@ def make_tier(root: Path, tier: Tier) -> Path:
     for i in range(tier.images):
         _make(base / "jpeg" / f"photo_{i:03d}.jpg", lambda p, s=i: write_image(p, photo(HD, s), jpeg))
         _make(base / "png" / f"photo_{i:03d}.png", lambda p, s=10_000 + i: write_image(p, photo(HD, s), png))
+    for source in ("jpeg", "png"):
+        for path in sorted((base / source).iterdir()):
+            _make(base / "photos" / path.name, lambda p, src=path: _link(src, p))
     for i in range(tier.png16):
         _make(base / "png16" / f"photo16_{i:03d}.png",
               lambda p, s=20_000 + i: write_image(p, photo(HD, s, np.uint16), png))

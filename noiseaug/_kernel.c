@@ -3,29 +3,29 @@
  *   out = clip(x + k), k = round(sigma * Z) drawn from 16 random bits per value.
  *
  * `first` maps 16 random bits to a noise value k with exactly the
- * probability floor(P(k) * 2^16) / 2^16; its leftover entries hold ESCAPE.
- * An escaped value is drawn again from `second`, the table of the leftover
- * law, with the low 16 bits of one word of the `second` generator per escape,
- * in increasing order of position; what escapes `second` as well is returned
- * to Python, which draws it from the cumulative table of what is left. The
- * same bits give the same bytes as the numpy twin in noise.py (tested).
+ * probability floor(P(k) * 2^16) / 2^16; its leftover entries hold ESCAPE
+ * (the table type's minimum). An escaped value is drawn again, in increasing
+ * order of position, from `second`, the table of the leftover law, with the
+ * low 16 bits of one word of the `second` generator; what escapes `second`
+ * too is drawn from `cdf`, the cumulative law of what is left over (over
+ * `values`), with a 53-bit uniform from one word of the `last` generator.
+ * The same bits give the same bytes as the numpy twin in noise.py (tested).
  *
  * Each 64-bit word gives four 16-bit draws, low bits first, as
- * bit_generator.random_raw(n).view("<u2") gives. The words come from a numpy
- * BitGenerator's capsule, or, for SFC64 (what noiseaug seeds), from its state
- * (4 uint64 words, updated in place) stepped here exactly as numpy steps it:
- * inlined, that is three times cheaper than a call through the capsule.
+ * bit_generator.random_raw(n).view("<u2") gives. A generator is a numpy
+ * BitGenerator's capsule, or, for SFC64 (what noiseaug seeds), its state
+ * (4 uint64 words, updated in place), stepped here exactly as numpy steps
+ * it: inlined, that is three times cheaper than a call through the capsule.
  *
- * add_table_noise(x, bits, first, second_bits, second, channels, noised, shared)
- *   -> (clipped, missed indices as bytes of native Py_ssize_t)
+ * add_table_noise(x, bits, first, escapes, channels, noised, shared) -> clipped
  *   x         writable uint8 buffer, pixels * channels values (C order)
- *   bits      the generator for the table draws: a BitGenerator capsule,
- *             or a writable buffer holding an SFC64 state
- *   first     int16 buffer of 65536 entries; second likewise
- *   second_bits  capsule of the BitGenerator for the escapes
+ *   bits      the generator of the table draws
+ *   first     int16 table of 65536 entries
+ *   escapes   (second_bits, second, last_bits, cdf, values): the generators
+ *             and tables of the escapes; second and values are int16, cdf float64
  *   channels  values per pixel in x; the first `noised` of them get noise
  *   shared    one noise value per pixel for all noised channels
- * add_table_noise_i16(x, bits, first, second_bits, second) does the same for
+ * add_table_noise_i16(x, bits, first, escapes) -> clipped does the same for
  * int16 PCM (every value noised) with int32 tables.
  */
 #define PY_SSIZE_T_CLEAN
@@ -44,36 +44,6 @@ typedef struct {
     double (*next_double)(void *st);
     uint64_t (*next_raw)(void *st);
 } bitgen_t;
-
-/* Growable list of positions that escaped both tables, kept in C while the GIL is released. */
-typedef struct {
-    Py_ssize_t *items;
-    Py_ssize_t len, cap;
-    int failed;
-} Positions;
-
-static void push(Positions *e, Py_ssize_t j) {
-    if (e->len == e->cap) {
-        Py_ssize_t cap = e->cap ? 2 * e->cap : 256;
-        Py_ssize_t *grown = realloc(e->items, (size_t)cap * sizeof(Py_ssize_t));
-        if (grown == NULL) {
-            e->failed = 1;
-            return;
-        }
-        e->items = grown;
-        e->cap = cap;
-    }
-    e->items[e->len++] = j;
-}
-
-/* (clipped, missed positions as bytes of native Py_ssize_t), or NULL with an error set. */
-static PyObject *outcome(long long clipped, const Positions *missed) {
-    if (missed->failed)
-        return PyErr_NoMemory();
-    PyObject *indices = PyBytes_FromStringAndSize((const char *)missed->items,
-                                                  missed->len * (Py_ssize_t)sizeof(Py_ssize_t));
-    return indices == NULL ? NULL : Py_BuildValue("LN", clipped, indices);
-}
 
 /* Where the random words come from: an SFC64 state stepped inline, or a capsule. */
 typedef struct {
@@ -159,11 +129,71 @@ static inline long long apply8(uint8_t *x, Py_ssize_t j, int k, Py_ssize_t chann
     return clipped;
 }
 
-/* The second table's value for one escape, or INT32_MIN when it escapes that table too. */
-static int32_t second_draw(Bits *bits, const void *table, int wide) {
-    uint16_t i = (uint16_t)next_word(bits);
-    int32_t k = wide ? ((const int32_t *)table)[i] : ((const int16_t *)table)[i];
-    return k == (wide ? INT32_MIN : INT16_MIN) ? INT32_MIN : k;
+/* What the escapes of one call draw from (see the top of this file). */
+typedef struct {
+    Bits second_bits, last_bits;
+    Py_buffer second, cdf, values;
+    Py_ssize_t n; /* entries of cdf and values */
+    int wide; /* int32 tables (PCM) rather than int16 (images) */
+    int opened;
+} Escapes;
+
+/* Parses the escapes tuple; 0 on success, -1 with an error set (nothing left to release). */
+static int open_escapes(PyObject *tuple, int wide, Escapes *e) {
+    PyObject *second_obj, *last_obj;
+    e->opened = 0;
+    if (!PyArg_ParseTuple(tuple, "Oy*Oy*y*", &second_obj, &e->second, &last_obj, &e->cdf, &e->values))
+        return -1;
+    Py_ssize_t item = wide ? 4 : 2;
+    e->wide = wide;
+    e->n = e->cdf.len / (Py_ssize_t)sizeof(double);
+    int ok = e->second.len == 65536 * item && e->n >= 1 && e->values.len == e->n * item;
+    if (!ok)
+        PyErr_SetString(PyExc_ValueError, "escape tables of inconsistent sizes");
+    if (ok && open_bits(second_obj, &e->second_bits) == 0) {
+        if (open_bits(last_obj, &e->last_bits) == 0) {
+            e->opened = 1;
+            return 0;
+        }
+        close_bits(&e->second_bits);
+    }
+    PyBuffer_Release(&e->second);
+    PyBuffer_Release(&e->cdf);
+    PyBuffer_Release(&e->values);
+    return -1;
+}
+
+static void close_escapes(Escapes *e) {
+    if (!e->opened)
+        return;
+    close_bits(&e->second_bits);
+    close_bits(&e->last_bits);
+    PyBuffer_Release(&e->second);
+    PyBuffer_Release(&e->cdf);
+    PyBuffer_Release(&e->values);
+}
+
+static inline int32_t table_at(const void *table, Py_ssize_t i, int wide) {
+    return wide ? ((const int32_t *)table)[i] : ((const int16_t *)table)[i];
+}
+
+/* The noise value of one escaped draw: from the second table, else from the cdf. */
+static int32_t escape_value(Escapes *e) {
+    uint16_t i = (uint16_t)next_word(&e->second_bits);
+    int32_t k = table_at(e->second.buf, i, e->wide);
+    if (k != (e->wide ? INT32_MIN : INT16_MIN))
+        return k;
+    double u = (double)(next_word(&e->last_bits) >> 11) * (1.0 / 9007199254740992.0);
+    const double *cdf = (const double *)e->cdf.buf;
+    Py_ssize_t lo = 0, hi = e->n; /* the first entry above u, as searchsorted(side="right") */
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (cdf[mid] <= u)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return table_at(e->values.buf, lo < e->n ? lo : e->n - 1, e->wide);
 }
 
 /* Draws each of `draws` table values in order: BODY(j, bits16) runs once per draw j,
@@ -195,23 +225,22 @@ static int32_t second_draw(Bits *bits, const void *table, int wide) {
     } while (0)
 
 static PyObject *add_table_noise(PyObject *self, PyObject *args) {
-    Py_buffer xb, tb, sb;
-    PyObject *first_obj, *second_obj;
+    Py_buffer xb, tb;
+    PyObject *bits_obj, *escapes_obj;
     Py_ssize_t channels, noised;
     int shared;
-    if (!PyArg_ParseTuple(args, "w*Oy*Oy*nnp", &xb, &first_obj, &tb, &second_obj, &sb, &channels,
+    if (!PyArg_ParseTuple(args, "w*Oy*O!nnp", &xb, &bits_obj, &tb, &PyTuple_Type, &escapes_obj, &channels,
                           &noised, &shared))
         return NULL;
     PyObject *result = NULL;
-    Positions missed = {NULL, 0, 0, 0};
-    Bits bits, second_bits;
-    int opened = open_bits(first_obj, &bits) == 0;
-    if (!opened || open_bits(second_obj, &second_bits) < 0)
+    Bits bits;
+    Escapes esc;
+    int opened = open_bits(bits_obj, &bits) == 0;
+    if (!opened || open_escapes(escapes_obj, 0, &esc) < 0)
         goto done;
-    if (tb.len != 65536 * 2 || sb.len != 65536 * 2 || channels < 1 || noised < 1 || noised > channels ||
-        xb.len % channels != 0) {
+    if (tb.len != 65536 * 2 || channels < 1 || noised < 1 || noised > channels || xb.len % channels != 0) {
         PyErr_SetString(PyExc_ValueError, "add_table_noise: inconsistent buffer sizes");
-        close_bits(&second_bits);
+        close_escapes(&esc);
         goto done;
     }
     uint8_t *x = (uint8_t *)xb.buf;
@@ -220,29 +249,19 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
     Py_ssize_t draws = shared ? pixels : pixels * noised;
     long long clipped = 0;
     Py_BEGIN_ALLOW_THREADS
-#define ESCAPE8(j)                                                          \
-    do {                                                                    \
-        int32_t k2_ = second_draw(&second_bits, sb.buf, 0);                 \
-        if (k2_ == INT32_MIN)                                               \
-            push(&missed, (j));                                             \
-        else                                                                \
-            clipped += apply8(x, (j), k2_, channels, noised, shared);       \
+#define FLAT8(j, d)                                                           \
+    do {                                                                      \
+        int k_ = first[d];                                                    \
+        if (k_ == INT16_MIN)                                                  \
+            k_ = escape_value(&esc);                                          \
+        x[j] = (uint8_t)clip8(x[j] + k_, &clipped);                           \
     } while (0)
-#define FLAT8(j, d)                                                         \
-    do {                                                                    \
-        int k_ = first[d];                                                  \
-        if (k_ == INT16_MIN)                                                \
-            ESCAPE8(j);                                                     \
-        else                                                                \
-            x[j] = (uint8_t)clip8(x[j] + k_, &clipped);                     \
-    } while (0)
-#define PIXEL8(j, d)                                                        \
-    do {                                                                    \
-        int k_ = first[d];                                                  \
-        if (k_ == INT16_MIN)                                                \
-            ESCAPE8(j);                                                     \
-        else                                                                \
-            clipped += apply8(x, (j), k_, channels, noised, shared);        \
+#define PIXEL8(j, d)                                                          \
+    do {                                                                      \
+        int k_ = first[d];                                                    \
+        if (k_ == INT16_MIN)                                                  \
+            k_ = escape_value(&esc);                                          \
+        clipped += apply8(x, (j), k_, channels, noised, shared);              \
     } while (0)
     WORDS_FROM(&bits);
     if (!shared && noised == channels) /* draw j noises value j */
@@ -251,32 +270,30 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
         DRAW_ALL(draws, PIXEL8);
     WORDS_BACK(&bits);
     Py_END_ALLOW_THREADS
-    close_bits(&second_bits);
-    result = outcome(clipped, &missed);
+    close_escapes(&esc);
+    result = PyLong_FromLongLong(clipped);
 done:
     if (opened)
         close_bits(&bits);
-    free(missed.items);
     PyBuffer_Release(&xb);
     PyBuffer_Release(&tb);
-    PyBuffer_Release(&sb);
     return result;
 }
 
 static PyObject *add_table_noise_i16(PyObject *self, PyObject *args) {
-    Py_buffer xb, tb, sb;
-    PyObject *first_obj, *second_obj;
-    if (!PyArg_ParseTuple(args, "w*Oy*Oy*", &xb, &first_obj, &tb, &second_obj, &sb))
+    Py_buffer xb, tb;
+    PyObject *bits_obj, *escapes_obj;
+    if (!PyArg_ParseTuple(args, "w*Oy*O!", &xb, &bits_obj, &tb, &PyTuple_Type, &escapes_obj))
         return NULL;
     PyObject *result = NULL;
-    Positions missed = {NULL, 0, 0, 0};
-    Bits bits, second_bits;
-    int opened = open_bits(first_obj, &bits) == 0;
-    if (!opened || open_bits(second_obj, &second_bits) < 0)
+    Bits bits;
+    Escapes esc;
+    int opened = open_bits(bits_obj, &bits) == 0;
+    if (!opened || open_escapes(escapes_obj, 1, &esc) < 0)
         goto done;
-    if (tb.len != 65536 * 4 || sb.len != 65536 * 4 || xb.len % 2 != 0) {
+    if (tb.len != 65536 * 4 || xb.len % 2 != 0) {
         PyErr_SetString(PyExc_ValueError, "add_table_noise_i16: inconsistent buffer sizes");
-        close_bits(&second_bits);
+        close_escapes(&esc);
         goto done;
     }
     int16_t *x = (int16_t *)xb.buf;
@@ -288,34 +305,28 @@ static PyObject *add_table_noise_i16(PyObject *self, PyObject *args) {
     do {                                                                    \
         int32_t k_ = first[d];                                              \
         if (k_ == INT32_MIN)                                                \
-            k_ = second_draw(&second_bits, sb.buf, 1);                      \
-        if (k_ == INT32_MIN)                                                \
-            push(&missed, (j));                                             \
-        else                                                                \
-            x[j] = (int16_t)clip16((int32_t)x[j] + k_, &clipped);           \
+            k_ = escape_value(&esc);                                        \
+        x[j] = (int16_t)clip16((int32_t)x[j] + k_, &clipped);               \
     } while (0)
     WORDS_FROM(&bits);
     DRAW_ALL(draws, VALUE16);
     WORDS_BACK(&bits);
     Py_END_ALLOW_THREADS
-    close_bits(&second_bits);
-    result = outcome(clipped, &missed);
+    close_escapes(&esc);
+    result = PyLong_FromLongLong(clipped);
 done:
     if (opened)
         close_bits(&bits);
-    free(missed.items);
     PyBuffer_Release(&xb);
     PyBuffer_Release(&tb);
-    PyBuffer_Release(&sb);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"add_table_noise", add_table_noise, METH_VARARGS,
-     "add_table_noise(x, bits, first, second_bits, second, channels, noised, shared) -> "
-     "(clipped, missed positions as bytes)"},
+     "add_table_noise(x, bits, first, escapes, channels, noised, shared) -> clipped"},
     {"add_table_noise_i16", add_table_noise_i16, METH_VARARGS,
-     "add_table_noise_i16(x, bits, first, second_bits, second) -> (clipped, missed positions as bytes)"},
+     "add_table_noise_i16(x, bits, first, escapes) -> clipped"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -139,11 +139,8 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
     pixels = data.reshape(-1, total)
     streams = escapes if escapes is not None else escape_stream(rng)
     if _kernel is not None:
-        with _words(rng) as bits, _words(streams.second) as second_bits:
-            clipped, missed = _kernel.add_table_noise(pixels.reshape(-1), bits, law.first, second_bits,
-                                                      law.second, total, noised, shared)
-        return clipped + _fill_missed(pixels, np.frombuffer(missed, dtype=np.intp), law, streams,
-                                      noised, shared, (0, 255))
+        with _words(rng) as bits, _escape_words(law, streams) as escapes:
+            return _kernel.add_table_noise(pixels.reshape(-1), bits, law.first, escapes, total, noised, shared)
     return _table_noise_numpy(pixels, rng, law, streams, noised, shared, (0, 255))
 
 
@@ -154,11 +151,8 @@ def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
     values = data.reshape(-1, 1)
     limits = (-32768, 32767)
     if _kernel is not None:
-        with _words(rng) as bits, _words(escapes.second) as second_bits:
-            clipped, missed = _kernel.add_table_noise_i16(values.reshape(-1), bits, law.first, second_bits,
-                                                          law.second)
-        return clipped + _fill_missed(values, np.frombuffer(missed, dtype=np.intp), law, escapes,
-                                      1, False, limits)
+        with _words(rng) as bits, _escape_words(law, escapes) as tables:
+            return _kernel.add_table_noise_i16(values.reshape(-1), bits, law.first, tables)
     return _table_noise_numpy(values, rng, law, escapes, 1, False, limits)
 
 
@@ -182,6 +176,13 @@ def _words(rng: np.random.Generator) -> Iterator[object]:
     finally:
         state["state"]["state"] = words
         generator.state = state
+
+
+@contextlib.contextmanager
+def _escape_words(law: _Law, streams: EscapeStreams) -> Iterator[tuple[object, ...]]:
+    """The escapes' generators and tables, as the compiled loops take them."""
+    with _words(streams.second) as second, _words(streams.last) as last:
+        yield second, law.second, last, law.cdf, law.values
 
 
 def escape_stream(rng: np.random.Generator) -> EscapeStreams:
