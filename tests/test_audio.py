@@ -104,7 +104,8 @@ def test_noise_does_not_depend_on_block_size(cli, tmp_path, monkeypatch):
     files = {"x.wav": (tone(2.0, 2), dict(samplerate=RATE, subtype="PCM_16")),
              "y.flac": (tone(1.0, 1), dict(samplerate=RATE, subtype="PCM_24"))}
     run_audio(cli, tmp_path, files, out="a")
-    monkeypatch.setattr(audio_io, "BLOCK_FRAMES", 1000)
+    monkeypatch.setattr(audio_io, "BLOCK_BYTES", 4000)
+    monkeypatch.setattr(audio_io, "MIN_BLOCK_FRAMES", 1000)
     run_audio(cli, tmp_path, files, out="b")
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
