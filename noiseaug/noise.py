@@ -36,9 +36,12 @@ from typing import Iterator
 
 import numpy as np
 
+KERNEL_VERSION = 2  # the calling convention expected of _kernel.c
 try:
     from . import _kernel
 except ImportError:  # no compiler at install time: the numpy loop below does the same
+    _kernel = None
+if getattr(_kernel, "VERSION", None) != KERNEL_VERSION:  # a build left over from older sources
     _kernel = None
 
 BAND_VALUES = 1 << 16  # per work buffer: 256 KiB in float32, within L2 cache
@@ -138,7 +141,7 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
     shared = shared and data.ndim == 3
     pixels = data.reshape(-1, total)
     streams = escapes if escapes is not None else escape_stream(rng)
-    if _kernel is not None:
+    if _compiled(rng, streams):
         with _words(rng) as bits, _escape_words(law, streams) as escapes:
             return _kernel.add_table_noise(pixels.reshape(-1), bits, law.first, escapes, total, noised, shared)
     return _table_noise_numpy(pixels, rng, law, streams, noised, shared, (0, 255))
@@ -150,32 +153,44 @@ def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
     law = _rounded_law(float(sigma), LUMP16)
     values = data.reshape(-1, 1)
     limits = (-32768, 32767)
-    if _kernel is not None:
+    if _compiled(rng, escapes):
         with _words(rng) as bits, _escape_words(law, escapes) as tables:
             return _kernel.add_table_noise_i16(values.reshape(-1), bits, law.first, tables)
     return _table_noise_numpy(values, rng, law, escapes, 1, False, limits)
 
 
+def _compiled(rng: np.random.Generator, streams: EscapeStreams) -> bool:
+    """Whether the compiled loops can run: built, and three distinct generators.
+
+    The compiled loops interleave the three streams; one generator in two
+    roles would give other bytes than the numpy twin, which draws them in turn.
+    """
+    generators = {id(g.bit_generator) for g in (rng, streams.second, streams.last)}
+    return _kernel is not None and len(generators) == 3
+
+
 @contextlib.contextmanager
 def _words(rng: np.random.Generator) -> Iterator[object]:
-    """Where the compiled loops draw 64-bit words from.
+    """Where the compiled loops draw 64-bit words from, for the length of a call.
 
     For SFC64, its state, stepped inline in C and stored back afterwards
     (three times cheaper than a call per word); for any other bit
     generator, its capsule. Either way the generator ends where
-    ``random_raw`` would have left it.
+    ``random_raw`` would have left it. Its lock is held meanwhile, as
+    numpy's own methods hold it, so another thread's draws are not lost.
     """
     generator = rng.bit_generator
-    if type(generator) is not np.random.SFC64:
-        yield generator.capsule
-        return
-    state = generator.state
-    words = np.array(state["state"]["state"], dtype=np.uint64)
-    try:
-        yield words
-    finally:
-        state["state"]["state"] = words
-        generator.state = state
+    with generator.lock:
+        if type(generator) is not np.random.SFC64:
+            yield generator.capsule
+            return
+        state = generator.state
+        words = np.array(state["state"]["state"], dtype=np.uint64)
+        try:
+            yield words
+        finally:
+            state["state"]["state"] = words
+            generator.state = state
 
 
 @contextlib.contextmanager
@@ -293,14 +308,20 @@ def noise_inplace(
     table paths (8-bit images, 16-bit PCM) draw rare escapes from
     ``escapes`` (see :func:`escape_stream`), made from ``rng`` when not given.
     """
-    if data.size == 0:
+    if data.size == 0 or channels == 0:
         return 0
     if (data.dtype == np.uint8 and step == 1 and (lo, hi) == (0.0, 255.0) and data.flags.c_contiguous
             and sigma > 0):
         return _noise_uint8(data, sigma, rng, channels, shared, escapes)
     if (data.dtype == np.int16 and step == 1 and (lo, hi) == (-32768.0, 32767.0) and data.flags.c_contiguous
             and sigma > 0 and channels is None):
-        return _noise_int16(data, sigma, rng, escapes if escapes is not None else escape_stream(rng))
+        streams = escapes if escapes is not None else escape_stream(rng)
+        if data.flags.aligned:
+            return _noise_int16(data, sigma, rng, streams)
+        aligned = data.copy()  # the compiled loop reads whole int16s; same noise, only slower
+        clipped = _noise_int16(aligned, sigma, rng, streams)
+        data[...] = aligned
+        return clipped
     integer = data.dtype.kind in "iu"
     wdtype = _work_dtype(data.dtype, lo, hi, step)
     target = data if channels is None else data[..., :channels]

@@ -183,3 +183,33 @@ def test_16_bit_pcm_table_path_is_exact_and_matches_its_numpy_twin(monkeypatch, 
     loud = np.full(100_000, 32000, np.int16)  # clipping at the top of the range, not wrapping
     noise.noise_inplace(loud, 3000.0, np.random.default_rng(5), lo=-32768, hi=32767)
     assert loud.min() > 15000 and np.count_nonzero(loud == 32767) > 0.3 * loud.size
+
+
+def test_alpha_only_image_is_returned_unchanged():
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 1), dtype=np.uint8)
+    assert np.array_equal(noiseaug.add_noise(pixels, 10, np.random.default_rng(1), alpha=True), pixels)
+
+
+def test_one_generator_in_two_roles_gives_the_numpy_twins_bytes(monkeypatch):
+    """The compiled loops interleave their streams; given one generator twice, they step aside."""
+    x = np.zeros(200_001, np.int16)
+    outputs = []
+    for kernel in (noise._kernel, None):
+        monkeypatch.setattr(noise, "_kernel", kernel)
+        rng = seeding.generator(7)
+        y = x.copy()
+        noise.noise_inplace(y, 3000.0, rng, lo=-32768, hi=32767, escapes=noise.EscapeStreams(rng, rng))
+        outputs.append((y, rng.bit_generator.random_raw(2).tolist()))
+    assert np.array_equal(outputs[0][0], outputs[1][0]) and outputs[0][1] == outputs[1][1]
+
+
+def test_unaligned_pcm_gets_the_same_noise_as_aligned():
+    values = np.random.default_rng(0).integers(-3000, 3000, 10_001).astype(np.int16)
+    raw = bytearray(values.nbytes + 1)
+    unaligned = np.frombuffer(raw, np.int16, offset=1)
+    unaligned[:] = values
+    assert not unaligned.flags.aligned
+    aligned = values.copy()
+    for data in (aligned, unaligned):
+        noise.noise_inplace(data, 300.0, seeding.generator(2), lo=-32768, hi=32767)
+    assert np.array_equal(aligned, unaligned)
