@@ -359,20 +359,22 @@ def bench_kernel(reps: int) -> None:
     only the kernel call is timed. Raw bits are timed for one 32-bit draw per
     sample (samples/2 64-bit words: one float32 normal each) and for one 16-bit
     draw per sample (samples/4 words), whichever the kernel consumes. The
-    16-bit image row shows the float path that 16-bit images and audio take.
+    int16 row runs the same table path on 16-bit PCM, the uint16 row the
+    float path of 16-bit images.
     """
     image = make_dataset.photo(make_dataset.HD, 7)
     image16 = image.astype(np.uint16) * 257
+    pcm = ((image.astype(np.int16) - 128) * 64).reshape(-1, 2)  # as many samples, stereo, -20 dBFS or so
     samples = image.size
     rng = seeding.generator(0)  # the per-file generator noiseaug uses, so raw bits are the ones it consumes
     band = np.empty(BAND_VALUES, np.float32)
 
-    def kernel_on_copies(source: np.ndarray, sigma: float, hi: float) -> list[float]:
+    def kernel_on_copies(source: np.ndarray, sigma: float, lo: float, hi: float) -> list[float]:
         copies = [source.copy() for _ in range(reps)]
         times = []
         for copy in copies:
             started = time.perf_counter()
-            noise_inplace(copy, sigma, rng, lo=0, hi=hi)
+            noise_inplace(copy, sigma, rng, lo=lo, hi=hi)
             times.append(time.perf_counter() - started)
         return times
 
@@ -385,10 +387,12 @@ def bench_kernel(reps: int) -> None:
             rng.standard_normal(out=band[:min(BAND_VALUES, samples - start)], dtype=np.float32)
 
     kernel8, kernel16, naive = "noiseaug noise_inplace, uint8", "noiseaug noise_inplace, uint16", "naive np.random.randn f64"
+    pcm16 = f"noiseaug noise_inplace, int16 PCM, sigma {AUDIO_SIGMA:g} FS"
     raw32, raw16 = "raw bits, 32/sample: random_raw(samples/2)", "raw bits, 16/sample: random_raw(samples/4)"
     rows = {
-        kernel8: kernel_on_copies(image, IMAGE_SIGMA, 255),
-        kernel16: kernel_on_copies(image16, IMAGE_SIGMA * 257, 65535),
+        kernel8: kernel_on_copies(image, IMAGE_SIGMA, 0, 255),
+        pcm16: kernel_on_copies(pcm, AUDIO_SIGMA * 32768, -32768, 32767),
+        kernel16: kernel_on_copies(image16, IMAGE_SIGMA * 257, 0, 65535),
         naive: _timings(
             lambda: np.clip(image + np.random.randn(*image.shape) * IMAGE_SIGMA, 0, 255).astype(np.uint8), reps),
         "naive, Generator.standard_normal f64": _timings(
