@@ -1,7 +1,7 @@
 """noiseaug's benchmark suite (SPEC §5): ratios against codec floors, measured in one run.
 
     .venv/bin/python benchmarks/bench.py [--rounds R] [--workers N] [--small] [--large]
-                                         [--only images|audio|kernel|startup|large]
+                                         [--only images|scaling|audio|kernel|startup|large]
 
 End-to-end rows run as separate processes over the same files, INTERLEAVED:
 round i runs every approach once, in an order rotated by i, so a slow spell on
@@ -531,27 +531,28 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="workers for every approach (default 2)")
     parser.add_argument("--small", action="store_true", help="the small dataset (8 images per set)")
     parser.add_argument("--large", action="store_true", help="also memory on a 60-min WAV and a 100-MP PNG")
-    parser.add_argument("--only", choices=("images", "audio", "kernel", "startup", "large"),
+    parser.add_argument("--only", choices=("images", "scaling", "audio", "kernel", "startup", "large"),
                         help="run one section (large: only the --large memory section)")
     args = parser.parse_args()
-    want = {args.only} if args.only else {"images", "audio", "kernel", "startup"}
+    want = {args.only} if args.only else {"images", "scaling", "audio", "kernel", "startup"}
     if args.large:
         want.add("large")
 
     tier = make_dataset.tier_for(8 if args.small else 64, args.small)
     root = make_dataset.DEFAULT_ROOT
-    data = make_dataset.make_tier(root, tier) if want & {"images", "audio"} else None
+    data = make_dataset.make_tier(root, tier) if want & {"images", "scaling", "audio"} else None
     wav, png = make_dataset.make_large(root) if "large" in want else (None, None)
     byte_compile()
     print_header(args)
     with tempfile.TemporaryDirectory(prefix="noiseaug-bench-") as tmp:
         workspace = Path(tmp)
         supported = audio_supported(workspace) if want & {"audio", "large"} else False
+        jpeg = file_set("JPEG", data / "jpeg", "image") if data is not None else None
         if data is not None and "images" in want:
-            jpeg = file_set("JPEG", data / "jpeg", "image")
             sets = [file_set("JPEG + PNG", data / "photos", "image"), jpeg, file_set("PNG", data / "png", "image"),
                     file_set("PNG 16-bit", data / "png16", "image")]
             bench_images(sets, args.workers, args.rounds, workspace)
+        if jpeg is not None and "scaling" in want:
             bench_scaling(jpeg, args.rounds, workspace)
         if data is not None and "audio" in want:
             bench_audio([file_set("WAV", data / "wav", "audio"), file_set("FLAC", data / "flac", "audio")],
