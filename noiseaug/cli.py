@@ -8,7 +8,13 @@ files failed, 2 bad usage or a refused configuration, 130 interrupted.
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+# noiseaug does no linear algebra, but numpy's OpenBLAS starts a thread per core
+# on import, and each spins for about 0.1 s of CPU before it sleeps: on 2 cores
+# that is CPU taken from the workers. Set before anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
 from typing import Any, List, Optional
 
