@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 from pathlib import Path
 from typing import Callable
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as noiseaug's CLI: no idle BLAS thread spinning
 
 import cv2
 import numpy as np
