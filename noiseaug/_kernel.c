@@ -16,11 +16,14 @@
  * BitGenerator's capsule, or, for SFC64 (what noiseaug seeds), its state
  * (4 uint64 words, updated in place), stepped here exactly as numpy steps
  * it: inlined, that is three times cheaper than a call through the capsule.
+ * With SFC64, on CPUs with AVX2, the per-channel 8-bit and the PCM loops take
+ * sixteen draws at a time (vector add, clip count and saturating packs); escapes
+ * still go one by one in increasing order, so the bytes are the same.
  *
  * add_table_noise(x, bits, first, escapes, channels, noised, shared) -> clipped
  *   x         writable uint8 buffer, pixels * channels values (C order)
  *   bits      the generator of the table draws
- *   first     int16 table of 65536 entries
+ *   first     int32 table of 65536 entries (int16 values)
  *   escapes   (second_bits, second, last_bits, cdf, values): the generators
  *             and tables of the escapes; second and values are int16, cdf float64
  *   channels  values per pixel in x; the first `noised` of them get noise
@@ -33,6 +36,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1 /* compiled for AVX2 alone, used when the CPU has it */
+#endif
+
+static int use_avx2 = 0; /* set at import from the CPU; simd() switches it (tests) */
 
 
 /* numpy's bit generator interface (numpy/random/bitgen.h), reached through the
@@ -196,11 +206,11 @@ static int32_t escape_value(Escapes *e) {
     return table_at(e->values.buf, lo < e->n ? lo : e->n - 1, e->wide);
 }
 
-/* Draws each of `draws` table values in order: BODY(j, bits16) runs once per draw j,
- * NEXT gives the next word. */
-#define FOR_EACH_DRAW(draws, NEXT, BODY)                                  \
+/* Draws table values start..draws-1 in order (start a multiple of 4): BODY(j, bits16)
+ * runs once per draw j, NEXT gives the next word. */
+#define FOR_EACH_DRAW(start, draws, NEXT, BODY)                           \
     do {                                                                  \
-        Py_ssize_t j_ = 0;                                                \
+        Py_ssize_t j_ = (start);                                          \
         for (; j_ + 4 <= (draws); j_ += 4) {                              \
             uint64_t w_ = NEXT;                                           \
             BODY(j_, (uint16_t)w_);                                       \
@@ -216,13 +226,99 @@ static int32_t escape_value(Escapes *e) {
     } while (0)
 
 /* FOR_EACH_DRAW from the generator of WORDS_FROM, one loop per kind of generator. */
-#define DRAW_ALL(draws, BODY)                                                           \
+#define DRAW_ALL(start, draws, BODY)                                                    \
     do {                                                                                \
         if (gen_ == NULL)                                                               \
-            FOR_EACH_DRAW(draws, SFC64_STEP(s0_, s1_, s2_, s3_, t_), BODY);              \
+            FOR_EACH_DRAW(start, draws, SFC64_STEP(s0_, s1_, s2_, s3_, t_), BODY);       \
         else                                                                            \
-            FOR_EACH_DRAW(draws, gen_->next_raw(gen_->state), BODY);                    \
+            FOR_EACH_DRAW(start, draws, gen_->next_raw(gen_->state), BODY);             \
     } while (0)
+
+#ifdef HAVE_AVX2_PATH
+/* The table values of the eight 16-bit draws of words wa and wb, in order. (Eight
+ * scalar loads beat a gather instruction by a third on the AMD EPYC measured.) */
+#define LOOKUP8(first, wa, wb)                                                                     \
+    _mm256_setr_epi32((first)[(uint16_t)(wa)], (first)[(uint16_t)((wa) >> 16)], (first)[(uint16_t)((wa) >> 32)], \
+                      (first)[(uint16_t)((wa) >> 48)], (first)[(uint16_t)(wb)], (first)[(uint16_t)((wb) >> 16)],  \
+                      (first)[(uint16_t)((wb) >> 32)], (first)[(uint16_t)((wb) >> 48)])
+#define LANES(mask) _mm256_movemask_ps(_mm256_castsi256_ps(mask))
+
+/* FLAT8 for SFC64, sixteen draws (four words) at a time, as long as whole groups
+ * remain; returns the draws done. Escaped lanes get 0 here, then their values in
+ * increasing order, as the scalar loop gives them. */
+__attribute__((target("avx2"))) static Py_ssize_t flat8_avx2(uint8_t *x, const int32_t *first,
+                                                             Py_ssize_t draws, uint64_t st[4], Escapes *esc,
+                                                             long long *clipped_out) {
+    uint64_t s0_ = st[0], s1_ = st[1], s2_ = st[2], s3_ = st[3], t_;
+    long long clipped = 0;
+    const __m256i mark = _mm256_set1_epi32(INT16_MIN), zero = _mm256_setzero_si256(),
+                  top = _mm256_set1_epi32(255);
+    Py_ssize_t j = 0;
+    for (; j + 16 <= draws; j += 16) {
+        uint64_t w0 = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w1 = SFC64_STEP(s0_, s1_, s2_, s3_, t_);
+        uint64_t w2 = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w3 = SFC64_STEP(s0_, s1_, s2_, s3_, t_);
+        __m256i k0 = LOOKUP8(first, w0, w1);
+        __m256i k1 = LOOKUP8(first, w2, w3);
+        __m256i e0 = _mm256_cmpeq_epi32(k0, mark), e1 = _mm256_cmpeq_epi32(k1, mark);
+        __m128i xv = _mm_loadu_si128((const __m128i *)(x + j));
+        __m256i v0 = _mm256_add_epi32(_mm256_cvtepu8_epi32(xv), _mm256_andnot_si256(e0, k0));
+        __m256i v1 = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(xv, 8)), _mm256_andnot_si256(e1, k1));
+        __m256i c0 = _mm256_or_si256(_mm256_cmpgt_epi32(v0, top), _mm256_cmpgt_epi32(zero, v0));
+        __m256i c1 = _mm256_or_si256(_mm256_cmpgt_epi32(v1, top), _mm256_cmpgt_epi32(zero, v1));
+        clipped += __builtin_popcount((unsigned)LANES(c0)) + __builtin_popcount((unsigned)LANES(c1));
+        /* saturating packs clamp to [0, 255] exactly; the permute undoes packus' lane interleave */
+        __m256i words16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(v0, v1), 0xD8);
+        _mm_storeu_si128((__m128i *)(x + j), _mm_packus_epi16(_mm256_castsi256_si128(words16),
+                                                              _mm256_extracti128_si256(words16, 1)));
+        unsigned escaped = (unsigned)LANES(e0) | ((unsigned)LANES(e1) << 8);
+        while (escaped) {
+            Py_ssize_t i = j + __builtin_ctz(escaped);
+            escaped &= escaped - 1;
+            x[i] = (uint8_t)clip8(x[i] + escape_value(esc), &clipped);
+        }
+    }
+    st[0] = s0_, st[1] = s1_, st[2] = s2_, st[3] = s3_;
+    *clipped_out += clipped;
+    return j;
+}
+
+/* VALUE16 likewise for int16 PCM (int32 tables, INT32_MIN marks an escape). */
+__attribute__((target("avx2"))) static Py_ssize_t pcm16_avx2(int16_t *x, const int32_t *first,
+                                                             Py_ssize_t draws, uint64_t st[4], Escapes *esc,
+                                                             long long *clipped_out) {
+    uint64_t s0_ = st[0], s1_ = st[1], s2_ = st[2], s3_ = st[3], t_;
+    long long clipped = 0;
+    const __m256i mark = _mm256_set1_epi32(INT32_MIN), low = _mm256_set1_epi32(-32768),
+                  high = _mm256_set1_epi32(32767);
+    Py_ssize_t j = 0;
+    for (; j + 16 <= draws; j += 16) {
+        uint64_t w0 = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w1 = SFC64_STEP(s0_, s1_, s2_, s3_, t_);
+        uint64_t w2 = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w3 = SFC64_STEP(s0_, s1_, s2_, s3_, t_);
+        __m256i k0 = LOOKUP8(first, w0, w1);
+        __m256i k1 = LOOKUP8(first, w2, w3);
+        __m256i e0 = _mm256_cmpeq_epi32(k0, mark), e1 = _mm256_cmpeq_epi32(k1, mark);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + j));
+        __m256i v0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(xv)),
+                                      _mm256_andnot_si256(e0, k0));
+        __m256i v1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(xv, 1)),
+                                      _mm256_andnot_si256(e1, k1));
+        __m256i c0 = _mm256_or_si256(_mm256_cmpgt_epi32(v0, high), _mm256_cmpgt_epi32(low, v0));
+        __m256i c1 = _mm256_or_si256(_mm256_cmpgt_epi32(v1, high), _mm256_cmpgt_epi32(low, v1));
+        clipped += __builtin_popcount((unsigned)LANES(c0)) + __builtin_popcount((unsigned)LANES(c1));
+        /* a signed saturating pack clamps to [-32768, 32767] exactly */
+        _mm256_storeu_si256((__m256i *)(x + j), _mm256_permute4x64_epi64(_mm256_packs_epi32(v0, v1), 0xD8));
+        unsigned escaped = (unsigned)LANES(e0) | ((unsigned)LANES(e1) << 8);
+        while (escaped) {
+            Py_ssize_t i = j + __builtin_ctz(escaped);
+            escaped &= escaped - 1;
+            x[i] = (int16_t)clip16((int32_t)x[i] + escape_value(esc), &clipped);
+        }
+    }
+    st[0] = s0_, st[1] = s1_, st[2] = s2_, st[3] = s3_;
+    *clipped_out += clipped;
+    return j;
+}
+#endif
 
 static PyObject *add_table_noise(PyObject *self, PyObject *args) {
     Py_buffer xb, tb;
@@ -238,17 +334,23 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
     int opened = open_bits(bits_obj, &bits) == 0;
     if (!opened || open_escapes(escapes_obj, 0, &esc) < 0)
         goto done;
-    if (tb.len != 65536 * 2 || channels < 1 || noised < 1 || noised > channels || xb.len % channels != 0) {
+    if (tb.len != 65536 * 4 || channels < 1 || noised < 1 || noised > channels || xb.len % channels != 0) {
         PyErr_SetString(PyExc_ValueError, "add_table_noise: inconsistent buffer sizes");
         close_escapes(&esc);
         goto done;
     }
     uint8_t *x = (uint8_t *)xb.buf;
-    const int16_t *first = (const int16_t *)tb.buf;
+    const int32_t *first = (const int32_t *)tb.buf;
     Py_ssize_t pixels = xb.len / channels;
     Py_ssize_t draws = shared ? pixels : pixels * noised;
+    int flat = !shared && noised == channels; /* draw j noises value j */
     long long clipped = 0;
+    Py_ssize_t done = 0;
     Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2 && flat && bits.gen == NULL)
+        done = flat8_avx2(x, first, draws, bits.s, &esc, &clipped);
+#endif
 #define FLAT8(j, d)                                                           \
     do {                                                                      \
         int k_ = first[d];                                                    \
@@ -264,10 +366,10 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
         clipped += apply8(x, (j), k_, channels, noised, shared);              \
     } while (0)
     WORDS_FROM(&bits);
-    if (!shared && noised == channels) /* draw j noises value j */
-        DRAW_ALL(draws, FLAT8);
+    if (flat)
+        DRAW_ALL(done, draws, FLAT8);
     else
-        DRAW_ALL(draws, PIXEL8);
+        DRAW_ALL(0, draws, PIXEL8);
     WORDS_BACK(&bits);
     Py_END_ALLOW_THREADS
     close_escapes(&esc);
@@ -300,7 +402,12 @@ static PyObject *add_table_noise_i16(PyObject *self, PyObject *args) {
     const int32_t *first = (const int32_t *)tb.buf;
     Py_ssize_t draws = xb.len / 2;
     long long clipped = 0;
+    Py_ssize_t done = 0;
     Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2 && bits.gen == NULL)
+        done = pcm16_avx2(x, first, draws, bits.s, &esc, &clipped);
+#endif
 #define VALUE16(j, d)                                                       \
     do {                                                                    \
         int32_t k_ = first[d];                                              \
@@ -309,7 +416,7 @@ static PyObject *add_table_noise_i16(PyObject *self, PyObject *args) {
         x[j] = (int16_t)clip16((int32_t)x[j] + k_, &clipped);               \
     } while (0)
     WORDS_FROM(&bits);
-    DRAW_ALL(draws, VALUE16);
+    DRAW_ALL(done, draws, VALUE16);
     WORDS_BACK(&bits);
     Py_END_ALLOW_THREADS
     close_escapes(&esc);
@@ -322,7 +429,29 @@ done:
     return result;
 }
 
+/* simd([enabled]) -> whether the AVX2 loops run; switches them on or off (for tests). */
+static PyObject *simd(PyObject *self, PyObject *args) {
+    int enabled = -1;
+    if (!PyArg_ParseTuple(args, "|p", &enabled))
+        return NULL;
+#ifdef HAVE_AVX2_PATH
+    if (enabled == 1 && !__builtin_cpu_supports("avx2")) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AVX2");
+        return NULL;
+    }
+#else
+    if (enabled == 1) {
+        PyErr_SetString(PyExc_RuntimeError, "built without the AVX2 loops");
+        return NULL;
+    }
+#endif
+    if (enabled != -1)
+        use_avx2 = enabled;
+    return PyBool_FromLong(use_avx2);
+}
+
 static PyMethodDef methods[] = {
+    {"simd", simd, METH_VARARGS, "simd([enabled]) -> whether the AVX2 loops are used"},
     {"add_table_noise", add_table_noise, METH_VARARGS,
      "add_table_noise(x, bits, first, escapes, channels, noised, shared) -> clipped"},
     {"add_table_noise_i16", add_table_noise_i16, METH_VARARGS,
@@ -334,9 +463,13 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",
                                     "noiseaug's compiled table-noise loops", -1, methods};
 
 /* The calling convention above; noise.py ignores a build left over from another one. */
-#define KERNEL_VERSION 2
+#define KERNEL_VERSION 3
 
 PyMODINIT_FUNC PyInit__kernel(void) {
+#ifdef HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    use_avx2 = __builtin_cpu_supports("avx2");
+#endif
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "VERSION", KERNEL_VERSION) < 0) {
         Py_DECREF(m);

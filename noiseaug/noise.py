@@ -36,7 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
-KERNEL_VERSION = 2  # the calling convention expected of _kernel.c
+KERNEL_VERSION = 3  # the calling convention expected of _kernel.c
 try:
     from . import _kernel
 except ImportError:  # no compiler at install time: the numpy loop below does the same
@@ -89,6 +89,11 @@ class _Law:
     second: np.ndarray
     values: np.ndarray
     cdf: np.ndarray
+
+    @functools.cached_property
+    def first32(self) -> np.ndarray:
+        """``first`` widened to int32, as the compiled loops gather it."""
+        return self.first.astype(np.int32)
 
 
 def _table(p: np.ndarray, ks: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +148,7 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
     streams = escapes if escapes is not None else escape_stream(rng)
     if _compiled(rng, streams):
         with _words(rng) as bits, _escape_words(law, streams) as escapes:
-            return _kernel.add_table_noise(pixels.reshape(-1), bits, law.first, escapes, total, noised, shared)
+            return _kernel.add_table_noise(pixels.reshape(-1), bits, law.first32, escapes, total, noised, shared)
     return _table_noise_numpy(pixels, rng, law, streams, noised, shared, (0, 255))
 
 
@@ -155,7 +160,7 @@ def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
     limits = (-32768, 32767)
     if _compiled(rng, escapes):
         with _words(rng) as bits, _escape_words(law, escapes) as tables:
-            return _kernel.add_table_noise_i16(values.reshape(-1), bits, law.first, tables)
+            return _kernel.add_table_noise_i16(values.reshape(-1), bits, law.first32, tables)
     return _table_noise_numpy(values, rng, law, escapes, 1, False, limits)
 
 

@@ -133,56 +133,77 @@ def test_8_bit_table_path_has_the_exact_law_of_rounded_noise():
     assert abs(beyond - want) < 5 * math.sqrt(want)
 
 
+@pytest.fixture(params=["avx2", "scalar"])
+def compiled_loops(request):
+    """Each of the compiled loops: the AVX2 one (where the CPU has it) and the scalar one."""
+    if noise._kernel is None:
+        pytest.skip("the C kernel was not built here (no compiler at install time): only numpy runs")
+    kernel = noise._kernel  # a test may stand it aside meanwhile
+    before = kernel.simd()
+    try:
+        kernel.simd(request.param == "avx2")
+    except RuntimeError as exc:  # no AVX2 on this CPU, or a build without it
+        pytest.skip(str(exc))
+    yield request.param
+    kernel.simd(before)
+
+
 def _generators(seed: int) -> list[np.random.Generator]:
     """An SFC64 from a seed sequence (what runs use: stepped inline in C) and a PCG64 (through its capsule)."""
     return [seeding.generator(seed), np.random.default_rng(seed)]
 
 
 @pytest.mark.parametrize("kind", ["sfc64", "pcg64"])
-def test_compiled_and_numpy_kernels_give_the_same_bytes(monkeypatch, kind):
-    if noise._kernel is None:
-        pytest.skip("the C kernel was not built here (no compiler at install time): only numpy runs")
+def test_compiled_and_numpy_kernels_give_the_same_bytes(monkeypatch, kind, compiled_loops):
     pick = 0 if kind == "sfc64" else 1
     rng = np.random.default_rng(0)
     cases = [(rng.integers(0, 256, (301, 257, 3), dtype=np.uint8), {}),
              (rng.integers(0, 256, (200, 199, 4), dtype=np.uint8), {"alpha": True}),
              (rng.integers(0, 256, (200, 199, 4), dtype=np.uint8), {"alpha": True, "shared": True}),
-             (rng.integers(0, 256, (123, 77), dtype=np.uint8), {})]
+             (rng.integers(0, 256, (123, 77), dtype=np.uint8), {}),
+             (rng.integers(0, 256, (3, 7, 3), dtype=np.uint8), {})]  # 63 values: a vector part and a tail
     for pixels, options in cases:
         for sigma in (0.4, 10, 150):
             compiled_rng, plain_rng = _generators(3)[pick], _generators(3)[pick]
             compiled = noiseaug.add_noise(pixels, sigma, compiled_rng, **options)
+            compiled_clips = noise.noise_inplace(pixels.copy(), sigma, _generators(3)[pick], lo=0, hi=255)
             with monkeypatch.context() as patch:
                 patch.setattr(noise, "_kernel", None)
                 plain = noiseaug.add_noise(pixels, sigma, plain_rng, **options)
+                plain_clips = noise.noise_inplace(pixels.copy(), sigma, _generators(3)[pick], lo=0, hi=255)
             assert np.array_equal(compiled, plain), (pixels.shape, options, sigma)
+            assert compiled_clips == plain_clips
             # both paths leave the generator at the same point: the next draws agree
             assert compiled_rng.bit_generator.random_raw(3).tolist() == plain_rng.bit_generator.random_raw(3).tolist()
 
 
 @pytest.mark.parametrize("kind", ["sfc64", "pcg64"])
-def test_16_bit_pcm_table_path_is_exact_and_matches_its_numpy_twin(monkeypatch, kind):
-    pick = 0 if kind == "sfc64" else 1
+def test_16_bit_pcm_table_path_is_exact(kind):
     sigma = 0.004 * 32768
-    x = np.zeros(2_000_000, np.int16)
-    y = x.copy()
-    noise.noise_inplace(y, sigma, _generators(4)[pick], lo=-32768, hi=32767)
+    y = np.zeros(2_000_000, np.int16)
+    noise.noise_inplace(y, sigma, _generators(4)[0 if kind == "sfc64" else 1], lo=-32768, hi=32767)
     counts = np.bincount(y.astype(np.int64) + 2000, minlength=4001)
     for k in range(-300, 301, 7):
         p = 0.5 * (math.erfc((k - 0.5) / (sigma * math.sqrt(2))) - math.erfc((k + 0.5) / (sigma * math.sqrt(2))))
         assert abs(counts[k + 2000] - y.size * p) < 5 * math.sqrt(y.size * p) + 2, k
-    if noise._kernel is not None:  # in blocks, as audio is streamed: the escapes' streams carry on
-        compiled, plain = x.copy(), x.copy()
-        for out, kernel in ((compiled, noise._kernel), (plain, None)):
-            monkeypatch.setattr(noise, "_kernel", kernel)
-            rng = _generators(4)[pick]
-            streams = noise.escape_stream(rng)
-            for start in range(0, out.size, 300_001):
-                noise.noise_inplace(out[start:start + 300_001], sigma, rng, lo=-32768, hi=32767, escapes=streams)
-        assert np.array_equal(compiled, plain)
     loud = np.full(100_000, 32000, np.int16)  # clipping at the top of the range, not wrapping
     noise.noise_inplace(loud, 3000.0, np.random.default_rng(5), lo=-32768, hi=32767)
     assert loud.min() > 15000 and np.count_nonzero(loud == 32767) > 0.3 * loud.size
+
+
+@pytest.mark.parametrize("kind", ["sfc64", "pcg64"])
+def test_16_bit_pcm_compiled_loop_matches_its_numpy_twin(monkeypatch, kind, compiled_loops):
+    """In blocks, as audio is streamed (the escapes' streams carry on); loud, so that values clip."""
+    loud = np.random.default_rng(8).integers(-32768, 32768, 2_000_003).astype(np.int16)
+    compiled, plain = loud.copy(), loud.copy()
+    clips = []
+    for out, kernel in ((compiled, noise._kernel), (plain, None)):
+        monkeypatch.setattr(noise, "_kernel", kernel)
+        rng = _generators(4)[0 if kind == "sfc64" else 1]
+        streams = noise.escape_stream(rng)
+        clips.append(sum(noise.noise_inplace(out[start:start + 300_001], 2600.0, rng, lo=-32768, hi=32767,
+                                             escapes=streams) for start in range(0, out.size, 300_001)))
+    assert np.array_equal(compiled, plain) and clips[0] == clips[1] > 0
 
 
 def test_alpha_only_image_is_returned_unchanged():
