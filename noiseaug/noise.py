@@ -22,8 +22,8 @@ from the leftover law: through a second table of the same kind, and what
 that leaves from a cumulative table with 53-bit uniforms. Escapes use their
 own streams, spawned from the generator's seed sequence, so the result does
 not depend on how the data is cut into bands or blocks. The table loop is compiled
-(``_kernel.c``) when a C compiler was available at install time, and numpy
-otherwise; both give the same bytes.
+(``_kernel.c``, with AVX2 loops used where the CPU has them) when a C compiler
+was available at install time, and numpy otherwise; all give the same bytes.
 """
 
 from __future__ import annotations
