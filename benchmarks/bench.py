@@ -342,41 +342,61 @@ def bench_audio(sets: list[FileSet], workers: int, rounds: int, workspace: Path,
         report_set(fs, approaches, interleaved(approaches, fs, rounds, workspace), workers, rounds)
 
 
-def _timings(fn: Callable[[], object], reps: int) -> list[float]:
-    """Wall times of ``reps`` calls of ``fn``."""
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
+def _interleaved_timings(rows: dict[str, tuple[Callable[[], object], Callable[[object], object]]],
+                         reps: int) -> dict[str, list[float]]:
+    """Wall times of ``call(prepare())`` per row, only the call timed, rows interleaved.
+
+    Repetition i times every row once, in an order rotated by i, so that this
+    shared machine's slow spells (its speed moves by 2x within minutes) hit
+    every row alike and the ratios between rows hold.
+    """
+    labels = list(rows)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for rep in range(reps):
+        turn = rep % len(labels)
+        for label in labels[turn:] + labels[:turn]:
+            prepare, call = rows[label]
+            argument = prepare()
+            started = time.perf_counter()
+            call(argument)
+            times[label].append(time.perf_counter() - started)
     return times
 
 
 def bench_kernel(reps: int) -> None:
     """ns/sample of noiseaug's noise kernel against the naive pipeline and the raw RNG.
 
-    The kernel works in place, so it runs on ``reps`` copies made beforehand and
-    only the kernel call is timed. Raw bits are timed for one 32-bit draw per
+    The kernel works in place, so each repetition runs on a fresh copy and only
+    the kernel call is timed. Raw bits are timed for one 32-bit draw per
     sample (samples/2 64-bit words: one float32 normal each) and for one 16-bit
     draw per sample (samples/4 words), whichever the kernel consumes. The
     int16 row runs the same table path on 16-bit PCM, the uint16 row the
-    float path of 16-bit images.
+    float path of 16-bit images; where the AVX2 loops run, a row shows the
+    scalar loop too.
     """
+    from noiseaug import noise
+
     image = make_dataset.photo(make_dataset.HD, 7)
     image16 = image.astype(np.uint16) * 257
     pcm = ((image.astype(np.int16) - 128) * 64).reshape(-1, 2)  # as many samples, stereo, -20 dBFS or so
     samples = image.size
     rng = seeding.generator(0)  # the per-file generator noiseaug uses, so raw bits are the ones it consumes
     band = np.empty(BAND_VALUES, np.float32)
+    simd = noise._kernel is not None and noise._kernel.simd()
 
-    def kernel_on_copies(source: np.ndarray, sigma: float, lo: float, hi: float) -> list[float]:
-        copies = [source.copy() for _ in range(reps)]
-        times = []
-        for copy in copies:
-            started = time.perf_counter()
-            noise_inplace(copy, sigma, rng, lo=lo, hi=hi)
-            times.append(time.perf_counter() - started)
-        return times
+    def kernel(source: np.ndarray, sigma: float, lo: float, hi: float, vector: bool = True):
+        def call(copy: np.ndarray) -> None:
+            if simd and not vector:
+                noise._kernel.simd(False)
+            try:
+                noise_inplace(copy, sigma, rng, lo=lo, hi=hi)
+            finally:
+                if simd:
+                    noise._kernel.simd(True)
+        return source.copy, call
+
+    def plain(fn: Callable[[], object]):
+        return (lambda: None), (lambda _: fn())
 
     def raw_in_bands(words: int) -> None:
         for start in range(0, words, BAND_VALUES // 2):
@@ -389,26 +409,29 @@ def bench_kernel(reps: int) -> None:
     kernel8, kernel16, naive = "noiseaug noise_inplace, uint8", "noiseaug noise_inplace, uint16", "naive np.random.randn f64"
     pcm16 = f"noiseaug noise_inplace, int16 PCM, sigma {AUDIO_SIGMA:g} FS"
     raw32, raw16 = "raw bits, 32/sample: random_raw(samples/2)", "raw bits, 16/sample: random_raw(samples/4)"
-    rows = {
-        kernel8: kernel_on_copies(image, IMAGE_SIGMA, 0, 255),
-        pcm16: kernel_on_copies(pcm, AUDIO_SIGMA * 32768, -32768, 32767),
-        kernel16: kernel_on_copies(image16, IMAGE_SIGMA * 257, 0, 65535),
-        naive: _timings(
-            lambda: np.clip(image + np.random.randn(*image.shape) * IMAGE_SIGMA, 0, 255).astype(np.uint8), reps),
-        "naive, Generator.standard_normal f64": _timings(
-            lambda: np.clip(image + rng.standard_normal(image.shape) * IMAGE_SIGMA, 0, 255).astype(np.uint8), reps),
-        raw32: _timings(lambda: rng.bit_generator.random_raw((samples + 1) // 2), reps),
-        raw32 + ", banded": _timings(lambda: raw_in_bands((samples + 1) // 2), reps),
-        raw16: _timings(lambda: rng.bit_generator.random_raw((samples + 3) // 4), reps),
-        "standard_normal f32, one call": _timings(lambda: rng.standard_normal(samples, dtype=np.float32), reps),
-        "standard_normal f32 into a band buffer": _timings(normal_in_bands, reps),
-    }
-    ns = {label: statistics.median(t) / samples * 1e9 for label, t in rows.items()}
+    rows = {kernel8: kernel(image, IMAGE_SIGMA, 0, 255)}
+    if simd:
+        rows["noiseaug noise_inplace, uint8, scalar loop"] = kernel(image, IMAGE_SIGMA, 0, 255, vector=False)
+    rows.update({
+        pcm16: kernel(pcm, AUDIO_SIGMA * 32768, -32768, 32767),
+        kernel16: kernel(image16, IMAGE_SIGMA * 257, 0, 65535),
+        naive: plain(lambda: np.clip(image + np.random.randn(*image.shape) * IMAGE_SIGMA, 0, 255).astype(np.uint8)),
+        "naive, Generator.standard_normal f64": plain(
+            lambda: np.clip(image + rng.standard_normal(image.shape) * IMAGE_SIGMA, 0, 255).astype(np.uint8)),
+        raw32: plain(lambda: rng.bit_generator.random_raw((samples + 1) // 2)),
+        raw32 + ", banded": plain(lambda: raw_in_bands((samples + 1) // 2)),
+        raw16: plain(lambda: rng.bit_generator.random_raw((samples + 3) // 4)),
+        "standard_normal f32, one call": plain(lambda: rng.standard_normal(samples, dtype=np.float32)),
+        "standard_normal f32 into a band buffer": plain(normal_in_bands),
+    })
+    timings = _interleaved_timings(rows, reps)
+    ns = {label: statistics.median(t) / samples * 1e9 for label, t in timings.items()}
     print(f"\nNoise kernel on one {image.shape[0]}x{image.shape[1]}x{image.shape[2]} image "
-          f"({samples:,} samples), sigma {IMAGE_SIGMA:g} (x257 for uint16), {reps} repetitions, perf_counter")
+          f"({samples:,} samples), sigma {IMAGE_SIGMA:g} (x257 for uint16), {reps} interleaved repetitions, "
+          f"perf_counter; AVX2 loops: {'yes' if simd else 'no'}")
     print_table(["what", "median ns/sample", "min ns/sample", "median ms"],
                 [[label, f"{ns[label]:.2f}", f"{min(t) / samples * 1e9:.2f}",
-                  f"{statistics.median(t) * 1e3:.1f}"] for label, t in rows.items()])
+                  f"{statistics.median(t) * 1e3:.1f}"] for label, t in timings.items()])
     speedup = ns[naive] / ns[kernel8]
     print(f"  naive/kernel (uint8) = {speedup:.1f}x (SPEC >= 10: {_verdict(speedup >= 10)}); "
           f"uint16 kernel: {ns[naive] / ns[kernel16]:.1f}x")
