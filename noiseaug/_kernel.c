@@ -241,7 +241,37 @@ static int32_t escape_value(Escapes *e) {
     _mm256_setr_epi32((first)[(uint16_t)(wa)], (first)[(uint16_t)((wa) >> 16)], (first)[(uint16_t)((wa) >> 32)], \
                       (first)[(uint16_t)((wa) >> 48)], (first)[(uint16_t)(wb)], (first)[(uint16_t)((wb) >> 16)],  \
                       (first)[(uint16_t)((wb) >> 32)], (first)[(uint16_t)((wb) >> 48)])
-#define LANES(mask) _mm256_movemask_ps(_mm256_castsi256_ps(mask))
+#define LANES(mask) ((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(mask)))
+
+/* The table values of the next sixteen draws (four SFC64 words, on the locals of
+ * WORDS_FROM) in k0 (draws 0-7) and k1 (8-15), 0 where the table says `mark`;
+ * `escaped` gets one bit per escaped draw. */
+#define SIXTEEN_VALUES(first, mark, k0, k1, escaped)                                      \
+    do {                                                                                  \
+        uint64_t w0_ = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w1_ = SFC64_STEP(s0_, s1_, s2_, s3_, t_); \
+        uint64_t w2_ = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w3_ = SFC64_STEP(s0_, s1_, s2_, s3_, t_); \
+        __m256i raw0_ = LOOKUP8(first, w0_, w1_), raw1_ = LOOKUP8(first, w2_, w3_);        \
+        __m256i e0_ = _mm256_cmpeq_epi32(raw0_, mark), e1_ = _mm256_cmpeq_epi32(raw1_, mark); \
+        k0 = _mm256_andnot_si256(e0_, raw0_);                                             \
+        k1 = _mm256_andnot_si256(e1_, raw1_);                                             \
+        escaped = LANES(e0_) | (LANES(e1_) << 8);                                         \
+    } while (0)
+
+/* Runs APPLY(i) for the value i of each escaped draw of the group at j, in increasing order. */
+#define EACH_ESCAPE(escaped, j, APPLY)                                                    \
+    do {                                                                                  \
+        for (unsigned m_ = (escaped); m_; m_ &= m_ - 1) {                                 \
+            Py_ssize_t i_ = (j) + __builtin_ctz(m_);                                      \
+            APPLY(i_);                                                                    \
+        }                                                                                 \
+    } while (0)
+
+/* How many of the sixteen sums in v0, v1 lie outside [lo, hi]. */
+__attribute__((target("avx2"))) static inline int outside(__m256i v0, __m256i v1, __m256i lo, __m256i hi) {
+    __m256i c0 = _mm256_or_si256(_mm256_cmpgt_epi32(v0, hi), _mm256_cmpgt_epi32(lo, v0));
+    __m256i c1 = _mm256_or_si256(_mm256_cmpgt_epi32(v1, hi), _mm256_cmpgt_epi32(lo, v1));
+    return __builtin_popcount(LANES(c0) | (LANES(c1) << 8));
+}
 
 /* FLAT8 for SFC64, sixteen draws (four words) at a time, as long as whole groups
  * remain; returns the draws done. Escaped lanes get 0 here, then their values in
@@ -251,31 +281,22 @@ __attribute__((target("avx2"))) static Py_ssize_t flat8_avx2(uint8_t *x, const i
                                                              long long *clipped_out) {
     uint64_t s0_ = st[0], s1_ = st[1], s2_ = st[2], s3_ = st[3], t_;
     long long clipped = 0;
-    const __m256i mark = _mm256_set1_epi32(INT16_MIN), zero = _mm256_setzero_si256(),
-                  top = _mm256_set1_epi32(255);
+    const __m256i mark = _mm256_set1_epi32(INT16_MIN), lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(255);
     Py_ssize_t j = 0;
     for (; j + 16 <= draws; j += 16) {
-        uint64_t w0 = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w1 = SFC64_STEP(s0_, s1_, s2_, s3_, t_);
-        uint64_t w2 = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w3 = SFC64_STEP(s0_, s1_, s2_, s3_, t_);
-        __m256i k0 = LOOKUP8(first, w0, w1);
-        __m256i k1 = LOOKUP8(first, w2, w3);
-        __m256i e0 = _mm256_cmpeq_epi32(k0, mark), e1 = _mm256_cmpeq_epi32(k1, mark);
+        __m256i k0, k1;
+        unsigned escaped;
+        SIXTEEN_VALUES(first, mark, k0, k1, escaped);
         __m128i xv = _mm_loadu_si128((const __m128i *)(x + j));
-        __m256i v0 = _mm256_add_epi32(_mm256_cvtepu8_epi32(xv), _mm256_andnot_si256(e0, k0));
-        __m256i v1 = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(xv, 8)), _mm256_andnot_si256(e1, k1));
-        __m256i c0 = _mm256_or_si256(_mm256_cmpgt_epi32(v0, top), _mm256_cmpgt_epi32(zero, v0));
-        __m256i c1 = _mm256_or_si256(_mm256_cmpgt_epi32(v1, top), _mm256_cmpgt_epi32(zero, v1));
-        clipped += __builtin_popcount((unsigned)LANES(c0)) + __builtin_popcount((unsigned)LANES(c1));
+        __m256i v0 = _mm256_add_epi32(_mm256_cvtepu8_epi32(xv), k0);
+        __m256i v1 = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(xv, 8)), k1);
+        clipped += outside(v0, v1, lo, hi);
         /* saturating packs clamp to [0, 255] exactly; the permute undoes packus' lane interleave */
         __m256i words16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(v0, v1), 0xD8);
         _mm_storeu_si128((__m128i *)(x + j), _mm_packus_epi16(_mm256_castsi256_si128(words16),
                                                               _mm256_extracti128_si256(words16, 1)));
-        unsigned escaped = (unsigned)LANES(e0) | ((unsigned)LANES(e1) << 8);
-        while (escaped) {
-            Py_ssize_t i = j + __builtin_ctz(escaped);
-            escaped &= escaped - 1;
-            x[i] = (uint8_t)clip8(x[i] + escape_value(esc), &clipped);
-        }
+#define ESCAPED8(i) x[i] = (uint8_t)clip8(x[i] + escape_value(esc), &clipped)
+        EACH_ESCAPE(escaped, j, ESCAPED8);
     }
     st[0] = s0_, st[1] = s1_, st[2] = s2_, st[3] = s3_;
     *clipped_out += clipped;
@@ -288,31 +309,21 @@ __attribute__((target("avx2"))) static Py_ssize_t pcm16_avx2(int16_t *x, const i
                                                              long long *clipped_out) {
     uint64_t s0_ = st[0], s1_ = st[1], s2_ = st[2], s3_ = st[3], t_;
     long long clipped = 0;
-    const __m256i mark = _mm256_set1_epi32(INT32_MIN), low = _mm256_set1_epi32(-32768),
-                  high = _mm256_set1_epi32(32767);
+    const __m256i mark = _mm256_set1_epi32(INT32_MIN), lo = _mm256_set1_epi32(-32768),
+                  hi = _mm256_set1_epi32(32767);
     Py_ssize_t j = 0;
     for (; j + 16 <= draws; j += 16) {
-        uint64_t w0 = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w1 = SFC64_STEP(s0_, s1_, s2_, s3_, t_);
-        uint64_t w2 = SFC64_STEP(s0_, s1_, s2_, s3_, t_), w3 = SFC64_STEP(s0_, s1_, s2_, s3_, t_);
-        __m256i k0 = LOOKUP8(first, w0, w1);
-        __m256i k1 = LOOKUP8(first, w2, w3);
-        __m256i e0 = _mm256_cmpeq_epi32(k0, mark), e1 = _mm256_cmpeq_epi32(k1, mark);
+        __m256i k0, k1;
+        unsigned escaped;
+        SIXTEEN_VALUES(first, mark, k0, k1, escaped);
         __m256i xv = _mm256_loadu_si256((const __m256i *)(x + j));
-        __m256i v0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(xv)),
-                                      _mm256_andnot_si256(e0, k0));
-        __m256i v1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(xv, 1)),
-                                      _mm256_andnot_si256(e1, k1));
-        __m256i c0 = _mm256_or_si256(_mm256_cmpgt_epi32(v0, high), _mm256_cmpgt_epi32(low, v0));
-        __m256i c1 = _mm256_or_si256(_mm256_cmpgt_epi32(v1, high), _mm256_cmpgt_epi32(low, v1));
-        clipped += __builtin_popcount((unsigned)LANES(c0)) + __builtin_popcount((unsigned)LANES(c1));
+        __m256i v0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(xv)), k0);
+        __m256i v1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(xv, 1)), k1);
+        clipped += outside(v0, v1, lo, hi);
         /* a signed saturating pack clamps to [-32768, 32767] exactly */
         _mm256_storeu_si256((__m256i *)(x + j), _mm256_permute4x64_epi64(_mm256_packs_epi32(v0, v1), 0xD8));
-        unsigned escaped = (unsigned)LANES(e0) | ((unsigned)LANES(e1) << 8);
-        while (escaped) {
-            Py_ssize_t i = j + __builtin_ctz(escaped);
-            escaped &= escaped - 1;
-            x[i] = (int16_t)clip16((int32_t)x[i] + escape_value(esc), &clipped);
-        }
+#define ESCAPED16(i) x[i] = (int16_t)clip16((int32_t)x[i] + escape_value(esc), &clipped)
+        EACH_ESCAPE(escaped, j, ESCAPED16);
     }
     st[0] = s0_, st[1] = s1_, st[2] = s2_, st[3] = s3_;
     *clipped_out += clipped;
