@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -118,11 +120,46 @@ def test_negative_or_nan_sigma_is_refused():
         noiseaug.add_noise(np.zeros((2, 2), np.uint8), float("nan"))
 
 
-def test_8_bit_table_path_has_the_exact_law_of_rounded_noise():
+@contextlib.contextmanager
+def _kernel_path(name: str, monkeypatch) -> Iterator[str]:
+    """Run the table noise one way: "avx2" or "scalar" (the compiled loops) or "numpy" (the twin)."""
+    kernel = noise._kernel
+    if name == "numpy":
+        monkeypatch.setattr(noise, "_kernel", None)
+        yield name
+        return
+    if kernel is None:
+        pytest.skip("the C kernel was not built here (no compiler at install time): only numpy runs")
+    before = kernel.simd()
+    try:
+        kernel.simd(name == "avx2")
+    except RuntimeError as exc:  # no AVX2 on this CPU, or a build without it
+        pytest.skip(str(exc))
+    try:
+        yield name
+    finally:
+        kernel.simd(before)
+
+
+@pytest.fixture(params=["avx2", "scalar"])
+def compiled_loops(request, monkeypatch):
+    """Each of the compiled loops, to compare with the numpy twin."""
+    with _kernel_path(request.param, monkeypatch) as name:
+        yield name
+
+
+@pytest.fixture(params=["avx2", "scalar", "numpy"])
+def kernel_path(request, monkeypatch):
+    """Each way the table noise can run, for the statistics tests."""
+    with _kernel_path(request.param, monkeypatch) as name:
+        yield name
+
+
+def test_8_bit_table_path_has_the_exact_law_of_rounded_noise(kernel_path):
     """Each value of round(σZ) appears with its exact probability, tails and escapes included."""
     sigma, n = 23.7, 4_000_000
     x = np.full(n, 128, np.uint8)
-    r = noiseaug.add_noise(x, sigma, np.random.default_rng(12)).astype(np.int64) - 128
+    r = noiseaug.add_noise(x, sigma, seeding.generator(12)).astype(np.int64) - 128
     counts = np.bincount(r + 128, minlength=256)
     for k in range(-100, 101):
         p = 0.5 * (math.erfc((k - 0.5) / (sigma * math.sqrt(2))) - math.erfc((k + 0.5) / (sigma * math.sqrt(2))))
@@ -131,21 +168,6 @@ def test_8_bit_table_path_has_the_exact_law_of_rounded_noise():
     beyond = int(np.count_nonzero(np.abs(r) >= 95))  # past 4σ: the tails are there, in the right amount
     want = n * math.erfc(94.5 / (sigma * math.sqrt(2)))
     assert abs(beyond - want) < 5 * math.sqrt(want)
-
-
-@pytest.fixture(params=["avx2", "scalar"])
-def compiled_loops(request):
-    """Each of the compiled loops: the AVX2 one (where the CPU has it) and the scalar one."""
-    if noise._kernel is None:
-        pytest.skip("the C kernel was not built here (no compiler at install time): only numpy runs")
-    kernel = noise._kernel  # a test may stand it aside meanwhile
-    before = kernel.simd()
-    try:
-        kernel.simd(request.param == "avx2")
-    except RuntimeError as exc:  # no AVX2 on this CPU, or a build without it
-        pytest.skip(str(exc))
-    yield request.param
-    kernel.simd(before)
 
 
 def _generators(seed: int) -> list[np.random.Generator]:
@@ -178,7 +200,7 @@ def test_compiled_and_numpy_kernels_give_the_same_bytes(monkeypatch, kind, compi
 
 
 @pytest.mark.parametrize("kind", ["sfc64", "pcg64"])
-def test_16_bit_pcm_table_path_is_exact(kind):
+def test_16_bit_pcm_table_path_is_exact(kind, kernel_path):
     sigma = 0.004 * 32768
     y = np.zeros(2_000_000, np.int16)
     noise.noise_inplace(y, sigma, _generators(4)[0 if kind == "sfc64" else 1], lo=-32768, hi=32767)
