@@ -92,7 +92,7 @@ class _Law:
 
     @functools.cached_property
     def first32(self) -> np.ndarray:
-        """``first`` widened to int32, as the compiled loops gather it."""
+        """``first`` widened to int32, as the compiled loops read it (whole vector lanes)."""
         return self.first.astype(np.int32)
 
 
