@@ -72,7 +72,7 @@ def run(
     image_sigma: Optional[str] = typer.Option(None, metavar="S|A:B", help="Image noise std in 8-bit units (0-255), or a range drawn per file.  [default: 10]"),
     audio_sigma: Optional[str] = typer.Option(None, metavar="S|A:B", help="Audio noise std as a fraction of full scale.  [default: 0.01]"),
     audio_snr_db: Optional[str] = typer.Option(None, metavar="D|A:B", help="Audio noise by signal-to-noise ratio in dB, instead of --audio-sigma."),
-    seed: Optional[int] = typer.Option(None, help="Master seed: same seed, same bytes.  [default: 0]"),
+    seed: Optional[int] = typer.Option(None, metavar="N", help="Master seed: same seed, same bytes.  [default: 0]"),
     copies: Optional[int] = typer.Option(None, metavar="K", help="Independent noisy copies per input.  [default: 1]"),
     name: Optional[str] = typer.Option(None, metavar="TEMPLATE", help="Output file name; fields {stem} {ext} {copy}.  [default: {stem}{ext}, or {stem}_n{copy}{ext} with --copies]"),
     workers: Optional[int] = typer.Option(None, metavar="N", help="Worker processes; 1 runs in-process.  [default: CPUs available]"),
