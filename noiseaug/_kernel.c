@@ -183,6 +183,23 @@ static void close_escapes(Escapes *e) {
     PyBuffer_Release(&e->values);
 }
 
+/* Opens a call's generator and escapes; on failure nothing is left open. */
+static int open_generators(PyObject *bits_obj, PyObject *escapes_obj, int wide, Bits *bits, Escapes *esc) {
+    if (open_bits(bits_obj, bits) < 0)
+        return -1;
+    if (open_escapes(escapes_obj, wide, esc) < 0) {
+        close_bits(bits);
+        return -1;
+    }
+    return 0;
+}
+
+/* Writes the generators' states back and lets go of their buffers. */
+static void close_generators(Bits *bits, Escapes *esc) {
+    close_escapes(esc);
+    close_bits(bits);
+}
+
 static inline int32_t table_at(const void *table, Py_ssize_t i, int wide) {
     return wide ? ((const int32_t *)table)[i] : ((const int16_t *)table)[i];
 }
@@ -342,14 +359,12 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Bits bits;
     Escapes esc;
-    int opened = open_bits(bits_obj, &bits) == 0;
-    if (!opened || open_escapes(escapes_obj, 0, &esc) < 0)
-        goto done;
     if (tb.len != 65536 * 4 || channels < 1 || noised < 1 || noised > channels || xb.len % channels != 0) {
         PyErr_SetString(PyExc_ValueError, "add_table_noise: inconsistent buffer sizes");
-        close_escapes(&esc);
-        goto done;
+        goto release;
     }
+    if (open_generators(bits_obj, escapes_obj, 0, &bits, &esc) < 0)
+        goto release;
     uint8_t *x = (uint8_t *)xb.buf;
     const int32_t *first = (const int32_t *)tb.buf;
     Py_ssize_t pixels = xb.len / channels;
@@ -383,11 +398,9 @@ static PyObject *add_table_noise(PyObject *self, PyObject *args) {
         DRAW_ALL(0, draws, PIXEL8);
     WORDS_BACK(&bits);
     Py_END_ALLOW_THREADS
-    close_escapes(&esc);
+    close_generators(&bits, &esc);
     result = PyLong_FromLongLong(clipped);
-done:
-    if (opened)
-        close_bits(&bits);
+release:
     PyBuffer_Release(&xb);
     PyBuffer_Release(&tb);
     return result;
@@ -401,14 +414,12 @@ static PyObject *add_table_noise_i16(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Bits bits;
     Escapes esc;
-    int opened = open_bits(bits_obj, &bits) == 0;
-    if (!opened || open_escapes(escapes_obj, 1, &esc) < 0)
-        goto done;
     if (tb.len != 65536 * 4 || xb.len % 2 != 0) {
         PyErr_SetString(PyExc_ValueError, "add_table_noise_i16: inconsistent buffer sizes");
-        close_escapes(&esc);
-        goto done;
+        goto release;
     }
+    if (open_generators(bits_obj, escapes_obj, 1, &bits, &esc) < 0)
+        goto release;
     int16_t *x = (int16_t *)xb.buf;
     const int32_t *first = (const int32_t *)tb.buf;
     Py_ssize_t draws = xb.len / 2;
@@ -430,11 +441,9 @@ static PyObject *add_table_noise_i16(PyObject *self, PyObject *args) {
     DRAW_ALL(done, draws, VALUE16);
     WORDS_BACK(&bits);
     Py_END_ALLOW_THREADS
-    close_escapes(&esc);
+    close_generators(&bits, &esc);
     result = PyLong_FromLongLong(clipped);
-done:
-    if (opened)
-        close_bits(&bits);
+release:
     PyBuffer_Release(&xb);
     PyBuffer_Release(&tb);
     return result;
