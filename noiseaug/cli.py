@@ -10,11 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-
-# noiseaug does no linear algebra, but numpy's OpenBLAS starts a thread per core
-# on import, and each spins for about 0.1 s of CPU before it sleeps: on 2 cores
-# that is CPU taken from the workers. Set before anything imports numpy.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -22,6 +17,11 @@ import typer
 
 from . import __version__
 from .errors import FileError, Interrupted, NoiseaugError
+
+# noiseaug does no linear algebra, but numpy's OpenBLAS starts a thread per core
+# on import, and each spins for about 0.1 s of CPU before it sleeps: on 2 cores
+# that is CPU taken from the workers. Set here, before any command imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 app = typer.Typer(
     add_completion=False,
