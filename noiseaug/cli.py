@@ -88,6 +88,9 @@ def run(
     on_error: Optional[str] = typer.Option(None, metavar="skip|fail", help="Record a failing file and go on, or stop at the first.  [default: skip]"),
     shard: Optional[str] = typer.Option(None, metavar="I/N", help="Process only shard I of N (stable path hash).  [default: 0/1]"),
     max_pixels: Optional[int] = typer.Option(None, metavar="P", help="Refuse images whose header declares more pixels.  [default: 178956970]"),
+    palette_images: Optional[str] = typer.Option(None, metavar="labels|noise", help="Palette and 1-bit images: label maps left alone (copied by --copy-other), or noised as true colour.  [default: labels]"),
+    float_range: Optional[str] = typer.Option(None, metavar="LO:HI", help="Range of float image samples (noise is scaled to it and clipped to it).  [default: 0:1, others refused]"),
+    jpeg_subsampling: Optional[str] = typer.Option(None, metavar="keep|444|422|420", help="Chroma subsampling of written JPEGs.  [default: keep the input's]"),
     file_timeout: Optional[float] = typer.Option(None, metavar="SECONDS", help="Abandon a file (recorded as failed) after this long; its worker is replaced.  [default: 600]"),
     manifest: Optional[Path] = typer.Option(None, metavar="PATH", help="Where the manifest goes.  [default: OUTPUT/noiseaug-manifest.jsonl]"),
     config: Optional[Path] = typer.Option(None, metavar="FILE.toml", help="Options as TOML keys; command-line options win."),
@@ -109,7 +112,8 @@ def run(
         exclude=exclude or None, channel_noise=channel_noise, jpeg_quality=jpeg_quality,
         png_compression=png_compression, copy_other=copy_other, overwrite=overwrite,
         dry_run=dry_run, on_error=on_error, shard=shard, max_pixels=max_pixels, file_timeout=file_timeout,
-        manifest=manifest)
+        manifest=manifest, palette_images=palette_images, float_range=float_range,
+        jpeg_subsampling=jpeg_subsampling)
     try:
         options = load_toml(config, PRESENTATION) if config is not None else {}
         shown = {k: options.pop(k) for k in PRESENTATION if k in options}

@@ -20,6 +20,8 @@ from .errors import UsageError
 KINDS = ("image", "audio")
 CHANNEL_NOISE = ("per-channel", "shared")
 ON_ERROR = ("skip", "fail")
+PALETTE_IMAGES = ("labels", "noise")
+JPEG_SUBSAMPLING = ("keep", "4:4:4", "4:2:2", "4:2:0")
 NAME_FIELDS = {"stem", "ext", "copy"}
 
 # Options that decide what is written; a manifest made with other values is
@@ -27,7 +29,8 @@ NAME_FIELDS = {"stem", "ext", "copy"}
 JOB_OPTIONS = (
     "image_sigma", "audio_sigma", "audio_snr_db", "seed", "copies", "name",
     "kinds", "include", "exclude", "channel_noise", "jpeg_quality",
-    "png_compression", "copy_other", "max_pixels", "shard",
+    "png_compression", "copy_other", "max_pixels", "shard", "palette_images", "float_range",
+    "jpeg_subsampling",
 )
 
 
@@ -88,6 +91,9 @@ class Config:
     on_error: str = "skip"
     shard: tuple[int, int] = (0, 1)
     max_pixels: int = 178956970
+    palette_images: str = "labels"
+    float_range: tuple[float, float] | None = None
+    jpeg_subsampling: str = "keep"
     file_timeout: float = 600.0
     manifest: Path | None = None
 
@@ -98,6 +104,8 @@ class Config:
             value = getattr(self, f.name)
             if isinstance(value, SigmaSpec):
                 value = str(value)
+            elif f.name == "float_range" and value is not None:
+                value = f"{value[0]:g}:{value[1]:g}"
             elif isinstance(value, tuple):
                 value = list(value) if f.name != "shard" else f"{value[0]}/{value[1]}"
             elif isinstance(value, Path):
@@ -183,6 +191,21 @@ def _shard(value: Any) -> tuple[int, int]:
     return index_n, count_n
 
 
+def _float_range(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    spec = SigmaSpec.parse(value, "--float-range")
+    if not spec.low < spec.high:
+        raise UsageError(f"--float-range takes LO:HI with LO below HI, not {value!r}")
+    return spec.low, spec.high
+
+
+def _subsampling(value: Any) -> str:
+    text = str(value)
+    text = {"444": "4:4:4", "422": "4:2:2", "420": "4:2:0"}.get(text, text)
+    return _choice(text, "--jpeg-subsampling", JPEG_SUBSAMPLING)
+
+
 def _name(template: Any, copies: int) -> str:
     if not isinstance(template, str) or not template:
         raise UsageError(f"--name takes a template such as '{{stem}}_n{{copy}}{{ext}}', not {template!r}")
@@ -262,6 +285,9 @@ def make_config(**options: Any) -> Config:
         on_error=_choice(given.get("on_error", "skip"), "--on-error", ON_ERROR),
         shard=_shard(given.get("shard", (0, 1))),
         max_pixels=_int(given.get("max_pixels", 178956970), "--max-pixels", 1),
+        palette_images=_choice(given.get("palette_images", "labels"), "--palette-images", PALETTE_IMAGES),
+        float_range=_float_range(given.get("float_range")),
+        jpeg_subsampling=_subsampling(given.get("jpeg_subsampling", "keep")),
         file_timeout=_seconds(given.get("file_timeout", 600.0), "--file-timeout"),
         manifest=Path(manifest) if manifest is not None else None,
     )

@@ -50,6 +50,7 @@ class WalkStats:
     other_shard: int = 0
     links: int = 0  # symbolic links, never followed
     special: int = 0  # sockets, FIFOs, devices
+    labels: int = 0  # label maps (palette or 1-bit images), not noised and not copied
     problems: list[str] = field(default_factory=list)  # unreadable directories
 
 

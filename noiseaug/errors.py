@@ -47,6 +47,13 @@ class DecodeError(FileError):
     """An input is not a readable file of the format its extension names."""
 
 
+class UnsupportedError(FileError):
+    """An input's layout cannot be kept in its output (SPEC §3's fidelity rule); its reason says what."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(path, f"not supported: {what}")
+
+
 class TooLargeError(FileError):
     """An input declares more pixels than --max-pixels allows."""
 

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import DecodeError, TooLargeError
+from .errors import DecodeError, TooLargeError, UnsupportedError, WriteError
+from .noise import image_limits
 from .fileio import codec_stderr_silenced
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -43,16 +46,61 @@ WORKING_COPIES = 3  # decoded pixels, a noisy copy, the encoded bytes: a safe up
 
 
 @dataclass(frozen=True)
+class ReadOptions:
+    """What decides how an input is read: the size limit, label maps, the float range."""
+
+    max_pixels: int = 178956970
+    palette_images: str = "labels"  # or "noise": palette and 1-bit images noised as true colour
+    float_range: tuple[float, float] | None = None  # the range of float samples; None: [0, 1] and checked
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    jpeg_quality: int = 95
+    png_compression: int = 3
+    jpeg_subsampling: str = "keep"  # or "4:4:4", "4:2:2", "4:2:0"
+
+
+@dataclass(frozen=True)
 class ImageHeader:
-    """What the header says, before any pixel is decoded."""
+    """What the header says, before any pixel is decoded (formats other than TIFF)."""
 
     width: int | None
     height: int | None
     orientation: int  # EXIF orientation 1..8; 1 when absent or already applied
-    gray: bool  # a gray image that OpenCV expands to BGR(A): gray+alpha, or a gray palette
+    gray: bool  # a gray palette that OpenCV expands to BGR(A), kept gray when palettes are noised
     lossless: bool  # lossless WebP (VP8L), kept lossless on writing
     pixel_bytes: int = 8  # decoded bytes per pixel (8 when the mode is unknown)
     icc: np.ndarray | None = None  # the colour profile, carried to the output (PNG, JPEG, WebP)
+    label: str | None = None  # "palette" or "1-bit": a label map
+    gray_alpha: bool = False  # a gray+alpha PNG, kept gray+alpha
+    subsampling: str | None = None  # a colour JPEG's chroma subsampling, "4:2:0" ...
+    progressive: bool = False  # a progressive JPEG
+    ascii: bool = False  # a plain (ASCII) PNM
+
+
+@dataclass
+class Picture:
+    """A decoded image: its pages (one but for multi-page TIFF) and how to write it back."""
+
+    pages: list[np.ndarray]
+    fmt: str
+    colour: int  # leading channels that get noise; the others (alpha) are copied
+    limits: tuple[float, float]  # the samples' range: noise is scaled to it and clipped to it
+    layout: Any  # an ImageHeader, or image_tiff.TiffLayout
+    label: str | None = None  # "palette" or "1-bit" for a label map (not decoded)
+
+    def copy(self) -> "Picture":
+        return replace(self, pages=[p.copy() for p in self.pages])
+
+    def fields(self, options: WriteOptions) -> dict[str, Any]:
+        """Record fields that describe the output's layout beyond its first page's shape."""
+        extra: dict[str, Any] = {}
+        if len(self.pages) > 1:
+            extra["pages"] = len(self.pages)
+        if self.fmt == "jpeg" and self.layout.subsampling:
+            extra["subsampling"] = _jpeg_sampling(self.layout, options)
+        return extra
 
 
 def set_threads(count: int) -> int:
@@ -62,19 +110,121 @@ def set_threads(count: int) -> int:
     return previous
 
 
-def read_header(data: bytes, fmt: str) -> ImageHeader:
-    """Probe the header with Pillow; unknown layouts fall back to OpenCV alone."""
+def read_header(data: bytes, fmt: str, path: str = "") -> ImageHeader:
+    """Probe the header with Pillow (and the format's own header bytes).
+
+    Raises :class:`UnsupportedError` for a layout noiseaug cannot keep;
+    layouts Pillow cannot parse fall back to OpenCV alone.
+    """
     lossless = fmt == "webp" and _webp_is_lossless(data)
     try:
         with warnings.catch_warnings(), codec_stderr_silenced():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
-                orientation = 1 if fmt == "tiff" else _orientation(im)
-                return ImageHeader(width, height, orientation, _is_gray(im), lossless,
-                                   DECODED_BYTES.get(im.mode, 8))
+                header = ImageHeader(width, height, _orientation(im), _is_gray(im), lossless,
+                                     DECODED_BYTES.get(im.mode, 8),
+                                     label={"P": "palette", "PA": "palette", "1": "1-bit"}.get(im.mode))
+                return _FORMAT_CHECKS.get(im.format, _no_check)(data, im, header, path)  # what it is, whatever its name
+    except UnsupportedError:
+        raise
     except Exception:  # Pillow could not parse it; OpenCV gets the last word
         return ImageHeader(None, None, 1, False, lossless)
+
+
+def _no_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
+    return header
+
+
+def _png_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
+    depth, colour_type = data[24], data[25]
+    chunks = _png_chunk_types(data)
+    if b"acTL" in chunks:
+        raise UnsupportedError(path, f"animated PNG ({getattr(im, 'n_frames', '?')} frames)")
+    if colour_type == 3:
+        return replace(header, label="palette")
+    if colour_type == 0 and depth == 1:
+        return replace(header, label="1-bit")
+    if colour_type == 0 and depth < 8:
+        raise UnsupportedError(path, f"{depth}-bit gray PNG (noise does not fit {2 ** depth} levels)")
+    if b"tRNS" in chunks:
+        raise UnsupportedError(path, "PNG with a tRNS transparent colour (noise would change what is transparent)")
+    return replace(header, gray_alpha=colour_type == 4, label=None)
+
+
+def _png_chunk_types(data: bytes) -> set[bytes]:
+    """The types of the chunks before the image data."""
+    types, pos = set(), 8
+    while pos + 8 <= len(data):
+        size, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            break
+        types.add(kind)
+        pos += 12 + size
+    return types
+
+
+JPEG_SAMPLING = {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0", (1, 2): "4:4:0", (4, 1): "4:1:1"}
+
+
+def _jpeg_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
+    if im.mode not in ("L", "RGB"):
+        raise UnsupportedError(path, f"{im.mode} JPEG (only gray and YCbCr colour JPEGs)")
+    progressive = bool(im.info.get("progressive") or im.info.get("progression"))
+    if im.mode == "L":
+        return replace(header, progressive=progressive)
+    layers = getattr(im, "layer", [])
+    luma, chroma = (layers[0][1], layers[0][2]), {(h, v) for _, h, v, _ in layers[1:]}
+    sampling = JPEG_SAMPLING.get(luma) if chroma == {(1, 1)} else None
+    if sampling is None:
+        factors = " ".join(f"{h}x{v}" for _, h, v, _ in layers)
+        raise UnsupportedError(path, f"JPEG chroma sampling {factors} (the writer keeps "
+                                     f"{', '.join(JPEG_SAMPLING.values())})")
+    return replace(header, subsampling=sampling, progressive=progressive)
+
+
+def _webp_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise UnsupportedError(path, f"animated WebP ({frames} frames)")
+    return header
+
+
+def _bmp_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
+    info_size = int.from_bytes(data[14:18], "little")
+    bits = int.from_bytes(data[28:30] if info_size >= 40 else data[24:26], "little")
+    if header.label is None and bits not in (24, 32):
+        raise UnsupportedError(path, f"{bits}-bit BMP (only 24- and 32-bit true colour, or palettes as labels)")
+    return header
+
+
+def _pnm_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
+    magic = data[:2]
+    if magic in (b"P1", b"P4"):
+        return replace(header, label="1-bit")
+    if magic not in (b"P2", b"P3", b"P5", b"P6"):
+        raise UnsupportedError(path, f"PNM of type {magic.decode('latin-1')!r} (only P1-P6)")
+    maxval = _pnm_maxval(data)
+    if maxval not in (255, 65535):
+        raise UnsupportedError(path, f"PNM with maximum value {maxval} (only 255 and 65535 keep their scale)")
+    return replace(header, ascii=magic in (b"P2", b"P3"))
+
+
+def _pnm_maxval(data: bytes) -> int | None:
+    """The maximum sample value of a P2/P3/P5/P6 header (comments skipped)."""
+    tokens: list[bytes] = []
+    for line in data[2:4096].split(b"\n"):
+        tokens.extend(line.split(b"#", 1)[0].split())
+        if len(tokens) >= 3:
+            break
+    try:
+        return int(tokens[2])
+    except (IndexError, ValueError):
+        return None
+
+
+_FORMAT_CHECKS = {"PNG": _png_check, "JPEG": _jpeg_check, "WEBP": _webp_check, "BMP": _bmp_check,
+                  "PPM": _pnm_check}
 
 
 def available_memory() -> int | None:
@@ -90,8 +240,6 @@ def available_memory() -> int | None:
 
 
 def _is_gray(im: "Image.Image") -> bool:
-    if im.mode in ("LA", "La"):
-        return True
     if im.mode == "P":
         palette = im.getpalette() or []
         return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
@@ -121,24 +269,83 @@ def _webp_is_lossless(data: bytes) -> bool:
     return False
 
 
-def decode(data: bytes, path: str, fmt: str, max_pixels: int) -> tuple[np.ndarray, ImageHeader]:
-    """Decode an image upright, with its bit depth, channels and alpha.
+@dataclass(frozen=True)
+class Probe:
+    """What the header says: a label map (``label`` set) or the layout to decode and keep."""
 
-    Raises :class:`TooLargeError` from the header alone, :class:`DecodeError`
-    for anything OpenCV cannot read or a sample type noiseaug does not handle.
-    """
+    label: str | None
+    layout: Any  # an ImageHeader, or image_tiff.TiffLayout
+
+
+def probe(data: bytes, path: str, fmt: str, options: ReadOptions = ReadOptions()) -> Probe:
+    """Read the header only. Raises :class:`UnsupportedError`, :class:`TooLargeError`, :class:`DecodeError`."""
     if not data:
         raise DecodeError(path, "empty file")
-    header = read_header(data, fmt)
+    if fmt == "tiff":
+        from . import image_tiff
+
+        layout, label = image_tiff.probe(data, path, options.max_pixels)
+        if label and options.palette_images == "noise":  # OpenCV expands palettes to true colour
+            return Probe(None, ImageHeader(None, None, 1, False, False))
+        return Probe(label, layout)
+    header = read_header(data, fmt, path)
+    if header.label is None and header.width is not None and header.width * header.height > options.max_pixels:
+        raise TooLargeError(path, f"{header.width}x{header.height} pixels is more than "
+                                  f"--max-pixels {options.max_pixels}")
+    return Probe(header.label if options.palette_images == "labels" else None, header)
+
+
+def check_label(data: bytes, path: str, fmt: str) -> None:
+    """Decode a label map once, so a broken one is refused rather than copied (raises :class:`DecodeError`)."""
+    try:
+        with warnings.catch_warnings(), codec_stderr_silenced():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:  # Pillow reads palettes and 1-bit images of every format
+                for frame in range(getattr(im, "n_frames", 1)):
+                    im.seek(frame)
+                    im.load()
+    except Exception as exc:
+        text = re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", " ".join(str(exc).split()))[:200]  # no addresses
+        raise DecodeError(path, f"cannot decode as {fmt.upper()} ({text})") from None
+
+
+def decode(data: bytes, path: str, fmt: str, options: ReadOptions = ReadOptions(),
+           probed: Probe | None = None) -> Picture:
+    """Decode an image upright, with its bit depth, channels, alpha and pages.
+
+    A label map (palette or 1-bit) comes back undecoded, with ``label`` set,
+    unless ``options.palette_images`` is "noise". Raises :class:`TooLargeError`
+    from the header alone, :class:`UnsupportedError` for a layout that cannot
+    be kept, :class:`DecodeError` for anything that cannot be read.
+    """
+    probed = probed or probe(data, path, fmt, options)
+    if probed.label:
+        return Picture([], fmt, 0, (0.0, 0.0), probed.layout, label=probed.label)
+    if isinstance(probed.layout, ImageHeader):
+        picture = _decode_flat(data, path, fmt, options, probed.layout)
+    else:
+        picture = _decode_tiff(data, path, probed.layout)
+    if picture.pages[0].dtype.kind == "f":
+        picture.limits = _float_limits(picture.pages, path, options.float_range)
+    return picture
+
+
+def _decode_tiff(data: bytes, path: str, layout: Any) -> Picture:
+    from . import image_tiff
+
+    _check_memory(path, layout.nbytes, None)
+    pages = image_tiff.read_pages(data, path, layout)
+    if len({p.dtype for p in pages}) > 1:
+        raise UnsupportedError(path, "TIFF whose pages have different sample types")
+    return Picture(pages, "tiff", layout.pages[0].colour, image_limits(pages[0].dtype), layout)
+
+
+def _decode_flat(data: bytes, path: str, fmt: str, options: ReadOptions, header: ImageHeader) -> Picture:
     if header.width is not None:
-        if header.width * header.height > max_pixels:
+        if header.width * header.height > options.max_pixels:
             raise TooLargeError(path, f"{header.width}x{header.height} pixels is more than "
-                                      f"--max-pixels {max_pixels}")
-        need = header.width * header.height * header.pixel_bytes * WORKING_COPIES
-        available = available_memory()
-        if available is not None and need > available:
-            raise TooLargeError(path, f"{header.width}x{header.height} pixels need about {need / 1e9:.1f} GB "
-                                      f"to process, only {available / 1e9:.1f} GB of memory is available")
+                                      f"--max-pixels {options.max_pixels}")
+        _check_memory(path, header.width * header.height * header.pixel_bytes, (header.width, header.height))
     try:
         with codec_stderr_silenced():
             pixels, icc = _decode_with_profile(np.frombuffer(data, dtype=np.uint8))
@@ -147,15 +354,43 @@ def decode(data: bytes, path: str, fmt: str, max_pixels: int) -> tuple[np.ndarra
         pixels = None
     if pixels is None:
         raise DecodeError(path, f"cannot decode as {fmt.upper()} (corrupt, truncated or another format)")
-    if pixels.shape[0] * pixels.shape[1] > max_pixels:
+    if pixels.shape[0] * pixels.shape[1] > options.max_pixels:
         raise TooLargeError(path, f"{pixels.shape[1]}x{pixels.shape[0]} pixels is more than "
-                                  f"--max-pixels {max_pixels}")
+                                  f"--max-pixels {options.max_pixels}")
     if pixels.dtype not in SAMPLE_TYPES:
-        raise DecodeError(path, f"{pixels.dtype} samples are not supported "
-                                "(only 8-bit, 16-bit and float images)")
-    if header.gray and pixels.ndim == 3 and pixels.shape[2] == 3:
-        pixels = np.ascontiguousarray(pixels[..., 0])  # a gray palette: keep it gray
-    return _upright(pixels, header.orientation), header
+        raise UnsupportedError(path, f"{pixels.dtype} samples (only 8-bit, 16-bit and float images)")
+    if header.gray and pixels.ndim == 3:  # a gray palette: keep it gray (and its transparency)
+        pixels = np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 3 else pixels[..., [0, 3]])
+        header = replace(header, gray_alpha=pixels.ndim == 3)
+    if header.gray_alpha and pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = np.ascontiguousarray(pixels[..., [0, 3]])  # OpenCV expands gray+alpha to BGRA
+    pixels = _upright(pixels, header.orientation)
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    colour = channels - 1 if channels in (2, 4) else channels
+    return Picture([pixels], fmt, colour, image_limits(pixels.dtype), header)
+
+
+def _check_memory(path: str, decoded: int, size: tuple[int, int] | None) -> None:
+    need = decoded * WORKING_COPIES
+    available = available_memory()
+    if available is not None and need > available:
+        what = f"{size[0]}x{size[1]} pixels need" if size else "its pages need"
+        raise TooLargeError(path, f"{what} about {need / 1e9:.1f} GB to process, only "
+                                  f"{available / 1e9:.1f} GB of memory is available")
+
+
+def _float_limits(pages: list[np.ndarray], path: str, given: tuple[float, float] | None) -> tuple[float, float]:
+    """The range float samples are noised against: [0, 1], or --float-range; samples outside are refused."""
+    lo, hi = given if given is not None else (0.0, 1.0)
+    for page in pages:
+        if not np.isfinite(page).all():
+            raise UnsupportedError(path, "float samples that are NaN or infinite")
+        low, high = float(page.min(initial=lo)), float(page.max(initial=hi))
+        if low < lo or high > hi:
+            hint = "give their range with --float-range LO:HI" if given is None else "widen --float-range"
+            raise UnsupportedError(path, f"float samples from {low:g} to {high:g}, outside "
+                                         f"[{lo:g}, {hi:g}] ({hint})")
+    return lo, hi
 
 
 def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -175,24 +410,45 @@ def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(view)
 
 
-def encode(pixels: np.ndarray, ext: str, header: ImageHeader, *,
-           jpeg_quality: int, png_compression: int) -> np.ndarray:
-    """Encode in the format named by ``ext``; returns the encoded bytes as an array."""
-    fmt = FORMATS[ext.lower()]
+def encode(picture: Picture, path: str, options: WriteOptions) -> bytes | np.ndarray:
+    """Encode a (noisy) picture the way its input was stored; returns the bytes."""
+    if not isinstance(picture.layout, ImageHeader):
+        from . import image_tiff
+
+        return image_tiff.write(picture.pages, picture.layout, path, options.jpeg_quality)
+    header, pixels = picture.layout, picture.pages[0]
+    fmt, ext = picture.fmt, "." + ("tif" if picture.fmt == "tiff" else picture.fmt if picture.fmt != "pnm"
+                                   else ("pgm" if pixels.ndim == 2 else "ppm"))
+    if fmt == "png" and header.gray_alpha:
+        import imagecodecs  # OpenCV writes 1, 3 or 4 channels only
+
+        return imagecodecs.png_encode(pixels, level=options.png_compression)
     params: list[int] = []
     if fmt == "jpeg":
-        params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+        params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality,
+                  cv2.IMWRITE_JPEG_PROGRESSIVE, int(header.progressive)]
+        if header.subsampling:
+            params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, _JPEG_FACTORS[_jpeg_sampling(header, options)]]
     elif fmt == "png":
-        params = [cv2.IMWRITE_PNG_COMPRESSION, png_compression]
+        params = [cv2.IMWRITE_PNG_COMPRESSION, options.png_compression]
     elif fmt == "webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, 101 if header.lossless else jpeg_quality]
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101 if header.lossless else options.jpeg_quality]
     elif fmt == "pnm":
-        params = [cv2.IMWRITE_PXM_BINARY, 1]
+        params = [cv2.IMWRITE_PXM_BINARY, 0 if header.ascii else 1]
     with codec_stderr_silenced():
-        ok, encoded = _encode_with_profile(ext.lower(), pixels, params, header.icc if fmt in ICC_FORMATS else None)
+        ok, encoded = _encode_with_profile(ext, pixels, params, header.icc if fmt in ICC_FORMATS else None)
     if not ok:
-        raise ValueError(f"OpenCV cannot write {pixels.dtype} {pixels.shape} as {fmt.upper()}")
+        raise WriteError(path, f"OpenCV cannot write {pixels.dtype} {pixels.shape} as {fmt.upper()}")
     return encoded
+
+
+_JPEG_FACTORS = {"4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "4:2:2": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+                 "4:2:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "4:4:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440,
+                 "4:1:1": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411}
+
+
+def _jpeg_sampling(header: ImageHeader, options: WriteOptions) -> str:
+    return header.subsampling if options.jpeg_subsampling == "keep" else options.jpeg_subsampling  # type: ignore
 
 
 def _decode_with_profile(buffer: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:

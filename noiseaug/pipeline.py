@@ -144,8 +144,9 @@ def _prior_manifest(path: Path, cfg: Config, shown: Path) -> Manifest | None:
             f"{os.fsdecode(shown)} was made by noiseaug {previous.run.get('version')} with another noise "
             f"scheme ({previous.run.get('seeding')}); use --overwrite to redo everything, or another OUTPUT")
     old = previous.run.get("options", {})
+    defaults = Config().job_options()  # options newer than the manifest had their default then
     for key, value in cfg.job_options().items():
-        if old.get(key) != value:
+        if old.get(key, defaults[key]) != value:
             raise OptionsChangedError(
                 f"{os.fsdecode(shown)} was made with --{key.replace('_', '-')} {_show(old.get(key))}, "
                 f"not {_show(value)}; use --overwrite to redo everything, or another OUTPUT")
@@ -257,6 +258,9 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
         """Take a job's records; True when the run must stop."""
         stop = False
         for rec in recs:
+            if rec.get("_not_taken"):  # a label map, left alone without --copy-other
+                summary.walk.labels += 1
+                continue
             rec.pop("_out", None)
             skipped = rec.get("_skipped", False)
             if rec.pop("_fatal", False) and not summary.stopped:
@@ -283,7 +287,8 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
 
     def unchanged(job: Job, cand: Candidate) -> list[dict[str, Any]] | None:
         """The previous records, if size and mtime say nothing changed."""
-        copies = copies_of(job.kind, cfg)
+        copies = copies_of("other" if job.prior and job.prior[0] and job.prior[0].get("kind") == "label"
+                           else job.kind, cfg)
         if len(job.prior) != len(copies) or not all(r and r.get("status") == "ok" for r in job.prior):
             return None
         for record in job.prior:

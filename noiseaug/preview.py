@@ -154,7 +154,8 @@ def _image_preview(src: str, sigmas: list[float], seed: int, shared: bool,
                    max_pixels: int) -> tuple[Layout, np.ndarray]:
     data = read_input(src)
     name = os.path.basename(src)
-    pixels, header = image_io.decode(data, name, image_io.format_of(name), max_pixels)
+    decoded = image_io.decode(data, name, image_io.format_of(name), image_io.ReadOptions(max_pixels, "noise"))
+    pixels = decoded.pages[0]
     height, width = pixels.shape[:2]
     top, left = max(0, (height - CROP) // 2), max(0, (width - CROP) // 2)
     crop = np.ascontiguousarray(pixels[top:top + CROP, left:left + CROP])
@@ -173,7 +174,7 @@ def _image_preview(src: str, sigmas: list[float], seed: int, shared: bool,
     for row, sigma in enumerate(sigmas):
         rng = seeding.generator(seeding.file_seed(seed, os.fsencode(name), 0))
         noisy = pixels.copy()
-        clipped = noise_image(noisy, sigma, rng, shared=shared or header.gray)
+        clipped = noise_image(noisy, sigma, rng, shared=shared, colour=decoded.colour, limits=decoded.limits)
         layout.clipped.append(clipped)
         noisy_crop = noisy[top:top + CROP, left:left + CROP]
         residual, gain = residual_display(crop, noisy_crop, sigma)
@@ -395,7 +396,8 @@ def _thumbnail(path: str, kind: str, size: int) -> np.ndarray | None:
     try:
         if kind == "image":
             name = os.path.basename(path)
-            pixels, _ = image_io.decode(read_input(path), name, image_io.format_of(name), 2**40)
+            options = image_io.ReadOptions(2**40, "noise", (-math.inf, math.inf))
+            pixels = image_io.decode(read_input(path), name, image_io.format_of(name), options).pages[0]
             view = _to_display(pixels)
             scale = size / max(view.shape[:2])
             return cv2.resize(view, (max(1, int(view.shape[1] * scale)), max(1, int(view.shape[0] * scale))),

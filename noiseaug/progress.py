@@ -52,7 +52,9 @@ class ConsoleReporter(Reporter):
             self._print(f"noiseaug: failed: {printable(records[0]['input'])}: {reason}")
         if self.verbose and not self.quiet:
             for record in records:
-                if record["status"] != "error":
+                if record.get("_not_taken"):
+                    self._print(f"label map, left alone: {printable(record['input'])}")
+                elif record["status"] != "error":
                     status = "skipped" if record.get("_skipped") else record["status"]
                     self._print(f"{status}: {printable(record['input'])} -> {printable(record['output'])}")
         if self._bar is not None:

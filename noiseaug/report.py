@@ -93,7 +93,7 @@ class Summary:
             "clipped_fraction_max": max(self.clipped, default=0.0),
             "not_taken": {"unsupported": self.walk.unsupported, "filtered": self.walk.filtered,
                           "other_shard": self.walk.other_shard, "links": self.walk.links,
-                          "special": self.walk.special},
+                          "special": self.walk.special, "labels": self.walk.labels},
             "failures": [{"input": i, "error": e} for i, e in self.failures],
             "problems": list(self.walk.problems),
             "gone": list(self.gone),
@@ -155,7 +155,9 @@ class Summary:
         w = self.walk
         parts = [(w.unsupported, "unsupported (use --copy-other to copy them)"),
                  (w.filtered, "filtered out"), (w.other_shard, "in other shards"),
-                 (w.links, "symbolic links (not followed)"), (w.special, "special files")]
+                 (w.links, "symbolic links (not followed)"), (w.special, "special files"),
+                 (w.labels, "label maps (palette or 1-bit images: --copy-other copies them, "
+                            "--palette-images noise noises them)")]
         return ", ".join(f"{n} {what}" for n, what in parts if n)
 
     def _plan_text(self) -> str:

@@ -15,7 +15,8 @@ import hashlib
 import numpy as np
 
 SCHEME = ("seedsequence(master, sha256(relpath), copy) -> sfc64; 8-bit images and PCM_16: round(sigma*Z) by "
-          "16-bit table + exact escapes (spawned stream); others: float normal; v1")
+          "16-bit table + exact escapes (spawned stream); others: float normal; "
+          "page p > 0 of a multi-page image: seedsequence(file seed, p); v2")
 
 
 def _words(digest: bytes) -> tuple[int, ...]:
@@ -36,6 +37,17 @@ def generator(seed: int) -> np.random.Generator:
     this use; the noise kernels spend a large share of their time drawing bits.
     """
     return np.random.Generator(np.random.SFC64(seed))
+
+
+def page_generator(seed: int, page: int) -> np.random.Generator:
+    """The generator of one page of a multi-page image: page 0 uses the file's own stream.
+
+    Other pages spawn from the file's seed with the page index as work key,
+    so each page's noise is independent of the others' sizes.
+    """
+    if page == 0:
+        return generator(seed)
+    return np.random.Generator(np.random.SFC64(np.random.SeedSequence(seed, spawn_key=(page,))))
 
 
 def shard_of(relpath: bytes, count: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import os
 import signal
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .fileio import atomic_file, ensure_dir, hash_file, hash_stream, open_input,
 from .noise import escape_stream, image_limits, image_sigma, noise_inplace
 
 OK, ERROR = "ok", "error"
+LABEL = "label"  # the kind of a label map (palette or 1-bit image) copied with --copy-other
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def copies_of(kind: str, cfg: Config) -> range:
 
 def failed_records(job: Job, cfg: Config, reason: str) -> list[dict[str, Any]]:
     """Error records for every copy of a job that could not run at all."""
-    return [_error(_base_record(job, c, cfg), reason) for c in _copies(job, cfg)]
+    return [_error(r, reason) for r in _base_records(job, cfg)]
 
 
 def is_up_to_date(job: Job, ctx: Context) -> bool:
@@ -179,11 +181,20 @@ def process_job(job: Job, ctx: Context) -> list[dict[str, Any]]:
     """Read the input, skip copies that are up to date, render and write the rest."""
     cfg = ctx.config
     src = os.path.join(ctx.input_root, job.rel)
-    base = [_base_record(job, c, cfg) for c in _copies(job, cfg)]
     try:
         data, digest, size = read_source(job, src)
     except OSError as exc:
-        return [_error(r, f"cannot read: {exc.strerror or exc}") for r in base]
+        return [_error(r, f"cannot read: {exc.strerror or exc}") for r in _base_records(job, cfg)]
+    try:
+        probe = probe_image(job.rel, data, cfg) if job.kind == "image" else None
+    except FileError as exc:
+        return [_error({**r, "input_sha256": digest, "input_bytes": size}, exc.reason)
+                for r in _base_records(job, cfg)]
+    label = probe is not None and probe.label is not None
+    if label and not cfg.copy_other:
+        return [{"type": "file", **path_fields("input", job.rel), "kind": LABEL, "copy": 0, "status": "not taken",
+                 "_not_taken": True}]
+    base = _base_records(job, cfg, label)
     for r in base:
         r.update(input_sha256=digest, input_bytes=size)
 
@@ -191,31 +202,58 @@ def process_job(job: Job, ctx: Context) -> list[dict[str, Any]]:
     todo = []
     for r in base:
         prior = job.prior[r["copy"]] if r["copy"] < len(job.prior) else None
-        if _up_to_date(prior, digest, ctx.output_root, r["_out"]):
+        if _up_to_date(prior, digest, ctx.output_root, r["_out"]) and prior.get("kind") == r["kind"]:
             records[r["copy"]] = carried(prior)
         else:
             todo.append(r)
     if todo:
-        outputs = render(job, src, data, [r["copy"] for r in todo], cfg)
+        outputs = render(job, src, data, [r["copy"] for r in todo], cfg, probe)
         data = None  # the renderer holds the input now, and lets it go once decoded
-        try:
-            for rendered in outputs:
-                r = base[rendered.copy]
-                r.update(rendered.fields)
-                _write(ctx.output_root, r, rendered)
-                records[r["copy"]] = r
-        except FileError as exc:
-            failed = _error_records(todo, records, exc.reason)
-            if isinstance(exc, WriteError) and exc.fatal:
-                for record in failed.values():
-                    record["_fatal"] = True
-            records.update(failed)
-        except MemoryError:
-            records.update(_error_records(todo, records, "out of memory"))
-        except Exception as exc:  # a codec bug must cost one file, not the run
-            text = str(exc).splitlines()[0] if str(exc) else ""
-            records.update(_error_records(todo, records, f"unexpected {type(exc).__name__}: {text}".rstrip(": ")))
+        records.update(_write_outputs(ctx, outputs, base, todo))
     return [records[c] for c in sorted(records)]
+
+
+def _write_outputs(ctx: Context, outputs: Iterator[Rendered], base: list[dict[str, Any]],
+                   todo: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Write each rendered output; a failure becomes the error record of the copies not written."""
+    records: dict[int, dict[str, Any]] = {}
+    try:
+        for rendered in outputs:
+            r = base[rendered.copy]
+            r.update(rendered.fields)
+            _write(ctx.output_root, r, rendered)
+            records[r["copy"]] = r
+    except FileError as exc:
+        failed = _error_records(todo, records, exc.reason)
+        if isinstance(exc, WriteError) and exc.fatal:
+            for record in failed.values():
+                record["_fatal"] = True
+        records.update(failed)
+    except MemoryError:
+        records.update(_error_records(todo, records, "out of memory"))
+    except Exception as exc:  # a codec bug must cost one file, not the run
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        records.update(_error_records(todo, records, f"unexpected {type(exc).__name__}: {text}".rstrip(": ")))
+    return records
+
+
+def probe_image(rel: str, data: bytes | None, cfg: Config) -> Any:
+    """The image's header (and whether it is a label map), before any pixel is decoded."""
+    from . import image_io
+
+    return image_io.probe(data or b"", rel, image_io.format_of(rel), read_options(cfg))
+
+
+def read_options(cfg: Config) -> Any:
+    from .image_io import ReadOptions
+
+    return ReadOptions(cfg.max_pixels, cfg.palette_images, cfg.float_range)
+
+
+def write_options(cfg: Config) -> Any:
+    from .image_io import WriteOptions
+
+    return WriteOptions(cfg.jpeg_quality, cfg.png_compression, cfg.jpeg_subsampling)
 
 
 def read_source(job: Job, src: str) -> tuple[bytes | None, str, int]:
@@ -231,12 +269,19 @@ def _error_records(todo: list[dict], done: dict[int, dict], reason: str) -> dict
     return {r["copy"]: _error(r, reason) for r in todo if r["copy"] not in done}
 
 
-def _base_record(job: Job, copy: int, cfg: Config) -> dict[str, Any]:
-    out = output_rel(job.rel, cfg.name, copy) if job.kind != "other" else job.rel
+def _base_records(job: Job, cfg: Config, label: bool = False) -> list[dict[str, Any]]:
+    if label:  # a label map is copied once, under its own name, like any other file
+        return [_base_record(job, 0, cfg, LABEL)]
+    return [_base_record(job, c, cfg) for c in _copies(job, cfg)]
+
+
+def _base_record(job: Job, copy: int, cfg: Config, kind: str | None = None) -> dict[str, Any]:
+    kind = kind or job.kind
+    out = output_rel(job.rel, cfg.name, copy) if kind in ("image", "audio") else job.rel
     record: dict[str, Any] = {"type": "file"}
     record.update(path_fields("input", job.rel))
     record.update(path_fields("output", out))
-    record.update(kind=job.kind, copy=copy, status=OK)
+    record.update(kind=kind, copy=copy, status=OK)
     record["_out"] = out
     return record
 
@@ -277,17 +322,22 @@ def _bytes_writer(encoded: Any) -> Callable[[BinaryIO], dict[str, Any]]:
     return write
 
 
-def render(job: Job, src: str, data: bytes | None, copies: list[int], cfg: Config) -> Iterator[Rendered]:
+def render(job: Job, src: str, data: bytes | None, copies: list[int], cfg: Config,
+           probe: Any = None) -> Iterator[Rendered]:
     """The noisy outputs of one input for the given copy indices.
 
     ``data`` holds the input's bytes for images and copied files; audio is
-    streamed from ``src``. Not a generator itself: the renderer it returns
-    holds the only other reference to ``data``, and drops it once decoded
-    (on a 100-megapixel PNG, the compressed bytes are a third of the peak).
+    streamed from ``src``. ``probe`` is the image's header, when already read;
+    a label map is copied unchanged. Not a generator itself: the renderer it
+    returns holds the only other reference to ``data``, and drops it once
+    decoded (on a 100-megapixel PNG, the compressed bytes are a third of the peak).
     """
     if job.kind == "image":
         assert data is not None
-        return _render_image(job.rel, data, copies, cfg)
+        probe = probe if probe is not None else probe_image(job.rel, data, cfg)
+        if probe.label is None:
+            return _render_image(job.rel, data, copies, cfg, probe)
+        return _render_label(job.rel, data)
     if job.kind == "audio":
         return _render_audio(job.rel, src, copies, cfg)
     assert data is not None
@@ -299,7 +349,9 @@ def decode_samples(job: Job, data: bytes) -> np.ndarray:
     if job.kind == "image":
         from . import image_io
 
-        return image_io.decode(data, job.rel, image_io.format_of(job.rel), 2**62)[0]
+        options = image_io.ReadOptions(2**62, "noise", (-math.inf, math.inf))
+        pages = image_io.decode(data, job.rel, image_io.format_of(job.rel), options).pages
+        return np.concatenate([p.ravel() for p in pages])
     if job.kind == "audio":
         from . import audio_io
 
@@ -307,51 +359,66 @@ def decode_samples(job: Job, data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
-def colour_channels(pixels: np.ndarray) -> int:
-    """How many channels of an image are colour (alpha, when present, is last)."""
-    channels = pixels.shape[2] if pixels.ndim == 3 else 1
-    return channels - 1 if channels in (2, 4) else channels
+def noise_image(pixels: np.ndarray, sigma_8bit: float, rng: np.random.Generator, *, shared: bool,
+                colour: int | None = None, limits: tuple[float, float] | None = None) -> float:
+    """Noise an image's first ``colour`` channels in place; returns the clipped fraction.
 
-
-def noise_image(pixels: np.ndarray, sigma_8bit: float, rng: np.random.Generator, *,
-                shared: bool) -> float:
-    """Noise an image's colour channels in place; returns the clipped fraction.
-
-    ``sigma_8bit`` is in 8-bit units, scaled to the image's sample type.
+    ``sigma_8bit`` is in 8-bit units, scaled to the samples' range: the
+    type's full scale, or ``limits`` (float images with a given range).
+    By default alpha is taken to be the last channel of 2- and 4-channel images.
     """
-    colour = colour_channels(pixels)
-    lo, hi = image_limits(pixels.dtype)
-    clipped = noise_inplace(pixels, image_sigma(sigma_8bit, pixels.dtype), rng, lo=lo, hi=hi,
-                            channels=colour if pixels.ndim == 3 else None, shared=shared and colour > 1)
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    if colour is None:
+        colour = channels - 1 if channels in (2, 4) else channels
+    lo, hi = limits if limits is not None else image_limits(pixels.dtype)
+    sigma = image_sigma(sigma_8bit, pixels.dtype) if pixels.dtype.kind != "f" else sigma_8bit * (hi - lo) / 255.0
+    clipped = noise_inplace(pixels, sigma, rng, lo=lo, hi=hi, channels=colour if pixels.ndim == 3 else None,
+                            shared=shared and colour > 1)
     return clipped / max(1, pixels.shape[0] * pixels.shape[1] * colour)
 
 
-def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config) -> Iterator[Rendered]:
+def noise_picture(picture: Any, sigma_8bit: float, seed: int, rng: np.random.Generator, *,
+                  shared: bool) -> float:
+    """Noise every page of a picture in place, each from its own stream; the clipped fraction."""
+    clipped = total = 0.0
+    for index, page in enumerate(picture.pages):
+        page_rng = rng if index == 0 else seeding.page_generator(seed, index)
+        values = page.shape[0] * page.shape[1] * picture.colour
+        clipped += values * noise_image(page, sigma_8bit, page_rng, shared=shared, colour=picture.colour,
+                                        limits=picture.limits)
+        total += values
+    return clipped / max(1.0, total)
+
+
+def _render_label(rel: str, data: bytes) -> Iterator[Rendered]:
+    """A label map, copied unchanged once it is known to decode."""
     from . import image_io
 
-    pixels, header = image_io.decode(data, rel, image_io.format_of(rel), cfg.max_pixels)
+    image_io.check_label(data, rel, image_io.format_of(rel))
+    yield Rendered(0, {}, _bytes_writer(data))
+
+
+def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config, probe: Any) -> Iterator[Rendered]:
+    from . import image_io
+
+    picture = image_io.decode(data, rel, image_io.format_of(rel), read_options(cfg), probe)
     del data  # a large image's compressed bytes need not stay beside its pixels and its encoding
-    height, width = pixels.shape[:2]
-    shared = cfg.channel_noise == "shared" or header.gray
-    ext = os.path.splitext(rel)[1]
+    first = picture.pages[0]
+    shape = {"height": first.shape[0], "width": first.shape[1],
+             "channels": first.shape[2] if first.ndim == 3 else 1, "dtype": str(first.dtype)}
+    options = write_options(cfg)
     for i, copy in enumerate(copies):
         seed = seeding.file_seed(cfg.seed, os.fsencode(rel), copy)
         rng = seeding.generator(seed)
         sigma = draw_sigma(cfg.image_sigma, rng)
-        noisy = pixels if i == len(copies) - 1 else pixels.copy()
-        clipped = noise_image(noisy, sigma, rng, shared=shared)
-        try:
-            encoded = image_io.encode(noisy, ext, header, jpeg_quality=cfg.jpeg_quality,
-                                      png_compression=cfg.png_compression)
-        except ValueError as exc:
-            raise WriteError(rel, str(exc)) from None
+        noisy = picture if i == len(copies) - 1 else picture.copy()
+        clipped = noise_picture(noisy, sigma, seed, rng, shared=cfg.channel_noise == "shared")
+        encoded = image_io.encode(noisy, rel, options)
         yield Rendered(copy, {
             "seed": f"{seed:032x}",
             "sigma": sigma,
             "sigma_full_scale": sigma / 255.0,
-            "height": height, "width": width,
-            "channels": pixels.shape[2] if pixels.ndim == 3 else 1,
-            "dtype": str(pixels.dtype),
+            **shape, **picture.fields(options),
             "clipped_fraction": clipped,
         }, _bytes_writer(encoded))
 

@@ -180,11 +180,11 @@ def test_format_and_extension_are_kept(cli, dirs):
         assert (out / name).read_bytes().startswith(head), name
 
 
-def test_gray_palette_png_stays_gray(cli, dirs):
+def test_gray_palette_png_noised_on_request_stays_gray(cli, dirs):
     src, out = dirs
     gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (40, 1))
     Image.fromarray(gray).convert("P").save(src / "pal.png")
-    cli("run", src, out, "--workers", 1, "--image-sigma", 8)
+    cli("run", src, out, "--workers", 1, "--image-sigma", 8, "--palette-images", "noise")
     y = read_image(out / "pal.png")
     assert y.ndim == 2 and abs((y.astype(float) - gray).std() - 8) < 1
 
