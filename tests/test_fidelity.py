@@ -1,0 +1,256 @@
+"""SPEC §3's fidelity rule: every ok output keeps its input's layout; the rest is refused with a reason.
+
+The differential matrix (``fidelity_cases``) runs at σ 0 and σ 10, with one
+and two workers, through the real CLI in a subprocess (so a worker's warning
+would show on stderr); then named tests pin each case the issue reported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import records
+from fidelity_cases import Case, cases, layout, samples
+
+CASES = cases()
+RUNS = (("s0", 0, 1), ("s10w1", 10, 1), ("s10w2", 10, 2))
+SCALE = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 257.0, np.dtype(np.float32): 1 / 255,
+         np.dtype(np.float64): 1 / 255}
+
+
+def noiseaug(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "noiseaug", *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fidelity")
+    src = root / "in"
+    src.mkdir()
+    for case in CASES:
+        (src / case.name).write_bytes(case.make())
+    runs = {}
+    for name, sigma, workers in RUNS:
+        proc = noiseaug("run", src, root / name, "--image-sigma", sigma, "--workers", workers, "--copy-other",
+                        "--json", "-q")
+        runs[name] = (root / name, proc, {r["input"]: r for r in records(root / name / "noiseaug-manifest.jsonl")[1]})
+    return src, runs
+
+
+def test_the_matrix_is_wide():
+    assert len(CASES) >= 60
+    assert len({c.name for c in CASES}) == len(CASES)
+    assert {c.expect for c in CASES} == {"ok", "label", "refused"}
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in RUNS])
+def test_runs_say_nothing_but_the_refusals(matrix, name):
+    _, runs = matrix
+    _, proc, _ = runs[name]
+    refused = sorted(c.name for c in CASES if c.expect == "refused")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert sorted(line.split(": ")[2] for line in lines) == refused, proc.stderr  # no warning, no other text
+    summary = json.loads(proc.stdout)
+    assert summary["failed"] == len(refused)
+    assert summary["files"]["label"]["ok"] == sum(c.expect == "label" for c in CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_every_variant(matrix, case: Case):
+    src, runs = matrix
+    ext = ".tif" if case.name.endswith(".tif") else Path(case.name).suffix
+    data = (src / case.name).read_bytes()
+    for name, sigma, _ in RUNS:
+        out, _, by_input = runs[name]
+        record = by_input[case.name]
+        target = out / case.name
+        if case.expect == "refused":
+            assert record["status"] == "error" and record["kind"] == "image"
+            assert record["error"].startswith("not supported: ") and case.reason in record["error"], record
+            assert not target.exists()
+            continue
+        assert record["status"] == "ok", record
+        written = target.read_bytes()
+        if case.expect == "label":
+            assert record["kind"] == "label" and written == data
+            continue
+        assert layout(written, ext) == layout(data, ext)
+        if case.lossless:
+            _check_samples(samples(data, ext), samples(written, ext), sigma, case.alpha)
+    w1, w2 = (runs[n][0] / case.name for n in ("s10w1", "s10w2"))
+    if case.expect != "refused":
+        assert w1.read_bytes() == w2.read_bytes()
+
+
+def _check_samples(before: list[np.ndarray], after: list[np.ndarray], sigma: float, alpha: int) -> None:
+    assert [b.shape for b in before] == [a.shape for a in after]
+    assert [b.dtype for b in before] == [a.dtype for a in after]
+    for x, y in zip(before, after):
+        if sigma == 0:
+            assert np.array_equal(x, y)
+            continue
+        colour = slice(None) if x.ndim == 2 else slice(0, x.shape[2] - alpha)
+        if alpha:
+            assert np.array_equal(x[..., x.shape[2] - alpha:], y[..., x.shape[2] - alpha:]), "alpha changed"
+        residual = (y[..., colour].astype(np.float64) - x[..., colour]) / SCALE[x.dtype]
+        tolerance = max(0.03, 5 / np.sqrt(2 * residual.size))  # five standard errors of a sample std
+        assert abs(residual.std() / sigma - 1) < tolerance, residual.std()
+        assert abs(residual.mean()) < 0.1 * sigma
+
+
+# ---- one named test per case the issue reported ------------------------------------------------
+
+
+def _run(cli, src, out, *args):
+    return cli("run", src, out, "--workers", 1, *args)
+
+
+def _tif(array: np.ndarray, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    planar = kwargs.get("planarconfig") == "separate"
+    tifffile.imwrite(buffer, np.moveaxis(array, -1, 0) if planar else array, metadata=None, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_planar_tiff_at_sigma_zero_keeps_every_sample(cli, dirs, dtype):
+    src, out = dirs
+    value = 0.5 if dtype == np.float32 else 40000
+    constant = np.full((300, 200, 3), value, dtype)
+    constant[..., 1] = value / 2
+    (src / "planar.tif").write_bytes(_tif(constant, photometric="rgb", planarconfig="separate", compression="zlib"))
+    _run(cli, src, out, "--image-sigma", 0)
+    with tifffile.TiffFile(out / "planar.tif") as tif:
+        assert tif.pages[0].planarconfig == 2
+        assert np.array_equal(np.moveaxis(tif.asarray(), 0, -1), constant)
+
+
+def test_unassociated_alpha_rgba_tiff_keeps_its_colours(cli, dirs):
+    src, out = dirs
+    Image.new("RGBA", (8, 8), (200, 100, 50, 128)).save(src / "rgba.tif")
+    _run(cli, src, out, "--image-sigma", 0)
+    with Image.open(out / "rgba.tif") as im:
+        assert im.getpixel((0, 0)) == (200, 100, 50, 128)
+        assert im.tag_v2.get(338) == (2,)  # ExtraSamples: unassociated alpha
+
+
+def test_multi_page_tiff_keeps_every_page_each_with_its_own_noise(cli, dirs):
+    src, out = dirs
+    page = np.full((64, 64), 128, np.uint8)
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tw:
+        for _ in range(3):
+            tw.write(page, metadata=None, compression="lzw")
+    (src / "stack.tif").write_bytes(buffer.getvalue())
+    _run(cli, src, out)
+    with tifffile.TiffFile(out / "stack.tif") as tif:
+        pages = [p.asarray() for p in tif.pages]
+        assert [p.compression for p in tif.pages] == [5, 5, 5]
+    assert len(pages) == 3
+    noise = [p.astype(float) - 128 for p in pages]
+    for a in noise:
+        assert abs(a.std() - 10) < 0.5
+    assert abs(np.corrcoef(noise[0].ravel(), noise[1].ravel())[0, 1]) < 0.05  # independent streams
+    (record,) = records(out / "noiseaug-manifest.jsonl")[1]
+    assert record["pages"] == 3
+
+
+def test_gray_alpha_png_and_tiff_stay_gray_alpha(cli, dirs):
+    src, out = dirs
+    la = np.dstack([np.full((32, 32), 120, np.uint8), np.arange(32 * 32).reshape(32, 32).astype(np.uint8)])
+    Image.fromarray(la, "LA").save(src / "la.png")
+    (src / "la.tif").write_bytes(_tif(la, photometric="minisblack", extrasamples=["unassalpha"]))
+    _run(cli, src, out)
+    with Image.open(out / "la.png") as im:
+        assert im.mode == "LA"
+        got = np.asarray(im)
+    assert np.array_equal(got[..., 1], la[..., 1]) and got[..., 0].std() > 5
+    with tifffile.TiffFile(out / "la.tif") as tif:
+        assert tif.pages[0].extrasamples == (2,) and tif.asarray().shape == (32, 32, 2)
+
+
+def test_palette_mask_is_a_label_map(cli, dirs):
+    src, out = dirs
+    mask = Image.fromarray((np.arange(40 * 40).reshape(40, 40) % 5).astype(np.uint8), "P")
+    mask.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128] + [0] * 753)
+    mask.save(src / "mask.png")
+    result = cli("run", src, out, "--workers", 1, "--json")
+    summary = json.loads(result.stdout)
+    assert summary["not_taken"]["labels"] == 1 and not (out / "mask.png").exists()
+    assert "label maps" in result.stderr
+    copied = out.parent / "copied"
+    cli("run", src, copied, "--workers", 1, "--copy-other", "--json")
+    assert (copied / "mask.png").read_bytes() == (src / "mask.png").read_bytes()
+    (record,) = records(copied / "noiseaug-manifest.jsonl")[1]
+    assert record["kind"] == "label" and record["status"] == "ok"
+
+
+def test_palette_images_noise_opts_in(cli, dirs):
+    src, out = dirs
+    Image.fromarray(np.full((30, 30, 3), (200, 40, 90), np.uint8)).convert("P").save(src / "p.png")
+    _run(cli, src, out, "--palette-images", "noise")
+    with Image.open(out / "p.png") as im:
+        assert im.mode == "RGB" and np.asarray(im).std() > 5
+
+
+def test_one_bit_image_stays_one_bit(cli, dirs):
+    src, out = dirs
+    Image.fromarray(np.eye(24, dtype=bool)).save(src / "bits.png")
+    _run(cli, src, out, "--copy-other")
+    with Image.open(out / "bits.png") as im:
+        assert im.mode == "1"
+
+
+def test_jpeg_compressed_tiff_stays_jpeg_compressed(cli, dirs):
+    src, out = dirs
+    rgb = np.random.default_rng(1).integers(60, 190, (64, 64, 3), dtype=np.uint8)
+    (src / "j.tif").write_bytes(_tif(rgb, photometric="rgb", compression="jpeg", subsampling=(2, 2),
+                                     rowsperstrip=16))
+    _run(cli, src, out)
+    with tifffile.TiffFile(out / "j.tif") as tif:
+        page = tif.pages[0]
+        assert (page.compression, page.photometric, page.subsampling) == (7, 6, (2, 2))
+    assert (out / "j.tif").stat().st_size < 3 * (src / "j.tif").stat().st_size
+
+
+def test_progressive_and_444_jpeg_keep_their_mode(cli, dirs):
+    src, out = dirs
+    rgb = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src / "p444.jpg", quality=95, subsampling=0, progressive=True)
+    _run(cli, src, out)
+    with Image.open(out / "p444.jpg") as im:
+        assert im.info.get("progressive") and [(h, v) for _, h, v, _ in im.layer] == [(1, 1)] * 3
+    (record,) = records(out / "noiseaug-manifest.jsonl")[1]
+    assert record["subsampling"] == "4:4:4"
+
+
+def test_jpeg_subsampling_option_overrides(cli, dirs):
+    src, out = dirs
+    Image.fromarray(np.full((32, 32, 3), 99, np.uint8)).save(src / "a.jpg", subsampling=0)
+    _run(cli, src, out, "--jpeg-subsampling", "420")
+    with Image.open(out / "a.jpg") as im:
+        assert [(h, v) for _, h, v, _ in im.layer][0] == (2, 2)
+    assert records(out / "noiseaug-manifest.jsonl")[1][0]["subsampling"] == "4:2:0"
+
+
+def test_hdr_float_tiff_is_refused_unless_its_range_is_given(cli, dirs, tmp_path):
+    src, out = dirs
+    hdr = np.random.default_rng(3).uniform(0.5, 3.5, (40, 40)).astype(np.float32)
+    (src / "hdr.tif").write_bytes(_tif(hdr, photometric="minisblack"))
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "outside [0, 1]" in result.stderr and "--float-range" in result.stderr
+    assert not (out / "hdr.tif").exists()
+    cli("run", src, tmp_path / "ranged", "--workers", 1, "--float-range", "0:4")
+    noisy = tifffile.imread(tmp_path / "ranged" / "hdr.tif")
+    assert abs((noisy - hdr).std() - 10 / 255 * 4) < 0.01 * 10 / 255 * 4 * 5
