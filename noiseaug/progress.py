@@ -50,6 +50,10 @@ class ConsoleReporter(Reporter):
         reasons = list(dict.fromkeys(r.get("error") for r in records if r["status"] == "error"))
         for reason in reasons:  # one line per input and reason, not one per copy
             self._print(f"noiseaug: failed: {printable(records[0]['input'])}: {reason}")
+        if not self.quiet:
+            warnings = dict.fromkeys(r["warning"] for r in records if "warning" in r and not r.get("_skipped"))
+            for warning in warnings:
+                self._print(f"noiseaug: warning: {printable(records[0]['input'])}: {warning}")
         if self.verbose and not self.quiet:
             for record in records:
                 if record.get("_not_taken"):

@@ -448,6 +448,8 @@ def _render_audio(rel: str, src: str, copies: list[int], cfg: Config) -> Iterato
                     snr_db = draw_sigma(cfg.audio_snr_db, rng)
                     sigma = level / 10 ** (snr_db / 20)
                     fields["snr_db"] = snr_db
+                    if level == 0:
+                        fields["warning"] = "silent: no signal to set --audio-snr-db against, so sigma is 0"
                 else:
                     assert cfg.audio_sigma is not None
                     sigma = draw_sigma(cfg.audio_sigma, rng)

@@ -164,3 +164,14 @@ def test_audio_sigma_range_is_drawn_per_file(cli, tmp_path):
     _, out = run_audio(cli, tmp_path, files, "--audio-sigma", "0.001:0.05")
     sigmas = [r["sigma"] for r in records(out / "noiseaug-manifest.jsonl")[1]]
     assert all(0.001 <= s <= 0.05 for s in sigmas) and len(set(sigmas)) == 4
+
+
+def test_silent_recording_under_snr_gets_sigma_zero_and_a_warning(cli, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "quiet.wav", np.zeros((RATE, 1), np.int16), RATE, subtype="PCM_16")
+    result = cli("run", src, tmp_path / "out", "--workers", 1, "--audio-snr-db", 20)
+    assert "noiseaug: warning: quiet.wav: silent" in result.stderr
+    _, [rec] = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
+    assert rec["status"] == "ok" and rec["sigma"] == 0 and rec["warning"].startswith("silent")
+    assert (tmp_path / "out" / "quiet.wav").read_bytes() == (src / "quiet.wav").read_bytes()
