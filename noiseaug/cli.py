@@ -194,13 +194,14 @@ def verify(
 def merge(
     manifests: List[Path] = typer.Argument(..., metavar="MANIFEST...", help="Shard manifests of one run."),
     output: Path = typer.Option(..., "-o", "--output", metavar="MANIFEST", help="Where to write the joined manifest."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Join the shards given even when others of the run are missing (exit 0)."),
     version: Optional[bool] = VersionOption,
 ) -> None:
-    """Join the manifests of shards (--shard I/N) into one manifest."""
+    """Join the manifests of shards (--shard I/N) into one manifest; exit 1 when a shard is missing."""
     from .manifest import merge as merge_manifests
 
     try:
-        count, notes = merge_manifests(manifests, output)
+        count, notes = merge_manifests(manifests, output, allow_missing=allow_missing)
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code)
     for note in notes:

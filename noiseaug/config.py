@@ -25,13 +25,15 @@ JPEG_SUBSAMPLING = ("keep", "4:4:4", "4:2:2", "4:2:0")
 NAME_FIELDS = {"stem", "ext", "copy"}
 
 # Options that decide what is written; a manifest made with other values is
-# a different job, and re-running over it needs --overwrite.
+# a different job, and re-running over it needs --overwrite. The selection
+# options (--kinds, --include, --exclude, --copy-other) only decide which
+# files a run visits, like make's targets: they may change between runs.
 JOB_OPTIONS = (
     "image_sigma", "audio_sigma", "audio_snr_db", "seed", "copies", "name",
-    "kinds", "include", "exclude", "channel_noise", "jpeg_quality",
-    "png_compression", "copy_other", "max_pixels", "shard", "palette_images", "float_range",
-    "jpeg_subsampling",
+    "channel_noise", "jpeg_quality", "png_compression", "max_pixels", "shard",
+    "palette_images", "float_range", "jpeg_subsampling",
 )
+SELECTION_OPTIONS = ("kinds", "include", "exclude", "copy_other")
 
 
 @dataclass(frozen=True)

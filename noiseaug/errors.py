@@ -34,6 +34,12 @@ class ManifestError(NoiseaugError):
     exit_code = 2
 
 
+class MissingShardsError(ManifestError):
+    """``merge`` was given the manifests of some shards only (and no ``--allow-missing``)."""
+
+    exit_code = 1
+
+
 class FileError(NoiseaugError):
     """One input file could not be processed; the run goes on without it."""
 
@@ -78,13 +84,15 @@ class WriteError(FileError):
 
 
 class Interrupted(NoiseaugError):
-    """The run was stopped by SIGINT after a clean shutdown.
+    """The run was stopped by SIGINT or SIGTERM after a clean shutdown.
 
-    ``summary`` is what the run had done by then (a ``noiseaug.Summary``).
+    ``summary`` is what the run had done by then (a ``noiseaug.Summary``);
+    ``exit_code`` is 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
     """
 
     exit_code = 130
 
-    def __init__(self, message: str, summary: object = None) -> None:
+    def __init__(self, message: str, summary: object = None, exit_code: int = 130) -> None:
         super().__init__(message)
         self.summary = summary
+        self.exit_code = exit_code

@@ -17,7 +17,7 @@ import secrets
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, BinaryIO, Iterator
+from typing import Any, IO, BinaryIO, Iterator
 
 from .errors import LockedError, WriteError
 
@@ -33,15 +33,15 @@ def set_temp_tag(tag: str) -> None:
     _temp_tag = tag
 
 
-def open_no_follow(path: str | os.PathLike, flags: int, mode: str) -> IO[str]:
-    """Open a text file that must not be a symbolic link (a planted link would lead outside OUTPUT)."""
+def open_no_follow(path: str | os.PathLike, flags: int, mode: str) -> IO[Any]:
+    """Open a file (text unless ``mode`` says binary) that must not be a symbolic link (a planted link would lead outside OUTPUT)."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise WriteError(os.fsdecode(path), "is a symbolic link; refusing to write through it", exc.errno) from None
         raise
-    return os.fdopen(fd, mode, encoding="utf-8")
+    return os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8")
 
 
 def sweep_temporaries(root: str, tag: str) -> int:
@@ -177,10 +177,23 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write(path: str, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`)."""
+def atomic_write(path: str, data: bytes | memoryview, *, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`).
+
+    ``durable``: the data and the rename are on disk when this returns
+    (fsync of the file, then of its folder), as a manifest's final rewrite needs.
+    """
     with atomic_file(path) as fh:
         fh.write(data)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    if durable:
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class OutputLock:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-from .errors import ManifestError
+from .errors import ManifestError, MissingShardsError
 from .fileio import atomic_write, open_no_follow
 
 MANIFEST_NAME = "noiseaug-manifest.jsonl"
@@ -128,6 +128,8 @@ class ManifestWriter:
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is None:
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.append else os.O_TRUNC)
+            if self.append:
+                cut_torn_tail(self.path)
             self._fh = open_no_follow(self.path, flags, "a" if self.append else "w")
             if not self.append:
                 self._fh.write(dumps(self.run) + "\n")
@@ -139,6 +141,25 @@ class ManifestWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Cut a last line that a killed run left without its newline, so appending starts a new record."""
+    with open_no_follow(path, os.O_RDWR, "rb+") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 65536)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            if pos == end and chunk.endswith(b"\n"):
+                return
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                fh.truncate(start + newline + 1)
+                return
+            pos = start
+        fh.truncate(0)
 
 
 def render(run: dict[str, Any], records: Iterable[dict[str, Any]]) -> bytes:
@@ -155,7 +176,7 @@ def write_sorted(path: Path, run: dict[str, Any], records: Iterable[dict[str, An
             return
     except OSError:
         pass
-    atomic_write(os.fsdecode(path), data)
+    atomic_write(os.fsdecode(path), data, durable=True)
 
 
 def state_path(manifest: Path) -> Path:
@@ -203,7 +224,7 @@ class StatCache:
                          json.dumps({"version": 1, "entries": self.entries}, sort_keys=True).encode("utf-8"))
 
 
-def merge(paths: list[Path], output: Path) -> tuple[int, list[str]]:
+def merge(paths: list[Path], output: Path, *, allow_missing: bool = False) -> tuple[int, list[str]]:
     """Join shard manifests into one; returns the record count and notes.
 
     Refuses manifests made with different options (the shard aside), records
@@ -243,7 +264,11 @@ def merge(paths: list[Path], output: Path) -> tuple[int, list[str]]:
         count = int(counts.pop())
         missing = sorted(set(range(count)) - {int(s.split("/")[0]) for s in shards})
         if missing:
-            notes.append(f"shards {', '.join(f'{i}/{count}' for i in missing)} are missing from the merge")
+            named = ", ".join(f"{i}/{count}" for i in missing)
+            if not allow_missing:
+                raise MissingShardsError(f"shards {named} are missing: merge their manifests too, or pass "
+                                         "--allow-missing to join what is there")
+            notes.append(f"shards {named} are missing from the merge")
     options = {**first.run.get("options", {}), "shard": "0/1"}
     recorded = first.run.get("output_root")
     if not (isinstance(recorded, str) and Path(os.path.abspath(output)).parent == Path(recorded)):

@@ -9,6 +9,7 @@ at the end.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import itertools
 import os
@@ -22,6 +23,7 @@ from . import __version__, seeding
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, OptionsChangedError, UsageError, WriteError
+from .signals import ABANDONED, Abandon, Stopper
 from .fileio import OutputLock, set_temp_tag, sweep_folder, sweep_temporaries
 from .manifest import (Manifest, ManifestWriter, StatCache, default_path, load, rel_bytes, rel_str,
                        state_path, write_sorted)
@@ -63,7 +65,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     cfg = config if config is not None else make_config(**options)
     reporter = reporter or Reporter()
     in_root, out_root = check_roots(Path(input_dir), Path(output_dir))
-    manifest_path = Path(os.path.abspath(cfg.manifest)) if cfg.manifest else default_path(out_root, cfg.shard)
+    manifest_path = _resolved(Path(cfg.manifest)) if cfg.manifest else default_path(out_root, cfg.shard)
     if _inside(manifest_path, in_root):
         raise UsageError(f"--manifest {manifest_path} is inside INPUT; noiseaug never writes there")
     if cfg.manifest and not manifest_path.parent.is_dir():
@@ -76,6 +78,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     prior = _prior_manifest(manifest_path, cfg, shown)
     summary = Summary(os.fsdecode(in_root), os.fsdecode(out_root), os.fsdecode(shown), dry_run=cfg.dry_run)
     started = time.perf_counter()
+    stopper = Stopper()
     try:
         if cfg.dry_run:
             _plan(in_root, out_root, cfg, prior, summary)
@@ -85,18 +88,43 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         except OSError as exc:
             raise UsageError(f"cannot create OUTPUT {os.fsdecode(output_dir)}: {exc.strerror}") from None
         name = lock_name(cfg.shard)
-        with OutputLock(out_root / name) as lock:
+        with stopper, _take_lock(out_root / name, output_dir) as lock:
             prior = _prior_manifest(manifest_path, cfg, shown)
             set_temp_tag(temp_tag(cfg.shard))
             if lock.dirty:
                 sweep_temporaries(os.fsdecode(out_root), temp_tag(cfg.shard))
-            _execute(in_root, out_root, manifest_path, cfg, prior, summary, reporter)
+            _execute(in_root, out_root, manifest_path, cfg, prior, summary, reporter, stopper)
+            if stopper.abandoning:
+                lock.release(clean=False)  # files were abandoned: the next run sweeps
     finally:
         summary.seconds = time.perf_counter() - started
         reporter.close()
-    if summary.interrupted:
-        raise Interrupted("interrupted by SIGINT; the manifest holds what was done", summary)
+    if stopper.stopping:
+        summary.interrupted, summary.signal = True, stopper.name
+        raise Interrupted(f"interrupted by {stopper.name}; the manifest holds what was done", summary,
+                          stopper.exit_code)
     return summary
+
+
+@contextlib.contextmanager
+def _take_lock(path: Path, shown: str | os.PathLike) -> Iterator[OutputLock]:
+    """OUTPUT's lock; an OUTPUT where it cannot be created is a usage error."""
+    lock = OutputLock(path)
+    try:
+        lock.__enter__()
+    except OSError as exc:
+        raise UsageError(f"cannot write to OUTPUT {os.fsdecode(shown)}: {exc.strerror}") from None
+    try:
+        yield lock
+    except BaseException:
+        lock.release(clean=False)
+        raise
+    lock.release(clean=True)
+
+
+def _resolved(path: Path) -> Path:
+    """A path with its folder's links resolved (so a linked folder cannot hide INPUT), its own name kept."""
+    return path.absolute().parent.resolve() / path.name
 
 
 def lock_name(shard: tuple[int, int]) -> str:
@@ -237,7 +265,7 @@ def file_stat(path: str) -> tuple[int, int] | None:
 
 
 def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
-             prior: Manifest | None, summary: Summary, reporter: Reporter) -> None:
+             prior: Manifest | None, summary: Summary, reporter: Reporter, stopper: Stopper) -> None:
     """Process every job; keep the manifest and the stat cache up to date.
 
     Records of outputs that are still good are carried over unchanged, so a
@@ -317,47 +345,62 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
 
     try:
         if cfg.workers == 1:
-            previous = limit_threads(cfg.kinds)
-            try:
-                for job in jobs():
-                    if collect(job, process_job(job, ctx)):
-                        break
-            finally:
-                if previous is not None:
-                    from . import image_io
-
-                    image_io.set_threads(previous)
+            _inline_run(jobs(), ctx, collect, stopper)
         else:
-            _pool_run(jobs(), ctx, cfg, collect)
-    except KeyboardInterrupt:
-        summary.interrupted = True
+            _pool_run(jobs(), ctx, cfg, collect, stopper)
     finally:
         try:
             writer.close()
         except OSError as exc:
             summary.stopped = summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
         try:
-            _finish(writer, prior, records, walk_done, summary)
+            _finish(writer, prior, records, walk_done, summary, in_root)
             cache.save()
         except WriteError as exc:
             summary.stopped = f"the manifest could not be rewritten ({exc.reason}); " \
                               "its appended records are kept and a re-run continues from them"
 
 
+def _inline_run(jobs: Iterator[Job], ctx: Context, collect, stopper: Stopper) -> None:
+    """--workers 1: every file in this process, checking for a stop between files."""
+    previous = limit_threads(ctx.config.kinds)
+    try:
+        for job in jobs:
+            if stopper.stopping:
+                break
+            stopper.in_flight = 1
+            try:
+                with stopper.job():
+                    records = process_job(job, ctx)
+            except Abandon:
+                collect(job, failed_records(job, ctx.config, ABANDONED))
+                break
+            finally:
+                stopper.in_flight = 0
+            if collect(job, records):
+                break
+    finally:
+        if previous is not None:
+            from . import image_io
+
+            image_io.set_threads(previous)
+
+
 def _finish(writer: ManifestWriter, prior: Manifest | None, records: dict[tuple[bytes, int], dict[str, Any]],
-            walk_done: bool, summary: Summary) -> None:
+            walk_done: bool, summary: Summary, in_root: Path) -> None:
     """Rewrite the manifest sorted, keeping what this run did not reach.
 
-    Previous records of inputs this run never saw are kept; when the walk
-    went through to the end, those inputs are gone, and their records are
-    flagged ``"input_missing": true`` (their outputs are left alone).
+    Previous records of inputs this run never saw are kept (they may lie
+    outside this run's selection); when the walk went through to the end and
+    such an input is gone, its records are flagged ``"input_missing": true``
+    (their outputs are left alone).
     """
     final = dict(records)
     if prior is not None:
         for key, record in prior.files.items():
             if key in final:
                 continue
-            if walk_done:
+            if walk_done and not os.path.lexists(os.path.join(os.fsencode(in_root), key[0])):
                 record = {**record, "input_missing": True}
                 if key[1] == 0:
                     summary.gone.append(rel_str(record))
@@ -382,7 +425,7 @@ def _batches(jobs: Iterable[Job]) -> Iterator[list[Job]]:
         yield batch
 
 
-def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect) -> None:
+def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect, stopper: Stopper) -> None:
     """Stream batches of jobs through the worker pool."""
     from .pool import WorkerPool
 
@@ -390,7 +433,7 @@ def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect) -> None:
         folder = os.path.dirname(output_rel(job.rel, cfg.name, 0) if job.kind != "other" else job.rel)
         sweep_folder(os.path.join(ctx.output_root, folder), ctx.temp_tag, pid)
 
-    batches = _batches(jobs)
+    batches = _batches(itertools.takewhile(lambda _: not stopper.stopping, jobs))
     first = next(batches, None)
     if first is None:
         return  # nothing to dispatch (an up-to-date run): no pool to start
@@ -401,7 +444,7 @@ def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect) -> None:
 
     pool = WorkerPool(ctx, cfg.workers, cfg.file_timeout, on_lost)
     try:
-        pool.run(itertools.chain([first], batches), collect)
+        pool.run(itertools.chain([first], batches), collect, stopper)
     finally:
         pool.close()
 

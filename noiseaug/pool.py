@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator
 
 from .errors import NoiseaugError
+from .signals import ABANDONED, Stopper
 from .worker import Context, Job, failed_records, init_worker, process_job
 
 Records = list[dict[str, Any]]
@@ -119,32 +120,45 @@ class WorkerPool:
         child.close()
         return _Worker(process, parent)
 
-    def run(self, batches: Iterator[list[Job]], collect: Callable[[Job, Records], bool]) -> None:
+    def run(self, batches: Iterator[list[Job]], collect: Callable[[Job, Records], bool], stopper: Stopper) -> None:
         """Feed every batch to the workers; ``collect`` returns True to stop early.
 
-        On KeyboardInterrupt (or a stop) no new file is started and the files
-        in flight are finished and collected; then the interrupt goes on up.
+        Once ``stopper`` says stop (a signal) no new file is started and the
+        files in flight are finished and collected; once it says abandon,
+        they are killed and recorded as abandoned.
         """
         requeue: collections.deque[Job] = collections.deque()
-        stop = interrupted = False
+        stop = False
         while True:
-            try:
-                if stop:
-                    requeue.clear()
-                    self._stop_all()
-                else:
-                    self._feed(batches, requeue)
-                busy = [w for w in self._workers if not w.idle]
-                if not busy:
-                    break
-                for job, records in self._gather(busy, requeue):
-                    stop = collect(job, records) or stop
-            except KeyboardInterrupt:
-                if interrupted:
-                    raise  # a second Ctrl-C: give up on the files in flight
-                interrupted = stop = True
-        if interrupted:
-            raise KeyboardInterrupt
+            if stopper.abandoning:
+                for job, records in self._abandon():
+                    collect(job, records)
+                return
+            if stop or stopper.stopping:
+                requeue.clear()
+                self._stop_all()
+            else:
+                self._feed(batches, requeue)
+            busy = [w for w in self._workers if not w.idle]
+            stopper.in_flight = sum(1 for w in busy if w.batch)
+            if not busy:
+                break
+            for job, records in self._gather(busy, requeue, stopper.wakeup_fd):
+                stop = collect(job, records) or stop
+            stopper.drain()
+
+    def _abandon(self) -> Iterator[tuple[Job, Records]]:
+        """Kill the busy workers; their files in flight are recorded as abandoned."""
+        for worker in self._workers:
+            if worker.idle or not worker.batch:
+                continue
+            worker.process.kill()
+            worker.process.join()
+            if worker.done < len(worker.batch):
+                job = worker.batch[worker.done]
+                self._on_lost(job, worker.process.pid)
+                yield job, failed_records(job, self._context.config, ABANDONED)
+            worker.idle, worker.batch = True, []
 
     def _stop_all(self) -> None:
         for worker in self._workers:
@@ -162,21 +176,28 @@ class WorkerPool:
             batch = [requeue.popleft()] if requeue else next(batches, None)
             if batch is None:
                 return
-            worker.batch, worker.done, worker.idle = batch, 0, False
+            try:
+                worker.conn.send(batch)
+            except OSError:  # it died while idle: its replacement gets the batch next time round
+                requeue.extendleft(reversed(batch))
+                self._swap(worker)
+                continue
+            worker.batch, worker.done, worker.idle = batch, 0, False  # only once the batch is sent
             worker.started = time.monotonic()
-            worker.conn.send(batch)
 
-    def _gather(self, busy: list[_Worker], requeue: collections.deque[Job]) -> Iterator[tuple[Job, Records]]:
+    def _gather(self, busy: list[_Worker], requeue: collections.deque[Job],
+                wakeup: int | None = None) -> Iterator[tuple[Job, Records]]:
         working = [w.started for w in busy if w.batch]
         timeout = max(0.0, min(working) + self._timeout - time.monotonic()) if working else 1.0
-        wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout)
+        wait([w.conn for w in busy] + [w.process.sentinel for w in busy] + ([wakeup] if wakeup is not None else []),
+             timeout=timeout)
         for worker in busy:
             while not worker.idle and worker.conn.poll():
                 try:
                     message = worker.conn.recv()
                 except (EOFError, OSError):
                     break
-                if message[0] == "file":
+                if message[0] == "file" and 0 <= message[1] < len(worker.batch):
                     worker.done = message[1] + 1
                     worker.started = time.monotonic()
                     yield worker.batch[message[1]], message[2]
@@ -200,13 +221,19 @@ class WorkerPool:
 
     def _replace(self, worker: _Worker, requeue: collections.deque[Job],
                  reason: str) -> Iterator[tuple[Job, Records]]:
+        self._swap(worker)
+        if worker.done >= len(worker.batch):
+            return  # it died after its last file and before saying so: nothing was lost
         job = worker.batch[worker.done]
         if not worker.stopping:
             requeue.extend(worker.batch[worker.done + 1:])
         self._on_lost(job, worker.process.pid)
+        yield job, failed_records(job, self._context.config, reason)
+
+    def _swap(self, worker: _Worker) -> None:
+        """Put a fresh process in a dead (or killed) worker's place."""
         worker.conn.close()
         self._workers[self._workers.index(worker)] = self._start()
-        yield job, failed_records(job, self._context.config, reason)
 
     def _restart_unstarted(self, worker: _Worker) -> None:
         worker.process.join()

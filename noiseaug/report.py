@@ -8,7 +8,7 @@ from typing import Any
 
 from .discover import WalkStats
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
 
 
 def printable(text: str) -> str:
@@ -36,6 +36,7 @@ class Summary:
     kind_bytes: Counter = field(default_factory=Counter)  # (kind, "in"|"out") -> bytes
     kind_clipped: dict[str, list[float]] = field(default_factory=dict)
     interrupted: bool = False
+    signal: str | None = None  # SIGINT or SIGTERM, when interrupted
     stopped: str | None = None  # why the run stopped before the end (not Ctrl-C)
     dry_run: bool = False
     planned: Counter = field(default_factory=Counter)  # dry run: (kind, "process"|"skip") -> files
@@ -74,7 +75,7 @@ class Summary:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
+            return EXIT_TERMINATED if self.signal == "SIGTERM" else EXIT_INTERRUPTED
         return EXIT_FAILED if self.failed or self.stopped else EXIT_OK
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,7 +132,8 @@ class Summary:
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.interrupted:
-            lines.append("interrupted: the manifest holds what was done; run again to continue")
+            lines.append(f"interrupted by {self.signal or 'SIGINT'}: the manifest holds what was done; "
+                         "run again to continue")
         elif self.up_to_date:
             lines.append("everything is up to date")
         elif not self.counts and not self.walk.problems:

@@ -69,7 +69,8 @@ _known_dirs: set[str] = set()
 def init_worker(context: Context) -> None:
     """Set up a worker process: one thread, SIGINT left to the parent, exit with it."""
     set_temp_tag(context.temp_tag)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the parent decides: finish, or kill this worker
+        signal.signal(signum, signal.SIG_IGN)
     limit_threads(context.config.kinds)
     if context.parent_pid:
         _exit_with(context.parent_pid)

@@ -109,8 +109,10 @@ def test_shards_merged_equal_the_unsharded_manifest(cli, dataset, clean, tmp_pat
     assert records(merged)[1] == records(clean / "noiseaug-manifest.jsonl")[1]
     assert outputs(out).keys() >= outputs(clean).keys()
     assert all(outputs(out)[k] == v for k, v in outputs(clean).items())
-    result = cli("merge", *shard_manifests[:2], "-o", tmp_path / "partial.jsonl")
-    assert "2/3" in result.stderr or "missing" in result.stderr
+    result = cli("merge", *shard_manifests[:2], "-o", tmp_path / "partial.jsonl", code=1)
+    assert "shards 2/3 are missing" in result.stderr and not (tmp_path / "partial.jsonl").exists()
+    result = cli("merge", *shard_manifests[:2], "-o", tmp_path / "partial.jsonl", "--allow-missing")
+    assert "2/3" in result.stderr and len(records(tmp_path / "partial.jsonl")[1]) == sum(sizes[:2])
 
 
 def test_merge_refuses_manifests_of_different_runs(cli, dataset, tmp_path):

@@ -1,0 +1,118 @@
+"""SIGINT and SIGTERM as flags, the way black and rsync handle them.
+
+A handler that raises ``KeyboardInterrupt`` anywhere can land in a
+``finally``, a ``__del__`` or between sending a batch and noting it, where it
+is lost or leaves the bookkeeping wrong. Here the handler only counts the
+signal, says what happens next, and writes a byte to a wake-up pipe so a
+dispatch loop blocked in ``wait`` notices at once. The loop checks the flags:
+the first signal stops dispatch and lets the files in flight finish; the
+second abandons them. Only while one file is processed in-process (``--workers
+1``), where nothing else can stop it, does the second signal raise
+:class:`Abandon`, and only inside that file's work.
+
+Handlers and the wake-up fd are installed for the length of a run, in the
+main thread only, and the previous ones are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Any, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ABANDONED = "abandoned: a second interrupt stopped the run while this file was in flight"
+
+
+class Abandon(BaseException):
+    """Raised inside an in-process file's work by a second signal (not an ``Exception``: nothing may swallow it)."""
+
+
+class Stopper:
+    """Counts SIGINT/SIGTERM during a run; ``stopping`` after one, ``abandoning`` after two."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.signum: int | None = None
+        self.in_flight = 0  # files being processed, for the first signal's message
+        self._in_job = False
+        self._saved: dict[int, Any] = {}
+        self._wakeup: int | None = None
+        self.wakeup_fd: int | None = None  # readable once a signal arrived (None outside the main thread)
+        self._pipe: tuple[int, int] | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.count >= 1
+
+    @property
+    def abandoning(self) -> bool:
+        return self.count >= 2
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGINT).name
+
+    def __enter__(self) -> "Stopper":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # a library caller's thread: signals stay the host's business
+        read, write = os.pipe()
+        for fd in (read, write):
+            os.set_blocking(fd, False)
+        self._pipe = (read, write)
+        self.wakeup_fd = read
+        for signum in SIGNALS:
+            self._saved[signum] = signal.signal(signum, self._handle)
+        self._wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pipe is None:
+            return
+        signal.set_wakeup_fd(self._wakeup if self._wakeup is not None else -1)
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        for fd in self._pipe:
+            os.close(fd)
+        self._pipe = self.wakeup_fd = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        self.signum = self.signum or signum
+        key = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self.count == 1:
+            _say(f"noiseaug: stopping; finishing {self.in_flight} file(s) in flight ({key} again to abandon them)")
+        elif self.count == 2:
+            _say("noiseaug: abandoning the files in flight; the next run cleans up after them")
+            if self._in_job:
+                raise Abandon
+
+    def drain(self) -> None:
+        """Empty the wake-up pipe (its bytes only say that a signal came)."""
+        if self.wakeup_fd is None:
+            return
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self.wakeup_fd, 512):
+                pass
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[None]:
+        """Mark in-process work on one file: a second signal may interrupt it."""
+        if self.abandoning:
+            raise Abandon
+        self._in_job = True
+        try:
+            yield
+        finally:
+            self._in_job = False
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, (text + "\n").encode("utf-8", "replace"))
