@@ -51,6 +51,7 @@ class WalkStats:
     links: int = 0  # symbolic links, never followed
     special: int = 0  # sockets, FIFOs, devices
     labels: int = 0  # label maps (palette or 1-bit images), not noised and not copied
+    globs_hit: set[str] = field(default_factory=set)  # --include/--exclude patterns that matched a path
     problems: list[str] = field(default_factory=list)  # unreadable directories
 
 
@@ -67,10 +68,18 @@ class Selection:
     def wants_kind(self, kind: str) -> bool:
         return kind in self.kinds or (kind == "other" and self.copy_other)
 
-    def matches(self, rel: str) -> bool:
-        if self.include and not any(fnmatch.fnmatchcase(rel, g) for g in self.include):
-            return False
-        return not any(fnmatch.fnmatchcase(rel, g) for g in self.exclude)
+    def matches(self, rel: str, hits: set[str] | None = None) -> bool:
+        """Whether the globs take ``rel``; the patterns that match it are added to ``hits``."""
+        included = [g for g in self.include if fnmatch.fnmatchcase(rel, g)]
+        excluded = [g for g in self.exclude if fnmatch.fnmatchcase(rel, g)]
+        if hits is not None:
+            hits.update(included, excluded)
+        return (not self.include or bool(included)) and not excluded
+
+    def unmatched(self, hits: set[str]) -> list[str]:
+        """The patterns that matched no path, each as the option that gave it."""
+        return [f"--include {g!r}" for g in self.include if g not in hits] + \
+               [f"--exclude {g!r}" for g in self.exclude if g not in hits]
 
     def in_shard(self, rel: str) -> bool:
         index, count = self.shard
@@ -116,10 +125,11 @@ def _candidate(entry: os.DirEntry, rel_b: bytes, selection: Selection,
                stats: WalkStats) -> Candidate | None:
     rel = os.fsdecode(rel_b)
     kind = kind_of(rel)
+    matched = selection.matches(rel, stats.globs_hit)
     if kind == "other" and not selection.copy_other:
         stats.unsupported += 1
         return None
-    if not selection.wants_kind(kind) or not selection.matches(rel):
+    if not selection.wants_kind(kind) or not matched:
         stats.filtered += 1
         return None
     if not selection.in_shard(rel):

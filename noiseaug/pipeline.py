@@ -47,6 +47,9 @@ class Reporter:
     def finished(self, job: Job, records: list[dict[str, Any]]) -> None:
         """A file's copies are done (ok, skipped or failed)."""
 
+    def planned(self, job: Job, action: str) -> None:
+        """--dry-run: what would happen to a file ("process" or "skip")."""
+
     def close(self) -> None:
         """The run is over."""
 
@@ -81,7 +84,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     stopper = Stopper()
     try:
         if cfg.dry_run:
-            _plan(in_root, out_root, cfg, prior, summary)
+            _plan(in_root, out_root, cfg, prior, summary, reporter)
             return summary
         try:
             out_root.mkdir(parents=True, exist_ok=True)
@@ -238,7 +241,7 @@ def run_record(cfg: Config, in_root: Path, out_root: Path) -> dict[str, Any]:
 def _jobs(in_root: Path, cfg: Config, prior: Manifest | None, stats: WalkStats,
           reserved: set[str]) -> Iterator[tuple[Job, Candidate] | list[dict[str, Any]]]:
     """Jobs in walk order; an output clash becomes an error record instead."""
-    selection = Selection(cfg.kinds, cfg.include, cfg.exclude, cfg.copy_other, cfg.shard)
+    selection = _selection(cfg)
     seen: set[str] = set(reserved)
     copies = range(cfg.copies)
     for cand in walk(in_root, selection, stats):
@@ -253,6 +256,10 @@ def _jobs(in_root: Path, cfg: Config, prior: Manifest | None, stats: WalkStats,
             continue
         seen.update(outs)
         yield job, cand
+
+
+def _selection(cfg: Config) -> Selection:
+    return Selection(cfg.kinds, cfg.include, cfg.exclude, cfg.copy_other, cfg.shard)
 
 
 def file_stat(path: str) -> tuple[int, int] | None:
@@ -342,6 +349,7 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
                 continue
             yield job
         walk_done = True
+        summary.unmatched = _selection(cfg).unmatched(summary.walk.globs_hit)
 
     try:
         if cfg.workers == 1:
@@ -449,7 +457,8 @@ def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect, stopper: 
         pool.close()
 
 
-def _plan(in_root: Path, out_root: Path, cfg: Config, prior: Manifest | None, summary: Summary) -> None:
+def _plan(in_root: Path, out_root: Path, cfg: Config, prior: Manifest | None, summary: Summary,
+          reporter: Reporter) -> None:
     """--dry-run: count what would be processed and what is up to date."""
     ctx = Context(os.fsdecode(in_root), os.fsdecode(out_root), cfg)
     for item in _jobs(in_root, cfg, prior, summary.walk, set()):
@@ -459,6 +468,8 @@ def _plan(in_root: Path, out_root: Path, cfg: Config, prior: Manifest | None, su
             continue
         job, _ = item
         action = "skip" if is_up_to_date(job, ctx) else "process"
+        reporter.planned(job, action)
         summary.planned[job.kind, action] += 1
         if action == "process":
             summary.planned_bytes[job.kind] += job.size
+    summary.unmatched = _selection(cfg).unmatched(summary.walk.globs_hit)

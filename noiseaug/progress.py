@@ -45,6 +45,10 @@ class ConsoleReporter(Reporter):
         if self._bar is not None:
             self._bar.total += 1
 
+    def planned(self, job: Job, action: str) -> None:
+        if self.verbose and not self.quiet:
+            self._print(f"{'would process' if action == 'process' else 'up to date'}: {printable(job.rel)}")
+
     def finished(self, job: Job, records: list[dict[str, Any]]) -> None:
         self.bytes_done += job.size
         reasons = list(dict.fromkeys(r.get("error") for r in records if r["status"] == "error"))

@@ -41,6 +41,8 @@ class Summary:
     dry_run: bool = False
     planned: Counter = field(default_factory=Counter)  # dry run: (kind, "process"|"skip") -> files
     planned_bytes: Counter = field(default_factory=Counter)
+    unmatched: list[str] = field(default_factory=list)  # --include/--exclude patterns that matched nothing
+    removed: int = 0  # --overwrite: outputs of the previous run that this run does not produce, removed
 
     def add(self, record: dict[str, Any], skipped: bool = False) -> None:
         """Count one output; ``skipped`` when it was up to date and left alone."""
@@ -98,6 +100,8 @@ class Summary:
             "failures": [{"input": i, "error": e} for i, e in self.failures],
             "problems": list(self.walk.problems),
             "gone": list(self.gone),
+            "unmatched_globs": list(self.unmatched),
+            "removed": self.removed,
         }
         if self.dry_run:
             out["plan"] = {k: {a: self.planned[k, a] for a in ("process", "skip")} for k in kinds}
@@ -119,6 +123,7 @@ class Summary:
         not_taken = self._not_taken()
         if not_taken:
             lines.append("not taken: " + not_taken)
+        lines.extend(self._warnings())
         if self.gone:
             shown = ", ".join(printable(g) for g in self.gone[:5]) + (", ..." if len(self.gone) > 5 else "")
             lines.append(f"{len(self.gone)} input(s) of the previous run are gone ({shown}); "
@@ -162,6 +167,13 @@ class Summary:
                             "--palette-images noise noises them)")]
         return ", ".join(f"{n} {what}" for n, what in parts if n)
 
+    def _warnings(self) -> list[str]:
+        lines = [f"warning: {option} matched no file" for option in self.unmatched]
+        if self.removed:
+            lines.append(f"removed {self.removed} output(s) of the previous run that this run does not produce "
+                         "(--overwrite)")
+        return lines
+
     def _plan_text(self) -> str:
         lines = ["dry run: nothing written"]
         for kind in sorted({k for k, _ in self.planned}):
@@ -171,6 +183,7 @@ class Summary:
         not_taken = self._not_taken()
         if not_taken:
             lines.append("not taken: " + not_taken)
+        lines.extend(self._warnings())
         return "\n".join(lines)
 
 

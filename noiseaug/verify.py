@@ -25,21 +25,23 @@ class VerifyReport:
     checked: int = 0
     not_checked: int = 0  # error records: there is no output to check
     mismatches: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason) of files that failed in the run
     notes: list[str] = field(default_factory=list)
     torn: bool = False  # the manifest's last line was cut off: one record could not be read
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.mismatches or self.torn else 0
+        return 1 if self.mismatches or self.torn or self.failed else 0
 
     def lines(self) -> list[str]:
-        return [f"noiseaug: mismatch: {printable(path)}: {reason}" for path, reason in self.mismatches]
+        return ([f"noiseaug: mismatch: {printable(path)}: {reason}" for path, reason in self.mismatches]
+                + [f"noiseaug: failed in the run: {printable(path)}: {reason}" for path, reason in self.failed])
 
     def text(self) -> str:
         lines = list(self.notes)
         good = self.checked - len(self.mismatches)
         lines.append(f"{good} of {self.checked} outputs in {self.output_root} match {self.manifest}"
-                     + (f" ({self.not_checked} failed in the run, not checked)" if self.not_checked else ""))
+                     + (f"; {self.not_checked} failed in the run and have no output" if self.not_checked else ""))
         if self.torn:
             lines.append("the manifest's last line is cut off (a run was killed while writing it): "
                          "that record could not be read; run noiseaug again to complete the manifest")
@@ -49,6 +51,7 @@ class VerifyReport:
         return {"manifest": self.manifest, "output_root": self.output_root, "checked": self.checked, "not_checked": self.not_checked,
                 "matching": self.checked - len(self.mismatches), "exit_code": self.exit_code,
                 "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches], "torn": self.torn,
+                "failed": [{"input": p, "reason": r} for p, r in self.failed],
                 "notes": self.notes}
 
 
@@ -91,6 +94,7 @@ def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
     for record in records:
         if record.get("status") not in ("ok", "skipped"):
             report.not_checked += 1
+            report.failed.append((record.get("input", "?"), record.get("error", "failed")))
             continue
         report.checked += 1
         out_rel = safe_rel(record, "output", where)
@@ -168,7 +172,9 @@ class _Regenerator:
         except NoiseaugError as exc:
             return f"cannot regenerate: {exc}"
         finally:
-            outputs.close()
+            close = getattr(outputs, "close", None)  # a renderer that is a generator holds an open input
+            if close is not None:
+                close()
 
 
 def _compare_decoded(job: Any, fresh: bytes, existing: bytes) -> str | None:
