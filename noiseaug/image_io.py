@@ -85,7 +85,7 @@ class Picture:
 
     pages: list[np.ndarray]
     fmt: str
-    colour: int  # leading channels that get noise; the others (alpha) are copied
+    colours: list[int]  # per page: leading channels that get noise; the others (alpha) are copied
     limits: tuple[float, float]  # the samples' range: noise is scaled to it and clipped to it
     layout: Any  # an ImageHeader, or image_tiff.TiffLayout
     label: str | None = None  # "palette" or "1-bit" for a label map (not decoded)
@@ -167,6 +167,31 @@ def _png_chunk_types(data: bytes) -> set[bytes]:
 JPEG_SAMPLING = {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0", (1, 2): "4:4:0", (4, 1): "4:1:1"}
 
 
+def _jpeg_frame(data: bytes) -> tuple[int, int] | None:
+    """The JPEG's start-of-frame marker and sample precision, read from the segments before the scan."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, size = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker - 0xC0, data[pos + 4] if pos + 4 < len(data) else 0
+        if marker == 0xDA:
+            return None
+        pos += 2 + size
+    return None
+
+
+def _check_signature(data: bytes, fmt: str, path: str) -> None:
+    """Refusals that need no decoder: layouts some decoders read but no writer here keeps."""
+    if fmt == "jpeg":
+        frame = _jpeg_frame(data)
+        if frame is not None and frame[0] in (3, 7, 11, 15):
+            raise UnsupportedError(path, "lossless JPEG (the writer is lossy)")
+        if frame is not None and frame[1] != 8:
+            raise UnsupportedError(path, f"{frame[1]}-bit JPEG (only 8-bit samples)")
+    if fmt == "pnm" and data[:2] not in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
+        raise UnsupportedError(path, f"PNM of type {data[:2].decode('latin-1')!r} (only P1-P6; PAM is P7)")
+
+
 def _jpeg_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
     if im.mode not in ("L", "RGB"):
         raise UnsupportedError(path, f"{im.mode} JPEG (only gray and YCbCr colour JPEGs)")
@@ -193,7 +218,9 @@ def _webp_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) 
 def _bmp_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
     info_size = int.from_bytes(data[14:18], "little")
     bits = int.from_bytes(data[28:30] if info_size >= 40 else data[24:26], "little")
-    if header.label is None and bits not in (24, 32):
+    if bits <= 8:  # always through a colour table, even when Pillow shows a gray one as "L"
+        return replace(header, label="1-bit" if bits == 1 else "palette")
+    if bits not in (24, 32):
         raise UnsupportedError(path, f"{bits}-bit BMP (only 24- and 32-bit true colour, or palettes as labels)")
     return header
 
@@ -275,24 +302,50 @@ class Probe:
 
     label: str | None
     layout: Any  # an ImageHeader, or image_tiff.TiffLayout
+    fmt: str  # the format the bytes are in (whatever the file's name says), and the output's
+
+
+def sniff(data: bytes) -> str | None:
+    """The image format the bytes are in, from their signature; None when unknown."""
+    if data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return "tiff"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:1] == b"P" and data[1:2] in b"1234567" and data[2:3].isspace():
+        return "pnm"
+    return None
 
 
 def probe(data: bytes, path: str, fmt: str, options: ReadOptions = ReadOptions()) -> Probe:
-    """Read the header only. Raises :class:`UnsupportedError`, :class:`TooLargeError`, :class:`DecodeError`."""
+    """Read the header only. Raises :class:`UnsupportedError`, :class:`TooLargeError`, :class:`DecodeError`.
+
+    A file is read, and written back, in the format its bytes are in: a PNG
+    named ``.jpg`` stays a PNG under that name (writing it as a JPEG would
+    drop its depth and alpha).
+    """
     if not data:
         raise DecodeError(path, "empty file")
+    fmt = sniff(data) or fmt
     if fmt == "tiff":
         from . import image_tiff
 
         layout, label = image_tiff.probe(data, path, options.max_pixels)
-        if label and options.palette_images == "noise":  # OpenCV expands palettes to true colour
-            return Probe(None, ImageHeader(None, None, 1, False, False))
-        return Probe(label, layout)
+        if label and options.palette_images == "noise":
+            raise UnsupportedError(path, f"--palette-images noise on a {label} TIFF (its pages and storage "
+                                         "would not be kept; noised palettes work on PNG and BMP)")
+        return Probe(label, layout, fmt)
+    _check_signature(data, fmt, path)
     header = read_header(data, fmt, path)
     if header.label is None and header.width is not None and header.width * header.height > options.max_pixels:
         raise TooLargeError(path, f"{header.width}x{header.height} pixels is more than "
                                   f"--max-pixels {options.max_pixels}")
-    return Probe(header.label if options.palette_images == "labels" else None, header)
+    return Probe(header.label if options.palette_images == "labels" else None, header, fmt)
 
 
 def check_label(data: bytes, path: str, fmt: str) -> None:
@@ -319,8 +372,9 @@ def decode(data: bytes, path: str, fmt: str, options: ReadOptions = ReadOptions(
     be kept, :class:`DecodeError` for anything that cannot be read.
     """
     probed = probed or probe(data, path, fmt, options)
+    fmt = probed.fmt
     if probed.label:
-        return Picture([], fmt, 0, (0.0, 0.0), probed.layout, label=probed.label)
+        return Picture([], fmt, [], (0.0, 0.0), probed.layout, label=probed.label)
     if isinstance(probed.layout, ImageHeader):
         picture = _decode_flat(data, path, fmt, options, probed.layout)
     else:
@@ -337,7 +391,7 @@ def _decode_tiff(data: bytes, path: str, layout: Any) -> Picture:
     pages = image_tiff.read_pages(data, path, layout)
     if len({p.dtype for p in pages}) > 1:
         raise UnsupportedError(path, "TIFF whose pages have different sample types")
-    return Picture(pages, "tiff", layout.pages[0].colour, image_limits(pages[0].dtype), layout)
+    return Picture(pages, "tiff", [p.colour for p in layout.pages], image_limits(pages[0].dtype), layout)
 
 
 def _decode_flat(data: bytes, path: str, fmt: str, options: ReadOptions, header: ImageHeader) -> Picture:
@@ -367,7 +421,7 @@ def _decode_flat(data: bytes, path: str, fmt: str, options: ReadOptions, header:
     pixels = _upright(pixels, header.orientation)
     channels = pixels.shape[2] if pixels.ndim == 3 else 1
     colour = channels - 1 if channels in (2, 4) else channels
-    return Picture([pixels], fmt, colour, image_limits(pixels.dtype), header)
+    return Picture([pixels], fmt, [colour], image_limits(pixels.dtype), header)
 
 
 def _check_memory(path: str, decoded: int, size: tuple[int, int] | None) -> None:
@@ -423,6 +477,8 @@ def encode(picture: Picture, path: str, options: WriteOptions) -> bytes | np.nda
         import imagecodecs  # OpenCV writes 1, 3 or 4 channels only
 
         return imagecodecs.png_encode(pixels, level=options.png_compression)
+    if fmt == "webp" and header.lossless and pixels.ndim == 3 and pixels.shape[2] == 4:
+        return _webp_lossless_exact(pixels, header)
     params: list[int] = []
     if fmt == "jpeg":
         params = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality,
@@ -440,6 +496,16 @@ def encode(picture: Picture, path: str, options: WriteOptions) -> bytes | np.nda
     if not ok:
         raise WriteError(path, f"OpenCV cannot write {pixels.dtype} {pixels.shape} as {fmt.upper()}")
     return encoded
+
+
+def _webp_lossless_exact(bgra: np.ndarray, header: ImageHeader) -> bytes:
+    """Lossless WebP with alpha through Pillow, in exact mode: OpenCV's writer rewrites the colour
+    under fully transparent pixels, so σ = 0 would not give back every sample."""
+    buffer = io.BytesIO()
+    rgba = np.ascontiguousarray(bgra[..., [2, 1, 0, 3]])
+    extra = {"icc_profile": header.icc.tobytes()} if header.icc is not None else {}
+    Image.fromarray(rgba, "RGBA").save(buffer, "WEBP", lossless=True, exact=True, **extra)
+    return buffer.getvalue()
 
 
 _JPEG_FACTORS = {"4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "4:2:2": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,

@@ -158,6 +158,9 @@ def _check(page: Any, path: str) -> None:
         raise UnsupportedError(path, f"TIFF with photometric {PHOTOMETRIC(page.photometric).name}")
     if page.photometric == PHOTOMETRIC.YCBCR and page.compression != COMPRESSION.JPEG:
         raise UnsupportedError(path, "TIFF with YCbCr samples outside JPEG compression")
+    if page.compression == COMPRESSION.JPEG and page.photometric == PHOTOMETRIC.RGB and page.samplesperpixel >= 3:
+        raise UnsupportedError(path, "JPEG-compressed TIFF with RGB (not YCbCr) samples: the writer would "
+                                     "store them as YCbCr")
     if page.compression == COMPRESSION.OJPEG:
         raise UnsupportedError(path, "TIFF with old-style JPEG compression (6)")
     if page.imagedepth > 1:

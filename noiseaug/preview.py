@@ -131,6 +131,8 @@ def _to_display(pixels: np.ndarray) -> np.ndarray:
         view = pixels
     if view.ndim == 2:
         return cv2.cvtColor(view, cv2.COLOR_GRAY2BGR)
+    if view.shape[2] == 2:  # gray+alpha
+        view = np.dstack([view[..., 0], view[..., 0], view[..., 0], view[..., 1]])
     if view.shape[2] == 4:
         rows, cols = np.indices(view.shape[:2])
         checker = np.where(((rows // 8) + (cols // 8)) % 2 == 0, 200, 255).astype(np.float32)[..., None]
@@ -174,7 +176,7 @@ def _image_preview(src: str, sigmas: list[float], seed: int, shared: bool,
     for row, sigma in enumerate(sigmas):
         rng = seeding.generator(seeding.file_seed(seed, os.fsencode(name), 0))
         noisy = pixels.copy()
-        clipped = noise_image(noisy, sigma, rng, shared=shared, colour=decoded.colour, limits=decoded.limits)
+        clipped = noise_image(noisy, sigma, rng, shared=shared, colour=decoded.colours[0], limits=decoded.limits)
         layout.clipped.append(clipped)
         noisy_crop = noisy[top:top + CROP, left:left + CROP]
         residual, gain = residual_display(crop, noisy_crop, sigma)

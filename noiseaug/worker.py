@@ -384,8 +384,9 @@ def noise_picture(picture: Any, sigma_8bit: float, seed: int, rng: np.random.Gen
     clipped = total = 0.0
     for index, page in enumerate(picture.pages):
         page_rng = rng if index == 0 else seeding.page_generator(seed, index)
-        values = page.shape[0] * page.shape[1] * picture.colour
-        clipped += values * noise_image(page, sigma_8bit, page_rng, shared=shared, colour=picture.colour,
+        colour = picture.colours[index]
+        values = page.shape[0] * page.shape[1] * colour
+        clipped += values * noise_image(page, sigma_8bit, page_rng, shared=shared, colour=colour,
                                         limits=picture.limits)
         total += values
     return clipped / max(1.0, total)

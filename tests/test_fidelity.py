@@ -254,3 +254,75 @@ def test_hdr_float_tiff_is_refused_unless_its_range_is_given(cli, dirs, tmp_path
     cli("run", src, tmp_path / "ranged", "--workers", 1, "--float-range", "0:4")
     noisy = tifffile.imread(tmp_path / "ranged" / "hdr.tif")
     assert abs((noisy - hdr).std() - 10 / 255 * 4) < 0.01 * 10 / 255 * 4 * 5
+
+
+# ---- cases found by a trial on files the tests above do not make ---------------------------
+
+
+def test_each_page_of_a_tiff_keeps_its_own_alpha(cli, dirs):
+    src, out = dirs
+    rng = np.random.default_rng(4)
+    cmyk = rng.integers(60, 190, (20, 30, 4), dtype=np.uint8)
+    rgba = rng.integers(60, 190, (20, 30, 4), dtype=np.uint8)
+    gray = rng.integers(60, 190, (20, 30), dtype=np.uint8)
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tw:
+        tw.write(cmyk, photometric="separated", metadata=None)
+        tw.write(rgba, photometric="rgb", extrasamples=["unassalpha"], metadata=None)
+        tw.write(gray, photometric="minisblack", metadata=None)
+    (src / "mixed.tif").write_bytes(buffer.getvalue())
+    _run(cli, src, out)
+    with tifffile.TiffFile(out / "mixed.tif") as tif:
+        pages = [p.asarray() for p in tif.pages]
+    assert np.array_equal(pages[1][..., 3], rgba[..., 3])  # alpha of page 1 untouched
+    assert all((pages[1][..., c].astype(int) - rgba[..., c]).std() > 5 for c in range(3))
+    assert (pages[0][..., 3].astype(int) - cmyk[..., 3]).std() > 5  # K is ink, noised
+    assert (pages[2].astype(int) - gray).std() > 5
+
+
+def test_a_file_keeps_the_format_its_bytes_are_in_whatever_its_name(cli, dirs):
+    src, out = dirs
+    deep = np.random.default_rng(5).integers(0, 65536, (20, 30, 4), dtype=np.uint16)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "ok.jpg")
+    import cv2
+
+    (src / "really_png.jpg").write_bytes(cv2.imencode(".png", deep)[1].tobytes())
+    _run(cli, src, out, "--image-sigma", 0)
+    assert (out / "really_png.jpg").read_bytes()[:4] == b"\x89PNG"
+    assert np.array_equal(cv2.imdecode(np.fromfile(out / "really_png.jpg", np.uint8), -1), deep)
+
+
+def test_lossless_webp_with_alpha_is_exact_under_transparent_pixels(cli, dirs):
+    src, out = dirs
+    rgba = np.random.default_rng(6).integers(0, 256, (24, 24, 4), dtype=np.uint8)
+    rgba[::2, :, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(src / "w.webp", lossless=True, exact=True)
+    _run(cli, src, out, "--image-sigma", 0)
+    with Image.open(out / "w.webp") as im:
+        assert np.array_equal(np.asarray(im), rgba)
+
+
+def test_lossless_and_12_bit_jpegs_are_refused(cli, dirs):
+    import imagecodecs
+
+    src, out = dirs
+    gray = np.random.default_rng(7).integers(0, 256, (16, 16), dtype=np.uint8)
+    (src / "lossless.jpg").write_bytes(imagecodecs.ljpeg_encode(gray))
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "lossless.jpg: not supported: lossless JPEG" in result.stderr
+
+
+def test_an_8_bit_bmp_is_a_palette_image(cli, dirs):
+    import cv2
+
+    src, out = dirs
+    (src / "m.bmp").write_bytes(cv2.imencode(".bmp", np.full((9, 9), 3, np.uint8))[1].tobytes())
+    result = cli("run", src, out, "--workers", 1, "--copy-other", "--json")
+    assert json.loads(result.stdout)["files"]["label"]["ok"] == 1
+
+
+def test_preview_of_a_gray_alpha_png(cli, dirs, tmp_path):
+    src, _ = dirs
+    Image.fromarray(np.full((30, 30, 2), 128, np.uint8), "LA").save(src / "la.png")
+    cli("preview", src / "la.png", "-o", tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
