@@ -18,11 +18,6 @@ import typer
 from . import __version__
 from .errors import FileError, Interrupted, NoiseaugError
 
-# noiseaug does no linear algebra, but numpy's OpenBLAS starts a thread per core
-# on import, and each spins for about 0.1 s of CPU before it sleeps: on 2 cores
-# that is CPU taken from the workers. Set here, before any command imports numpy.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
@@ -239,4 +234,10 @@ def preview_command(
 
 
 def main() -> None:
+    """The ``noiseaug`` program (the console script): the process is the CLI's own."""
+    # noiseaug does no linear algebra, but numpy's OpenBLAS starts a thread per core
+    # on import, and each spins for about 0.1 s of CPU before it sleeps: on 2 cores
+    # that is CPU taken from the workers. Set here, before any command imports numpy;
+    # importing noiseaug (or this module) leaves the environment alone.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     app(prog_name="noiseaug")

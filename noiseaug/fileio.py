@@ -70,7 +70,6 @@ def sweep_folder(folder: str, tag: str, pid: int | None = None) -> int:
     return removed
 
 
-_devnull: int | None = None
 
 
 @contextmanager
@@ -80,16 +79,15 @@ def codec_stderr_silenced() -> Iterator[None]:
     They print straight to file descriptor 2, in the middle of noiseaug's own
     lines; the reason for a failure is noiseaug's to report, once.
     """
-    global _devnull
-    if _devnull is None:
-        _devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     saved = os.dup(2)
     try:
-        os.dup2(_devnull, 2)
+        os.dup2(devnull, 2)
         yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+        os.close(devnull)
 
 
 def read_input(path: str | bytes) -> bytes:

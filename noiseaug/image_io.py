@@ -11,12 +11,13 @@ before anything is decoded, and the EXIF orientation is read from it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -26,8 +27,6 @@ from .errors import DecodeError, TooLargeError, UnsupportedError, WriteError
 from .noise import image_limits
 from .fileio import codec_stderr_silenced
 
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-Image.MAX_IMAGE_PIXELS = None  # the limit is ours: --max-pixels
 
 SAMPLE_TYPES = (np.uint8, np.uint16, np.float32, np.float64)
 ICC_FORMATS = ("png", "jpeg", "webp")  # where OpenCV 5 reads and writes colour profiles
@@ -110,6 +109,20 @@ def set_threads(count: int) -> int:
     return previous
 
 
+@contextlib.contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    """Pillow's warnings and its own pixel limit off while noiseaug reads a header (--max-pixels is
+    the limit here); the host's settings come back afterwards."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings(), codec_stderr_silenced():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def read_header(data: bytes, fmt: str, path: str = "") -> ImageHeader:
     """Probe the header with Pillow (and the format's own header bytes).
 
@@ -118,8 +131,7 @@ def read_header(data: bytes, fmt: str, path: str = "") -> ImageHeader:
     """
     lossless = fmt == "webp" and _webp_is_lossless(data)
     try:
-        with warnings.catch_warnings(), codec_stderr_silenced():
-            warnings.simplefilter("ignore")
+        with _quiet_pillow():
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
                 header = ImageHeader(width, height, _orientation(im), _is_gray(im), lossless,
@@ -351,8 +363,7 @@ def probe(data: bytes, path: str, fmt: str, options: ReadOptions = ReadOptions()
 def check_label(data: bytes, path: str, fmt: str) -> None:
     """Decode a label map once, so a broken one is refused rather than copied (raises :class:`DecodeError`)."""
     try:
-        with warnings.catch_warnings(), codec_stderr_silenced():
-            warnings.simplefilter("ignore")
+        with _quiet_pillow():
             with Image.open(io.BytesIO(data)) as im:  # Pillow reads palettes and 1-bit images of every format
                 for frame in range(getattr(im, "n_frames", 1)):
                     im.seek(frame)

@@ -165,13 +165,59 @@ def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
 
 
 def _compiled(rng: np.random.Generator, streams: EscapeStreams) -> bool:
-    """Whether the compiled loops can run: built, and three distinct generators.
+    """Whether the compiled loops can run: built, checked, and three distinct generators.
 
     The compiled loops interleave the three streams; one generator in two
     roles would give other bytes than the numpy twin, which draws them in turn.
     """
     generators = {id(g.bit_generator) for g in (rng, streams.second, streams.last)}
-    return _kernel is not None and len(generators) == 3
+    return _kernel is not None and len(generators) == 3 and kernel_problem() is None
+
+
+_kernel_check: list[str | None] = []  # once per process: [] unchecked, [None] sound, [why] switched off
+
+
+def kernel_problem() -> str | None:
+    """Why the compiled loops are not used, or None when they are (or were never built).
+
+    The C loops step SFC64 themselves, from the state dict numpy exposes. The
+    first call compares them, on 8-bit samples, with the numpy
+    twin and with numpy's own ``random_raw`` afterwards; a numpy whose state
+    dict or generator changed would fail every file or give other noise, so
+    any difference switches the loops off for this process.
+    """
+    if _kernel is None:
+        return None
+    if not _kernel_check:
+        _kernel_check.append(None)  # the check itself runs the compiled loops
+        try:
+            _kernel_check[0] = _self_check()
+        except Exception as exc:  # a changed state dict fails here, not in every file
+            _kernel_check[0] = f"{type(exc).__name__}: {exc}"
+    return _kernel_check[0]
+
+
+def _self_check() -> str | None:
+    state = np.random.SFC64(1).state
+    words = np.asarray(state["state"]["state"])
+    if state.get("bit_generator") != "SFC64" or words.shape != (4,) or words.dtype != np.uint64:
+        return "numpy's SFC64 state is not laid out as the compiled loops expect"
+    for dtype, sigma, lo, hi in ((np.uint8, 30.0, 0.0, 255.0),):  # the 16-bit loop steps SFC64 the same way
+        results = []
+        for compiled in (True, False):
+            rng = np.random.Generator(np.random.SFC64(np.random.SeedSequence(2024)))
+            values = np.full(4099, 100, dtype)
+            streams = escape_stream(rng)
+            if compiled:
+                clipped = noise_inplace(values, sigma, rng, lo=lo, hi=hi, escapes=streams)
+            else:
+                law = _rounded_law(sigma, LUMP8 if dtype == np.uint8 else LUMP16)
+                clipped = _table_noise_numpy(values.reshape(-1, 1), rng, law, streams, 1, False, (int(lo), int(hi)))
+            results.append((values.tobytes(), clipped, rng.bit_generator.random_raw(2).tolist(),
+                            streams.second.bit_generator.random_raw(2).tolist()))
+        if results[0] != results[1]:
+            return f"the compiled loops and numpy disagree on {np.dtype(dtype).name} samples"
+    return None
 
 
 @contextlib.contextmanager

@@ -22,13 +22,13 @@ from typing import Any, Iterable, Iterator
 from . import __version__, seeding
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
-from .errors import Interrupted, OptionsChangedError, UsageError, WriteError
+from .errors import Interrupted, ManifestError, OptionsChangedError, UsageError, WriteError
 from .signals import ABANDONED, Abandon, Stopper
-from .fileio import OutputLock, set_temp_tag, sweep_folder, sweep_temporaries
+from .fileio import OutputLock, hash_file, set_temp_tag, sweep_folder, sweep_temporaries
 from .manifest import (Manifest, ManifestWriter, StatCache, default_path, load, rel_bytes, rel_str,
                        state_path, write_sorted)
 from .report import Summary
-from .worker import (Context, Job, carried, copies_of, failed_records, is_up_to_date, limit_threads,
+from .worker import (Context, Job, carried, copies_of, failed_records, is_up_to_date, limit_threads, reset_caches,
                      output_rel, process_job)
 
 # Small files travel to the pool in batches of about BATCH_BYTES, to spare a
@@ -96,6 +96,8 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             set_temp_tag(temp_tag(cfg.shard))
             if lock.dirty:
                 sweep_temporaries(os.fsdecode(out_root), temp_tag(cfg.shard))
+            if cfg.overwrite:
+                summary.removed = _remove_stale(manifest_path, in_root, out_root, cfg)
             _execute(in_root, out_root, manifest_path, cfg, prior, summary, reporter, stopper)
             if stopper.abandoning:
                 lock.release(clean=False)  # files were abandoned: the next run sweeps
@@ -123,6 +125,39 @@ def _take_lock(path: Path, shown: str | os.PathLike) -> Iterator[OutputLock]:
         lock.release(clean=False)
         raise
     lock.release(clean=True)
+
+
+def _remove_stale(manifest_path: Path, in_root: Path, out_root: Path, cfg: Config) -> int:
+    """--overwrite: remove the outputs the old manifest records that this run will not produce.
+
+    Only files the old manifest names, and only while they still hold the
+    recorded bytes; done before any work, so an interrupted run loses nothing
+    it would have made again.
+    """
+    try:
+        previous = load(manifest_path) if manifest_path.exists() and not _stillborn(manifest_path) else None
+    except ManifestError:
+        return 0
+    if previous is None:
+        return 0
+    produced: set[str] = set()
+    for cand in walk(in_root, _selection(cfg), WalkStats()):
+        produced.add(cand.rel)  # a copied file, or an image that turns out to be a label map
+        if cand.kind != "other":
+            produced.update(output_rel(cand.rel, cfg.name, c) for c in range(cfg.copies))
+    removed = 0
+    for record in previous.files.values():
+        rel = rel_str(record, "output")
+        if record.get("status") != "ok" or rel in produced:
+            continue
+        path = os.path.join(os.fsdecode(out_root), rel)
+        try:
+            if hash_file(path)[0] == record.get("output_sha256"):
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _resolved(path: Path) -> Path:
@@ -371,6 +406,7 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
 
 def _inline_run(jobs: Iterator[Job], ctx: Context, collect, stopper: Stopper) -> None:
     """--workers 1: every file in this process, checking for a stop between files."""
+    reset_caches()
     previous = limit_threads(ctx.config.kinds)
     try:
         for job in jobs:
@@ -449,6 +485,9 @@ def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect, stopper: 
 
     for kind in cfg.kinds:  # loaded once here, inherited by forked workers
         importlib.import_module(f".{kind}_io", __package__)
+    from .noise import kernel_problem
+
+    kernel_problem()  # checked once here too, for the same reason
 
     pool = WorkerPool(ctx, cfg.workers, cfg.file_timeout, on_lost)
     try:

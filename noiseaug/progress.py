@@ -29,7 +29,8 @@ class ConsoleReporter(Reporter):
         if bar and not quiet:
             from tqdm import tqdm
 
-            tqdm.monitor_interval = 0  # no monitor thread: workers are forked from this process
+            self._monitor = tqdm.monitor_interval
+            tqdm.monitor_interval = 0  # no monitor thread: workers are forked from this process (restored at close)
             self._bar = tqdm(total=0, unit="file", file=sys.stderr, dynamic_ncols=True,
                              smoothing=0.1, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
                              "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
@@ -81,3 +82,6 @@ class ConsoleReporter(Reporter):
             self._set_postfix()
             self._bar.close()
             self._bar = None
+            from tqdm import tqdm
+
+            tqdm.monitor_interval = self._monitor

@@ -66,8 +66,14 @@ class Rendered:
 _known_dirs: set[str] = set()
 
 
+def reset_caches() -> None:
+    """Forget the folders known to exist: a new run may find OUTPUT deleted and made anew."""
+    _known_dirs.clear()
+
+
 def init_worker(context: Context) -> None:
     """Set up a worker process: one thread, SIGINT left to the parent, exit with it."""
+    reset_caches()
     set_temp_tag(context.temp_tag)
     for signum in (signal.SIGINT, signal.SIGTERM):  # the parent decides: finish, or kill this worker
         signal.signal(signum, signal.SIG_IGN)
