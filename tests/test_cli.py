@@ -11,7 +11,7 @@ import pytest
 
 from conftest import tree, write_image
 
-COMMANDS = ["run", "verify"]
+COMMANDS = ["run", "verify", "merge", "preview"]
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
@@ -51,9 +51,17 @@ def test_json_summary_on_stdout_human_summary_on_stderr(cli, src, tmp_path):
     assert "files/s" in result.stderr and "ok" in result.stderr
 
 
-def test_quiet_prints_nothing_and_no_progress_bar_when_piped(cli, src, tmp_path):
+def test_quiet_prints_nothing(cli, src, tmp_path):
     result = cli("run", src, tmp_path / "out", "-q", "--workers", 1)
     assert result.stdout == "" and result.stderr == ""
+
+
+def test_no_progress_bar_when_piped(cli, src, tmp_path):
+    result = cli("run", src, tmp_path / "out", "--workers", 1)
+    assert "files/s" in result.stderr  # the summary is there
+    assert "\r" not in result.stderr and "file/s]" not in result.stderr and "%|" not in result.stderr
+    forced = cli("run", src, tmp_path / "out2", "--workers", 1, "--progress")
+    assert "%|" in forced.stderr  # what the check above looks for, when there is a bar
 
 
 def test_include_exclude_and_kinds_filter_relative_paths(cli, src, tmp_path):
