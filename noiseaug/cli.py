@@ -135,6 +135,8 @@ def run(
         summary = exc.summary
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code)
+    finally:
+        _ignore_signals()  # the run is over: a late Ctrl-C must not turn the summary into a traceback
     if not quiet or summary.interrupted:
         typer.echo(summary.text(), err=True)
     if preview > 0 and not cfg.dry_run and not summary.interrupted:
@@ -142,6 +144,18 @@ def run(
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), ensure_ascii=False))
     raise typer.Exit(summary.exit_code)
+
+
+_owns_process = False  # True when started as the noiseaug program (main), not called by a host
+
+
+def _ignore_signals() -> None:
+    import signal
+    import threading
+
+    if _owns_process and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _contact_sheet(summary: Any, target: Path, count: int, quiet: bool) -> None:
@@ -240,4 +254,6 @@ def main() -> None:
     # that is CPU taken from the workers. Set here, before any command imports numpy;
     # importing noiseaug (or this module) leaves the environment alone.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    global _owns_process
+    _owns_process = True
     app(prog_name="noiseaug")

@@ -42,6 +42,7 @@ class Stopper:
         self._wakeup: int | None = None
         self.wakeup_fd: int | None = None  # readable once a signal arrived (None outside the main thread)
         self._pipe: tuple[int, int] | None = None
+        self._stderr: int | None = None
 
     @property
     def stopping(self) -> bool:
@@ -62,6 +63,7 @@ class Stopper:
     def __enter__(self) -> "Stopper":
         if threading.current_thread() is not threading.main_thread():
             return self  # a library caller's thread: signals stay the host's business
+        self._stderr = os.dup(2)  # codecs' chatter is sent to /dev/null meanwhile; this message is not
         read, write = os.pipe()
         for fd in (read, write):
             os.set_blocking(fd, False)
@@ -78,20 +80,25 @@ class Stopper:
         signal.set_wakeup_fd(self._wakeup if self._wakeup is not None else -1)
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
-        for fd in self._pipe:
+        for fd in (*self._pipe, self._stderr):
             os.close(fd)
-        self._pipe = self.wakeup_fd = None
+        self._pipe = self.wakeup_fd = self._stderr = None
 
     def _handle(self, signum: int, frame: object) -> None:
         self.count += 1
         self.signum = self.signum or signum
         key = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if self.count == 1:
-            _say(f"noiseaug: stopping; finishing {self.in_flight} file(s) in flight ({key} again to abandon them)")
+            self._say(f"noiseaug: stopping; finishing {self.in_flight} file(s) in flight "
+                      f"({key} again to abandon them)")
         elif self.count == 2:
-            _say("noiseaug: abandoning the files in flight; the next run cleans up after them")
+            self._say("noiseaug: abandoning the files in flight; the next run cleans up after them")
             if self._in_job:
                 raise Abandon
+
+    def _say(self, text: str) -> None:
+        with contextlib.suppress(OSError, TypeError):
+            os.write(self._stderr, (text + "\n").encode("utf-8", "replace"))
 
     def drain(self) -> None:
         """Empty the wake-up pipe (its bytes only say that a signal came)."""
@@ -112,7 +119,3 @@ class Stopper:
         finally:
             self._in_job = False
 
-
-def _say(text: str) -> None:
-    with contextlib.suppress(OSError):
-        os.write(2, (text + "\n").encode("utf-8", "replace"))

@@ -1,0 +1,159 @@
+"""SIGINT and SIGTERM to the whole process group, once and twice (SPEC §1): real processes, real signals.
+
+Children start with default signal dispositions whatever pytest inherited
+(a background job in a non-interactive shell ignores SIGINT, and POSIX
+passes that on), in a session of their own so ``os.killpg`` reaches the run
+and its workers as a terminal's Ctrl-C or a CI cancellation would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import records, tree, write_image
+
+HOUSEKEEPING = (".noiseaug.lock", ".noiseaug-manifest.jsonl.state", "noiseaug-manifest.jsonl")
+
+
+def _defaults() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def start(src: Path, out: Path, workers: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "noiseaug", "run", src, out, "--workers", str(workers),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_defaults)
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {k: v for k, v in tree(out).items() if not k.startswith(HOUSEKEEPING)}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("sig") / "in"
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        smooth = cv2.GaussianBlur(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8), (0, 0), 3)
+        write_image(src / f"d{i % 3}" / f"im{i:02d}.png", smooth)
+    return src
+
+
+@pytest.fixture(scope="module")
+def clean(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sigclean") / "out"
+    subprocess.run([sys.executable, "-m", "noiseaug", "run", dataset, out, "--workers", "2", "-q"], check=True)
+    return out
+
+
+def interrupt(dataset: Path, out: Path, workers: int, signals: list[int], after: int = 4, pattern: str = "*.png",
+              delay: float = 0.0):
+    """Start a run, wait for ``after`` outputs, send ``signals`` to its process group; (code, stderr).
+
+    A second signal is sent once the run has said it is stopping (two signals
+    sent at once may arrive as one, as POSIX allows).
+    """
+    for _ in range(3):  # on a loaded machine the run may finish before the signal: try again
+        proc = start(dataset, out, workers)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and sum(1 for _ in out.rglob(pattern)) >= after:
+                break
+            time.sleep(0.002)
+        time.sleep(delay)  # into the next files: equal files keep the workers in step, ending together
+        if proc.poll() is None:
+            os.killpg(proc.pid, signals[0])
+            first = b""
+            if len(signals) > 1:
+                first = proc.stderr.readline()
+                for signum in signals[1:]:
+                    os.killpg(proc.pid, signum)
+            _, stderr = proc.communicate(timeout=120)
+            return proc.returncode, (first + stderr).decode("utf-8", "replace")
+        proc.communicate()
+        for path in sorted(out.rglob("*"), reverse=True):
+            path.unlink() if not path.is_dir() else path.rmdir()
+    pytest.fail("the run finished every time before it could be interrupted")
+
+
+def resume_equals_clean(dataset: Path, out: Path, clean: Path) -> None:
+    subprocess.run([sys.executable, "-m", "noiseaug", "run", dataset, out, "-q"], check=True)
+    assert outputs(out) == outputs(clean)
+    assert records(out / "noiseaug-manifest.jsonl")[1] == records(clean / "noiseaug-manifest.jsonl")[1]
+    assert not list(out.rglob("*noiseaug-tmp"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_one_signal_to_the_group_finishes_files_in_flight(dataset, clean, tmp_path, workers, signum, code):
+    out = tmp_path / "out"
+    returncode, stderr = interrupt(dataset, out, workers, [signum])
+    assert returncode == code, stderr
+    assert "noiseaug: stopping; finishing" in stderr and "Traceback" not in stderr
+    assert f"interrupted by {signal.Signals(signum).name}" in stderr
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert 4 <= len(recs) < 40 and all(r["status"] == "ok" for r in recs)  # nothing abandoned, nothing invented
+    assert recs == sorted(recs, key=lambda r: r["input"])
+    assert not list(out.rglob("*noiseaug-tmp"))
+    assert (out / ".noiseaug.lock").read_text().strip() == "clean"
+    resume_equals_clean(dataset, out, clean)
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    """Few long recordings: each is in flight for a while, in blocks, so a signal lands inside one."""
+    src = tmp_path_factory.mktemp("sigbig") / "in"
+    src.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(6):
+        samples = (rng.standard_normal((48000 * 150, 2)) * 3000).astype(np.int16)
+        sf.write(src / f"long{i}.wav", samples, 48000, subtype="PCM_16")
+    return src
+
+
+@pytest.fixture(scope="module")
+def big_clean(big, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sigbigclean") / "out"
+    subprocess.run([sys.executable, "-m", "noiseaug", "run", big, out, "--workers", "2", "-q"], check=True)
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_signal_abandons_files_in_flight_and_the_next_run_sweeps(big, big_clean, tmp_path, workers):
+    out = tmp_path / "out"
+    returncode, stderr = interrupt(big, out, workers, [signal.SIGINT, signal.SIGINT], after=1, pattern="*.wav",
+                                   delay=0.1)
+    assert returncode == 130, stderr
+    assert "abandoning the files in flight" in stderr and "Traceback" not in stderr
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    for rec in recs:
+        assert rec["status"] == "ok" or rec["error"].startswith("abandoned"), rec
+    assert any(r["status"] == "error" for r in recs)  # the abandoned file is recorded, not lost
+    assert (out / ".noiseaug.lock").read_text().strip() != "clean"  # tells the next run to sweep
+    resume_equals_clean(big, out, big_clean)
+
+
+def test_a_run_killed_twice_between_manifest_appends_still_resumes(dataset, clean, tmp_path):
+    out = tmp_path / "out"
+    for after in (6, 14):  # two SIGKILLs: the second run appends to a manifest the first left torn
+        proc = start(dataset, out, 2)
+        while proc.poll() is None and sum(1 for _ in out.rglob("*.png")) < after:
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        manifest = out / "noiseaug-manifest.jsonl"
+        data = manifest.read_bytes()
+        if data.endswith(b"\n"):  # tear the last record, as a kill inside a write would
+            manifest.write_bytes(data[:-20])
+    resume_equals_clean(dataset, out, clean)
