@@ -1,0 +1,173 @@
+"""Paths off the happy one keep the README's promises: manifests, --overwrite, selection, library hygiene."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+import noiseaug
+from conftest import records, tree, write_image
+from noiseaug import noise
+
+
+@pytest.fixture
+def src(tmp_path):
+    root = tmp_path / "in"
+    rng = np.random.default_rng(9)
+    for rel in ("a/one.png", "a/two.png", "b/three.png", "b/sub/four.png"):
+        write_image(root / rel, rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    return root
+
+
+def test_append_after_a_torn_last_line_starts_a_new_record(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1, "--include", "a/*")
+    manifest = out / "noiseaug-manifest.jsonl"
+    manifest.write_bytes(manifest.read_bytes() + b'{"type": "file", "input": "a/tw')  # a kill mid-write
+    cli("run", src, out, "--workers", 1)
+    lines = manifest.read_text().splitlines()
+    assert all(json.loads(line) for line in lines) and len(lines) == 5
+    assert cli("verify", manifest).exit_code == 0
+
+
+def test_appended_records_survive_a_kill_before_the_sorted_rewrite(cli, src, tmp_path):
+    """What a run killed after appending (before its rewrite) leaves must load, and resume."""
+    from noiseaug.manifest import ManifestWriter, load
+
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1, "--include", "a/*")
+    manifest = out / "noiseaug-manifest.jsonl"
+    run, recs = records(manifest)
+    manifest.write_bytes(manifest.read_bytes() + b'{"type": "file", "input": "b/thr')  # killed mid-write
+    writer = ManifestWriter(manifest, run, append=True)  # the next run appends, and is killed too
+    writer.write({**recs[0], "input": "b/three.png", "output": "b/three.png"})
+    writer.close()
+    assert len(load(manifest).files) == 3
+    cli("run", src, out, "--workers", 1)
+    assert len(records(manifest)[1]) == 4
+
+
+def test_manifest_through_a_linked_folder_into_input_is_refused(cli, src, tmp_path):
+    os.symlink(src / "a", tmp_path / "looks_harmless")
+    result = cli("run", src, tmp_path / "out", "--manifest", tmp_path / "looks_harmless" / "m.jsonl", code=2)
+    assert "inside INPUT" in result.stderr
+    assert not (src / "a" / "m.jsonl").exists()
+
+
+def test_overwrite_removes_the_outputs_the_new_run_does_not_produce(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1, "--copies", 2)
+    (out / "mine.txt").write_text("not noiseaug's")
+    result = cli("run", src, out, "--workers", 1, "--overwrite", "--include", "a/*", "--json")
+    assert json.loads(result.stdout)["removed"] == 8 and "removed 8 output(s)" in result.stderr  # every _n0, _n1
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    written = {k for k in tree(out) if not k.startswith((".noiseaug", "noiseaug-manifest"))}
+    assert written == {r["output"] for r in recs} | {"mine.txt"}  # nothing stale, nothing foreign lost
+    assert cli("verify", out / "noiseaug-manifest.jsonl").exit_code == 0
+
+
+def test_selection_options_may_change_without_overwrite(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1, "--include", "a/*")
+    cli("run", src, out, "--workers", 1, "--include", "b/*")
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert sorted(r["input"] for r in recs) == ["a/one.png", "a/two.png", "b/sub/four.png", "b/three.png"]
+    assert not any(r.get("input_missing") for r in recs)  # outside the selection is not gone
+    shutil.rmtree(src / "a")
+    cli("run", src, out, "--workers", 1)
+    gone = {r["input"] for r in records(out / "noiseaug-manifest.jsonl")[1] if r.get("input_missing")}
+    assert gone == {"a/one.png", "a/two.png"}
+
+
+def test_a_glob_that_matches_nothing_warns(cli, src, tmp_path):
+    result = cli("run", src, tmp_path / "out", "--workers", 1, "--include", "*.jpeg", "--include", "a/*",
+                 "--exclude", "nothing/*")
+    assert "warning: --include '*.jpeg' matched no file" in result.stderr
+    assert "warning: --exclude 'nothing/*' matched no file" in result.stderr
+    assert "'a/*'" not in result.stderr
+
+
+def test_dry_run_verbose_lists_every_file(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1, "--include", "a/*")
+    result = cli("run", src, out, "--dry-run", "-v")
+    assert "up to date: a/one.png" in result.stderr and "would process: b/sub/four.png" in result.stderr
+    assert not (out / "b").exists()
+
+
+def test_verify_regenerate_on_a_manifest_with_copied_files_and_labels(cli, src, tmp_path):
+    from PIL import Image
+
+    (src / "labels.csv").write_text("a,b\n")
+    Image.fromarray(np.eye(8, dtype=np.uint8), "P").save(src / "mask.png")
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1, "--copy-other")
+    result = cli("verify", out / "noiseaug-manifest.jsonl", "--regenerate")
+    assert "6 of 6 outputs" in result.stderr
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(cli, src, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".noiseaug.lock").mkdir()  # as unwritable as a read-only mount, and root cannot bypass it
+    result = cli("run", src, out, "--workers", 1, code=2)
+    assert result.stderr.startswith("noiseaug: error: cannot write to OUTPUT") and result.stderr.count("\n") == 1
+
+
+def test_a_second_run_in_the_same_process_after_output_was_deleted(src, tmp_path):
+    out = tmp_path / "out"
+    noiseaug.run(src, out, workers=1)
+    shutil.rmtree(out)
+    summary = noiseaug.run(src, out, workers=1)
+    assert summary.total("ok") == 4 and summary.failed == 0
+
+
+def test_the_library_leaves_process_state_as_it_found_it(src, tmp_path):
+    import cv2
+    from PIL import Image
+
+    before = (Image.MAX_IMAGE_PIXELS, dict(os.environ), signal.getsignal(signal.SIGINT),
+              signal.getsignal(signal.SIGTERM), sorted(os.listdir("/proc/self/fd")), cv2.getNumThreads(),
+              signal.set_wakeup_fd(-1))
+    signal.set_wakeup_fd(before[-1])
+    noiseaug.run(src, tmp_path / "out", workers=1)
+    noiseaug.run(src, tmp_path / "out2", workers=2)
+    after = (Image.MAX_IMAGE_PIXELS, dict(os.environ), signal.getsignal(signal.SIGINT),
+             signal.getsignal(signal.SIGTERM), sorted(os.listdir("/proc/self/fd")), cv2.getNumThreads(),
+             signal.set_wakeup_fd(-1))
+    signal.set_wakeup_fd(before[-1])
+    assert after == before
+    assert "noiseaug.cli" not in sys.modules or os.environ.get("OPENBLAS_NUM_THREADS") == before[1].get(
+        "OPENBLAS_NUM_THREADS")
+
+
+def test_the_compiled_kernel_steps_aside_when_it_disagrees_with_numpy(monkeypatch):
+    if noise._kernel is None:
+        pytest.skip("the C extension was not built (no compiler at install time)")
+    real = noise._kernel
+
+    class Broken:  # what a numpy with another SFC64 would look like to the loops: other draws
+        VERSION = real.VERSION
+
+        @staticmethod
+        def add_table_noise(pixels, *args):
+            clipped = real.add_table_noise(pixels, *args)
+            pixels[:1] ^= 1
+            return clipped
+
+        add_table_noise_i16 = staticmethod(real.add_table_noise_i16)
+
+    monkeypatch.setattr(noise, "_kernel", Broken)
+    monkeypatch.setattr(noise, "_kernel_check", [])
+    assert "disagree" in noise.kernel_problem()
+    x = np.full((64, 64), 128, np.uint8)
+    a = noiseaug.add_noise(x, 10, np.random.Generator(np.random.SFC64(3)))
+    monkeypatch.setattr(noise, "_kernel", None)
+    b = noiseaug.add_noise(x, 10, np.random.Generator(np.random.SFC64(3)))
+    assert np.array_equal(a, b)  # the numpy twin's bytes
