@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench sample-data clean
+.PHONY: demo lint test test-min bench sample-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,8 +14,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/noiseaug run sample_data/ out/ --progress --preview 8
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check noiseaug tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest
+
+# The same suite on the lowest versions pyproject.toml declares (constraints-min.txt), in its own venv.
+test-min:
+	test -x .venv-min/bin/python || $(PYTHON) -m venv .venv-min
+	.venv-min/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-min.txt -e '.[test]'
+	.venv-min/bin/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
@@ -24,4 +33,4 @@ sample-data: $(STAMP)
 	$(BIN)/python tests/generate_sample_data.py sample_data
 
 clean:
-	rm -rf out .pytest_cache build *.egg-info
+	rm -rf out .pytest_cache build *.egg-info .venv-min

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Callable
 
 import cv2
+import make_dataset
 import numpy as np
 import soundfile as sf
 from PIL import Image
 
-import make_dataset
 import noiseaug
 from noiseaug import seeding
 from noiseaug.noise import BAND_VALUES, noise_inplace
@@ -406,7 +406,8 @@ def bench_kernel(reps: int) -> None:
         for start in range(0, samples, BAND_VALUES):
             rng.standard_normal(out=band[:min(BAND_VALUES, samples - start)], dtype=np.float32)
 
-    kernel8, kernel16, naive = "noiseaug noise_inplace, uint8", "noiseaug noise_inplace, uint16", "naive np.random.randn f64"
+    kernel8, kernel16 = "noiseaug noise_inplace, uint8", "noiseaug noise_inplace, uint16"
+    naive = "naive np.random.randn f64"
     pcm16 = f"noiseaug noise_inplace, int16 PCM, sigma {AUDIO_SIGMA:g} FS"
     raw32, raw16 = "raw bits, 32/sample: random_raw(samples/2)", "raw bits, 16/sample: random_raw(samples/4)"
     rows = {kernel8: kernel(image, IMAGE_SIGMA, 0, 255)}

@@ -93,6 +93,11 @@ def _native(fh: BinaryIO) -> BinaryIO | int:
         return fh
 
 
+def versions() -> dict[str, str]:
+    """The version of libsndfile, for the manifest's run record."""
+    return {"libsndfile": sf.__libsndfile_version__}
+
+
 def open_read(fh: BinaryIO) -> sf.SoundFile:
     """Open an input; refuse one whose header promises more samples than it holds.
 

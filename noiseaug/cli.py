@@ -125,7 +125,7 @@ def run(
         options.update(explicit)
         cfg = make_config(**options)
     except NoiseaugError as exc:
-        raise _fail(str(exc), exc.exit_code)
+        raise _fail(str(exc), exc.exit_code) from None
 
     bar = progress if progress is not None else sys.stderr.isatty()
     reporter = ConsoleReporter(bar=bar and not cfg.dry_run, quiet=quiet, verbose=verbose)
@@ -134,7 +134,7 @@ def run(
     except Interrupted as exc:
         summary = exc.summary
     except NoiseaugError as exc:
-        raise _fail(str(exc), exc.exit_code)
+        raise _fail(str(exc), exc.exit_code) from None
     finally:
         _ignore_signals()  # the run is over: a late Ctrl-C must not turn the summary into a traceback
     if not quiet or summary.interrupted:
@@ -189,7 +189,7 @@ def verify(
         report = verify_manifest(manifest, regenerate=regenerate, output_root=output_root,
                                  input_root=input_root)
     except NoiseaugError as exc:
-        raise _fail(str(exc), exc.exit_code)
+        raise _fail(str(exc), exc.exit_code) from None
     for line in report.lines():
         typer.echo(line, err=True)
     if not quiet:
@@ -212,7 +212,7 @@ def merge(
     try:
         count, notes = merge_manifests(manifests, output, allow_missing=allow_missing)
     except NoiseaugError as exc:
-        raise _fail(str(exc), exc.exit_code)
+        raise _fail(str(exc), exc.exit_code) from None
     for note in notes:
         typer.echo(f"noiseaug: warning: {note}", err=True)
     typer.echo(f"{count} records from {len(manifests)} manifests written to {output}", err=True)
@@ -235,15 +235,15 @@ def preview_command(
     from .preview import preview
 
     if output.suffix.lower() != ".png":
-        raise _fail(f"-o {output}: previews are PNG pictures; name the file *.png", 2)
+        raise _fail(f"-o {output}: previews are PNG pictures; name the file *.png", 2) from None
     if channel_noise not in ("per-channel", "shared"):
-        raise _fail(f"--channel-noise takes per-channel or shared, not {channel_noise!r}", 2)
+        raise _fail(f"--channel-noise takes per-channel or shared, not {channel_noise!r}", 2) from None
     try:
         layout = preview(file, output, image_sigma=image_sigma, audio_sigma=audio_sigma,
                          audio_snr_db=audio_snr_db, seed=seed, channel_noise=channel_noise,
                          max_pixels=max_pixels)
     except NoiseaugError as exc:
-        raise _fail(str(exc), exc.exit_code if not isinstance(exc, FileError) else 1)
+        raise _fail(str(exc), exc.exit_code if not isinstance(exc, FileError) else 1) from None
     typer.echo(f"{output}: {layout.width}x{layout.height}", err=True)
 
 

@@ -17,7 +17,7 @@ import secrets
 import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, IO, BinaryIO, Iterator
+from typing import IO, Any, BinaryIO, Iterator
 
 from .errors import LockedError, WriteError
 
@@ -34,7 +34,10 @@ def set_temp_tag(tag: str) -> None:
 
 
 def open_no_follow(path: str | os.PathLike, flags: int, mode: str) -> IO[Any]:
-    """Open a file (text unless ``mode`` says binary) that must not be a symbolic link (a planted link would lead outside OUTPUT)."""
+    """Open a file (text unless ``mode`` says binary) that must not be a symbolic link.
+
+    A planted link would lead outside OUTPUT.
+    """
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:

@@ -24,9 +24,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import DecodeError, TooLargeError, UnsupportedError, WriteError
-from .noise import image_limits
 from .fileio import codec_stderr_silenced
-
+from .noise import image_limits
 
 SAMPLE_TYPES = (np.uint8, np.uint16, np.float32, np.float64)
 ICC_FORMATS = ("png", "jpeg", "webp")  # where OpenCV 5 reads and writes colour profiles
@@ -100,6 +99,16 @@ class Picture:
         if self.fmt == "jpeg" and self.layout.subsampling:
             extra["subsampling"] = _jpeg_sampling(self.layout, options)
         return extra
+
+
+def versions() -> dict[str, str]:
+    """The versions of the image codecs, for the manifest's run record."""
+    import imagecodecs
+    import PIL
+    import tifffile
+
+    return {"opencv": cv2.__version__, "pillow": PIL.__version__, "tifffile": tifffile.__version__,
+            "imagecodecs": imagecodecs.__version__}
 
 
 def set_threads(count: int) -> int:
@@ -200,6 +209,10 @@ def _check_signature(data: bytes, fmt: str, path: str) -> None:
             raise UnsupportedError(path, "lossless JPEG (the writer is lossy)")
         if frame is not None and frame[1] != 8:
             raise UnsupportedError(path, f"{frame[1]}-bit JPEG (only 8-bit samples)")
+        scan = data.find(b"\xff\xda")
+        if scan > 0 and data.rfind(b"\xff\xd9") < scan:  # 0xFF in coded data is always stuffed: this is EOI
+            raise DecodeError(path, "truncated JPEG (no end-of-image marker after its scan; some decoders "
+                                    "would fill the missing part with gray)")
     if fmt == "pnm" and data[:2] not in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
         raise UnsupportedError(path, f"PNM of type {data[:2].decode('latin-1')!r} (only P1-P6; PAM is P7)")
 

@@ -149,6 +149,8 @@ def _extras(page: Any) -> tuple[int, ...]:
 
 def _check(page: Any, path: str) -> None:
     """Refuse, with the reason, what cannot be noised and written back as it is."""
+    if page.compression in (COMPRESSION.SGILOG, COMPRESSION.SGILOG24):
+        raise UnsupportedError(path, "LogLuv (SGILOG) TIFF: its samples are encoded luminance, not stored values")
     kind = (page.sampleformat, page.bitspersample)
     if kind not in _SAMPLES:
         what = {SAMPLEFORMAT.INT: "signed integer", SAMPLEFORMAT.IEEEFP: "float"}.get(page.sampleformat, "unsigned")

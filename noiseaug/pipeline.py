@@ -23,13 +23,32 @@ from . import __version__, seeding
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, ManifestError, OptionsChangedError, UsageError, WriteError
-from .signals import ABANDONED, Abandon, Stopper
 from .fileio import OutputLock, hash_file, set_temp_tag, sweep_folder, sweep_temporaries
-from .manifest import (Manifest, ManifestWriter, StatCache, default_path, load, rel_bytes, rel_str,
-                       state_path, write_sorted)
+from .manifest import (
+    Manifest,
+    ManifestWriter,
+    StatCache,
+    default_path,
+    load,
+    rel_bytes,
+    rel_str,
+    state_path,
+    write_sorted,
+)
 from .report import Summary
-from .worker import (Context, Job, carried, copies_of, failed_records, is_up_to_date, limit_threads, reset_caches,
-                     output_rel, process_job)
+from .signals import ABANDONED, Abandon, Stopper
+from .worker import (
+    Context,
+    Job,
+    carried,
+    copies_of,
+    failed_records,
+    is_up_to_date,
+    limit_threads,
+    output_rel,
+    process_job,
+    reset_caches,
+)
 
 # Small files travel to the pool in batches of about BATCH_BYTES, to spare a
 # round trip per file; larger batches of mid-sized files (a few 1080p JPEGs)
@@ -242,18 +261,20 @@ def library_versions(kinds: tuple[str, ...] = ("image", "audio")) -> dict[str, s
     """
     import numpy
 
-    versions = {"python": platform.python_version(), "numpy": numpy.__version__,
-                "opencv": "not loaded (no images in this run)", "pillow": "not loaded (no images in this run)",
-                "libsndfile": "not loaded (no audio in this run)"}
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__}
     if "image" in kinds:
-        import cv2
-        import PIL
+        from . import image_io
 
-        versions.update(opencv=cv2.__version__, pillow=PIL.__version__)
+        versions.update(image_io.versions())
+    else:
+        versions.update(dict.fromkeys(("opencv", "pillow", "tifffile", "imagecodecs"),
+                                      "not loaded (no images in this run)"))
     if "audio" in kinds:
-        import soundfile
+        from . import audio_io
 
-        versions["libsndfile"] = soundfile.__libsndfile_version__
+        versions.update(audio_io.versions())
+    else:
+        versions["libsndfile"] = "not loaded (no audio in this run)"
     return versions
 
 
@@ -351,7 +372,8 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
         if job is not None:
             reporter.finished(job, recs)
         if cfg.on_error == "fail" and any(r["status"] == "error" for r in recs) and not stop:
-            summary.stopped = summary.stopped or "at the first failure (--on-error fail); files not started were not attempted"
+            summary.stopped = summary.stopped or ("at the first failure (--on-error fail); "
+                                                  "files not started were not attempted")
             stop = True
         return stop
 

@@ -48,7 +48,8 @@ class VerifyReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"manifest": self.manifest, "output_root": self.output_root, "checked": self.checked, "not_checked": self.not_checked,
+        return {"manifest": self.manifest, "output_root": self.output_root, "checked": self.checked,
+                "not_checked": self.not_checked,
                 "matching": self.checked - len(self.mismatches), "exit_code": self.exit_code,
                 "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches], "torn": self.torn,
                 "failed": [{"input": p, "reason": r} for p, r in self.failed],

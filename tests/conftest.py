@@ -18,6 +18,8 @@ from noiseaug.cli import app
 def write_image(path: Path, pixels: np.ndarray, ext: str | None = None, params: list[int] | None = None) -> Path:
     """Encode with OpenCV by the path's extension and write the bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if params is None and (ext or path.suffix) in (".tif", ".tiff") and pixels.dtype.kind == "f":
+        params = [cv2.IMWRITE_TIFF_COMPRESSION, 1]  # plain floats: OpenCV 4 would write LogLuv (SGILOG)
     ok, data = cv2.imencode(ext or path.suffix, pixels, params or [])
     assert ok, f"cannot encode {path}"
     path.write_bytes(data.tobytes())
@@ -58,9 +60,10 @@ class Cli:
     def __call__(self, *args: Any, code: int | None = 0):
         result = self.runner.invoke(app, [os.fsdecode(a) if isinstance(a, Path) else str(a) for a in args])
         if code is not None:
+            crash = result.exception if not isinstance(result.exception, SystemExit) else None
             assert result.exit_code == code, (
                 f"exit {result.exit_code}, wanted {code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-                + (f"\n{result.exception!r}" if result.exception and not isinstance(result.exception, SystemExit) else ""))
+                + (f"\n{crash!r}" if crash else ""))
         return result
 
 

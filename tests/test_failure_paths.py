@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import noiseaug
-from conftest import records, tree, write_image
 from noiseaug import noise
+
+from conftest import records, tree, write_image
 
 
 @pytest.fixture
@@ -149,7 +150,7 @@ def test_the_library_leaves_process_state_as_it_found_it(src, tmp_path):
 
 def test_the_compiled_kernel_steps_aside_when_it_disagrees_with_numpy(monkeypatch):
     if noise._kernel is None:
-        pytest.skip("the C extension was not built (no compiler at install time)")
+        pytest.skip(f"no compiled kernel beside {noise.__file__} (no compiler at install time, or built elsewhere)")
     real = noise._kernel
 
     class Broken:  # what a numpy with another SFC64 would look like to the loops: other draws
@@ -171,3 +172,27 @@ def test_the_compiled_kernel_steps_aside_when_it_disagrees_with_numpy(monkeypatc
     monkeypatch.setattr(noise, "_kernel", None)
     b = noiseaug.add_noise(x, 10, np.random.Generator(np.random.SFC64(3)))
     assert np.array_equal(a, b)  # the numpy twin's bytes
+
+
+def test_the_sdist_carries_what_its_tests_need(tmp_path):
+    import tarfile
+    from pathlib import Path
+
+    from setuptools import build_meta
+
+    root = Path(__file__).resolve().parent.parent
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # setuptools' notes on its own configuration
+            name = build_meta.build_sdist(str(tmp_path))
+    finally:
+        os.chdir(cwd)
+    with tarfile.open(tmp_path / name) as tar:
+        members = {m.split("/", 1)[1] for m in tar.getnames() if "/" in m}
+    assert {"tests/conftest.py", "tests/fidelity_cases.py", "tests/fuzz_corpus.py", "Makefile"} <= members
+    assert any(m.startswith("sample_data/") for m in members)
+    assert not any(m.endswith(".so") or "__pycache__" in m for m in members)

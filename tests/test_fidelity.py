@@ -326,3 +326,13 @@ def test_preview_of_a_gray_alpha_png(cli, dirs, tmp_path):
     Image.fromarray(np.full((30, 30, 2), 128, np.uint8), "LA").save(src / "la.png")
     cli("preview", src / "la.png", "-o", tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_a_logluv_tiff_is_refused_with_its_reason(cli, dirs):
+    import cv2
+
+    src, out = dirs
+    rgb = np.random.default_rng(8).random((16, 16, 3), dtype=np.float32)
+    (src / "log.tif").write_bytes(cv2.imencode(".tif", rgb, [cv2.IMWRITE_TIFF_COMPRESSION, 34676])[1].tobytes())
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "not supported: LogLuv (SGILOG) TIFF" in result.stderr

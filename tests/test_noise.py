@@ -140,7 +140,8 @@ def _kernel_path(name: str, monkeypatch) -> Iterator[str]:
         yield name
         return
     if kernel is None:
-        pytest.skip("the C kernel was not built here (no compiler at install time): only numpy runs")
+        pytest.skip(f"no compiled kernel beside {noise.__file__}: built nowhere (no compiler at install time), "
+                    "or elsewhere (a non-editable install builds it in site-packages; run its tests from there)")
     before = kernel.simd()
     try:
         kernel.simd(name == "avx2")

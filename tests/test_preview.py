@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import read_image, write_image
 from noiseaug.preview import preview, residual_display
+
+from conftest import read_image, write_image
 
 
 def photo(height: int, width: int, dtype=np.uint8, channels: int = 3) -> np.ndarray:
