@@ -69,6 +69,9 @@ class Reporter:
     def planned(self, job: Job, action: str) -> None:
         """--dry-run: what would happen to a file ("process" or "skip")."""
 
+    def note(self, text: str) -> None:
+        """Something worth saying with -v (how the run goes, not about one file)."""
+
     def close(self) -> None:
         """The run is over."""
 
@@ -408,6 +411,11 @@ def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
         walk_done = True
         summary.unmatched = _selection(cfg).unmatched(summary.walk.globs_hit)
 
+    from .noise import kernel_problem
+
+    problem = kernel_problem()  # checked here, before workers are forked, so they inherit the verdict
+    if problem:
+        reporter.note(f"compiled noise loops switched off, numpy draws the same noise slower: {problem}")
     try:
         if cfg.workers == 1:
             _inline_run(jobs(), ctx, collect, stopper)
@@ -507,9 +515,6 @@ def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect, stopper: 
 
     for kind in cfg.kinds:  # loaded once here, inherited by forked workers
         importlib.import_module(f".{kind}_io", __package__)
-    from .noise import kernel_problem
-
-    kernel_problem()  # checked once here too, for the same reason
 
     pool = WorkerPool(ctx, cfg.workers, cfg.file_timeout, on_lost)
     try:

@@ -46,6 +46,10 @@ class ConsoleReporter(Reporter):
         if self._bar is not None:
             self._bar.total += 1
 
+    def note(self, text: str) -> None:
+        if self.verbose and not self.quiet:
+            self._print(f"noiseaug: {text}")
+
     def planned(self, job: Job, action: str) -> None:
         if self.verbose and not self.quiet:
             self._print(f"{'would process' if action == 'process' else 'up to date'}: {printable(job.rel)}")
