@@ -6,9 +6,10 @@ is lost or leaves the bookkeeping wrong. Here the handler only counts the
 signal, says what happens next, and writes a byte to a wake-up pipe so a
 dispatch loop blocked in ``wait`` notices at once. The loop checks the flags:
 the first signal stops dispatch and lets the files in flight finish; the
-second abandons them. Only while one file is processed in-process (``--workers
-1``), where nothing else can stop it, does the second signal raise
-:class:`Abandon`, and only inside that file's work.
+second abandons them. While one file is processed in-process (``--workers
+1``), where nothing else can stop it, its work calls :func:`checkpoint`
+between blocks and pages, which raises :class:`Abandon` once a second signal
+came: raising from the handler itself could land in a ``__del__`` and be lost.
 
 Handlers and the wake-up fd are installed for the length of a run, in the
 main thread only, and the previous ones are restored afterwards.
@@ -93,8 +94,6 @@ class Stopper:
                       f"({key} again to abandon them)")
         elif self.count == 2:
             self._say("noiseaug: abandoning the files in flight; the next run cleans up after them")
-            if self._in_job:
-                raise Abandon
 
     def _say(self, text: str) -> None:
         with contextlib.suppress(OSError, TypeError):
@@ -110,12 +109,22 @@ class Stopper:
 
     @contextlib.contextmanager
     def job(self) -> Iterator[None]:
-        """Mark in-process work on one file: a second signal may interrupt it."""
+        """Mark in-process work on one file: a second signal abandons it at its next checkpoint."""
+        global _current
         if self.abandoning:
             raise Abandon
-        self._in_job = True
+        self._in_job, _current = True, self
         try:
             yield
         finally:
-            self._in_job = False
+            self._in_job, _current = False, None
+
+
+_current: Stopper | None = None  # the stopper of the file being processed in this process, if any
+
+
+def checkpoint() -> None:
+    """Raise :class:`Abandon` if a second signal asked to abandon the file in flight (in-process runs)."""
+    if _current is not None and _current.abandoning:
+        raise Abandon
 

@@ -24,6 +24,7 @@ from .config import Config, SigmaSpec
 from .errors import DecodeError, FileError, WriteError
 from .fileio import atomic_file, ensure_dir, hash_file, hash_stream, open_input, read_input, set_temp_tag
 from .noise import escape_stream, image_limits, image_sigma, noise_inplace
+from .signals import checkpoint
 
 OK, ERROR = "ok", "error"
 LABEL = "label"  # the kind of a label map (palette or 1-bit image) copied with --copy-other
@@ -317,6 +318,7 @@ def _write(out_root: str, record: dict[str, Any], rendered: Rendered) -> None:
     folder = ensure_dir(out_root, os.path.dirname(out_rel), _known_dirs)
     with atomic_file(os.path.join(folder, os.path.basename(out_rel))) as fh:
         record.update(rendered.write(fh))
+        checkpoint()  # abandoned now, the output is not renamed into place
         if "output_sha256" not in record:
             record["output_sha256"], record["output_bytes"] = hash_stream(fh)
 
@@ -389,6 +391,7 @@ def noise_picture(picture: Any, sigma_8bit: float, seed: int, rng: np.random.Gen
     """Noise every page of a picture in place, each from its own stream; the clipped fraction."""
     clipped = total = 0.0
     for index, page in enumerate(picture.pages):
+        checkpoint()
         page_rng = rng if index == 0 else seeding.page_generator(seed, index)
         colour = picture.colours[index]
         values = page.shape[0] * page.shape[1] * colour
@@ -482,6 +485,7 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
             try:
                 escapes = escape_stream(rng)  # one for the whole recording: blocks do not matter
                 for block in audio_io.blocks(snd, layout):
+                    checkpoint()
                     clipped += noise_inplace(block, sigma * layout.full_scale, rng, lo=layout.lo,
                                              hi=layout.hi, step=layout.step, escapes=escapes)
                     out.write(block)

@@ -112,13 +112,14 @@ def test_one_signal_to_the_group_finishes_files_in_flight(dataset, clean, tmp_pa
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
-    """Few long recordings: each is in flight for a while, in blocks, so a signal lands inside one."""
+    """Few long FLAC recordings: each is in flight for a second or so, coded block by block, so a
+    signal lands inside one (where an in-process run checks for it)."""
     src = tmp_path_factory.mktemp("sigbig") / "in"
     src.mkdir()
     rng = np.random.default_rng(2)
-    for i in range(6):
-        samples = (rng.standard_normal((48000 * 150, 2)) * 3000).astype(np.int16)
-        sf.write(src / f"long{i}.wav", samples, 48000, subtype="PCM_16")
+    for i in range(4):
+        samples = (rng.standard_normal((48000 * 120, 2)) * 3000).astype(np.int16)
+        sf.write(src / f"long{i}.flac", samples, 48000, subtype="PCM_16")
     return src
 
 
@@ -132,8 +133,8 @@ def big_clean(big, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_second_signal_abandons_files_in_flight_and_the_next_run_sweeps(big, big_clean, tmp_path, workers):
     out = tmp_path / "out"
-    returncode, stderr = interrupt(big, out, workers, [signal.SIGINT, signal.SIGINT], after=1, pattern="*.wav",
-                                   delay=0.1)
+    returncode, stderr = interrupt(big, out, workers, [signal.SIGINT, signal.SIGINT], after=1, pattern="*.flac",
+                                   delay=0.2)
     assert returncode == 130, stderr
     assert "abandoning the files in flight" in stderr and "Traceback" not in stderr
     _, recs = records(out / "noiseaug-manifest.jsonl")
