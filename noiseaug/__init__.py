@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "add_noise": "noise", "image_sigma": "noise",
-    "run": "pipeline", "Reporter": "pipeline",
+    "run": "pipeline", "Reporter": "report",
     "Config": "config", "make_config": "config",
     "Summary": "report",
     "verify": "verify",
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from .config import Config, make_config
     from .errors import FileError, Interrupted, ManifestError, NoiseaugError, UsageError
     from .noise import add_noise, image_sigma
-    from .pipeline import Reporter, run
-    from .report import Summary
+    from .pipeline import run
+    from .report import Reporter, Summary
     from .verify import verify
 
 

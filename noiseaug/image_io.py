@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import DecodeError, TooLargeError, UnsupportedError, WriteError
-from .fileio import codec_stderr_silenced
 from .noise import image_limits
+from .storage.local import codec_stderr_silenced
 
 SAMPLE_TYPES = (np.uint8, np.uint16, np.float32, np.float64)
 ICC_FORMATS = ("png", "jpeg", "webp")  # where OpenCV 5 reads and writes colour profiles

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable
 
 from .errors import ManifestError, MissingShardsError
-from .fileio import atomic_write, open_no_follow
+from .storage.local import atomic_write, open_no_follow
 
 MANIFEST_NAME = "noiseaug-manifest.jsonl"
 

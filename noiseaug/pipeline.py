@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib
 import itertools
 import os
 import platform
@@ -23,7 +24,8 @@ from . import __version__, seeding
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, ManifestError, OptionsChangedError, UsageError, WriteError
-from .fileio import OutputLock, hash_file, set_temp_tag, sweep_folder, sweep_temporaries
+from .executors import make_executor
+from .freshness import all_confirmed
 from .manifest import (
     Manifest,
     ManifestWriter,
@@ -35,45 +37,18 @@ from .manifest import (
     state_path,
     write_sorted,
 )
-from .report import Summary
-from .signals import ABANDONED, Abandon, Stopper
-from .worker import (
-    Context,
-    Job,
-    carried,
-    copies_of,
-    failed_records,
-    is_up_to_date,
-    limit_threads,
-    output_rel,
-    process_job,
-    reset_caches,
-)
+from .noise import kernel_problem
+from .records import LABEL, Job, Outcome, carried, copies_of, failed, output_of, output_rel
+from .report import Reporter, Summary
+from .signals import Stopper
+from .storage.local import OutputLock, hash_file, set_temp_tag, sweep_folder, sweep_temporaries
+from .worker import Context
 
 # Small files travel to the pool in batches of about BATCH_BYTES, to spare a
 # round trip per file; larger batches of mid-sized files (a few 1080p JPEGs)
 # would leave one worker idle at the end of a run while another finishes.
 BATCH_BYTES = 1 << 18
 BATCH_FILES = 16
-
-
-class Reporter:
-    """Hooks through which a run tells its progress; the default says nothing."""
-
-    def discovered(self, candidate: Candidate) -> None:
-        """A file was found and will be processed."""
-
-    def finished(self, job: Job, records: list[dict[str, Any]]) -> None:
-        """A file's copies are done (ok, skipped or failed)."""
-
-    def planned(self, job: Job, action: str) -> None:
-        """--dry-run: what would happen to a file ("process" or "skip")."""
-
-    def note(self, text: str) -> None:
-        """Something worth saying with -v (how the run goes, not about one file)."""
-
-    def close(self) -> None:
-        """The run is over."""
 
 
 def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
@@ -106,7 +81,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     stopper = Stopper()
     try:
         if cfg.dry_run:
-            _plan(in_root, out_root, cfg, prior, summary, reporter)
+            _plan(in_root, out_root, manifest_path, cfg, prior, summary, reporter)
             return summary
         try:
             out_root.mkdir(parents=True, exist_ok=True)
@@ -120,7 +95,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                 sweep_temporaries(os.fsdecode(out_root), temp_tag(cfg.shard))
             if cfg.overwrite:
                 summary.removed = _remove_stale(manifest_path, in_root, out_root, cfg)
-            _execute(in_root, out_root, manifest_path, cfg, prior, summary, reporter, stopper)
+            _Run(in_root, out_root, manifest_path, cfg, prior, summary, reporter).execute(stopper)
             if stopper.abandoning:
                 lock.release(clean=False)  # files were abandoned: the next run sweeps
     finally:
@@ -310,7 +285,7 @@ def _jobs(in_root: Path, cfg: Config, prior: Manifest | None, stats: WalkStats,
         previous = tuple(prior.files.get((key, c)) for c in range(len(outs))) if prior else ()
         job = Job(cand.rel, cand.kind, cand.size, previous)
         if clash is not None:
-            yield failed_records(job, cfg, f"output {clash} is already taken by another input "
+            yield failed(job, cfg, f"output {clash} is already taken by another input "
                                            "or by noiseaug's own files")
             continue
         seen.update(outs)
@@ -330,134 +305,134 @@ def file_stat(path: str) -> tuple[int, int] | None:
     return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
-def _execute(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config,
-             prior: Manifest | None, summary: Summary, reporter: Reporter, stopper: Stopper) -> None:
-    """Process every job; keep the manifest and the stat cache up to date.
+class _Run:
+    """One run's bookkeeping: the manifest, the stat cache, the summary, the records seen so far.
 
     Records of outputs that are still good are carried over unchanged, so a
     repeated or resumed run ends with the same file records as a clean one,
     and a run with nothing to do writes nothing at all.
     """
-    ctx = Context(os.fsdecode(in_root), os.fsdecode(out_root), cfg, temp_tag(cfg.shard), os.getpid())
-    out_dir = os.fsdecode(out_root)
-    writer = ManifestWriter(manifest_path, run_record(cfg, in_root, out_root), append=prior is not None)
-    cache = StatCache(state_path(manifest_path))
-    records: dict[tuple[bytes, int], dict[str, Any]] = {}
-    reserved = {os.path.relpath(p, out_root) for p in (manifest_path, state_path(manifest_path))}
-    reserved.add(lock_name(cfg.shard))
-    input_stats: dict[str, tuple[int, int]] = {}
-    walk_done = False
 
-    def collect(job: Job | None, recs: list[dict[str, Any]]) -> bool:
-        """Take a job's records; True when the run must stop."""
-        stop = False
-        for rec in recs:
-            if rec.get("_not_taken"):  # a label map, left alone without --copy-other
-                summary.walk.labels += 1
-                continue
-            rec.pop("_out", None)
-            skipped = rec.get("_skipped", False)
-            if rec.pop("_fatal", False) and not summary.stopped:
-                summary.stopped = f"{rec['error']} (writing {rec['output']}); fix OUTPUT and run again"
-                stop = True
-            if not skipped:
-                try:
-                    writer.write(rec)
-                except OSError as exc:
-                    summary.stopped = summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
-                    stop = True
-            records[rel_bytes(rec), rec["copy"]] = {k: v for k, v in rec.items() if not k.startswith("_")}
-            summary.add(rec, skipped=skipped)
-            if job is not None and job.rel in input_stats:
-                good = rec["status"] == "ok"
-                out_stat = file_stat(os.path.join(out_dir, rel_str(rec, "output"))) if good else None
-                cache.set(job.rel, rec["copy"], input_stats[job.rel], out_stat)
-        if job is not None:
-            reporter.finished(job, recs)
-        if cfg.on_error == "fail" and any(r["status"] == "error" for r in recs) and not stop:
-            summary.stopped = summary.stopped or ("at the first failure (--on-error fail); "
-                                                  "files not started were not attempted")
-            stop = True
-        return stop
+    def __init__(self, in_root: Path, out_root: Path, manifest_path: Path, cfg: Config, prior: Manifest | None,
+                 summary: Summary, reporter: Reporter) -> None:
+        self.in_root, self.out_root, self.cfg, self.prior = in_root, out_root, cfg, prior
+        self.summary, self.reporter = summary, reporter
+        self.out_dir = os.fsdecode(out_root)
+        self.writer = ManifestWriter(manifest_path, run_record(cfg, in_root, out_root), append=prior is not None)
+        self.cache = StatCache(state_path(manifest_path))
+        self.records: dict[tuple[bytes, int], dict[str, Any]] = {}
+        self.reserved = {os.path.relpath(p, out_root) for p in (manifest_path, state_path(manifest_path))}
+        self.reserved.add(lock_name(cfg.shard))
+        self.input_stats: dict[str, tuple[int, int]] = {}
+        self.walk_done = self.stop = False
 
-    def unchanged(job: Job, cand: Candidate) -> list[dict[str, Any]] | None:
-        """The previous records, if size and mtime say nothing changed."""
-        copies = copies_of("other" if job.prior and job.prior[0] and job.prior[0].get("kind") == "label"
-                           else job.kind, cfg)
-        if len(job.prior) != len(copies) or not all(r and r.get("status") == "ok" for r in job.prior):
-            return None
-        for record in job.prior:
-            out_stat = file_stat(os.path.join(out_dir, rel_str(record, "output")))
-            if not cache.matches(job.rel, record["copy"], (cand.size, cand.mtime_ns), out_stat):
-                return None
-        return [carried(r) for r in job.prior]
+    def execute(self, stopper: Stopper) -> None:
+        """Process every job through the executor the options pick; then rewrite the manifest."""
+        ctx = Context(os.fsdecode(self.in_root), self.out_dir, self.cfg, temp_tag(self.cfg.shard), os.getpid())
+        problem = kernel_problem()  # checked here, before workers are forked, so they inherit the verdict
+        if problem:
+            self.reporter.note(f"compiled noise loops switched off, numpy draws the same noise slower: {problem}")
+        try:
+            batches = _batches(itertools.takewhile(lambda _: not stopper.stopping, self.jobs()))
+            first = next(batches, None)
+            if first is not None:  # nothing to dispatch (an up-to-date run): no executor to start
+                self._dispatch(ctx, itertools.chain([first], batches), stopper)
+        finally:
+            self._finish()
 
-    def jobs() -> Iterator[Job]:
-        nonlocal walk_done
-        for item in _jobs(in_root, cfg, prior, summary.walk, reserved):
+    def _dispatch(self, ctx: Context, batches: Iterator[list[Job]], stopper: Stopper) -> None:
+        for kind in self.cfg.kinds:  # loaded once here, inherited by forked workers
+            importlib.import_module(f".{kind}_io", __package__)
+        executor = make_executor(ctx, self._on_lost)
+        try:
+            for job, outcomes in executor.run(batches, stopper):
+                if self.collect(job, outcomes):
+                    executor.stop()
+        finally:
+            executor.close()
+
+    def _on_lost(self, job: Job, pid: int) -> None:
+        """A worker died with this file in flight: sweep its temporary file."""
+        folder = os.path.dirname(output_of(job, 0, self.cfg))
+        sweep_folder(os.path.join(self.out_dir, folder), temp_tag(self.cfg.shard), pid)
+
+    def jobs(self) -> Iterator[Job]:
+        """The jobs still to do, in walk order; what is up to date by size and mtime is collected at once."""
+        for item in _jobs(self.in_root, self.cfg, self.prior, self.summary.walk, self.reserved):
             if isinstance(item, list):
-                if collect(None, item):
+                if self.collect(None, item):
                     return
                 continue
             job, cand = item
-            input_stats[job.rel] = (cand.size, cand.mtime_ns)
-            reporter.discovered(cand)
-            kept = unchanged(job, cand)
+            self.input_stats[job.rel] = (cand.size, cand.mtime_ns)
+            self.reporter.discovered(cand)
+            kept = unchanged(job, cand, self.cache, self.out_dir, self.cfg)
             if kept is not None:
-                if collect(job, kept):
+                if self.collect(job, kept):
                     return
                 continue
             yield job
-        walk_done = True
-        summary.unmatched = _selection(cfg).unmatched(summary.walk.globs_hit)
+        self.walk_done = True
+        self.summary.unmatched = _selection(self.cfg).unmatched(self.summary.walk.globs_hit)
 
-    from .noise import kernel_problem
+    def collect(self, job: Job | None, outcomes: list[Outcome]) -> bool:
+        """Take a job's outcomes; True when the run must stop."""
+        for outcome in outcomes:
+            if outcome.record is None:  # a label map, left alone without --copy-other
+                self.summary.walk.labels += 1
+            else:
+                self._take(job, outcome)
+        if job is not None:
+            self.reporter.finished(job, outcomes)
+        if self.cfg.on_error == "fail" and any(o.status == "error" for o in outcomes) and not self.stop:
+            self.summary.stopped = self.summary.stopped or ("at the first failure (--on-error fail); "
+                                                            "files not started were not attempted")
+            self.stop = True
+        return self.stop
 
-    problem = kernel_problem()  # checked here, before workers are forked, so they inherit the verdict
-    if problem:
-        reporter.note(f"compiled noise loops switched off, numpy draws the same noise slower: {problem}")
-    try:
-        if cfg.workers == 1:
-            _inline_run(jobs(), ctx, collect, stopper)
-        else:
-            _pool_run(jobs(), ctx, cfg, collect, stopper)
-    finally:
-        try:
-            writer.close()
-        except OSError as exc:
-            summary.stopped = summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
-        try:
-            _finish(writer, prior, records, walk_done, summary, in_root)
-            cache.save()
-        except WriteError as exc:
-            summary.stopped = f"the manifest could not be rewritten ({exc.reason}); " \
-                              "its appended records are kept and a re-run continues from them"
-
-
-def _inline_run(jobs: Iterator[Job], ctx: Context, collect, stopper: Stopper) -> None:
-    """--workers 1: every file in this process, checking for a stop between files."""
-    reset_caches()
-    previous = limit_threads(ctx.config.kinds)
-    try:
-        for job in jobs:
-            if stopper.stopping:
-                break
-            stopper.in_flight = 1
+    def _take(self, job: Job | None, outcome: Outcome) -> None:
+        rec = outcome.record
+        assert rec is not None
+        if outcome.fatal and not self.summary.stopped:
+            self.summary.stopped = f"{rec['error']} (writing {rec['output']}); fix OUTPUT and run again"
+            self.stop = True
+        if not outcome.skipped:
             try:
-                with stopper.job():
-                    records = process_job(job, ctx)
-            except Abandon:
-                collect(job, failed_records(job, ctx.config, ABANDONED))
-                break
-            finally:
-                stopper.in_flight = 0
-            if collect(job, records):
-                break
-    finally:
-        if previous is not None:
-            from . import image_io
+                self.writer.write(rec)
+            except OSError as exc:
+                self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
+                self.stop = True
+        self.records[rel_bytes(rec), rec["copy"]] = rec
+        self.summary.add(rec, skipped=outcome.skipped)
+        if job is not None and job.rel in self.input_stats:
+            good = rec["status"] == "ok"
+            out_stat = file_stat(os.path.join(self.out_dir, rel_str(rec, "output"))) if good else None
+            self.cache.set(job.rel, rec["copy"], self.input_stats[job.rel], out_stat)
 
-            image_io.set_threads(previous)
+    def _finish(self) -> None:
+        try:
+            self.writer.close()
+        except OSError as exc:
+            self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
+        try:
+            _finish(self.writer, self.prior, self.records, self.walk_done, self.summary, self.in_root)
+            self.cache.save()
+        except WriteError as exc:
+            self.summary.stopped = (f"the manifest could not be rewritten ({exc.reason}); "
+                                    "its appended records are kept and a re-run continues from them")
+
+
+def unchanged(job: Job, cand: Candidate, cache: StatCache, out_dir: str, cfg: Config) -> list[Outcome] | None:
+    """The previous records, if size and mtime say nothing changed (rsync's quick check)."""
+    label = bool(job.prior and job.prior[0] and job.prior[0].get("kind") == LABEL)
+    copies = copies_of(LABEL if label else job.kind, cfg)
+    if len(job.prior) != len(copies) or not all(r and r.get("status") == "ok" for r in job.prior):
+        return None
+    for record in job.prior:
+        out_stat = file_stat(os.path.join(out_dir, rel_str(record, "output")))
+        if not cache.matches(job.rel, record["copy"], (cand.size, cand.mtime_ns), out_stat):
+            return None
+    return [carried(r) for r in job.prior]
 
 
 def _finish(writer: ManifestWriter, prior: Manifest | None, records: dict[tuple[bytes, int], dict[str, Any]],
@@ -499,41 +474,19 @@ def _batches(jobs: Iterable[Job]) -> Iterator[list[Job]]:
         yield batch
 
 
-def _pool_run(jobs: Iterator[Job], ctx: Context, cfg: Config, collect, stopper: Stopper) -> None:
-    """Stream batches of jobs through the worker pool."""
-    from .pool import WorkerPool
-
-    def on_lost(job: Job, pid: int) -> None:
-        folder = os.path.dirname(output_rel(job.rel, cfg.name, 0) if job.kind != "other" else job.rel)
-        sweep_folder(os.path.join(ctx.output_root, folder), ctx.temp_tag, pid)
-
-    batches = _batches(itertools.takewhile(lambda _: not stopper.stopping, jobs))
-    first = next(batches, None)
-    if first is None:
-        return  # nothing to dispatch (an up-to-date run): no pool to start
-    import importlib
-
-    for kind in cfg.kinds:  # loaded once here, inherited by forked workers
-        importlib.import_module(f".{kind}_io", __package__)
-
-    pool = WorkerPool(ctx, cfg.workers, cfg.file_timeout, on_lost)
-    try:
-        pool.run(itertools.chain([first], batches), collect, stopper)
-    finally:
-        pool.close()
-
-
-def _plan(in_root: Path, out_root: Path, cfg: Config, prior: Manifest | None, summary: Summary,
-          reporter: Reporter) -> None:
-    """--dry-run: count what would be processed and what is up to date."""
-    ctx = Context(os.fsdecode(in_root), os.fsdecode(out_root), cfg)
+def _plan(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config, prior: Manifest | None,
+          summary: Summary, reporter: Reporter) -> None:
+    """--dry-run: what a run would process and what it would find up to date, by the run's own policy."""
+    cache = StatCache(state_path(manifest_path))
+    out_dir = os.fsdecode(out_root)
     for item in _jobs(in_root, cfg, prior, summary.walk, set()):
         if isinstance(item, list):
-            for record in item:
-                summary.add(record)
+            for outcome in item:
+                summary.add(outcome.record)
             continue
-        job, _ = item
-        action = "skip" if is_up_to_date(job, ctx) else "process"
+        job, cand = item
+        fresh = unchanged(job, cand, cache, out_dir, cfg) is not None or all_confirmed(job, in_root, out_dir, cfg)
+        action = "skip" if fresh else "process"
         reporter.planned(job, action)
         summary.planned[job.kind, action] += 1
         if action == "process":

@@ -23,9 +23,9 @@ import numpy as np
 from . import audio_io, image_io, seeding
 from .discover import kind_of
 from .errors import DecodeError, UsageError
-from .fileio import atomic_write, open_input, read_input
 from .noise import IMAGE_FULL_SCALE, escape_stream, noise_inplace
-from .worker import noise_image
+from .render import noise_image
+from .storage.local import atomic_write, open_input, read_input
 
 BACKGROUND = (250, 250, 250)
 INK = (30, 30, 30)

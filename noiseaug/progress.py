@@ -7,9 +7,8 @@ import time
 from typing import Any
 
 from .discover import Candidate
-from .pipeline import Reporter
-from .report import printable
-from .worker import Job
+from .records import Job, Outcome
+from .report import Reporter, printable
 
 
 class ConsoleReporter(Reporter):
@@ -54,28 +53,34 @@ class ConsoleReporter(Reporter):
         if self.verbose and not self.quiet:
             self._print(f"{'would process' if action == 'process' else 'up to date'}: {printable(job.rel)}")
 
-    def finished(self, job: Job, records: list[dict[str, Any]]) -> None:
+    def finished(self, job: Job, outcomes: list[Outcome]) -> None:
         self.bytes_done += job.size
+        records = [o.record for o in outcomes if o.record is not None]
+        name = printable(job.rel)
         reasons = list(dict.fromkeys(r.get("error") for r in records if r["status"] == "error"))
         for reason in reasons:  # one line per input and reason, not one per copy
-            self._print(f"noiseaug: failed: {printable(records[0]['input'])}: {reason}")
+            self._print(f"noiseaug: failed: {name}: {reason}")
         if not self.quiet:
-            warnings = dict.fromkeys(r["warning"] for r in records if "warning" in r and not r.get("_skipped"))
-            for warning in warnings:
-                self._print(f"noiseaug: warning: {printable(records[0]['input'])}: {warning}")
+            warned = dict.fromkeys(o.record["warning"] for o in outcomes
+                                   if o.record is not None and "warning" in o.record and not o.skipped)
+            for warning in warned:
+                self._print(f"noiseaug: warning: {name}: {warning}")
         if self.verbose and not self.quiet:
-            for record in records:
-                if record.get("_not_taken"):
-                    self._print(f"label map, left alone: {printable(record['input'])}")
-                elif record["status"] != "error":
-                    status = "skipped" if record.get("_skipped") else record["status"]
-                    self._print(f"{status}: {printable(record['input'])} -> {printable(record['output'])}")
+            self._say_each(outcomes, name)
         if self._bar is not None:
             self._bar.update(1)
             now = time.monotonic()
             if now - self._last_postfix > 0.25:
                 self._last_postfix = now
                 self._set_postfix()
+
+    def _say_each(self, outcomes: list[Outcome], name: str) -> None:
+        for outcome in outcomes:
+            if outcome.record is None:
+                self._print(f"{outcome.not_taken}, left alone: {name}")
+            elif outcome.status != "error":
+                status = "skipped" if outcome.skipped else outcome.status
+                self._print(f"{status}: {name} -> {printable(outcome.record['output'])}")
 
     def _set_postfix(self) -> None:
         self._bar.set_postfix_str(f"{self.bytes_done / 1e6:.1f}/{self.bytes_found / 1e6:.1f} MB",

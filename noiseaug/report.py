@@ -4,11 +4,34 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .discover import WalkStats
 
+if TYPE_CHECKING:
+    from .discover import Candidate
+    from .records import Job, Outcome
+
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
+
+
+class Reporter:
+    """Hooks through which a run tells its progress; the default says nothing."""
+
+    def discovered(self, candidate: Candidate) -> None:
+        """A file was found and will be processed."""
+
+    def finished(self, job: Job, outcomes: list[Outcome]) -> None:
+        """A file's copies are done (ok, skipped, failed, or not taken)."""
+
+    def planned(self, job: Job, action: str) -> None:
+        """--dry-run: what would happen to a file ("process" or "skip")."""
+
+    def note(self, text: str) -> None:
+        """Something worth saying with -v (how the run goes, not about one file)."""
+
+    def close(self) -> None:
+        """The run is over."""
 
 
 def printable(text: str) -> str:

@@ -11,9 +11,9 @@ from typing import Any
 
 from . import __version__, seeding
 from .errors import ManifestError, NoiseaugError, UsageError
-from .fileio import hash_stream, read_input
 from .manifest import load, rel_str, safe_rel, sort_key
 from .report import printable
+from .storage.local import hash_stream, read_input
 
 
 @dataclass
@@ -147,7 +147,9 @@ class _Regenerator:
                                 "comparing decoded samples instead of bytes")
 
     def check(self, record: dict[str, Any], output: Path) -> str | None:
-        from .worker import Job, read_source, render
+        from .records import Job
+        from .render import render
+        from .worker import read_source
 
         rel = rel_str(record, "input")
         src = os.path.join(self.root, rel)
@@ -181,7 +183,7 @@ class _Regenerator:
 def _compare_decoded(job: Any, fresh: bytes, existing: bytes) -> str | None:
     import numpy as np
 
-    from .worker import decode_samples
+    from .render import decode_samples
 
     if not np.array_equal(decode_samples(job, fresh), decode_samples(job, existing)):
         return "regenerated samples differ"

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterator
 
-from .errors import LockedError, WriteError
+from ..errors import LockedError, WriteError
 
 TMP_SUFFIX = ".noiseaug-tmp"
 HASH_CHUNK = 1 << 20

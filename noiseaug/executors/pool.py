@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -25,11 +26,59 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator
 
-from .errors import NoiseaugError
-from .signals import ABANDONED, Stopper
-from .worker import Context, Job, failed_records, init_worker, process_job
+from ..errors import NoiseaugError
+from ..records import Job, Outcome, failed
+from ..signals import ABANDONED, Stopper
+from ..storage.local import set_temp_tag
+from ..worker import Context, limit_threads, process_job, reset_caches
 
-Records = list[dict[str, Any]]
+Outcomes = list[Outcome]
+
+
+def init_worker(context: Context) -> None:
+    """Set up a worker process: one thread, SIGINT left to the parent, exit with it."""
+    reset_caches()
+    set_temp_tag(context.temp_tag)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the parent decides: finish, or kill this worker
+        signal.signal(signum, signal.SIG_IGN)
+    limit_threads(context.config.kinds)
+    if context.parent_pid:
+        _exit_with(context.parent_pid)
+
+
+def _exit_with(pid: int) -> None:
+    """End this worker when process ``pid`` ends, even by SIGKILL.
+
+    Pool workers do not notice on their own that the main process has died:
+    they would wait forever, holding its pipes. A pidfd (Linux) becomes
+    readable when the process exits; elsewhere the pid is polled.
+    """
+    import select
+    import threading
+    import time
+
+    try:
+        fd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+        os._exit(1)
+
+    threading.Thread(target=watch, name="noiseaug-parent-watch", daemon=True).start()
+
+
 
 
 def _serve(conn: Connection, context: Context) -> None:
@@ -49,9 +98,9 @@ def _serve(conn: Connection, context: Context) -> None:
             if index and conn.poll():
                 if conn.recv() in ("stop", None):
                     break
-            records = process_job(job, context)
-            conn.send(("file", index, records))
-            if any(r.get("_fatal") for r in records):
+            outcomes = process_job(job, context)
+            conn.send(("file", index, outcomes))
+            if any(o.fatal for o in outcomes):
                 break  # a full disk fails the next file too: leave the rest to the parent's verdict
         conn.send(("idle",))
 
@@ -96,7 +145,7 @@ class WorkerStartError(NoiseaugError):
     """Worker processes die before they can take any work."""
 
 
-class WorkerPool:
+class ProcessPool:
     """N worker processes fed with batches of jobs, one batch each at a time.
 
     ``on_lost(job, pid)`` is called for a file whose worker died or was
@@ -110,6 +159,7 @@ class WorkerPool:
         self._timeout = file_timeout
         self._on_lost = on_lost
         self._failed_starts = 0
+        self._stopping = False
         self._workers = [self._start() for _ in range(workers)]
 
     def _start(self) -> _Worker:
@@ -120,21 +170,23 @@ class WorkerPool:
         child.close()
         return _Worker(process, parent)
 
-    def run(self, batches: Iterator[list[Job]], collect: Callable[[Job, Records], bool], stopper: Stopper) -> None:
-        """Feed every batch to the workers; ``collect`` returns True to stop early.
+    def stop(self) -> None:
+        """Start no new file; the files in flight finish and are still yielded."""
+        self._stopping = True
 
-        Once ``stopper`` says stop (a signal) no new file is started and the
-        files in flight are finished and collected; once it says abandon,
-        they are killed and recorded as abandoned.
+    def run(self, batches: Iterator[list[Job]], stopper: Stopper) -> Iterator[tuple[Job, Outcomes]]:
+        """Feed every batch to the workers; yield each file's outcomes as it finishes.
+
+        Once ``stopper`` says stop (a signal), or :meth:`stop` was called, no
+        new file is started and the files in flight are finished and yielded;
+        once it says abandon, they are killed and yielded as abandoned.
         """
         requeue: collections.deque[Job] = collections.deque()
-        stop = False
         while True:
             if stopper.abandoning:
-                for job, records in self._abandon():
-                    collect(job, records)
+                yield from self._abandon()
                 return
-            if stop or stopper.stopping:
+            if self._stopping or stopper.stopping:
                 requeue.clear()
                 self._stop_all()
             else:
@@ -143,11 +195,10 @@ class WorkerPool:
             stopper.in_flight = sum(1 for w in busy if w.batch)
             if not busy:
                 break
-            for job, records in self._gather(busy, requeue, stopper.wakeup_fd):
-                stop = collect(job, records) or stop
+            yield from self._gather(busy, requeue, stopper.wakeup_fd)
             stopper.drain()
 
-    def _abandon(self) -> Iterator[tuple[Job, Records]]:
+    def _abandon(self) -> Iterator[tuple[Job, Outcomes]]:
         """Kill the busy workers; their files in flight are recorded as abandoned."""
         for worker in self._workers:
             if worker.idle or not worker.batch:
@@ -157,7 +208,7 @@ class WorkerPool:
             if worker.done < len(worker.batch):
                 job = worker.batch[worker.done]
                 self._on_lost(job, worker.process.pid)
-                yield job, failed_records(job, self._context.config, ABANDONED)
+                yield job, failed(job, self._context.config, ABANDONED)
             worker.idle, worker.batch = True, []
 
     def _stop_all(self) -> None:
@@ -186,7 +237,7 @@ class WorkerPool:
             worker.started = time.monotonic()
 
     def _gather(self, busy: list[_Worker], requeue: collections.deque[Job],
-                wakeup: int | None = None) -> Iterator[tuple[Job, Records]]:
+                wakeup: int | None = None) -> Iterator[tuple[Job, Outcomes]]:
         working = [w.started for w in busy if w.batch]
         timeout = max(0.0, min(working) + self._timeout - time.monotonic()) if working else 1.0
         wait([w.conn for w in busy] + [w.process.sentinel for w in busy] + ([wakeup] if wakeup is not None else []),
@@ -220,7 +271,7 @@ class WorkerPool:
                                          f"took longer than --file-timeout {self._timeout:g} s; abandoned")
 
     def _replace(self, worker: _Worker, requeue: collections.deque[Job],
-                 reason: str) -> Iterator[tuple[Job, Records]]:
+                 reason: str) -> Iterator[tuple[Job, Outcomes]]:
         self._swap(worker)
         if worker.done >= len(worker.batch):
             return  # it died after its last file and before saying so: nothing was lost
@@ -228,7 +279,7 @@ class WorkerPool:
         if not worker.stopping:
             requeue.extend(worker.batch[worker.done + 1:])
         self._on_lost(job, worker.process.pid)
-        yield job, failed_records(job, self._context.config, reason)
+        yield job, failed(job, self._context.config, reason)
 
     def _swap(self, worker: _Worker) -> None:
         """Put a fresh process in a dead (or killed) worker's place."""

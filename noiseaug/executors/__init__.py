@@ -1,0 +1,39 @@
+"""Where a batch of files runs: the seam between the pipeline and its workers.
+
+An executor takes batches of jobs and yields ``(job, outcomes)`` as each file
+finishes; :meth:`~Executor.stop` (or a signal, through the run's
+:class:`~noiseaug.signals.Stopper`) stops dispatch while the files in flight
+finish; a file whose process dies is yielded as failed, with the reason, and
+``on_lost`` is told so its temporary output can be swept. The pipeline does
+not know which executor runs: :func:`make_executor` picks it from the options.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Protocol
+
+from ..records import Job, Outcome
+from ..signals import Stopper
+from ..worker import Context
+
+
+class Executor(Protocol):
+    def run(self, batches: Iterator[list[Job]], stopper: Stopper) -> Iterator[tuple[Job, list[Outcome]]]:
+        """Process the batches; yield each file's outcomes as it finishes."""
+
+    def stop(self) -> None:
+        """Start no new file (the pipeline decided to stop: --on-error fail, a full disk)."""
+
+    def close(self) -> None:
+        """Release the workers."""
+
+
+def make_executor(ctx: Context, on_lost: Callable[[Job, int], None]) -> Executor:
+    """In-process for ``--workers 1``, else the local process pool."""
+    if ctx.config.workers == 1:
+        from .inline import InlineExecutor
+
+        return InlineExecutor(ctx)
+    from .pool import ProcessPool
+
+    return ProcessPool(ctx, ctx.config.workers, ctx.config.file_timeout, on_lost)

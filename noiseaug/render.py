@@ -1,0 +1,240 @@
+"""One input, one seed, the options -> the noisy output's bytes and its record's fields.
+
+``run`` (through the worker), ``verify --regenerate`` and ``preview`` all
+come here, so what a preview shows and what verify rebuilds is what a run
+writes. Codecs are reached through ``image_io`` and ``audio_io`` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterator
+
+import numpy as np
+
+from . import seeding
+from .config import Config, SigmaSpec
+from .errors import DecodeError, WriteError
+from .noise import escape_stream, image_limits, image_sigma, noise_inplace
+from .records import Job
+from .signals import checkpoint
+from .storage.local import open_input
+
+
+@dataclass
+class Rendered:
+    """One noisy output, ready to be written, and the record fields known so far.
+
+    ``write`` streams the output into an open binary file and returns the
+    fields only known once it is written (clipping, output hash when cheap).
+    """
+
+    copy: int
+    fields: dict[str, Any]
+    write: Callable[[BinaryIO], dict[str, Any]]
+
+
+def draw_sigma(spec: SigmaSpec, rng: np.random.Generator) -> float:
+    """σ for one file: the value itself, or a uniform draw from the file's own RNG."""
+    return float(rng.uniform(spec.low, spec.high)) if spec.is_range else spec.low
+
+
+def probe_image(rel: str, data: bytes | None, cfg: Config) -> Any:
+    """The image's header (and whether it is a label map), before any pixel is decoded."""
+    from . import image_io
+
+    return image_io.probe(data or b"", rel, image_io.format_of(rel), read_options(cfg))
+
+
+def read_options(cfg: Config) -> Any:
+    from .image_io import ReadOptions
+
+    return ReadOptions(cfg.max_pixels, cfg.palette_images, cfg.float_range)
+
+
+def write_options(cfg: Config) -> Any:
+    from .image_io import WriteOptions
+
+    return WriteOptions(cfg.jpeg_quality, cfg.png_compression, cfg.jpeg_subsampling)
+
+
+def _bytes_writer(encoded: Any) -> Callable[[BinaryIO], dict[str, Any]]:
+    def write(fh: BinaryIO) -> dict[str, Any]:
+        fh.write(encoded)
+        return {"output_sha256": hashlib.sha256(encoded).hexdigest(),
+                "output_bytes": len(memoryview(encoded).cast("B"))}
+    return write
+
+
+def render(job: Job, src: str, data: bytes | None, copies: list[int], cfg: Config,
+           probe: Any = None) -> Iterator[Rendered]:
+    """The noisy outputs of one input for the given copy indices.
+
+    ``data`` holds the input's bytes for images and copied files; audio is
+    streamed from ``src``. ``probe`` is the image's header, when already read;
+    a label map is copied unchanged. Not a generator itself: the renderer it
+    returns holds the only other reference to ``data``, and drops it once
+    decoded (on a 100-megapixel PNG, the compressed bytes are a third of the peak).
+    """
+    if job.kind == "image":
+        assert data is not None
+        probe = probe if probe is not None else probe_image(job.rel, data, cfg)
+        if probe.label is None:
+            return _render_image(job.rel, data, copies, cfg, probe)
+        return _render_label(job.rel, data)
+    if job.kind == "audio":
+        return _render_audio(job.rel, src, copies, cfg)
+    assert data is not None
+    return iter([Rendered(0, {}, _bytes_writer(data))])
+
+
+def decode_samples(job: Job, data: bytes) -> np.ndarray:
+    """The samples an output decodes to, for comparisons across library versions."""
+    if job.kind == "image":
+        from . import image_io
+
+        options = image_io.ReadOptions(2**62, "noise", (-math.inf, math.inf))
+        pages = image_io.decode(data, job.rel, image_io.format_of(job.rel), options).pages
+        return np.concatenate([p.ravel() for p in pages])
+    if job.kind == "audio":
+        from . import audio_io
+
+        return audio_io.decode_all(data)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def noise_image(pixels: np.ndarray, sigma_8bit: float, rng: np.random.Generator, *, shared: bool,
+                colour: int | None = None, limits: tuple[float, float] | None = None) -> float:
+    """Noise an image's first ``colour`` channels in place; returns the clipped fraction.
+
+    ``sigma_8bit`` is in 8-bit units, scaled to the samples' range: the
+    type's full scale, or ``limits`` (float images with a given range).
+    By default alpha is taken to be the last channel of 2- and 4-channel images.
+    """
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    if colour is None:
+        colour = channels - 1 if channels in (2, 4) else channels
+    lo, hi = limits if limits is not None else image_limits(pixels.dtype)
+    sigma = image_sigma(sigma_8bit, pixels.dtype) if pixels.dtype.kind != "f" else sigma_8bit * (hi - lo) / 255.0
+    clipped = noise_inplace(pixels, sigma, rng, lo=lo, hi=hi, channels=colour if pixels.ndim == 3 else None,
+                            shared=shared and colour > 1)
+    return clipped / max(1, pixels.shape[0] * pixels.shape[1] * colour)
+
+
+def noise_picture(picture: Any, sigma_8bit: float, seed: int, rng: np.random.Generator, *,
+                  shared: bool) -> float:
+    """Noise every page of a picture in place, each from its own stream; the clipped fraction."""
+    clipped = total = 0.0
+    for index, page in enumerate(picture.pages):
+        checkpoint()
+        page_rng = rng if index == 0 else seeding.page_generator(seed, index)
+        colour = picture.colours[index]
+        values = page.shape[0] * page.shape[1] * colour
+        clipped += values * noise_image(page, sigma_8bit, page_rng, shared=shared, colour=colour,
+                                        limits=picture.limits)
+        total += values
+    return clipped / max(1.0, total)
+
+
+def _render_label(rel: str, data: bytes) -> Iterator[Rendered]:
+    """A label map, copied unchanged once it is known to decode."""
+    from . import image_io
+
+    image_io.check_label(data, rel, image_io.format_of(rel))
+    yield Rendered(0, {}, _bytes_writer(data))
+
+
+def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config, probe: Any) -> Iterator[Rendered]:
+    from . import image_io
+
+    picture = image_io.decode(data, rel, image_io.format_of(rel), read_options(cfg), probe)
+    del data  # a large image's compressed bytes need not stay beside its pixels and its encoding
+    first = picture.pages[0]
+    shape = {"height": first.shape[0], "width": first.shape[1],
+             "channels": first.shape[2] if first.ndim == 3 else 1, "dtype": str(first.dtype)}
+    options = write_options(cfg)
+    for i, copy in enumerate(copies):
+        seed = seeding.file_seed(cfg.seed, os.fsencode(rel), copy)
+        rng = seeding.generator(seed)
+        sigma = draw_sigma(cfg.image_sigma, rng)
+        noisy = picture if i == len(copies) - 1 else picture.copy()
+        clipped = noise_picture(noisy, sigma, seed, rng, shared=cfg.channel_noise == "shared")
+        encoded = image_io.encode(noisy, rel, options)
+        yield Rendered(copy, {
+            "seed": f"{seed:032x}",
+            "sigma": sigma,
+            "sigma_full_scale": sigma / 255.0,
+            **shape, **picture.fields(options),
+            "clipped_fraction": clipped,
+        }, _bytes_writer(encoded))
+
+
+def _render_audio(rel: str, src: str, copies: list[int], cfg: Config) -> Iterator[Rendered]:
+    from . import audio_io
+    from .audio_io import AudioError
+
+    with open_input(src) as fh:
+        try:
+            snd = audio_io.open_read(fh)
+        except AudioError as exc:
+            raise DecodeError(rel, f"cannot decode as audio: {exc}") from None
+        with snd:
+            layout = audio_io.layout_of(snd)
+            metadata = snd.copy_metadata()
+            try:
+                level = audio_io.rms(snd, layout) if cfg.audio_snr_db is not None else None
+            except AudioError as exc:
+                raise DecodeError(rel, str(exc)) from None
+            for copy in copies:
+                seed = seeding.file_seed(cfg.seed, os.fsencode(rel), copy)
+                rng = seeding.generator(seed)
+                fields: dict[str, Any] = {"seed": f"{seed:032x}"}
+                if level is not None:
+                    assert cfg.audio_snr_db is not None
+                    snr_db = draw_sigma(cfg.audio_snr_db, rng)
+                    sigma = level / 10 ** (snr_db / 20)
+                    fields["snr_db"] = snr_db
+                    if level == 0:
+                        fields["warning"] = "silent: no signal to set --audio-snr-db against, so sigma is 0"
+                else:
+                    assert cfg.audio_sigma is not None
+                    sigma = draw_sigma(cfg.audio_sigma, rng)
+                fields.update(sigma=sigma, sigma_full_scale=sigma, samplerate=layout.samplerate,
+                              channels=layout.channels, format=layout.format, subtype=layout.subtype,
+                              endian=layout.endian)
+                yield Rendered(copy, fields, _audio_writer(rel, snd, layout, metadata, sigma, rng, seed))
+
+
+def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sigma: float,
+                  rng: np.random.Generator, seed: int) -> Callable[[BinaryIO], dict[str, Any]]:
+    from . import audio_io
+    from .audio_io import AudioError
+
+    def write(fh: BinaryIO) -> dict[str, Any]:
+        clipped = frames = 0
+        try:
+            out = audio_io.open_write(fh, layout, metadata)
+        except AudioError as exc:
+            raise WriteError(rel, str(exc)) from None
+        with out:
+            try:
+                escapes = escape_stream(rng)  # one for the whole recording: blocks do not matter
+                for block in audio_io.blocks(snd, layout):
+                    checkpoint()
+                    clipped += noise_inplace(block, sigma * layout.full_scale, rng, lo=layout.lo,
+                                             hi=layout.hi, step=layout.step, escapes=escapes)
+                    out.write(block)
+                    frames += block.shape[0]
+            except AudioError as exc:
+                raise DecodeError(rel, str(exc)) from None
+        if layout.format == "OGG":
+            fh.seek(0)
+            fixed = audio_io.set_ogg_serials(fh.read(), seed)
+            fh.seek(0)
+            fh.write(fixed)
+            fh.truncate()
+        return {"frames": frames, "clipped_fraction": clipped / max(1, frames * layout.channels)}
+    return write
