@@ -1,5 +1,26 @@
-"""``python -m noiseaug``: the same as the ``noiseaug`` command."""
+"""``python -m noiseaug`` and the ``noiseaug`` program.
 
-from .cli import main
+A Ctrl-C or SIGTERM that arrives while Python is still importing the CLI
+would print a traceback from deep inside an import: until a run installs its
+own handlers (``signals.Stopper``), a signal ends the program at once with
+128 + its number, as nothing has been written yet.
+"""
 
-main()
+import os
+import signal
+
+
+def _early(signum: int, frame: object) -> None:
+    os._exit(128 + signum)
+
+
+def main() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _early)
+    from .cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 import typer
 
 from . import __version__
+from .config import MAX_PIXELS
 from .errors import FileError, Interrupted, NoiseaugError
 
 app = typer.Typer(
@@ -44,6 +45,10 @@ def _root(version: Optional[bool] = VersionOption) -> None:
 
 
 PRESENTATION = ("json", "progress", "quiet", "verbose", "preview")  # TOML keys the CLI itself handles
+_CONFIG_KEYS = frozenset(("image_sigma", "audio_sigma", "audio_snr_db", "seed", "copies", "name", "workers", "kinds",
+                          "include", "exclude", "channel_noise", "jpeg_quality", "png_compression", "copy_other",
+                          "overwrite", "dry_run", "on_error", "shard", "max_pixels", "file_timeout", "manifest",
+                          "palette_images", "float_range", "jpeg_subsampling"))
 
 
 def _flag(options: dict[str, Any], key: str) -> bool:
@@ -82,7 +87,7 @@ def run(
     dry_run: Optional[bool] = typer.Option(None, "--dry-run", help="Print the plan and write nothing."),
     on_error: Optional[str] = typer.Option(None, metavar="skip|fail", help="Record a failing file and go on, or stop at the first.  [default: skip]"),
     shard: Optional[str] = typer.Option(None, metavar="I/N", help="Process only shard I of N (stable path hash).  [default: 0/1]"),
-    max_pixels: Optional[int] = typer.Option(None, metavar="P", help="Refuse images whose header declares more pixels.  [default: 178956970]"),
+    max_pixels: Optional[int] = typer.Option(None, metavar="P", help=f"Refuse images whose header declares more pixels.  [default: {MAX_PIXELS}]"),
     palette_images: Optional[str] = typer.Option(None, metavar="labels|noise", help="Palette and 1-bit images: label maps left alone (copied by --copy-other), or noised as true colour.  [default: labels]"),
     float_range: Optional[str] = typer.Option(None, metavar="LO:HI", help="Range of float image samples (noise is scaled to it and clipped to it).  [default: 0:1, others refused]"),
     jpeg_subsampling: Optional[str] = typer.Option(None, metavar="keep|444|422|420", help="Chroma subsampling of written JPEGs.  [default: keep the input's]"),
@@ -97,56 +102,61 @@ def run(
     version: Optional[bool] = VersionOption,
 ) -> None:
     """Write noisy copies of every image and audio file under INPUT_DIR to OUTPUT_DIR."""
-    from .config import load_toml, make_config
-    from .pipeline import run as run_pipeline
     from .progress import ConsoleReporter
 
-    given: dict[str, Any] = dict(
-        image_sigma=image_sigma, audio_sigma=audio_sigma, audio_snr_db=audio_snr_db, seed=seed,
-        copies=copies, name=name, workers=workers, kinds=kinds, include=include or None,
-        exclude=exclude or None, channel_noise=channel_noise, jpeg_quality=jpeg_quality,
-        png_compression=png_compression, copy_other=copy_other, overwrite=overwrite,
-        dry_run=dry_run, on_error=on_error, shard=shard, max_pixels=max_pixels, file_timeout=file_timeout,
-        manifest=manifest, palette_images=palette_images, float_range=float_range,
-        jpeg_subsampling=jpeg_subsampling)
+    given = {k: v for k, v in locals().items() if k in _CONFIG_KEYS}  # the options of the Config
+    given.update(include=include or None, exclude=exclude or None)  # typer gives [] for "not given"
     try:
-        options = load_toml(config, PRESENTATION) if config is not None else {}
-        shown = {k: options.pop(k) for k in PRESENTATION if k in options}
-        json_out = json_out or _flag(shown, "json")
-        quiet = quiet or _flag(shown, "quiet")
-        verbose = verbose or _flag(shown, "verbose")
-        progress = progress if progress is not None else shown.get("progress")
-        preview = preview or int(shown.get("preview", 0))
-        explicit = {k: v for k, v in given.items() if v is not None}
-        if "audio_sigma" in explicit:
-            options.pop("audio_snr_db", None)
-        if "audio_snr_db" in explicit:
-            options.pop("audio_sigma", None)
-        options.update(explicit)
-        cfg = make_config(**options)
+        cfg, shown = _configure(config, given)
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code) from None
+    json_out, quiet, verbose = (flag or shown.get(key, False) for flag, key in
+                                ((json_out, "json"), (quiet, "quiet"), (verbose, "verbose")))
+    bar = next(b for b in (progress, shown.get("progress"), sys.stderr.isatty()) if b is not None)
+    preview = preview or int(shown.get("preview", 0))
+    summary = _run(input_dir, output_dir, cfg, ConsoleReporter(bar=bar and not cfg.dry_run, quiet=quiet,
+                                                                verbose=verbose))
+    _tell(summary, output_dir / "noiseaug-preview.png" if preview > 0 and not cfg.dry_run else None, preview,
+          quiet, json_out)
+    raise typer.Exit(summary.exit_code)
 
-    bar = progress if progress is not None else sys.stderr.isatty()
-    reporter = ConsoleReporter(bar=bar and not cfg.dry_run, quiet=quiet, verbose=verbose)
+
+def _run(input_dir: Path, output_dir: Path, cfg: Any, reporter: Any) -> Any:
+    """The library's run; its summary also when interrupted."""
+    from .pipeline import run as run_pipeline
+
     try:
-        summary = run_pipeline(input_dir, output_dir, cfg, reporter=reporter)
+        return run_pipeline(input_dir, output_dir, cfg, reporter=reporter)
     except Interrupted as exc:
-        summary = exc.summary
+        return exc.summary
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code) from None
     finally:
         _ignore_signals()  # the run is over: a late Ctrl-C must not turn the summary into a traceback
+
+
+def _tell(summary: Any, sheet: Path | None, count: int, quiet: bool, json_out: bool) -> None:
+    """The summary on stderr, the contact sheet, the JSON summary on stdout."""
     if not quiet or summary.interrupted:
         typer.echo(summary.text(), err=True)
-    if preview > 0 and not cfg.dry_run and not summary.interrupted:
-        _contact_sheet(summary, output_dir / "noiseaug-preview.png", preview, quiet)
+    if sheet is not None and not summary.interrupted:
+        _contact_sheet(summary, sheet, count, quiet)
     if json_out:
         typer.echo(json.dumps(summary.to_dict(), ensure_ascii=False))
-    raise typer.Exit(summary.exit_code)
 
 
 _owns_process = False  # True when started as the noiseaug program (main), not called by a host
+
+
+def _configure(config: Path | None, given: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The run's Config (the --config file under the options given) and the file's presentation keys."""
+    from .config import load_toml, make_config, merged
+
+    options = load_toml(config, PRESENTATION) if config is not None else {}
+    shown = {k: options.pop(k) for k in PRESENTATION if k in options}
+    for key in ("json", "quiet", "verbose"):
+        _flag(shown, key)
+    return make_config(**merged(options, given)), shown
 
 
 def _ignore_signals() -> None:
@@ -227,7 +237,7 @@ def preview_command(
     audio_snr_db: Optional[str] = typer.Option(None, metavar="D[,D...]", help="Audio noise by SNR in dB, instead of --audio-sigma."),
     seed: int = typer.Option(0, help="Master seed, as for run."),
     channel_noise: str = typer.Option("per-channel", metavar="per-channel|shared", help="As for run."),
-    max_pixels: int = typer.Option(178956970, metavar="P", help="Refuse larger images."),
+    max_pixels: int = typer.Option(MAX_PIXELS, metavar="P", help="Refuse larger images."),
     version: Optional[bool] = VersionOption,
 ) -> None:
     """Draw what a noise setting does to FILE: original, noisy and residual (images), or

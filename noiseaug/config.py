@@ -18,6 +18,7 @@ from typing import Any
 from .errors import UsageError
 
 KINDS = ("image", "audio")
+MAX_PIXELS = 178956970  # Pillow's own decompression-bomb limit, as --max-pixels' default
 CHANNEL_NOISE = ("per-channel", "shared")
 ON_ERROR = ("skip", "fail")
 PALETTE_IMAGES = ("labels", "noise")
@@ -80,7 +81,7 @@ class Config:
     seed: int = 0
     copies: int = 1
     name: str = "{stem}{ext}"
-    workers: int = 1
+    workers: int = dataclasses.field(default_factory=lambda: default_workers())
     kinds: tuple[str, ...] = KINDS
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -92,7 +93,7 @@ class Config:
     dry_run: bool = False
     on_error: str = "skip"
     shard: tuple[int, int] = (0, 1)
-    max_pixels: int = 178956970
+    max_pixels: int = MAX_PIXELS
     palette_images: str = "labels"
     float_range: tuple[float, float] | None = None
     jpeg_subsampling: str = "keep"
@@ -238,61 +239,91 @@ def _name(template: Any, copies: int) -> str:
     return template
 
 
-def make_config(**options: Any) -> Config:
+def _default(name: str) -> Any:
+    """An option's default, written once: the :class:`Config` field's."""
+    for f in dataclasses.fields(Config):
+        if f.name == name:
+            return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    raise KeyError(name)
+
+
+def make_config(config: str | os.PathLike | None = None, **options: Any) -> Config:
     """Build a :class:`Config` from option values, refusing anything invalid.
 
     Keys are the option names with underscores; ``None`` means "the default".
+    ``config`` names a TOML file of options (``--config``); the options given
+    here win over it, and an ``audio_sigma`` given here replaces the file's
+    ``audio_snr_db`` and the other way round.
     """
+    if config is not None:
+        options = merged(load_toml(Path(config)), options)
     fields = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(options) - fields)
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}")
     given = {k: v for k, v in options.items() if v is not None}
-
-    if "audio_sigma" in given and "audio_snr_db" in given:
-        raise UsageError("--audio-sigma and --audio-snr-db exclude each other: give one")
-    image_sigma = SigmaSpec.parse(given.get("image_sigma", 10), "--image-sigma")
-    if image_sigma.low < 0:
-        raise UsageError(f"--image-sigma must not be negative, not {given['image_sigma']!r}")
-    audio_snr_db = None
-    audio_sigma: SigmaSpec | None = SigmaSpec(0.01, 0.01)
-    if "audio_snr_db" in given:
-        audio_snr_db = SigmaSpec.parse(given["audio_snr_db"], "--audio-snr-db")
-        audio_sigma = None
-    elif "audio_sigma" in given:
-        audio_sigma = SigmaSpec.parse(given["audio_sigma"], "--audio-sigma")
-        if audio_sigma.low < 0:
-            raise UsageError(f"--audio-sigma must not be negative, not {given['audio_sigma']!r}")
-
-    copies = _int(given.get("copies", 1), "--copies", 1)
-    default_name = "{stem}{ext}" if copies == 1 else "{stem}_n{copy}{ext}"
+    image_sigma, audio_sigma, audio_snr_db = _sigmas(given)
+    copies = _int(given.get("copies", _default("copies")), "--copies", 1)
+    default_name = _default("name") if copies == 1 else "{stem}_n{copy}{ext}"
     manifest = given.get("manifest")
     return Config(
         image_sigma=image_sigma,
         audio_sigma=audio_sigma,
         audio_snr_db=audio_snr_db,
-        seed=_int(given.get("seed", 0), "--seed", 0, 2**128 - 1),
+        seed=_int(given.get("seed", _default("seed")), "--seed", 0, 2**128 - 1),
         copies=copies,
         name=_name(given.get("name", default_name), copies),
         workers=_int(given["workers"], "--workers", 1, 1024) if "workers" in given else default_workers(),
-        kinds=_kinds(given.get("kinds", KINDS)),
+        kinds=_kinds(given.get("kinds", _default("kinds"))),
         include=_globs(given.get("include", ()), "--include"),
         exclude=_globs(given.get("exclude", ()), "--exclude"),
-        channel_noise=_choice(given.get("channel_noise", "per-channel"), "--channel-noise", CHANNEL_NOISE),
-        jpeg_quality=_int(given.get("jpeg_quality", 95), "--jpeg-quality", 1, 100),
-        png_compression=_int(given.get("png_compression", 3), "--png-compression", 0, 9),
+        channel_noise=_choice(given.get("channel_noise", _default("channel_noise")), "--channel-noise",
+                              CHANNEL_NOISE),
+        jpeg_quality=_int(given.get("jpeg_quality", _default("jpeg_quality")), "--jpeg-quality", 1, 100),
+        png_compression=_int(given.get("png_compression", _default("png_compression")), "--png-compression", 0, 9),
         copy_other=_bool(given.get("copy_other", False), "--copy-other"),
         overwrite=_bool(given.get("overwrite", False), "--overwrite"),
         dry_run=_bool(given.get("dry_run", False), "--dry-run"),
-        on_error=_choice(given.get("on_error", "skip"), "--on-error", ON_ERROR),
-        shard=_shard(given.get("shard", (0, 1))),
-        max_pixels=_int(given.get("max_pixels", 178956970), "--max-pixels", 1),
-        palette_images=_choice(given.get("palette_images", "labels"), "--palette-images", PALETTE_IMAGES),
+        on_error=_choice(given.get("on_error", _default("on_error")), "--on-error", ON_ERROR),
+        shard=_shard(given.get("shard", _default("shard"))),
+        max_pixels=_int(given.get("max_pixels", MAX_PIXELS), "--max-pixels", 1),
+        palette_images=_choice(given.get("palette_images", _default("palette_images")), "--palette-images",
+                               PALETTE_IMAGES),
         float_range=_float_range(given.get("float_range")),
-        jpeg_subsampling=_subsampling(given.get("jpeg_subsampling", "keep")),
-        file_timeout=_seconds(given.get("file_timeout", 600.0), "--file-timeout"),
+        jpeg_subsampling=_subsampling(given.get("jpeg_subsampling", _default("jpeg_subsampling"))),
+        file_timeout=_seconds(given.get("file_timeout", _default("file_timeout")), "--file-timeout"),
         manifest=Path(manifest) if manifest is not None else None,
     )
+
+
+def _sigmas(given: dict[str, Any]) -> tuple[SigmaSpec, SigmaSpec | None, SigmaSpec | None]:
+    """--image-sigma, and --audio-sigma or --audio-snr-db (never both)."""
+    if "audio_sigma" in given and "audio_snr_db" in given:
+        raise UsageError("--audio-sigma and --audio-snr-db exclude each other: give one")
+    image_sigma = SigmaSpec.parse(given["image_sigma"], "--image-sigma") if "image_sigma" in given \
+        else _default("image_sigma")
+    if image_sigma.low < 0:
+        raise UsageError(f"--image-sigma must not be negative, not {given['image_sigma']!r}")
+    if "audio_snr_db" in given:
+        return image_sigma, None, SigmaSpec.parse(given["audio_snr_db"], "--audio-snr-db")
+    if "audio_sigma" not in given:
+        return image_sigma, _default("audio_sigma"), None
+    audio_sigma = SigmaSpec.parse(given["audio_sigma"], "--audio-sigma")
+    if audio_sigma.low < 0:
+        raise UsageError(f"--audio-sigma must not be negative, not {given['audio_sigma']!r}")
+    return image_sigma, audio_sigma, None
+
+
+def merged(from_file: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """A --config file's options under the ones given directly (``None``: not given)."""
+    explicit = {k: v for k, v in given.items() if v is not None}
+    options = dict(from_file)
+    if "audio_sigma" in explicit:
+        options.pop("audio_snr_db", None)
+    if "audio_snr_db" in explicit:
+        options.pop("audio_sigma", None)
+    options.update(explicit)
+    return options
 
 
 def load_toml(path: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:

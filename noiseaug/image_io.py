@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .config import MAX_PIXELS
 from .errors import DecodeError, TooLargeError, UnsupportedError, WriteError
 from .noise import image_limits
 from .storage.local import codec_stderr_silenced
@@ -47,7 +48,7 @@ WORKING_COPIES = 3  # decoded pixels, a noisy copy, the encoded bytes: a safe up
 class ReadOptions:
     """What decides how an input is read: the size limit, label maps, the float range."""
 
-    max_pixels: int = 178956970
+    max_pixels: int = MAX_PIXELS
     palette_images: str = "labels"  # or "noise": palette and 1-bit images noised as true colour
     float_range: tuple[float, float] | None = None  # the range of float samples; None: [0, 1] and checked
 

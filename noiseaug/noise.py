@@ -373,6 +373,12 @@ def noise_inplace(
         clipped = _noise_int16(aligned, sigma, rng, streams)
         data[...] = aligned
         return clipped
+    return _noise_banded(data, sigma, rng, lo, hi, step, channels, shared)
+
+
+def _noise_banded(data: np.ndarray, sigma: float, rng: np.random.Generator, lo: float, hi: float, step: int,
+                  channels: int | None, shared: bool) -> int:
+    """Float normals in bands of rows (16-bit images, float images, PCM beyond 16 bits), rounded and clipped."""
     integer = data.dtype.kind in "iu"
     wdtype = _work_dtype(data.dtype, lo, hi, step)
     target = data if channels is None else data[..., :channels]

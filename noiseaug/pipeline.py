@@ -52,17 +52,18 @@ BATCH_FILES = 16
 
 
 def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
-        config: Config | None = None, *, reporter: Reporter | None = None,
+        config: Config | str | os.PathLike | None = None, *, reporter: Reporter | None = None,
         **options: Any) -> Summary:
     """Augment every supported file under ``input_dir`` into ``output_dir``.
 
     Options are those of ``noiseaug run`` with underscores (``image_sigma=5``,
-    ``workers=2`` …), or a ready :class:`Config`. Raises :class:`UsageError`
+    ``workers=2`` …), a ready :class:`Config`, or ``config="options.toml"``
+    (what ``--config`` reads; the options given here win over it). Raises :class:`UsageError`
     (and its subclasses) before writing anything for a refused configuration,
     :class:`Interrupted` after a clean stop on SIGINT; per-file failures are in
     the returned :class:`Summary` and the manifest.
     """
-    cfg = config if config is not None else make_config(**options)
+    cfg = config if isinstance(config, Config) else make_config(config, **options)
     reporter = reporter or Reporter()
     in_root, out_root = check_roots(Path(input_dir), Path(output_dir))
     manifest_path = _resolved(Path(cfg.manifest)) if cfg.manifest else default_path(out_root, cfg.shard)

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from . import audio_io, image_io, seeding
+from .config import MAX_PIXELS
 from .discover import kind_of
 from .errors import DecodeError, UsageError
 from .noise import IMAGE_FULL_SCALE, escape_stream, noise_inplace
@@ -74,7 +75,7 @@ def parse_values(text: str | float | Sequence[float], what: str) -> list[float]:
 
 def preview(path: str | os.PathLike, output: str | os.PathLike, *, image_sigma: Any = 10,
             audio_sigma: Any = None, audio_snr_db: Any = None, seed: int = 0,
-            channel_noise: str = "per-channel", max_pixels: int = 178956970) -> Layout:
+            channel_noise: str = "per-channel", max_pixels: int = MAX_PIXELS) -> Layout:
     """Draw a preview picture of ``path`` with the given noise settings into ``output`` (PNG)."""
     src = os.fspath(path)
     kind = kind_of(os.path.basename(src))

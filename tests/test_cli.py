@@ -96,3 +96,31 @@ def test_library_api_runs_without_the_cli(src, tmp_path):
     assert summary.exit_code == 0 and summary.total("ok") == 4
     with pytest.raises(noiseaug.UsageError):
         noiseaug.run(src, src)
+
+
+def test_cli_offers_every_option_of_the_config():
+    """The CLI builds its Config from its own parameters by name: none may be missing or misspelt."""
+    import dataclasses
+
+    from noiseaug import cli
+    from noiseaug.config import Config
+
+    assert cli._CONFIG_KEYS == {f.name for f in dataclasses.fields(Config)}
+
+
+def test_the_library_reads_a_config_file_and_its_options_win(src, tmp_path):
+    import noiseaug
+
+    toml = tmp_path / "opts.toml"
+    toml.write_text('image-sigma = 3\ncopies = 2\nseed = 5\n', encoding="utf-8")
+    summary = noiseaug.run(src, tmp_path / "out", config=toml, workers=1, seed=7)
+    run = json.loads((tmp_path / "out" / "noiseaug-manifest.jsonl").read_text().splitlines()[0])
+    assert run["options"]["image_sigma"] == "3" and run["options"]["copies"] == 2 and run["options"]["seed"] == 7
+    assert summary.total("ok") == 2 * 4
+
+
+def test_defaults_are_written_once():
+    from noiseaug.config import Config, default_workers, make_config
+
+    assert Config() == make_config()
+    assert Config().workers == default_workers()
