@@ -23,7 +23,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 import soundfile as sf
 
-from .storage.local import codec_stderr_silenced
+from .silence import codec_stderr_silenced
 
 # Lossy encoders (Vorbis, Opus, MP3) write bytes that depend on how many frames
 # each write hands them: their blocks stay at BLOCK_FRAMES, part of the

@@ -10,10 +10,10 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 from .seeding import shard_of
+from .storage import Entry, Storage
 
 IMAGE_EXTENSIONS = frozenset(
     ".png .jpg .jpeg .bmp .tif .tiff .webp .pgm .ppm .pnm".split())
@@ -86,44 +86,27 @@ class Selection:
         return count == 1 or shard_of(os.fsencode(rel), count) == index
 
 
-def walk(root: Path, selection: Selection, stats: WalkStats) -> Iterator[Candidate]:
-    """Yield the files under ``root`` that ``selection`` takes, in sorted order.
+def walk(storage: Storage, selection: Selection, stats: WalkStats) -> Iterator[Candidate]:
+    """Yield the files under the storage's root that ``selection`` takes, in sorted order.
 
     Runs lazily, so the pool can start on the first files while the walk goes
     on; counts what it passes over into ``stats``.
     """
-    yield from _walk_dir(os.fsencode(root), b"", selection, stats)
+    for entry in storage.walk():
+        if entry.kind == "file":
+            candidate = _candidate(entry, selection, stats)
+            if candidate is not None:
+                yield candidate
+        elif entry.kind == "link":
+            stats.links += 1
+        elif entry.kind == "special":
+            stats.special += 1
+        else:
+            stats.problems.append(entry.problem)
 
 
-def _walk_dir(root: bytes, prefix: bytes, selection: Selection,
-              stats: WalkStats) -> Iterator[Candidate]:
-    path = os.path.join(root, prefix) if prefix else root
-    try:
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        stats.problems.append(f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}")
-        return
-    for entry in entries:
-        rel_b = prefix + b"/" + entry.name if prefix else entry.name
-        try:
-            if entry.is_symlink():
-                stats.links += 1
-            elif entry.is_dir(follow_symlinks=False):
-                yield from _walk_dir(root, rel_b, selection, stats)
-            elif entry.is_file(follow_symlinks=False):
-                candidate = _candidate(entry, rel_b, selection, stats)
-                if candidate is not None:
-                    yield candidate
-            else:
-                stats.special += 1
-        except OSError as exc:
-            stats.problems.append(f"{os.fsdecode(entry.path)}: {exc.strerror}")
-
-
-def _candidate(entry: os.DirEntry, rel_b: bytes, selection: Selection,
-               stats: WalkStats) -> Candidate | None:
-    rel = os.fsdecode(rel_b)
+def _candidate(entry: Entry, selection: Selection, stats: WalkStats) -> Candidate | None:
+    rel = os.fsdecode(entry.rel)
     kind = kind_of(rel)
     matched = selection.matches(rel, stats.globs_hit)
     if kind == "other" and not selection.copy_other:
@@ -135,5 +118,4 @@ def _candidate(entry: os.DirEntry, rel_b: bytes, selection: Selection,
     if not selection.in_shard(rel):
         stats.other_shard += 1
         return None
-    st = entry.stat(follow_symlinks=False)
-    return Candidate(rel=rel, kind=kind, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return Candidate(rel=rel, kind=kind, size=entry.size, mtime_ns=entry.stamp)

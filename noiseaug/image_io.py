@@ -26,7 +26,7 @@ from PIL import Image
 from .config import MAX_PIXELS
 from .errors import DecodeError, TooLargeError, UnsupportedError, WriteError
 from .noise import image_limits
-from .storage.local import codec_stderr_silenced
+from .silence import codec_stderr_silenced
 
 SAMPLE_TYPES = (np.uint8, np.uint16, np.float32, np.float64)
 ICC_FORMATS = ("png", "jpeg", "webp")  # where OpenCV 5 reads and writes colour profiles

@@ -15,7 +15,6 @@ import importlib
 import itertools
 import os
 import platform
-import stat
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -41,7 +40,8 @@ from .noise import kernel_problem
 from .records import LABEL, Job, Outcome, carried, copies_of, failed, output_of, output_rel
 from .report import Reporter, Summary
 from .signals import Stopper
-from .storage.local import OutputLock, hash_file, set_temp_tag, sweep_folder, sweep_temporaries
+from .storage import LocalStorage, OutputLock, Storage
+from .storage.local import set_temp_tag
 from .worker import Context
 
 # Small files travel to the pool in batches of about BATCH_BYTES, to spare a
@@ -78,25 +78,26 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     shown = cfg.manifest if cfg.manifest else default_path(Path(output_dir), cfg.shard)
     prior = _prior_manifest(manifest_path, cfg, shown)
     summary = Summary(os.fsdecode(in_root), os.fsdecode(out_root), os.fsdecode(shown), dry_run=cfg.dry_run)
+    source, target = LocalStorage(os.fsdecode(in_root)), LocalStorage(os.fsdecode(out_root))
     started = time.perf_counter()
     stopper = Stopper()
     try:
         if cfg.dry_run:
-            _plan(in_root, out_root, manifest_path, cfg, prior, summary, reporter)
+            _plan(source, target, manifest_path, cfg, prior, summary, reporter)
             return summary
         try:
             out_root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create OUTPUT {os.fsdecode(output_dir)}: {exc.strerror}") from None
         name = lock_name(cfg.shard)
-        with stopper, _take_lock(out_root / name, output_dir) as lock:
+        with stopper, _take_lock(target, name, output_dir) as lock:
             prior = _prior_manifest(manifest_path, cfg, shown)
             set_temp_tag(temp_tag(cfg.shard))
             if lock.dirty:
-                sweep_temporaries(os.fsdecode(out_root), temp_tag(cfg.shard))
+                target.sweep(temp_tag(cfg.shard))
             if cfg.overwrite:
-                summary.removed = _remove_stale(manifest_path, in_root, out_root, cfg)
-            _Run(in_root, out_root, manifest_path, cfg, prior, summary, reporter).execute(stopper)
+                summary.removed = _remove_stale(manifest_path, source, target, cfg)
+            _Run(source, target, manifest_path, cfg, prior, summary, reporter).execute(stopper)
             if stopper.abandoning:
                 lock.release(clean=False)  # files were abandoned: the next run sweeps
     finally:
@@ -110,9 +111,9 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
 
 
 @contextlib.contextmanager
-def _take_lock(path: Path, shown: str | os.PathLike) -> Iterator[OutputLock]:
+def _take_lock(target: Storage, name: str, shown: str | os.PathLike) -> Iterator[OutputLock]:
     """OUTPUT's lock; an OUTPUT where it cannot be created is a usage error."""
-    lock = OutputLock(path)
+    lock = target.lock(name)
     try:
         lock.__enter__()
     except OSError as exc:
@@ -125,7 +126,7 @@ def _take_lock(path: Path, shown: str | os.PathLike) -> Iterator[OutputLock]:
     lock.release(clean=True)
 
 
-def _remove_stale(manifest_path: Path, in_root: Path, out_root: Path, cfg: Config) -> int:
+def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Config) -> int:
     """--overwrite: remove the outputs the old manifest records that this run will not produce.
 
     Only files the old manifest names, and only while they still hold the
@@ -139,7 +140,7 @@ def _remove_stale(manifest_path: Path, in_root: Path, out_root: Path, cfg: Confi
     if previous is None:
         return 0
     produced: set[str] = set()
-    for cand in walk(in_root, _selection(cfg), WalkStats()):
+    for cand in walk(source, _selection(cfg), WalkStats()):
         produced.add(cand.rel)  # a copied file, or an image that turns out to be a label map
         if cand.kind != "other":
             produced.update(output_rel(cand.rel, cfg.name, c) for c in range(cfg.copies))
@@ -148,10 +149,9 @@ def _remove_stale(manifest_path: Path, in_root: Path, out_root: Path, cfg: Confi
         rel = rel_str(record, "output")
         if record.get("status") != "ok" or rel in produced:
             continue
-        path = os.path.join(os.fsdecode(out_root), rel)
         try:
-            if hash_file(path)[0] == record.get("output_sha256"):
-                os.unlink(path)
+            if target.hash(rel)[0] == record.get("output_sha256"):
+                target.remove(rel)
                 removed += 1
         except OSError:
             continue
@@ -257,7 +257,7 @@ def library_versions(kinds: tuple[str, ...] = ("image", "audio")) -> dict[str, s
     return versions
 
 
-def run_record(cfg: Config, in_root: Path, out_root: Path) -> dict[str, Any]:
+def run_record(cfg: Config, in_root: str, out_root: str) -> dict[str, Any]:
     """The manifest's first line: what ran, with what, on what."""
     return {
         "type": "run",
@@ -265,21 +265,21 @@ def run_record(cfg: Config, in_root: Path, out_root: Path) -> dict[str, Any]:
         "version": __version__,
         "options": cfg.to_dict(),
         "seed": cfg.seed,
-        "input_root": os.fsdecode(in_root),
-        "output_root": os.fsdecode(out_root),
+        "input_root": in_root,
+        "output_root": out_root,
         "seeding": seeding.SCHEME,
         "versions": library_versions(cfg.kinds),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _jobs(in_root: Path, cfg: Config, prior: Manifest | None, stats: WalkStats,
+def _jobs(source: Storage, cfg: Config, prior: Manifest | None, stats: WalkStats,
           reserved: set[str]) -> Iterator[tuple[Job, Candidate] | list[dict[str, Any]]]:
     """Jobs in walk order; an output clash becomes an error record instead."""
     selection = _selection(cfg)
     seen: set[str] = set(reserved)
     copies = range(cfg.copies)
-    for cand in walk(in_root, selection, stats):
+    for cand in walk(source, selection, stats):
         outs = [cand.rel] if cand.kind == "other" else [output_rel(cand.rel, cfg.name, c) for c in copies]
         clash = next((o for o in outs if o in seen), None)
         key = os.fsencode(cand.rel)
@@ -297,15 +297,6 @@ def _selection(cfg: Config) -> Selection:
     return Selection(cfg.kinds, cfg.include, cfg.exclude, cfg.copy_other, cfg.shard)
 
 
-def file_stat(path: str) -> tuple[int, int] | None:
-    """(size, mtime_ns) of a regular file, None for anything else or nothing."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
-
-
 class _Run:
     """One run's bookkeeping: the manifest, the stat cache, the summary, the records seen so far.
 
@@ -314,22 +305,21 @@ class _Run:
     and a run with nothing to do writes nothing at all.
     """
 
-    def __init__(self, in_root: Path, out_root: Path, manifest_path: Path, cfg: Config, prior: Manifest | None,
+    def __init__(self, source: Storage, target: Storage, manifest_path: Path, cfg: Config, prior: Manifest | None,
                  summary: Summary, reporter: Reporter) -> None:
-        self.in_root, self.out_root, self.cfg, self.prior = in_root, out_root, cfg, prior
+        self.source, self.target, self.cfg, self.prior = source, target, cfg, prior
         self.summary, self.reporter = summary, reporter
-        self.out_dir = os.fsdecode(out_root)
-        self.writer = ManifestWriter(manifest_path, run_record(cfg, in_root, out_root), append=prior is not None)
+        self.writer = ManifestWriter(manifest_path, run_record(cfg, source.root, target.root), append=prior is not None)
         self.cache = StatCache(state_path(manifest_path))
         self.records: dict[tuple[bytes, int], dict[str, Any]] = {}
-        self.reserved = {os.path.relpath(p, out_root) for p in (manifest_path, state_path(manifest_path))}
+        self.reserved = {os.path.relpath(p, target.root) for p in (manifest_path, state_path(manifest_path))}
         self.reserved.add(lock_name(cfg.shard))
         self.input_stats: dict[str, tuple[int, int]] = {}
         self.walk_done = self.stop = False
 
     def execute(self, stopper: Stopper) -> None:
         """Process every job through the executor the options pick; then rewrite the manifest."""
-        ctx = Context(os.fsdecode(self.in_root), self.out_dir, self.cfg, temp_tag(self.cfg.shard), os.getpid())
+        ctx = Context(self.source, self.target, self.cfg, temp_tag(self.cfg.shard), os.getpid())
         problem = kernel_problem()  # checked here, before workers are forked, so they inherit the verdict
         if problem:
             self.reporter.note(f"compiled noise loops switched off, numpy draws the same noise slower: {problem}")
@@ -355,11 +345,11 @@ class _Run:
     def _on_lost(self, job: Job, pid: int) -> None:
         """A worker died with this file in flight: sweep its temporary file."""
         folder = os.path.dirname(output_of(job, 0, self.cfg))
-        sweep_folder(os.path.join(self.out_dir, folder), temp_tag(self.cfg.shard), pid)
+        self.target.sweep(temp_tag(self.cfg.shard), folder, pid)
 
     def jobs(self) -> Iterator[Job]:
         """The jobs still to do, in walk order; what is up to date by size and mtime is collected at once."""
-        for item in _jobs(self.in_root, self.cfg, self.prior, self.summary.walk, self.reserved):
+        for item in _jobs(self.source, self.cfg, self.prior, self.summary.walk, self.reserved):
             if isinstance(item, list):
                 if self.collect(None, item):
                     return
@@ -367,7 +357,7 @@ class _Run:
             job, cand = item
             self.input_stats[job.rel] = (cand.size, cand.mtime_ns)
             self.reporter.discovered(cand)
-            kept = unchanged(job, cand, self.cache, self.out_dir, self.cfg)
+            kept = unchanged(job, cand, self.cache, self.target, self.cfg)
             if kept is not None:
                 if self.collect(job, kept):
                     return
@@ -407,7 +397,7 @@ class _Run:
         self.summary.add(rec, skipped=outcome.skipped)
         if job is not None and job.rel in self.input_stats:
             good = rec["status"] == "ok"
-            out_stat = file_stat(os.path.join(self.out_dir, rel_str(rec, "output"))) if good else None
+            out_stat = self.target.stat(rel_str(rec, "output")) if good else None
             self.cache.set(job.rel, rec["copy"], self.input_stats[job.rel], out_stat)
 
     def _finish(self) -> None:
@@ -416,28 +406,28 @@ class _Run:
         except OSError as exc:
             self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
         try:
-            _finish(self.writer, self.prior, self.records, self.walk_done, self.summary, self.in_root)
+            _finish(self.writer, self.prior, self.records, self.walk_done, self.summary, self.source)
             self.cache.save()
         except WriteError as exc:
             self.summary.stopped = (f"the manifest could not be rewritten ({exc.reason}); "
                                     "its appended records are kept and a re-run continues from them")
 
 
-def unchanged(job: Job, cand: Candidate, cache: StatCache, out_dir: str, cfg: Config) -> list[Outcome] | None:
+def unchanged(job: Job, cand: Candidate, cache: StatCache, target: Storage, cfg: Config) -> list[Outcome] | None:
     """The previous records, if size and mtime say nothing changed (rsync's quick check)."""
     label = bool(job.prior and job.prior[0] and job.prior[0].get("kind") == LABEL)
     copies = copies_of(LABEL if label else job.kind, cfg)
     if len(job.prior) != len(copies) or not all(r and r.get("status") == "ok" for r in job.prior):
         return None
     for record in job.prior:
-        out_stat = file_stat(os.path.join(out_dir, rel_str(record, "output")))
+        out_stat = target.stat(rel_str(record, "output"))
         if not cache.matches(job.rel, record["copy"], (cand.size, cand.mtime_ns), out_stat):
             return None
     return [carried(r) for r in job.prior]
 
 
 def _finish(writer: ManifestWriter, prior: Manifest | None, records: dict[tuple[bytes, int], dict[str, Any]],
-            walk_done: bool, summary: Summary, in_root: Path) -> None:
+            walk_done: bool, summary: Summary, source: Storage) -> None:
     """Rewrite the manifest sorted, keeping what this run did not reach.
 
     Previous records of inputs this run never saw are kept (they may lie
@@ -450,7 +440,7 @@ def _finish(writer: ManifestWriter, prior: Manifest | None, records: dict[tuple[
         for key, record in prior.files.items():
             if key in final:
                 continue
-            if walk_done and not os.path.lexists(os.path.join(os.fsencode(in_root), key[0])):
+            if walk_done and source.stat(os.fsdecode(key[0])) is None:
                 record = {**record, "input_missing": True}
                 if key[1] == 0:
                     summary.gone.append(rel_str(record))
@@ -475,18 +465,17 @@ def _batches(jobs: Iterable[Job]) -> Iterator[list[Job]]:
         yield batch
 
 
-def _plan(in_root: Path, out_root: Path, manifest_path: Path, cfg: Config, prior: Manifest | None,
+def _plan(source: Storage, target: Storage, manifest_path: Path, cfg: Config, prior: Manifest | None,
           summary: Summary, reporter: Reporter) -> None:
     """--dry-run: what a run would process and what it would find up to date, by the run's own policy."""
     cache = StatCache(state_path(manifest_path))
-    out_dir = os.fsdecode(out_root)
-    for item in _jobs(in_root, cfg, prior, summary.walk, set()):
+    for item in _jobs(source, cfg, prior, summary.walk, set()):
         if isinstance(item, list):
             for outcome in item:
                 summary.add(outcome.record)
             continue
         job, cand = item
-        fresh = unchanged(job, cand, cache, out_dir, cfg) is not None or all_confirmed(job, in_root, out_dir, cfg)
+        fresh = unchanged(job, cand, cache, target, cfg) is not None or all_confirmed(job, source, target, cfg)
         action = "skip" if fresh else "process"
         reporter.planned(job, action)
         summary.planned[job.kind, action] += 1

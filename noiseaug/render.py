@@ -21,7 +21,7 @@ from .errors import DecodeError, WriteError
 from .noise import escape_stream, image_limits, image_sigma, noise_inplace
 from .records import Job
 from .signals import checkpoint
-from .storage.local import open_input
+from .storage import Storage
 
 
 @dataclass
@@ -69,12 +69,12 @@ def _bytes_writer(encoded: Any) -> Callable[[BinaryIO], dict[str, Any]]:
     return write
 
 
-def render(job: Job, src: str, data: bytes | None, copies: list[int], cfg: Config,
+def render(job: Job, source: Storage, data: bytes | None, copies: list[int], cfg: Config,
            probe: Any = None) -> Iterator[Rendered]:
     """The noisy outputs of one input for the given copy indices.
 
     ``data`` holds the input's bytes for images and copied files; audio is
-    streamed from ``src``. ``probe`` is the image's header, when already read;
+    streamed from ``source``. ``probe`` is the image's header, when already read;
     a label map is copied unchanged. Not a generator itself: the renderer it
     returns holds the only other reference to ``data``, and drops it once
     decoded (on a 100-megapixel PNG, the compressed bytes are a third of the peak).
@@ -86,7 +86,7 @@ def render(job: Job, src: str, data: bytes | None, copies: list[int], cfg: Confi
             return _render_image(job.rel, data, copies, cfg, probe)
         return _render_label(job.rel, data)
     if job.kind == "audio":
-        return _render_audio(job.rel, src, copies, cfg)
+        return _render_audio(job.rel, source, copies, cfg)
     assert data is not None
     return iter([Rendered(0, {}, _bytes_writer(data))])
 
@@ -172,11 +172,11 @@ def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config, probe: 
         }, _bytes_writer(encoded))
 
 
-def _render_audio(rel: str, src: str, copies: list[int], cfg: Config) -> Iterator[Rendered]:
+def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config) -> Iterator[Rendered]:
     from . import audio_io
     from .audio_io import AudioError
 
-    with open_input(src) as fh:
+    with source.open(rel) as fh:
         try:
             snd = audio_io.open_read(fh)
         except AudioError as exc:

@@ -149,18 +149,19 @@ class _Regenerator:
     def check(self, record: dict[str, Any], output: Path) -> str | None:
         from .records import Job
         from .render import render
+        from .storage import LocalStorage
         from .worker import read_source
 
         rel = rel_str(record, "input")
-        src = os.path.join(self.root, rel)
+        source = LocalStorage(os.fsdecode(self.root))
         job = Job(rel, record["kind"], 0)
         try:
-            data, digest, _ = read_source(job, src)
+            data, digest, _ = read_source(job, source)
         except OSError as exc:
             return f"input {record['input']}: cannot read: {exc.strerror or exc}"
         if digest != record.get("input_sha256"):
             return f"input {record['input']} changed since the run"
-        outputs = render(job, src, data, [int(record["copy"])], self.cfg)
+        outputs = render(job, source, data, [int(record["copy"])], self.cfg)
         try:
             rendered = next(outputs)
             if rendered.fields.get("seed", record.get("seed")) != record.get("seed"):

@@ -10,7 +10,6 @@ one-line reason, so one bad file never stops the batch.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -20,26 +19,19 @@ from .freshness import confirmed
 from .records import Job, Outcome, base_records, carried, error_record, output_of
 from .render import Rendered, probe_image, render
 from .signals import checkpoint
-from .storage.local import atomic_file, ensure_dir, hash_file, hash_stream, read_input
+from .storage import Storage
+from .storage.local import hash_stream
 
 
 @dataclass(frozen=True)
 class Context:
     """What every job of a run shares; sent once to each worker."""
 
-    input_root: str
-    output_root: str
+    source: Storage  # INPUT
+    target: Storage  # OUTPUT
     config: Config
     temp_tag: str = "run"
     parent_pid: int = 0  # the run's main process; pool workers end when it is gone
-
-
-_known_dirs: set[str] = set()
-
-
-def reset_caches() -> None:
-    """Forget the folders known to exist: a new run may find OUTPUT deleted and made anew."""
-    _known_dirs.clear()
 
 
 def limit_threads(kinds: tuple[str, ...]) -> int | None:
@@ -58,9 +50,8 @@ def limit_threads(kinds: tuple[str, ...]) -> int | None:
 def process_job(job: Job, ctx: Context) -> list[Outcome]:
     """Read the input, keep the copies that are up to date, render and write the rest."""
     cfg = ctx.config
-    src = os.path.join(ctx.input_root, job.rel)
     try:
-        data, digest, size = read_source(job, src)
+        data, digest, size = read_source(job, ctx.source)
     except OSError as exc:
         return [Outcome(error_record(r, f"cannot read: {exc.strerror or exc}")) for r in base_records(job, cfg)]
     known = {"input_sha256": digest, "input_bytes": size}
@@ -77,12 +68,12 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
     for record in base:
         prior = job.prior[record["copy"]] if record["copy"] < len(job.prior) else None
         out_rel = output_of(job, record["copy"], cfg, record["kind"])
-        if confirmed(prior, digest, ctx.output_root, out_rel, record["kind"]):
+        if confirmed(prior, digest, ctx.target, out_rel, record["kind"]):
             outcomes[record["copy"]] = carried(prior)
         else:
             todo.append(record)
     if todo:
-        outputs = render(job, src, data, [r["copy"] for r in todo], cfg, probe)
+        outputs = render(job, ctx.source, data, [r["copy"] for r in todo], cfg, probe)
         data = None  # the renderer holds the input now, and lets it go once decoded
         outcomes.update(_write_outputs(ctx, job, outputs, base, todo))
     return [outcomes[c] for c in sorted(outcomes)]
@@ -114,18 +105,17 @@ def _failed(todo: list[dict[str, Any]], done: dict[int, Outcome], reason: str,
     return {r["copy"]: Outcome(error_record(r, reason), fatal=fatal) for r in todo if r["copy"] not in done}
 
 
-def read_source(job: Job, src: str) -> tuple[bytes | None, str, int]:
+def read_source(job: Job, source: Storage) -> tuple[bytes | None, str, int]:
     """Images and copied files are read whole (a codec needs them in memory); audio is only hashed."""
     if job.kind == "audio":
-        digest, size = hash_file(src)
+        digest, size = source.hash(job.rel)
         return None, digest, size
-    data = read_input(src)
+    data = source.read(job.rel)
     return data, hashlib.sha256(data).hexdigest(), len(data)
 
 
 def _write(ctx: Context, out_rel: str, record: dict[str, Any], rendered: Rendered) -> None:
-    folder = ensure_dir(ctx.output_root, os.path.dirname(out_rel), _known_dirs)
-    with atomic_file(os.path.join(folder, os.path.basename(out_rel))) as fh:
+    with ctx.target.write(out_rel) as fh:
         record.update(rendered.write(fh))
         checkpoint()  # abandoned now, the output is not renamed into place
         if "output_sha256" not in record:

@@ -10,7 +10,7 @@ from typing import Iterator
 
 from ..records import Job, Outcome, failed
 from ..signals import ABANDONED, Abandon, Stopper
-from ..worker import Context, limit_threads, process_job, reset_caches
+from ..worker import Context, limit_threads, process_job
 
 
 class InlineExecutor:
@@ -18,7 +18,7 @@ class InlineExecutor:
         self._ctx = ctx
         self._stopping = False
         self._threads = limit_threads(ctx.config.kinds)
-        reset_caches()
+        ctx.target.forget()
 
     def stop(self) -> None:
         self._stopping = True

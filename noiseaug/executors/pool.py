@@ -30,14 +30,14 @@ from ..errors import NoiseaugError
 from ..records import Job, Outcome, failed
 from ..signals import ABANDONED, Stopper
 from ..storage.local import set_temp_tag
-from ..worker import Context, limit_threads, process_job, reset_caches
+from ..worker import Context, limit_threads, process_job
 
 Outcomes = list[Outcome]
 
 
 def init_worker(context: Context) -> None:
     """Set up a worker process: one thread, SIGINT left to the parent, exit with it."""
-    reset_caches()
+    context.target.forget()
     set_temp_tag(context.temp_tag)
     for signum in (signal.SIGINT, signal.SIGTERM):  # the parent decides: finish, or kill this worker
         signal.signal(signum, signal.SIG_IGN)

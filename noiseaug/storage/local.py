@@ -16,6 +16,7 @@ import os
 import secrets
 import stat
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterator
 
@@ -73,24 +74,6 @@ def sweep_folder(folder: str, tag: str, pid: int | None = None) -> int:
     return removed
 
 
-
-
-@contextmanager
-def codec_stderr_silenced() -> Iterator[None]:
-    """Keep C codec libraries (libpng, libtiff, libjpeg, mpg123) off stderr meanwhile.
-
-    They print straight to file descriptor 2, in the middle of noiseaug's own
-    lines; the reason for a failure is noiseaug's to report, once.
-    """
-    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    saved = os.dup(2)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def read_input(path: str | bytes) -> bytes:
@@ -246,3 +229,93 @@ class OutputLock:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self.release(clean=exc_type is None)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name found by :meth:`LocalStorage.walk`."""
+
+    rel: bytes  # relative POSIX path, as bytes (any file name)
+    kind: str  # "file", "link", "special" or "problem"
+    size: int = 0
+    stamp: int = 0  # change stamp: mtime in ns
+    problem: str = ""
+
+
+@dataclass
+class LocalStorage:
+    """A folder on the local file system, as the pipeline uses INPUT and OUTPUT (:class:`~noiseaug.storage.Storage`)."""
+
+    root: str
+    _known: set[str] = field(default_factory=set, repr=False, compare=False)  # folders known to exist
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def walk(self) -> Iterator[Entry]:
+        """Every name under the root, sorted, without following links; files with size and change stamp."""
+        yield from _walk(os.fsencode(self.root), b"")
+
+    def read(self, rel: str) -> bytes:
+        return read_input(self.path(rel))
+
+    def open(self, rel: str) -> BinaryIO:
+        return open_input(self.path(rel))
+
+    def hash(self, rel: str) -> tuple[str, int]:
+        return hash_file(self.path(rel))
+
+    def stat(self, rel: str) -> tuple[int, int] | None:
+        """(size, change stamp) of a regular file, None for anything else or nothing."""
+        try:
+            st = os.lstat(self.path(rel))
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+    @contextmanager
+    def write(self, rel: str) -> Iterator[BinaryIO]:
+        """A new file that appears at ``rel`` whole, or not at all (temporary file + rename)."""
+        folder = ensure_dir(self.root, os.path.dirname(rel), self._known)
+        with atomic_file(os.path.join(folder, os.path.basename(rel))) as fh:
+            yield fh
+
+    def remove(self, rel: str) -> None:
+        os.unlink(self.path(rel))
+
+    def lock(self, name: str) -> OutputLock:
+        return OutputLock(Path(self.root) / name)
+
+    def sweep(self, tag: str, folder: str | None = None, pid: int | None = None) -> int:
+        """Remove temporary files a killed run (``tag``) left: everywhere, or in one folder (only ``pid``'s)."""
+        if folder is None:
+            return sweep_temporaries(self.root, tag)
+        return sweep_folder(self.path(folder), tag, pid)
+
+    def forget(self) -> None:
+        """Forget the folders known to exist (a new run may find them deleted)."""
+        self._known.clear()
+
+
+def _walk(root: bytes, prefix: bytes) -> Iterator[Entry]:
+    path = os.path.join(root, prefix) if prefix else root
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        yield Entry(prefix, "problem", problem=f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}")
+        return
+    for entry in entries:
+        rel = prefix + b"/" + entry.name if prefix else entry.name
+        try:
+            if entry.is_symlink():
+                yield Entry(rel, "link")
+            elif entry.is_dir(follow_symlinks=False):
+                yield from _walk(root, rel)
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                yield Entry(rel, "file", st.st_size, st.st_mtime_ns)
+            else:
+                yield Entry(rel, "special")
+        except OSError as exc:
+            yield Entry(rel, "problem", problem=f"{os.fsdecode(entry.path)}: {exc.strerror}")

@@ -1,0 +1,42 @@
+"""Where bytes live: the seam between the pipeline and a file system.
+
+What the pipeline does with bytes, and nothing more: list a tree with sizes
+and change stamps, open and read without following links, hash, write an
+output so that it appears whole or not at all, remove a file it recorded,
+take and release OUTPUT's lock, and sweep what a killed run left behind.
+The local file system (:class:`~noiseaug.storage.local.LocalStorage`: no-follow
+opens, temporary file + ``os.replace``, ``flock``) is the one implementation.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO, ContextManager, Iterator, Protocol
+
+from .local import Entry, LocalStorage, OutputLock
+
+
+class Storage(Protocol):
+    root: str
+
+    def walk(self) -> Iterator[Entry]: ...
+
+    def read(self, rel: str) -> bytes: ...
+
+    def open(self, rel: str) -> BinaryIO: ...
+
+    def hash(self, rel: str) -> tuple[str, int]: ...
+
+    def stat(self, rel: str) -> tuple[int, int] | None: ...
+
+    def write(self, rel: str) -> ContextManager[BinaryIO]: ...
+
+    def remove(self, rel: str) -> None: ...
+
+    def lock(self, name: str) -> OutputLock: ...
+
+    def sweep(self, tag: str, folder: str | None = None, pid: int | None = None) -> int: ...
+
+    def forget(self) -> None: ...
+
+
+__all__ = ["Entry", "LocalStorage", "OutputLock", "Storage"]
