@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -21,11 +22,13 @@ import cv2
 import numpy as np
 
 from . import audio_io, image_io, seeding
-from .config import MAX_PIXELS
+from .config import MAX_PIXELS, make_config
 from .discover import kind_of
 from .errors import DecodeError, UsageError
-from .noise import IMAGE_FULL_SCALE, escape_stream, noise_inplace
-from .render import noise_image
+from .noise import IMAGE_FULL_SCALE
+from .records import Job
+from .render import noise_image, render
+from .storage import LocalStorage
 from .storage.local import atomic_write, open_input, read_input
 
 BACKGROUND = (250, 250, 250)
@@ -243,33 +246,24 @@ class _Track:
 
 
 def _audio_preview(src: str, values: list[float], snr: bool, seed: int) -> tuple[Layout, np.ndarray]:
+    """The original and, for each value, exactly what ``run`` writes (rendered by the same code, then read back)."""
     name = os.path.basename(src)
-    with open_input(src) as fh:
-        try:
-            snd = audio_io.open_read(fh)
-        except audio_io.AudioError as exc:
-            raise DecodeError(name, f"cannot decode as audio: {exc}") from None
-        with snd:
-            layout_ = audio_io.layout_of(snd)
-            level = audio_io.rms(snd, layout_) if snr else 0.0
-            sigmas = [level / 10 ** (v / 20) for v in values] if snr else values
-            original = _Track(layout_.frames, layout_.samplerate)
-            noisy = [_Track(layout_.frames, layout_.samplerate) for _ in sigmas]
-            rngs = [seeding.generator(seeding.file_seed(seed, os.fsencode(name), 0)) for _ in sigmas]
-            escapes = [escape_stream(rng) for rng in rngs]
-            signal_energy = 0.0
-            noise_energy = [0.0] * len(sigmas)
-            for block in audio_io.blocks(snd, layout_):
-                clean = _as_float(block, layout_)
-                original.add(clean.mean(axis=1))
-                signal_energy += float(np.square(clean).sum())
-                for i, sigma in enumerate(sigmas):
-                    work = block.copy()
-                    noise_inplace(work, sigma * layout_.full_scale, rngs[i], lo=layout_.lo, hi=layout_.hi,
-                                  step=layout_.step, escapes=escapes[i])
-                    dirty = _as_float(work, layout_)
-                    noisy[i].add(dirty.mean(axis=1))
-                    noise_energy[i] += float(np.square(dirty - clean).sum())
+    source = LocalStorage(os.path.dirname(os.path.abspath(src)))
+    with source.open(name) as fh:
+        original, layout_, signal_energy = _read_track(fh, name)
+    noisy, sigmas, noise_energy = [], [], []
+    for value in values:
+        cfg = make_config(seed=seed, workers=1, **({"audio_snr_db": value} if snr else {"audio_sigma": value}))
+        outputs = render(Job(name, "audio", 0), source, None, [0], cfg)  # holds the input open while it writes
+        rendered = next(outputs)
+        sigmas.append(rendered.fields["sigma"])
+        with tempfile.TemporaryFile() as out, source.open(name) as clean:
+            rendered.write(out)
+            outputs.close()
+            out.seek(0)
+            track, energy = _compare(clean, out, name)
+        noisy.append(track)
+        noise_energy.append(energy)
     seconds = layout_.frames / layout_.samplerate
     layout = Layout(title=f"{name}: {layout_.format}/{layout_.subtype}, {layout_.samplerate} Hz, "
                           f"{layout_.channels} channel(s), {seconds:.1f} s"
@@ -299,6 +293,39 @@ def _audio_preview(src: str, values: list[float], snr: bool, seed: int) -> tuple
         layout.panels.append(Panel(f"{kind}-waveform", label, wave_box, row))
         layout.panels.append(Panel(f"{kind}-spectrogram", label, spec_box, row))
     return layout, canvas
+
+
+def _open(fh: Any, name: str) -> Any:
+    try:
+        return audio_io.open_read(fh)
+    except audio_io.AudioError as exc:
+        raise DecodeError(name, f"cannot decode as audio: {exc}") from None
+
+
+def _read_track(fh: Any, name: str) -> tuple[_Track, audio_io.Layout, float]:
+    """A recording as a display track (channels mixed), its layout and its energy."""
+    with _open(fh, name) as snd:
+        layout_ = audio_io.layout_of(snd)
+        track, energy = _Track(layout_.frames, layout_.samplerate), 0.0
+        for block in audio_io.blocks(snd, layout_):
+            values = _as_float(block, layout_)
+            track.add(values.mean(axis=1))
+            energy += float(np.square(values).sum())
+    return track, layout_, energy
+
+
+def _compare(clean_fh: Any, dirty_fh: Any, name: str) -> tuple[_Track, float]:
+    """The noisy recording's display track, and the energy of noisy − clean, block by block (bounded memory;
+    a lossy codec may pad the noisy one: only the samples both have count)."""
+    with _open(clean_fh, name) as clean, _open(dirty_fh, name) as dirty:
+        a, b = audio_io.layout_of(clean), audio_io.layout_of(dirty)
+        track, energy = _Track(b.frames, b.samplerate), 0.0
+        for x, y in zip(audio_io.blocks(clean, a), audio_io.blocks(dirty, b)):
+            fx, fy = _as_float(x, a), _as_float(y, b)
+            track.add(fy.mean(axis=1))
+            n = min(len(fx), len(fy))
+            energy += float(np.square(fy[:n] - fx[:n]).sum())
+    return track, energy
 
 
 def _as_float(block: np.ndarray, layout: audio_io.Layout) -> np.ndarray:

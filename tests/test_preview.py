@@ -130,3 +130,36 @@ def test_preview_refuses_what_it_cannot_show(cli, tmp_path):
     write_image(tmp_path / "ok.png", photo(10, 10))
     cli("preview", tmp_path / "ok.png", "-o", tmp_path / "p.png", "--image-sigma", "-3", code=2)
     assert cv2.imread(str(tmp_path / "p.png")) is None
+
+
+def test_the_noisy_panel_is_what_run_writes(tmp_path):
+    """The preview's noisy image is the run's output, pixel for pixel (same renderer, same seed)."""
+    import noiseaug
+    from noiseaug import preview as pv
+
+    src = tmp_path / "in"
+    pixels = np.random.default_rng(4).integers(40, 220, (48, 56, 3), dtype=np.uint8)
+    write_image(src / "p.png", pixels)
+    noiseaug.run(src, tmp_path / "out", workers=1, image_sigma=9, seed=3)
+    layout = pv.preview(src / "p.png", tmp_path / "pre.png", image_sigma="9", seed=3)
+    panel = next(p for p in layout.panels if p.name == "noisy")
+    x, y, w, h = panel.box
+    shown = read_image(tmp_path / "pre.png")[y:y + h, x:x + w]
+    expected = pv._zoom(pv._to_display(read_image(tmp_path / "out" / "p.png")))[0]
+    assert np.array_equal(shown, expected)
+
+
+def test_the_audio_preview_measures_what_run_writes(tmp_path):
+    import noiseaug
+    from noiseaug import preview as pv
+
+    src = tmp_path / "in"
+    src.mkdir()
+    t = np.arange(16000) / 16000
+    sf.write(src / "t.flac", (0.3 * np.sin(2 * np.pi * 440 * t)), 16000, subtype="PCM_16")
+    noiseaug.run(src, tmp_path / "out", workers=1, audio_snr_db=12, seed=5)
+    layout = pv.preview(src / "t.flac", tmp_path / "pre.png", audio_snr_db="12", seed=5)
+    x = sf.read(src / "t.flac", dtype="float64")[0]
+    y = sf.read(tmp_path / "out" / "t.flac", dtype="float64")[0]
+    measured = 10 * np.log10(np.sum(x**2) / np.sum((y - x) ** 2))
+    assert layout.snr_db[0] == pytest.approx(measured, abs=1e-9)
