@@ -126,6 +126,10 @@ class ManifestWriter:
         self._fh: IO[str] | None = None
 
     def write(self, record: dict[str, Any]) -> None:
+        self.write_text(dumps(record))
+
+    def write_text(self, text: str) -> None:
+        """Append one record given as its JSON text (serialised once by the caller)."""
         if self._fh is None:
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.append else os.O_TRUNC)
             if self.append:
@@ -133,7 +137,7 @@ class ManifestWriter:
             self._fh = open_no_follow(self.path, flags, "a" if self.append else "w")
             if not self.append:
                 self._fh.write(dumps(self.run) + "\n")
-        self._fh.write(dumps(record) + "\n")
+        self._fh.write(text + "\n")
         self._fh.flush()
         self.written += 1
 
@@ -182,46 +186,6 @@ def write_sorted(path: Path, run: dict[str, Any], records: Iterable[dict[str, An
 def state_path(manifest: Path) -> Path:
     """The stat cache kept beside a manifest (see :class:`StatCache`)."""
     return manifest.with_name(f".{manifest.name}.state")
-
-
-class StatCache:
-    """Sizes and mtimes of inputs and outputs when their records were last confirmed.
-
-    A re-run trusts an output whose input and output still have the recorded
-    size and mtime, without hashing either (rsync's quick check); anything
-    else is checked by content hash. Kept out of the manifest so that records
-    stay identical between runs and machines.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.entries: dict[str, list[int]] = {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and data.get("version") == 1:
-                self.entries = data["entries"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # no cache, or a damaged one: everything gets hashed
-        self._loaded = dict(self.entries)
-
-    @staticmethod
-    def key(rel: str, copy: int) -> str:
-        return f"{copy}:{base64.b64encode(os.fsencode(rel)).decode('ascii')}"
-
-    def matches(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> bool:
-        entry = self.entries.get(self.key(rel, copy))
-        return output_stat is not None and entry == [*input_stat, *output_stat]
-
-    def set(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> None:
-        if output_stat is None:
-            self.entries.pop(self.key(rel, copy), None)
-        else:
-            self.entries[self.key(rel, copy)] = [*input_stat, *output_stat]
-
-    def save(self) -> None:
-        if self.entries != self._loaded:
-            atomic_write(os.fsdecode(self.path),
-                         json.dumps({"version": 1, "entries": self.entries}, sort_keys=True).encode("utf-8"))
 
 
 def merge(paths: list[Path], output: Path, *, allow_missing: bool = False) -> tuple[int, list[str]]:

@@ -13,8 +13,10 @@ import contextlib
 import datetime as _dt
 import importlib
 import itertools
+import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -25,23 +27,14 @@ from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, ManifestError, OptionsChangedError, UsageError, WriteError
 from .executors import make_executor
 from .freshness import all_confirmed
-from .manifest import (
-    Manifest,
-    ManifestWriter,
-    StatCache,
-    default_path,
-    load,
-    rel_bytes,
-    rel_str,
-    state_path,
-    write_sorted,
-)
+from .index import RunIndex, StateCache, read_records, read_run
+from .manifest import ManifestWriter, default_path, dumps, rel_bytes, rel_str, state_path
 from .noise import kernel_problem
 from .records import LABEL, Job, Outcome, carried, copies_of, failed, output_of, output_rel
 from .report import Reporter, Summary
 from .signals import Stopper
 from .storage import LocalStorage, OutputLock, Storage
-from .storage.local import set_temp_tag
+from .storage.local import atomic_file, set_temp_tag
 from .worker import Context
 
 # Small files travel to the pool in batches of about BATCH_BYTES, to spare a
@@ -134,10 +127,10 @@ def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Co
     it would have made again.
     """
     try:
-        previous = load(manifest_path) if manifest_path.exists() and not _stillborn(manifest_path) else None
+        if not manifest_path.exists() or _stillborn(manifest_path):
+            return 0
+        previous = read_records(manifest_path)
     except ManifestError:
-        return 0
-    if previous is None:
         return 0
     produced: set[str] = set()
     for cand in walk(source, _selection(cfg), WalkStats()):
@@ -145,7 +138,7 @@ def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Co
         if cand.kind != "other":
             produced.update(output_rel(cand.rel, cfg.name, c) for c in range(cfg.copies))
     removed = 0
-    for record in previous.files.values():
+    for record in _safely(previous):
         rel = rel_str(record, "output")
         if record.get("status") != "ok" or rel in produced:
             continue
@@ -156,6 +149,14 @@ def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Co
         except OSError:
             continue
     return removed
+
+
+def _safely(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Records until one cannot be read (--overwrite redoes everything anyway)."""
+    try:
+        yield from records
+    except ManifestError:
+        return
 
 
 def _resolved(path: Path) -> Path:
@@ -193,34 +194,35 @@ def _inside(path: Path, root: Path) -> bool:
     return path != root and root in path.parents
 
 
-def _prior_manifest(path: Path, cfg: Config, shown: Path) -> Manifest | None:
-    """The previous run's manifest, if its options allow continuing from it.
+def _prior_manifest(path: Path, cfg: Config, shown: Path) -> dict[str, Any] | None:
+    """The previous run's record (the manifest's first line), if its options allow continuing from it.
 
     ``shown`` is the manifest's path as the user gave it, for messages.
     """
     if not path.exists() or _stillborn(path):
         return None
-    previous = load(path)
+    run = read_run(path)
     if cfg.overwrite:
         return None
-    if previous.run.get("seeding") != seeding.SCHEME:
+    if run.get("seeding") != seeding.SCHEME:
         raise OptionsChangedError(
-            f"{os.fsdecode(shown)} was made by noiseaug {previous.run.get('version')} with another noise "
-            f"scheme ({previous.run.get('seeding')}); use --overwrite to redo everything, or another OUTPUT")
-    old = previous.run.get("options", {})
+            f"{os.fsdecode(shown)} was made by noiseaug {run.get('version')} with another noise "
+            f"scheme ({run.get('seeding')}); use --overwrite to redo everything, or another OUTPUT")
+    old = run.get("options", {})
     defaults = Config().job_options()  # options newer than the manifest had their default then
     for key, value in cfg.job_options().items():
         if old.get(key, defaults[key]) != value:
             raise OptionsChangedError(
                 f"{os.fsdecode(shown)} was made with --{key.replace('_', '-')} {_show(old.get(key))}, "
                 f"not {_show(value)}; use --overwrite to redo everything, or another OUTPUT")
-    return previous
+    return run
 
 
 def _stillborn(path: Path) -> bool:
     """A manifest whose run was killed before its first line was complete: empty or a torn run line."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.readline()
     except OSError:
         return False
     return not data.strip() or (b"\n" not in data and data.startswith(b'{"type": "run"'))
@@ -273,23 +275,22 @@ def run_record(cfg: Config, in_root: str, out_root: str) -> dict[str, Any]:
     }
 
 
-def _jobs(source: Storage, cfg: Config, prior: Manifest | None, stats: WalkStats,
-          reserved: set[str]) -> Iterator[tuple[Job, Candidate] | list[dict[str, Any]]]:
+def _jobs(source: Storage, cfg: Config, index: RunIndex, stats: WalkStats,
+          reserved: set[str]) -> Iterator[tuple[Job, Candidate] | list[Outcome]]:
     """Jobs in walk order; an output clash becomes an error record instead."""
     selection = _selection(cfg)
-    seen: set[str] = set(reserved)
+    for name in reserved:
+        index.claim(name)
     copies = range(cfg.copies)
     for cand in walk(source, selection, stats):
         outs = [cand.rel] if cand.kind == "other" else [output_rel(cand.rel, cfg.name, c) for c in copies]
-        clash = next((o for o in outs if o in seen), None)
-        key = os.fsencode(cand.rel)
-        previous = tuple(prior.files.get((key, c)) for c in range(len(outs))) if prior else ()
-        job = Job(cand.rel, cand.kind, cand.size, previous)
+        previous = index.prior(os.fsencode(cand.rel), len(outs)) if index.prior_count else ()
+        job = Job(cand.rel, cand.kind, cand.size, previous, (cand.size, cand.mtime_ns))
+        clash = next((o for o in outs if not index.claim(o)), None)
         if clash is not None:
             yield failed(job, cfg, f"output {clash} is already taken by another input "
-                                           "or by noiseaug's own files")
+                                   "or by noiseaug's own files")
             continue
-        seen.update(outs)
         yield job, cand
 
 
@@ -305,16 +306,19 @@ class _Run:
     and a run with nothing to do writes nothing at all.
     """
 
-    def __init__(self, source: Storage, target: Storage, manifest_path: Path, cfg: Config, prior: Manifest | None,
-                 summary: Summary, reporter: Reporter) -> None:
+    def __init__(self, source: Storage, target: Storage, manifest_path: Path, cfg: Config,
+                 prior: dict[str, Any] | None, summary: Summary, reporter: Reporter) -> None:
         self.source, self.target, self.cfg, self.prior = source, target, cfg, prior
         self.summary, self.reporter = summary, reporter
         self.writer = ManifestWriter(manifest_path, run_record(cfg, source.root, target.root), append=prior is not None)
-        self.cache = StatCache(state_path(manifest_path))
-        self.records: dict[tuple[bytes, int], dict[str, Any]] = {}
-        self.reserved = {os.path.relpath(p, target.root) for p in (manifest_path, state_path(manifest_path))}
+        self.cache = StateCache(state_path(manifest_path))
+        self.index = RunIndex(manifest_path)
+        self.torn = [False]
+        if prior is not None:
+            self.index.load_prior(read_records(manifest_path, self.torn))
+        self.reserved = {os.path.relpath(p, target.root) for p in
+                         (manifest_path, state_path(manifest_path), self.index.path)}
         self.reserved.add(lock_name(cfg.shard))
-        self.input_stats: dict[str, tuple[int, int]] = {}
         self.walk_done = self.stop = False
 
     def execute(self, stopper: Stopper) -> None:
@@ -349,13 +353,12 @@ class _Run:
 
     def jobs(self) -> Iterator[Job]:
         """The jobs still to do, in walk order; what is up to date by size and mtime is collected at once."""
-        for item in _jobs(self.source, self.cfg, self.prior, self.summary.walk, self.reserved):
+        for item in _jobs(self.source, self.cfg, self.index, self.summary.walk, self.reserved):
             if isinstance(item, list):
                 if self.collect(None, item):
                     return
                 continue
             job, cand = item
-            self.input_stats[job.rel] = (cand.size, cand.mtime_ns)
             self.reporter.discovered(cand)
             kept = unchanged(job, cand, self.cache, self.target, self.cfg)
             if kept is not None:
@@ -387,18 +390,19 @@ class _Run:
         if outcome.fatal and not self.summary.stopped:
             self.summary.stopped = f"{rec['error']} (writing {rec['output']}); fix OUTPUT and run again"
             self.stop = True
+        text = dumps(rec)  # serialised once: for the appended manifest and for the index
         if not outcome.skipped:
             try:
-                self.writer.write(rec)
+                self.writer.write_text(text)
             except OSError as exc:
                 self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
                 self.stop = True
-        self.records[rel_bytes(rec), rec["copy"]] = rec
+        self.index.add(rel_bytes(rec), rec["copy"], text)
         self.summary.add(rec, skipped=outcome.skipped)
-        if job is not None and job.rel in self.input_stats:
+        if job is not None and job.stamp is not None:
             good = rec["status"] == "ok"
             out_stat = self.target.stat(rel_str(rec, "output")) if good else None
-            self.cache.set(job.rel, rec["copy"], self.input_stats[job.rel], out_stat)
+            self.cache.set(job.rel, rec["copy"], job.stamp, out_stat)
 
     def _finish(self) -> None:
         try:
@@ -406,14 +410,16 @@ class _Run:
         except OSError as exc:
             self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
         try:
-            _finish(self.writer, self.prior, self.records, self.walk_done, self.summary, self.source)
+            _finish(self.writer, self.prior, self.index, self.torn[0], self.walk_done, self.summary, self.source)
             self.cache.save()
         except WriteError as exc:
             self.summary.stopped = (f"the manifest could not be rewritten ({exc.reason}); "
                                     "its appended records are kept and a re-run continues from them")
+        finally:
+            self.index.close()
 
 
-def unchanged(job: Job, cand: Candidate, cache: StatCache, target: Storage, cfg: Config) -> list[Outcome] | None:
+def unchanged(job: Job, cand: Candidate, cache: StateCache, target: Storage, cfg: Config) -> list[Outcome] | None:
     """The previous records, if size and mtime say nothing changed (rsync's quick check)."""
     label = bool(job.prior and job.prior[0] and job.prior[0].get("kind") == LABEL)
     copies = copies_of(LABEL if label else job.kind, cfg)
@@ -426,30 +432,41 @@ def unchanged(job: Job, cand: Candidate, cache: StatCache, target: Storage, cfg:
     return [carried(r) for r in job.prior]
 
 
-def _finish(writer: ManifestWriter, prior: Manifest | None, records: dict[tuple[bytes, int], dict[str, Any]],
-            walk_done: bool, summary: Summary, source: Storage) -> None:
-    """Rewrite the manifest sorted, keeping what this run did not reach.
+def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunIndex, torn: bool, walk_done: bool,
+            summary: Summary, source: Storage) -> None:
+    """Rewrite the manifest sorted, streaming from the index, keeping what this run did not reach.
 
     Previous records of inputs this run never saw are kept (they may lie
     outside this run's selection); when the walk went through to the end and
     such an input is gone, its records are flagged ``"input_missing": true``
-    (their outputs are left alone).
+    (their outputs are left alone). A run that changed no record leaves the
+    manifest as it is (a torn last line aside), its run record included.
     """
-    final = dict(records)
-    if prior is not None:
-        for key, record in prior.files.items():
-            if key in final:
-                continue
-            if walk_done and source.stat(os.fsdecode(key[0])) is None:
-                record = {**record, "input_missing": True}
-                if key[1] == 0:
-                    summary.gone.append(rel_str(record))
-            final[key] = record
-    run = writer.run
-    if prior is not None and writer.written == 0 and all(
-            final[k] == prior.files.get(k) for k in final) and len(final) == len(prior.files):
-        run = prior.run  # nothing happened: keep the manifest as it is
-    write_sorted(writer.path, run, final.values())
+    changed = prior is None or writer.written > 0 or any(
+        differs for _, differs in _final_lines(index, walk_done, [], source))  # a first pass reads only
+    if not (changed or torn):
+        return
+    head = writer.run if changed else prior
+    with atomic_file(os.fsdecode(writer.path), durable=True) as fh:
+        fh.write((dumps(head) + "\n").encode("utf-8"))
+        for text, _ in _final_lines(index, walk_done, summary.gone, source):
+            fh.write(text.encode("utf-8") + b"\n")
+
+
+def _final_lines(index: RunIndex, walk_done: bool, gone: list[str], source: Storage) -> Iterator[tuple[str, bool]]:
+    """Each final record's line, sorted, and whether it differs from the previous manifest's."""
+    for current, previous in index.final():
+        if current is not None:
+            yield current, current != previous
+            continue
+        record = json.loads(previous)
+        if walk_done and "input_missing" not in record and source.stat(rel_str(record)) is None:
+            record["input_missing"] = True
+            if record.get("copy", 0) == 0:
+                gone.append(rel_str(record))
+            yield dumps(record), True
+        else:
+            yield previous, False
 
 
 def _batches(jobs: Iterable[Job]) -> Iterator[list[Job]]:
@@ -465,20 +482,29 @@ def _batches(jobs: Iterable[Job]) -> Iterator[list[Job]]:
         yield batch
 
 
-def _plan(source: Storage, target: Storage, manifest_path: Path, cfg: Config, prior: Manifest | None,
+def _plan(source: Storage, target: Storage, manifest_path: Path, cfg: Config, prior: dict[str, Any] | None,
           summary: Summary, reporter: Reporter) -> None:
-    """--dry-run: what a run would process and what it would find up to date, by the run's own policy."""
-    cache = StatCache(state_path(manifest_path))
-    for item in _jobs(source, cfg, prior, summary.walk, set()):
-        if isinstance(item, list):
-            for outcome in item:
-                summary.add(outcome.record)
-            continue
-        job, cand = item
-        fresh = unchanged(job, cand, cache, target, cfg) is not None or all_confirmed(job, source, target, cfg)
-        action = "skip" if fresh else "process"
-        reporter.planned(job, action)
-        summary.planned[job.kind, action] += 1
-        if action == "process":
-            summary.planned_bytes[job.kind] += job.size
+    """--dry-run: what a run would process and what it would find up to date, by the run's own policy.
+
+    Writes nothing: the stat cache is read only, the index lives in a temporary folder.
+    """
+    cache = StateCache(state_path(manifest_path), readonly=True)
+    with tempfile.TemporaryDirectory(prefix="noiseaug-plan-") as tmp:
+        index = RunIndex(Path(tmp) / manifest_path.name)
+        if prior is not None:
+            index.load_prior(read_records(manifest_path))
+        for item in _jobs(source, cfg, index, summary.walk, set()):
+            if isinstance(item, list):
+                for outcome in item:
+                    summary.add(outcome.record)
+                continue
+            job, cand = item
+            fresh = unchanged(job, cand, cache, target, cfg) is not None or all_confirmed(job, source, target, cfg)
+            action = "skip" if fresh else "process"
+            reporter.planned(job, action)
+            summary.planned[job.kind, action] += 1
+            if action == "process":
+                summary.planned_bytes[job.kind] += job.size
+        index.close()
+    cache.save()
     summary.unmatched = _selection(cfg).unmatched(summary.walk.globs_hit)

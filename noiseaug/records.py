@@ -29,6 +29,7 @@ class Job:
     kind: str
     size: int
     prior: tuple[dict[str, Any] | None, ...] = ()
+    stamp: tuple[int, int] | None = None  # the input's (size, mtime) when the walk saw it
 
 
 @dataclass

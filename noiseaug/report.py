@@ -55,9 +55,9 @@ class Summary:
     walk: WalkStats = field(default_factory=WalkStats)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     gone: list[str] = field(default_factory=list)  # inputs in the old manifest, now missing
-    clipped: list[float] = field(default_factory=list)
+    clipped: Counter = field(default_factory=Counter)  # kind -> sum of clipped fractions ("n", kind) -> count
     kind_bytes: Counter = field(default_factory=Counter)  # (kind, "in"|"out") -> bytes
-    kind_clipped: dict[str, list[float]] = field(default_factory=dict)
+    clipped_max: dict[str, float] = field(default_factory=dict)  # kind -> largest clipped fraction
     interrupted: bool = False
     signal: str | None = None  # SIGINT or SIGTERM, when interrupted
     stopped: str | None = None  # why the run stopped before the end (not Ctrl-C)
@@ -77,9 +77,11 @@ class Summary:
                 self.kind_bytes[kind, "in"] += record.get("input_bytes", 0)
             self.bytes_out += record.get("output_bytes", 0)
             self.kind_bytes[kind, "out"] += record.get("output_bytes", 0)
-            if "clipped_fraction" in record:
-                self.clipped.append(record["clipped_fraction"])
-                self.kind_clipped.setdefault(kind, []).append(record["clipped_fraction"])
+            if "clipped_fraction" in record:  # running sums: memory does not grow with the dataset
+                fraction = record["clipped_fraction"]
+                self.clipped[kind] += fraction
+                self.clipped["n", kind] += 1
+                self.clipped_max[kind] = max(self.clipped_max.get(kind, 0.0), fraction)
         elif status == "error":
             self.failures.append((record["input"], record.get("error", "failed")))
 
@@ -115,8 +117,8 @@ class Summary:
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "seconds": round(self.seconds, 3),
             "files_per_second": round(self.rate, 2),
-            "clipped_fraction_mean": (sum(self.clipped) / len(self.clipped)) if self.clipped else 0.0,
-            "clipped_fraction_max": max(self.clipped, default=0.0),
+            "clipped_fraction_mean": self._clipped_mean(list(self.clipped_max)) or 0.0,
+            "clipped_fraction_max": max(self.clipped_max.values(), default=0.0),
             "not_taken": {"unsupported": self.walk.unsupported, "filtered": self.walk.filtered,
                           "other_shard": self.walk.other_shard, "links": self.walk.links,
                           "special": self.walk.special, "labels": self.walk.labels},
@@ -173,13 +175,18 @@ class Summary:
         rows = [("", "ok", "skipped", "failed", "in", "out", "clipped mean", "max")]
         for kind in kinds + (["total"] if len(kinds) > 1 else []):
             pick = kinds if kind == "total" else [kind]
-            clipped = [c for k in pick for c in self.kind_clipped.get(k, [])]
+            mean = self._clipped_mean(pick)
+            top = max((self.clipped_max[k] for k in pick if k in self.clipped_max), default=None)
             rows.append((kind, *(str(sum(self.counts[k, s] for k in pick)) for s in ("ok", "skipped", "error")),
                          _size(sum(self.kind_bytes[k, "in"] for k in pick)),
                          _size(sum(self.kind_bytes[k, "out"] for k in pick)),
-                         f"{100 * sum(clipped) / len(clipped):.3f}%" if clipped else "-",
-                         f"{100 * max(clipped):.3f}%" if clipped else "-"))
+                         f"{100 * mean:.3f}%" if mean is not None else "-",
+                         f"{100 * top:.3f}%" if top is not None else "-"))
         return rows
+
+    def _clipped_mean(self, kinds: list[str]) -> float | None:
+        count = sum(self.clipped["n", k] for k in kinds)
+        return sum(self.clipped[k] for k in kinds) / count if count else None
 
     def _not_taken(self) -> str:
         w = self.walk

@@ -134,7 +134,7 @@ def hash_file(path: str | bytes) -> tuple[str, int]:
 
 
 @contextmanager
-def atomic_file(path: str) -> Iterator[BinaryIO]:
+def atomic_file(path: str, *, durable: bool = False) -> Iterator[BinaryIO]:
     """A new file that appears at ``path`` only if the ``with`` body succeeds.
 
     It is a temporary file in the same folder, renamed into place at the end
@@ -150,7 +150,12 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(fd, "w+b") as fh:
             yield fh
+            if durable:  # the data, then the rename, on disk before this returns (a manifest's rewrite)
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
+        if durable:
+            _fsync_folder(os.path.dirname(path) or ".")
     except BaseException as exc:
         try:
             os.unlink(tmp)
@@ -162,22 +167,17 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
 
 
 def atomic_write(path: str, data: bytes | memoryview, *, durable: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`).
-
-    ``durable``: the data and the rename are on disk when this returns
-    (fsync of the file, then of its folder), as a manifest's final rewrite needs.
-    """
-    with atomic_file(path) as fh:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, durable=durable) as fh:
         fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    if durable:
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+
+
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class OutputLock:

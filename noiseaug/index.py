@@ -1,0 +1,192 @@
+"""The run's index: what the previous manifest said, what this run recorded, which outputs are taken.
+
+A dataset of a million files would not fit in the parent's memory as Python
+dicts (about 3.4 KB a record). The index keeps them in SQLite, from the
+standard library, in a file beside the manifest that lives for one run; its
+page cache is capped, so the parent's memory does not grow with the dataset.
+The final manifest is written from one sorted query, streaming.
+
+The stat cache (:class:`StateCache`) is a second SQLite file that persists
+beside the manifest between runs: rsync's quick check, one row per output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ManifestError
+
+CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever the dataset
+
+_SCHEMA = """
+CREATE TABLE prior (key BLOB, copy INTEGER, record TEXT, PRIMARY KEY (key, copy)) WITHOUT ROWID;
+CREATE TABLE current (key BLOB, copy INTEGER, record TEXT, PRIMARY KEY (key, copy)) WITHOUT ROWID;
+CREATE TABLE outputs (rel BLOB PRIMARY KEY) WITHOUT ROWID;
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA cache_size = {CACHE_PAGES}")
+    return db
+
+
+class RunIndex:
+    """Records of the previous run and of this one, and the output names claimed so far."""
+
+    def __init__(self, manifest: Path) -> None:
+        self.path = manifest.with_name(f".{manifest.name}.index")
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a killed run's
+        self.db = _connect(self.path)
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.executescript(_SCHEMA)
+        self.db.execute("BEGIN")
+        self.prior_count = 0
+
+    def load_prior(self, records: Iterator[dict[str, Any]]) -> None:
+        """The previous manifest's file records; a later record of the same output wins."""
+        from .manifest import dumps, sort_key
+
+        for record in records:
+            key, copy = sort_key(record)
+            self.db.execute("INSERT OR REPLACE INTO prior VALUES (?, ?, ?)", (key, copy, dumps(record)))
+        self.prior_count = self.db.execute("SELECT count(*) FROM prior").fetchone()[0]
+
+    def prior(self, key: bytes, copies: int) -> tuple[dict[str, Any] | None, ...]:
+        """The previous records of one input's copies 0 .. copies-1 (None where there is none)."""
+        rows = dict(self.db.execute("SELECT copy, record FROM prior WHERE key = ? AND copy < ?", (key, copies)))
+        return tuple(json.loads(rows[c]) if c in rows else None for c in range(copies))
+
+    def claim(self, rel: str) -> bool:
+        """Take an output name; False when another input (or noiseaug itself) has it already."""
+        try:
+            self.db.execute("INSERT INTO outputs VALUES (?)", (os.fsencode(rel),))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def add(self, key: bytes, copy: int, text: str) -> None:
+        """This run's record of one output (its JSON text)."""
+        self.db.execute("INSERT OR REPLACE INTO current VALUES (?, ?, ?)", (key, copy, text))
+
+    def final(self) -> Iterator[tuple[str, str | None]]:
+        """Every output's record, sorted by (input bytes, copy): (this run's text or None, the prior text or None)."""
+        rows = self.db.execute(
+            "SELECT key, copy, c.record, p.record FROM current c LEFT JOIN prior p USING (key, copy) "
+            "UNION ALL SELECT key, copy, NULL, p.record FROM prior p WHERE NOT EXISTS "
+            "(SELECT 1 FROM current c WHERE c.key = p.key AND c.copy = p.copy) "
+            "ORDER BY 1, 2")
+        for _, _, current, previous in rows:
+            yield current, previous
+
+    def close(self) -> None:
+        self.db.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """A manifest's run record: its first line, and nothing more is read."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline()
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {os.fsdecode(path)}: {exc.strerror}") from None
+    try:
+        run = json.loads(first)
+    except ValueError:
+        raise ManifestError(f"{os.fsdecode(path)}:1: not a JSON object") from None
+    if not isinstance(run, dict) or run.get("type") != "run":
+        raise ManifestError(f"{os.fsdecode(path)} has no run record: not a noiseaug manifest")
+    return run
+
+
+def read_records(path: Path, torn: list[bool] | None = None) -> Iterator[dict[str, Any]]:
+    """A manifest's file records, one at a time (streaming); ``torn[0]`` is set when the last line was cut off."""
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {os.fsdecode(path)}: {exc.strerror}") from None
+    with fh:
+        fh.readline()
+        for number, line in enumerate(fh, 2):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                if not line.endswith(b"\n"):
+                    if torn is not None:
+                        torn[0] = True  # the last line of a run that was killed mid-write
+                    return
+                raise ManifestError(f"{os.fsdecode(path)}:{number}: not a JSON object") from None
+            if record.get("type") == "file":
+                yield record
+
+
+class StateCache:
+    """Sizes and mtimes of inputs and outputs when their records were last confirmed (SQLite, beside the manifest).
+
+    A re-run trusts an output whose input and output still have the recorded
+    size and mtime, without hashing either (rsync's quick check); anything
+    else is checked by content hash. Kept out of the manifest so that records
+    stay identical between runs and machines.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            self.db = self._open(readonly)
+        except sqlite3.DatabaseError:  # an old JSON cache, or a damaged one: start afresh (everything is hashed)
+            if not readonly:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            self.db = self._open(readonly, fresh=True)
+        self.db.execute("BEGIN")
+
+    def _open(self, readonly: bool, fresh: bool = False) -> sqlite3.Connection:
+        """The cache's database; read-only (--dry-run writes nothing) from the file if there is one, else empty."""
+        if readonly and (fresh or not self.path.exists()):
+            db = _connect(Path(":memory:"))
+        elif readonly:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            db.execute("SELECT count(*) FROM state").fetchone()  # a JSON cache fails here
+            return db
+        else:
+            db = _connect(self.path)
+        db.execute("CREATE TABLE IF NOT EXISTS state (rel BLOB, copy INTEGER, input_size INTEGER, "
+                   "input_mtime INTEGER, output_size INTEGER, output_mtime INTEGER, "
+                   "PRIMARY KEY (rel, copy)) WITHOUT ROWID")
+        return db
+
+    def matches(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> bool:
+        if output_stat is None:
+            return False
+        row = self.db.execute("SELECT input_size, input_mtime, output_size, output_mtime FROM state "
+                              "WHERE rel = ? AND copy = ?", (os.fsencode(rel), copy)).fetchone()
+        return row == (*input_stat, *output_stat)
+
+    def set(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> None:
+        """Remember (or forget) one output's stamps; what is already there is not written again."""
+        key = (os.fsencode(rel), copy)
+        if output_stat is None:
+            self.db.execute("DELETE FROM state WHERE rel = ? AND copy = ?", key)
+            return
+        values = (*input_stat, *output_stat)
+        self.db.execute("UPDATE state SET input_size = ?, input_mtime = ?, output_size = ?, output_mtime = ? "
+                        "WHERE rel = ? AND copy = ? AND (input_size, input_mtime, output_size, output_mtime) "
+                        "IS NOT (?, ?, ?, ?)", (*values, *key, *values))
+        self.db.execute("INSERT OR IGNORE INTO state VALUES (?, ?, ?, ?, ?, ?)", (*key, *values))
+
+    def save(self) -> None:
+        """Commit what this run confirmed (a run with nothing to do changes nothing)."""
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+        self.db.close()
