@@ -73,10 +73,15 @@ def trial(src: Path, out: Path, clean: Path, workers: int, rng: random.Random) -
         for h in hogs:
             h.terminate()
             h.join()
-    if proc.returncode not in (130, 0):
-        return f"exit {proc.returncode}: {stderr.decode(errors='replace')[-500:]}"
-    if b"Traceback" in stderr:
-        return f"traceback: {stderr.decode(errors='replace')[-500:]}"
+    text = stderr.decode(errors="replace")
+    if proc.returncode == -signal.SIGINT and "noiseaug" not in text.split("KeyboardInterrupt")[0]:
+        # SIGINT before Python ran noiseaug's first line (interpreter start-up, runpy): Python's own handler
+        # ends the process by the signal, which a shell reports as 130; nothing was written yet
+        pass
+    elif proc.returncode not in (130, 0):
+        return f"exit {proc.returncode}: {text[-300:]!r}"
+    elif "Traceback" in text:
+        return f"traceback: {text[-300:]!r}"
     left = [p for p in out.rglob("*noiseaug-tmp")]
     if left:
         return f"{len(left)} temporary file(s) left"

@@ -50,13 +50,12 @@ class RunIndex:
         self.db.execute("BEGIN")
         self.prior_count = 0
 
-    def load_prior(self, records: Iterator[dict[str, Any]]) -> None:
-        """The previous manifest's file records; a later record of the same output wins."""
-        from .manifest import dumps, sort_key
+    def load_prior(self, records: Iterator[tuple[dict[str, Any], str]]) -> None:
+        """The previous manifest's file records, with their lines; a later record of the same output wins."""
+        from .manifest import sort_key
 
-        for record in records:
-            key, copy = sort_key(record)
-            self.db.execute("INSERT OR REPLACE INTO prior VALUES (?, ?, ?)", (key, copy, dumps(record)))
+        insert = "INSERT OR REPLACE INTO prior VALUES (?, ?, ?)"
+        self.db.executemany(insert, ((*sort_key(record), text) for record, text in records))
         self.prior_count = self.db.execute("SELECT count(*) FROM prior").fetchone()[0]
 
     def prior(self, key: bytes, copies: int) -> tuple[dict[str, Any] | None, ...]:
@@ -72,6 +71,10 @@ class RunIndex:
             return False
         return True
 
+    def keep(self, key: bytes, copy: int) -> None:
+        """The previous record of one output stands unchanged (nothing is serialised)."""
+        self.db.execute("INSERT OR REPLACE INTO current VALUES (?, ?, NULL)", (key, copy))
+
     def add(self, key: bytes, copy: int, text: str) -> None:
         """This run's record of one output (its JSON text)."""
         self.db.execute("INSERT OR REPLACE INTO current VALUES (?, ?, ?)", (key, copy, text))
@@ -79,7 +82,8 @@ class RunIndex:
     def final(self) -> Iterator[tuple[str, str | None]]:
         """Every output's record, sorted by (input bytes, copy): (this run's text or None, the prior text or None)."""
         rows = self.db.execute(
-            "SELECT key, copy, c.record, p.record FROM current c LEFT JOIN prior p USING (key, copy) "
+            "SELECT key, copy, coalesce(c.record, p.record), p.record "
+            "FROM current c LEFT JOIN prior p USING (key, copy) "
             "UNION ALL SELECT key, copy, NULL, p.record FROM prior p WHERE NOT EXISTS "
             "(SELECT 1 FROM current c WHERE c.key = p.key AND c.copy = p.copy) "
             "ORDER BY 1, 2")
@@ -110,6 +114,12 @@ def read_run(path: Path) -> dict[str, Any]:
 
 def read_records(path: Path, torn: list[bool] | None = None) -> Iterator[dict[str, Any]]:
     """A manifest's file records, one at a time (streaming); ``torn[0]`` is set when the last line was cut off."""
+    for record, _ in read_lines(path, torn):
+        yield record
+
+
+def read_lines(path: Path, torn: list[bool] | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each file record with its line as written (streaming)."""
     try:
         fh = open(path, "rb")
     except OSError as exc:
@@ -128,7 +138,7 @@ def read_records(path: Path, torn: list[bool] | None = None) -> Iterator[dict[st
                     return
                 raise ManifestError(f"{os.fsdecode(path)}:{number}: not a JSON object") from None
             if record.get("type") == "file":
-                yield record
+                yield record, line.rstrip(b"\n").decode("utf-8")
 
 
 class StateCache:

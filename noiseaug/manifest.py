@@ -34,8 +34,7 @@ def default_path(output_root: Path, shard: tuple[int, int]) -> Path:
 
 
 def dumps(record: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in record.items() if not k.startswith("_")},
-                      ensure_ascii=False, allow_nan=False)
+    return json.dumps(record, ensure_ascii=False, allow_nan=False)
 
 
 def rel_bytes(record: dict[str, Any], key: str = "input") -> bytes:

@@ -27,7 +27,7 @@ from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, ManifestError, OptionsChangedError, UsageError, WriteError
 from .executors import make_executor
 from .freshness import all_confirmed
-from .index import RunIndex, StateCache, read_records, read_run
+from .index import RunIndex, StateCache, read_lines, read_records, read_run
 from .manifest import ManifestWriter, default_path, dumps, rel_bytes, rel_str, state_path
 from .noise import kernel_problem
 from .records import LABEL, Job, Outcome, carried, copies_of, failed, output_of, output_rel
@@ -315,7 +315,7 @@ class _Run:
         self.index = RunIndex(manifest_path)
         self.torn = [False]
         if prior is not None:
-            self.index.load_prior(read_records(manifest_path, self.torn))
+            self.index.load_prior(read_lines(manifest_path, self.torn))
         self.reserved = {os.path.relpath(p, target.root) for p in
                          (manifest_path, state_path(manifest_path), self.index.path)}
         self.reserved.add(lock_name(cfg.shard))
@@ -362,20 +362,23 @@ class _Run:
             self.reporter.discovered(cand)
             kept = unchanged(job, cand, self.cache, self.target, self.cfg)
             if kept is not None:
-                if self.collect(job, kept):
+                if self.collect(job, kept, stat_confirmed=True):
                     return
                 continue
             yield job
         self.walk_done = True
         self.summary.unmatched = _selection(self.cfg).unmatched(self.summary.walk.globs_hit)
 
-    def collect(self, job: Job | None, outcomes: list[Outcome]) -> bool:
-        """Take a job's outcomes; True when the run must stop."""
+    def collect(self, job: Job | None, outcomes: list[Outcome], stat_confirmed: bool = False) -> bool:
+        """Take a job's outcomes; True when the run must stop.
+
+        ``stat_confirmed``: up to date by the stat cache's quick check, which needs no update.
+        """
         for outcome in outcomes:
             if outcome.record is None:  # a label map, left alone without --copy-other
                 self.summary.walk.labels += 1
             else:
-                self._take(job, outcome)
+                self._take(job, outcome, stat_confirmed)
         if job is not None:
             self.reporter.finished(job, outcomes)
         if self.cfg.on_error == "fail" and any(o.status == "error" for o in outcomes) and not self.stop:
@@ -384,25 +387,32 @@ class _Run:
             self.stop = True
         return self.stop
 
-    def _take(self, job: Job | None, outcome: Outcome) -> None:
+    def _take(self, job: Job | None, outcome: Outcome, stat_confirmed: bool) -> None:
         rec = outcome.record
         assert rec is not None
         if outcome.fatal and not self.summary.stopped:
             self.summary.stopped = f"{rec['error']} (writing {rec['output']}); fix OUTPUT and run again"
             self.stop = True
+        self.summary.add(rec, skipped=outcome.skipped)
+        prior = job.prior[rec["copy"]] if job is not None and rec["copy"] < len(job.prior) else None
+        if outcome.skipped and prior is not None and "input_missing" not in prior:
+            self.index.keep(rel_bytes(rec), rec["copy"])  # the previous record stands, as it is
+        else:
+            self._record(rec, outcome.skipped)
+        if not stat_confirmed and job is not None and job.stamp is not None:
+            good = rec["status"] == "ok"
+            out_stat = self.target.stat(rel_str(rec, "output")) if good else None
+            self.cache.set(job.rel, rec["copy"], job.stamp, out_stat)
+
+    def _record(self, rec: dict[str, Any], skipped: bool) -> None:
         text = dumps(rec)  # serialised once: for the appended manifest and for the index
-        if not outcome.skipped:
+        if not skipped:
             try:
                 self.writer.write_text(text)
             except OSError as exc:
                 self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
                 self.stop = True
         self.index.add(rel_bytes(rec), rec["copy"], text)
-        self.summary.add(rec, skipped=outcome.skipped)
-        if job is not None and job.stamp is not None:
-            good = rec["status"] == "ok"
-            out_stat = self.target.stat(rel_str(rec, "output")) if good else None
-            self.cache.set(job.rel, rec["copy"], job.stamp, out_stat)
 
     def _finish(self) -> None:
         try:
@@ -492,7 +502,7 @@ def _plan(source: Storage, target: Storage, manifest_path: Path, cfg: Config, pr
     with tempfile.TemporaryDirectory(prefix="noiseaug-plan-") as tmp:
         index = RunIndex(Path(tmp) / manifest_path.name)
         if prior is not None:
-            index.load_prior(read_records(manifest_path))
+            index.load_prior(read_lines(manifest_path))
         for item in _jobs(source, cfg, index, summary.walk, set()):
             if isinstance(item, list):
                 for outcome in item:
