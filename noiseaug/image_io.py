@@ -19,7 +19,6 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -28,6 +27,21 @@ from .errors import DecodeError, TooLargeError, UnsupportedError, WriteError
 from .noise import image_limits
 from .silence import codec_stderr_silenced
 
+
+def _import_opencv() -> Any:
+    """OpenCV, with the environment as it was: its loader sets LD_LIBRARY_PATH, and the library
+    changes no process-wide state (SPEC §6)."""
+    environ = dict(os.environ)
+    import cv2
+
+    if os.environ != environ:
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update(environ)
+    return cv2
+
+
+cv2 = _import_opencv()
 SAMPLE_TYPES = (np.uint8, np.uint16, np.float32, np.float64)
 ICC_FORMATS = ("png", "jpeg", "webp")  # where OpenCV 5 reads and writes colour profiles
 

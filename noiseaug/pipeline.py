@@ -133,14 +133,18 @@ def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Co
     except ManifestError:
         return 0
     produced: set[str] = set()
+    labels: set[str] = set()  # image inputs whose old record was a label map, copied again by this run
     for cand in walk(source, _selection(cfg), WalkStats()):
-        produced.add(cand.rel)  # a copied file, or an image that turns out to be a label map
-        if cand.kind != "other":
+        if cand.kind == "other":
+            produced.add(cand.rel)
+        else:
             produced.update(output_rel(cand.rel, cfg.name, c) for c in range(cfg.copies))
+            if cand.kind == "image" and cfg.copy_other and cfg.palette_images == "labels":
+                labels.add(cand.rel)
     removed = 0
     for record in _safely(previous):
         rel = rel_str(record, "output")
-        if record.get("status") != "ok" or rel in produced:
+        if record.get("status") != "ok" or rel in produced or (record.get("kind") == LABEL and rel in labels):
             continue
         try:
             if target.hash(rel)[0] == record.get("output_sha256"):
@@ -460,7 +464,8 @@ def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunInde
     with atomic_file(os.fsdecode(writer.path), durable=True) as fh:
         fh.write((dumps(head) + "\n").encode("utf-8"))
         for text, _ in _final_lines(index, walk_done, summary.gone, source):
-            fh.write(text.encode("utf-8") + b"\n")
+            if text:
+                fh.write(text.encode("utf-8") + b"\n")
 
 
 def _final_lines(index: RunIndex, walk_done: bool, gone: list[str], source: Storage) -> Iterator[tuple[str, bool]]:
@@ -470,6 +475,9 @@ def _final_lines(index: RunIndex, walk_done: bool, gone: list[str], source: Stor
             yield current, current != previous
             continue
         record = json.loads(previous)
+        if walk_done and record.get("status") == "error" and source.stat(rel_str(record)) is None:
+            yield "", True  # a failure of a file that is gone: nothing to keep, nothing to verify
+            continue
         if walk_done and "input_missing" not in record and source.stat(rel_str(record)) is None:
             record["input_missing"] = True
             if record.get("copy", 0) == 0:

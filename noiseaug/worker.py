@@ -9,7 +9,9 @@ one-line reason, so one bad file never stops the batch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -105,6 +107,19 @@ def _failed(todo: list[dict[str, Any]], done: dict[int, Outcome], reason: str,
     return {r["copy"]: Outcome(error_record(r, reason), fatal=fatal) for r in todo if r["copy"] not in done}
 
 
+def _blame_the_disk(fh: Any, out_rel: str, exc: Exception) -> None:
+    """A codec that writes through its own file descriptor (libsndfile) reports a full disk as a
+    "System error": ask the file system, so the run stops at once with the real reason."""
+    if isinstance(exc, WriteError):
+        return
+    try:
+        full = os.fstatvfs(fh.fileno()).f_bavail == 0
+    except (OSError, AttributeError, ValueError):
+        return
+    if full:
+        raise WriteError(out_rel, "cannot write: No space left on device", errno.ENOSPC) from exc
+
+
 def read_source(job: Job, source: Storage) -> tuple[bytes | None, str, int]:
     """Images and copied files are read whole (a codec needs them in memory); audio is only hashed."""
     if job.kind == "audio":
@@ -116,7 +131,11 @@ def read_source(job: Job, source: Storage) -> tuple[bytes | None, str, int]:
 
 def _write(ctx: Context, out_rel: str, record: dict[str, Any], rendered: Rendered) -> None:
     with ctx.target.write(out_rel) as fh:
-        record.update(rendered.write(fh))
+        try:
+            record.update(rendered.write(fh))
+        except Exception as exc:
+            _blame_the_disk(fh, out_rel, exc)
+            raise
         checkpoint()  # abandoned now, the output is not renamed into place
         if "output_sha256" not in record:
             record["output_sha256"], record["output_bytes"] = hash_stream(fh)

@@ -196,3 +196,31 @@ def test_the_sdist_carries_what_its_tests_need(tmp_path):
     assert {"tests/conftest.py", "tests/fidelity_cases.py", "tests/fuzz_corpus.py", "Makefile"} <= members
     assert any(m.startswith("sample_data/") for m in members)
     assert not any(m.endswith(".so") or "__pycache__" in m for m in members)
+
+
+def test_overwrite_removes_outputs_whose_names_change(cli, src, tmp_path):
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    result = cli("run", src, out, "--workers", 1, "--overwrite", "--copies", 3, "--json")
+    assert json.loads(result.stdout)["removed"] == 4
+    names = {k for k in tree(out) if not k.startswith((".noiseaug", "noiseaug-manifest"))}
+    assert names == {r["output"] for r in records(out / "noiseaug-manifest.jsonl")[1]}
+
+
+def test_a_failure_of_a_file_that_is_gone_is_forgotten(cli, src, tmp_path):
+    out = tmp_path / "out"
+    (src / "broken.png").write_bytes(b"not an image")
+    cli("run", src, out, "--workers", 1, code=1)
+    assert cli("verify", out / "noiseaug-manifest.jsonl", code=1)
+    (src / "broken.png").unlink()
+    cli("run", src, out, "--workers", 1)
+    assert "broken.png" not in (out / "noiseaug-manifest.jsonl").read_text()
+    cli("verify", out / "noiseaug-manifest.jsonl")
+
+
+def test_importing_the_codecs_leaves_the_environment_alone():
+    import subprocess
+
+    code = ("import os; before = dict(os.environ); import noiseaug.image_io, noiseaug.audio_io; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -140,3 +140,27 @@ def test_a_full_disk_stops_the_run_cleanly(tmp_path):
         assert cv2.imdecode(np.frombuffer((copy / name).read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED) is not None
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "No space left" in summary["stopped"]
+
+
+def test_a_full_disk_while_writing_audio_stops_the_run_with_its_reason(tmp_path):
+    """libsndfile writes through its own descriptor and says "System error": the run still stops at once."""
+    if not can_mount_tmpfs(tmp_path):
+        pytest.skip("needs a private tmpfs (unshare --map-root-user --mount), which this kernel refuses")
+    import soundfile as sf
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        sf.write(src / f"long{i}.wav", (rng.standard_normal((48000 * 4, 2)) * 3000).astype(np.int16), 48000,
+                 subtype="PCM_16")  # 768 KB each, on a 1 MB disk
+    out, manifest = tmp_path / "out", tmp_path / "manifest.jsonl"
+    out.mkdir()
+    script = (f"mount -t tmpfs -o size=1m tmpfs '{out}' && "
+              f"'{sys.executable}' -m noiseaug run '{src}' '{out}' --workers 1 --manifest '{manifest}' "
+              f"2> '{tmp_path}/stderr.txt'; echo $? > '{tmp_path}/rc'")
+    subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], check=True, timeout=120)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "1", stderr
+    failed = [line for line in stderr.splitlines() if line.startswith("noiseaug: failed:")]
+    assert len(failed) == 1 and "No space left on device" in failed[0] and "stopped:" in stderr, stderr
