@@ -151,8 +151,13 @@ def read_header(data: bytes, fmt: str, path: str = "") -> ImageHeader:
     """Probe the header with Pillow (and the format's own header bytes).
 
     Raises :class:`UnsupportedError` for a layout noiseaug cannot keep;
-    layouts Pillow cannot parse fall back to OpenCV alone.
+    layouts Pillow cannot parse fall back to OpenCV alone. A plain PNG (the
+    common small file) is read from its IHDR alone, without Pillow.
     """
+    if fmt == "png":
+        plain = _plain_png(data)
+        if plain is not None:
+            return plain
     lossless = fmt == "webp" and _webp_is_lossless(data)
     try:
         with _quiet_pillow():
@@ -186,6 +191,24 @@ def _png_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -
     if b"tRNS" in chunks:
         raise UnsupportedError(path, "PNG with a tRNS transparent colour (noise would change what is transparent)")
     return replace(header, gray_alpha=colour_type == 4, label=None)
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> channels (palettes aside)
+
+
+def _plain_png(data: bytes) -> ImageHeader | None:
+    """The header of an 8- or 16-bit gray, RGB, gray+alpha or RGBA PNG with nothing that needs Pillow
+    (no palette, transparency key, animation, EXIF orientation or colour profile); else None."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour_type = data[24], data[25]
+    if depth not in (8, 16) or colour_type not in _PNG_CHANNELS:
+        return None
+    if _png_chunk_types(data) & {b"tRNS", b"acTL", b"eXIf", b"iCCP", b"PLTE"}:
+        return None
+    return ImageHeader(width, height, 1, False, False, _PNG_CHANNELS[colour_type] * depth // 8,
+                       gray_alpha=colour_type == 4)
 
 
 def _png_chunk_types(data: bytes) -> set[bytes]:
@@ -463,8 +486,13 @@ def _decode_flat(data: bytes, path: str, fmt: str, options: ReadOptions, header:
     return Picture([pixels], fmt, [colour], image_limits(pixels.dtype), header)
 
 
+SMALL_IMAGE = 1 << 26  # working sets below 64 MB need no look at the system's free memory
+
+
 def _check_memory(path: str, decoded: int, size: tuple[int, int] | None) -> None:
     need = decoded * WORKING_COPIES
+    if need < SMALL_IMAGE:
+        return
     available = available_memory()
     if available is not None and need > available:
         what = f"{size[0]}x{size[1]} pixels need" if size else "its pages need"

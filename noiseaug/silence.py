@@ -6,6 +6,20 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+_held: list[int] = []  # a /dev/null descriptor kept open while a run processes files (see held_devnull)
+
+
+@contextmanager
+def held_devnull() -> Iterator[None]:
+    """Keep one /dev/null descriptor for the length of a run, instead of opening one per codec call."""
+    fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    _held.append(fd)
+    try:
+        yield
+    finally:
+        _held.remove(fd)
+        os.close(fd)
+
 
 @contextmanager
 def codec_stderr_silenced() -> Iterator[None]:
@@ -14,7 +28,7 @@ def codec_stderr_silenced() -> Iterator[None]:
     They print straight to file descriptor 2, in the middle of noiseaug's own
     lines; the reason for a failure is noiseaug's to report, once.
     """
-    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    devnull = _held[-1] if _held else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     saved = os.dup(2)
     try:
         os.dup2(devnull, 2)
@@ -22,4 +36,5 @@ def codec_stderr_silenced() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        os.close(devnull)
+        if not _held:
+            os.close(devnull)

@@ -26,6 +26,25 @@ def write_image(path: Path, pixels: np.ndarray, ext: str | None = None, params: 
     return path
 
 
+def random_images(root: Path, names: list[str], shape: tuple[int, ...] = (20, 24, 3), seed: int = 0,
+                  blur: float = 0.0) -> Path:
+    """Random (optionally blurred, as photos compress) 8-bit images at the given relative names."""
+    rng = np.random.default_rng(seed)
+    for name in names:
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        write_image(root / name, cv2.GaussianBlur(pixels, (0, 0), blur) if blur else pixels)
+    return root
+
+
+def clean_run(src: Path, out: Path) -> Path:
+    """An uninterrupted run (two workers) to compare an interrupted one with."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "noiseaug", "run", src, out, "--workers", "2", "-q"], check=True)
+    return out
+
+
 def read_image(path: Path | str) -> np.ndarray:
     """Decode as stored: alpha and bit depth kept, no orientation applied."""
     data = np.frombuffer(Path(path).read_bytes(), np.uint8)

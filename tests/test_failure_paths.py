@@ -14,16 +14,12 @@ import pytest
 import noiseaug
 from noiseaug import noise
 
-from conftest import records, tree, write_image
+from conftest import random_images, records, tree
 
 
 @pytest.fixture
 def src(tmp_path):
-    root = tmp_path / "in"
-    rng = np.random.default_rng(9)
-    for rel in ("a/one.png", "a/two.png", "b/three.png", "b/sub/four.png"):
-        write_image(root / rel, rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
-    return root
+    return random_images(tmp_path / "in", ["a/one.png", "a/two.png", "b/three.png", "b/sub/four.png"], seed=9)
 
 
 def test_append_after_a_torn_last_line_starts_a_new_record(cli, src, tmp_path):

@@ -15,26 +15,20 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import records, tree, write_image
+from conftest import clean_run, random_images, records, tree
 
 HOUSEKEEPING = (".noiseaug.lock", ".noiseaug-manifest.jsonl.state")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("data") / "in"
-    rng = np.random.default_rng(0)
-    for i in range(48):
-        smooth = cv2.GaussianBlur(rng.integers(0, 256, (384, 384, 3), dtype=np.uint8), (0, 0), 4)
-        write_image(src / f"c{i % 4}" / f"img{i:02d}.png", smooth)
-    return src
+    names = [f"c{i % 4}/img{i:02d}.png" for i in range(48)]
+    return random_images(tmp_path_factory.mktemp("data") / "in", names, (384, 384, 3), seed=0, blur=4)
 
 
 @pytest.fixture(scope="module")
 def clean(dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("clean") / "out"
-    subprocess.run([sys.executable, "-m", "noiseaug", "run", dataset, out, "--workers", "2", "-q"], check=True)
-    return out
+    return clean_run(dataset, tmp_path_factory.mktemp("clean") / "out")
 
 
 def outputs(out: Path) -> dict[str, bytes]:

@@ -15,12 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import records, tree, write_image
+from conftest import clean_run, random_images, records, tree
 
 HOUSEKEEPING = (".noiseaug.lock", ".noiseaug-manifest.jsonl.state", "noiseaug-manifest.jsonl")
 
@@ -42,19 +41,13 @@ def outputs(out: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("sig") / "in"
-    rng = np.random.default_rng(1)
-    for i in range(40):
-        smooth = cv2.GaussianBlur(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8), (0, 0), 3)
-        write_image(src / f"d{i % 3}" / f"im{i:02d}.png", smooth)
-    return src
+    names = [f"d{i % 3}/im{i:02d}.png" for i in range(40)]
+    return random_images(tmp_path_factory.mktemp("sig") / "in", names, (512, 512, 3), seed=1, blur=3)
 
 
 @pytest.fixture(scope="module")
 def clean(dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sigclean") / "out"
-    subprocess.run([sys.executable, "-m", "noiseaug", "run", dataset, out, "--workers", "2", "-q"], check=True)
-    return out
+    return clean_run(dataset, tmp_path_factory.mktemp("sigclean") / "out")
 
 
 def interrupt(dataset: Path, out: Path, workers: int, signals: list[int], after: int = 4, pattern: str = "*.png",
@@ -125,9 +118,7 @@ def big(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def big_clean(big, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sigbigclean") / "out"
-    subprocess.run([sys.executable, "-m", "noiseaug", "run", big, out, "--workers", "2", "-q"], check=True)
-    return out
+    return clean_run(big, tmp_path_factory.mktemp("sigbigclean") / "out")
 
 
 @pytest.mark.parametrize("workers", [1, 2])

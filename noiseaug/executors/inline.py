@@ -10,6 +10,7 @@ from typing import Iterator
 
 from ..records import Job, Outcome, failed
 from ..signals import ABANDONED, Abandon, Stopper
+from ..silence import held_devnull
 from ..worker import Context, limit_threads, process_job
 
 
@@ -24,6 +25,10 @@ class InlineExecutor:
         self._stopping = True
 
     def run(self, batches: Iterator[list[Job]], stopper: Stopper) -> Iterator[tuple[Job, list[Outcome]]]:
+        with held_devnull():
+            yield from self._run(batches, stopper)
+
+    def _run(self, batches: Iterator[list[Job]], stopper: Stopper) -> Iterator[tuple[Job, list[Outcome]]]:
         for batch in batches:
             for job in batch:
                 if self._stopping or stopper.stopping:

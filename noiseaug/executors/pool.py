@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 from ..errors import NoiseaugError
 from ..records import Job, Outcome, failed
 from ..signals import ABANDONED, Stopper
+from ..silence import held_devnull
 from ..storage.local import set_temp_tag
 from ..worker import Context, limit_threads, process_job
 
@@ -84,6 +85,11 @@ def _exit_with(pid: int) -> None:
 def _serve(conn: Connection, context: Context) -> None:
     """A worker's life: take a batch, send back each file's records as it is done."""
     init_worker(context)
+    with held_devnull():  # the worker's own process: one /dev/null for all its codec calls
+        _serve_batches(conn, context)
+
+
+def _serve_batches(conn: Connection, context: Context) -> None:
     conn.send(("idle",))
     while True:
         try:

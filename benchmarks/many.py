@@ -1,0 +1,158 @@
+"""Many small files (issue: a million files on one machine), measured beside their codec floor.
+
+    .venv/bin/python benchmarks/many.py [--rounds 3] [--workers 2] [--images 20000] [--wavs 5000]
+    .venv/bin/python benchmarks/many.py --million DIR     # only make 1,000,000 PNGs of 16x16 (not in CI)
+
+Sets: N PNGs of 32x32 in ten folders, M one-second 16 kHz mono PCM_16 WAVs.
+For each set, INTERLEAVED rounds of: the codec floor (decode + re-encode in a
+pool of the same size, chunks of 64 files) and ``noiseaug run`` (fresh
+OUTPUT). Then the parent's peak RSS of one noiseaug run (``ru_maxrss`` of the
+parent alone, in a wrapper), a no-op re-run's time, and ``find -printf '%s %T@'``
+over the same tree. Medians of the rounds are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import soundfile as sf
+
+PYTHON = sys.executable
+CHUNK = 64
+PARENT_RSS = ("import resource, runpy, sys\n"
+              "sys.argv = ['noiseaug', *sys.argv[1:]]\n"
+              "try:\n    runpy.run_module('noiseaug', run_name='__main__')\n"
+              "except SystemExit:\n    pass\n"
+              "print('parent_maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+
+
+def make_pngs(root: Path, count: int, size: int) -> None:
+    rng = np.random.default_rng(0)
+    blobs = [cv2.imencode(".png", rng.integers(0, 256, (size, size, 3), dtype=np.uint8))[1].tobytes()
+             for _ in range(256)]
+    for i in range(count):
+        folder = root / f"d{i % 10}"
+        if i < 10:
+            folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img{i:07d}.png").write_bytes(blobs[i % 256])
+
+
+def make_wavs(root: Path, count: int) -> None:
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        tone = 0.3 * np.sin(2 * np.pi * (200 + i % 800) * np.arange(16000) / 16000) + 0.01 * rng.standard_normal(16000)
+        sf.write(root / f"s{i:05d}.wav", tone, 16000, subtype="PCM_16")
+
+
+def _floor_one(paths: tuple[str, str]) -> None:
+    src, dst = paths
+    if src.endswith(".png"):
+        data = np.fromfile(src, np.uint8)
+        ok, out = cv2.imencode(".png", cv2.imdecode(data, cv2.IMREAD_UNCHANGED), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        out.tofile(dst)
+    else:
+        samples, rate = sf.read(src, dtype="int16")
+        sf.write(dst, samples, rate, subtype="PCM_16")
+
+
+def floor(src: Path, out: Path, workers: int) -> float:
+    """Decode + re-encode every file, in a pool, chunks of 64: the codec floor."""
+    started = time.perf_counter()
+    jobs = []
+    for path in sorted(src.rglob("*")):
+        if path.is_file():
+            target = out / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            jobs.append((str(path), str(target)))
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for _ in pool.imap_unordered(_floor_one, jobs, chunksize=CHUNK):
+            pass
+    return time.perf_counter() - started
+
+
+def noiseaug(src: Path, out: Path, workers: int) -> tuple[float, float]:
+    """One ``noiseaug run``: (seconds, the parent's peak RSS in MB)."""
+    started = time.perf_counter()
+    proc = subprocess.run([PYTHON, "-c", PARENT_RSS, "run", str(src), str(out), "--workers", str(workers), "-q",
+                           "--no-progress"], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    seconds = time.perf_counter() - started
+    line = [x for x in proc.stderr.splitlines() if x.startswith("parent_maxrss_kb")]
+    if proc.returncode != 0 or not line:
+        raise SystemExit(f"noiseaug failed: {proc.stderr[-500:]}")
+    return seconds, int(line[0].split()[1]) / 1024
+
+
+def find_seconds(src: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["find", str(src), "-printf", "%s %T@\n"], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started
+
+
+def startup_seconds() -> float:
+    started = time.perf_counter()
+    subprocess.run([PYTHON, "-m", "noiseaug", "--version"], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started
+
+
+def bench_set(name: str, src: Path, work: Path, workers: int, rounds: int) -> None:
+    files = sum(1 for p in src.rglob("*") if p.is_file())
+    floors, runs, rss = [], [], []
+    for r in range(rounds):
+        order = [("floor", floor), ("noiseaug", None)] if r % 2 == 0 else [("noiseaug", None), ("floor", floor)]
+        for label, _ in order:
+            out = work / f"{name}-{label}-{r}"
+            if label == "floor":
+                floors.append(floor(src, out, workers))
+            else:
+                seconds, peak = noiseaug(src, out, workers)
+                runs.append(seconds)
+                rss.append(peak)
+    last = work / f"{name}-noiseaug-{rounds - 1}"
+    noop = [noiseaug(src, last, workers)[0] for _ in range(rounds)]
+    finds = [find_seconds(src) for _ in range(rounds)]
+    start = statistics.median(startup_seconds() for _ in range(3))
+    f, n = statistics.median(floors), statistics.median(runs)
+    print(f"\n{name}: {files} files, workers={workers}, rounds={rounds} (medians)")
+    print(f"  codec floor      {f:8.2f} s  {files / f:8.0f} files/s")
+    print(f"  noiseaug         {n:8.2f} s  {files / n:8.0f} files/s   ratio {n / f:.2f}x")
+    print(f"  parent peak RSS  {max(rss):8.1f} MB")
+    print(f"  no-op re-run     {statistics.median(noop):8.2f} s  (start-up {start:.2f} s: "
+          f"{statistics.median(noop) - start:.2f} s after it)")
+    print(f"  find -printf     {statistics.median(finds):8.3f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--wavs", type=int, default=5000)
+    parser.add_argument("--million", type=Path, help="only make 1,000,000 PNGs of 16x16 under this folder")
+    args = parser.parse_args()
+    if args.million:
+        make_pngs(args.million, 1_000_000, 16)
+        return
+    with tempfile.TemporaryDirectory(prefix="noiseaug-many-") as tmp:
+        root = Path(tmp)
+        if args.images:
+            make_pngs(root / "png", args.images, 32)
+            bench_set(f"{args.images} PNG 32x32 (ten folders)", root / "png", root, args.workers, args.rounds)
+        if args.wavs:
+            make_wavs(root / "wav", args.wavs)
+            bench_set(f"{args.wavs} WAV 1 s 16 kHz mono PCM_16", root / "wav", root, args.workers, args.rounds)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    main()
