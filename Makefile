@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo lint test test-min bench sample-data clean
+.PHONY: demo lint test test-min bench bench-many sample-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test-min:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+
+bench-many: $(STAMP)
+	$(BIN)/python benchmarks/many.py
 
 sample-data: $(STAMP)
 	$(BIN)/python tests/generate_sample_data.py sample_data
