@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ManifestError
+from .manifest import sort_key
 
 CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever the dataset
 
@@ -52,8 +52,6 @@ class RunIndex:
 
     def load_prior(self, records: Iterator[tuple[dict[str, Any], str]]) -> None:
         """The previous manifest's file records, with their lines; a later record of the same output wins."""
-        from .manifest import sort_key
-
         insert = "INSERT OR REPLACE INTO prior VALUES (?, ?, ?)"
         self.db.executemany(insert, ((*sort_key(record), text) for record, text in records))
         self.prior_count = self.db.execute("SELECT count(*) FROM prior").fetchone()[0]
@@ -94,51 +92,6 @@ class RunIndex:
         self.db.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
-
-
-def read_run(path: Path) -> dict[str, Any]:
-    """A manifest's run record: its first line, and nothing more is read."""
-    try:
-        with open(path, "rb") as fh:
-            first = fh.readline()
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest {os.fsdecode(path)}: {exc.strerror}") from None
-    try:
-        run = json.loads(first)
-    except ValueError:
-        raise ManifestError(f"{os.fsdecode(path)}:1: not a JSON object") from None
-    if not isinstance(run, dict) or run.get("type") != "run":
-        raise ManifestError(f"{os.fsdecode(path)} has no run record: not a noiseaug manifest")
-    return run
-
-
-def read_records(path: Path, torn: list[bool] | None = None) -> Iterator[dict[str, Any]]:
-    """A manifest's file records, one at a time (streaming); ``torn[0]`` is set when the last line was cut off."""
-    for record, _ in read_lines(path, torn):
-        yield record
-
-
-def read_lines(path: Path, torn: list[bool] | None = None) -> Iterator[tuple[dict[str, Any], str]]:
-    """Each file record with its line as written (streaming)."""
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest {os.fsdecode(path)}: {exc.strerror}") from None
-    with fh:
-        fh.readline()
-        for number, line in enumerate(fh, 2):
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                if not line.endswith(b"\n"):
-                    if torn is not None:
-                        torn[0] = True  # the last line of a run that was killed mid-write
-                    return
-                raise ManifestError(f"{os.fsdecode(path)}:{number}: not a JSON object") from None
-            if record.get("type") == "file":
-                yield record, line.rstrip(b"\n").decode("utf-8")
 
 
 class StateCache:

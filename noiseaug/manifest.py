@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Iterator
 
 from .errors import ManifestError, MissingShardsError
 from .storage.local import atomic_write, open_no_follow
@@ -76,37 +76,61 @@ class Manifest:
 
 
 def load(path: Path) -> Manifest:
-    """Read a manifest; later records of the same (input, copy) win."""
+    """Read a whole manifest; later records of the same (input, copy) win."""
+    run = read_run(path)
+    torn = [False]
+    files: dict[tuple[bytes, int], dict[str, Any]] = {}
+    for number, record in enumerate(read_records(path, torn), 2):
+        try:
+            files[sort_key(record)] = record
+        except (KeyError, ValueError, TypeError):
+            raise ManifestError(f"{os.fsdecode(path)}:{number}: file record without input or copy") from None
+    return Manifest(Path(path), run, files, torn[0])
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """A manifest's run record: its first line, and nothing more is read."""
     try:
         with open(path, "rb") as fh:
-            lines = fh.read().split(b"\n")
+            first = fh.readline()
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {os.fsdecode(path)}: {exc.strerror}") from None
-    if lines and lines[-1] == b"":
-        lines.pop()
-    run: dict[str, Any] | None = None
-    files: dict[tuple[bytes, int], dict[str, Any]] = {}
-    torn = False
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            if number == len(lines) and run is not None:
-                torn = True  # the last line of a run that was killed mid-write
-                break
-            raise ManifestError(f"{os.fsdecode(path)}:{number}: not a JSON object") from None
-        if record.get("type") == "run":
-            run = run or record
-        elif record.get("type") == "file":
-            try:
-                files[sort_key(record)] = record
-            except (KeyError, ValueError, TypeError):
-                raise ManifestError(f"{os.fsdecode(path)}:{number}: file record without input or copy") from None
-    if run is None:
+    try:
+        run = json.loads(first)
+    except ValueError:
+        raise ManifestError(f"{os.fsdecode(path)}:1: not a JSON object") from None
+    if not isinstance(run, dict) or run.get("type") != "run":
         raise ManifestError(f"{os.fsdecode(path)} has no run record: not a noiseaug manifest")
-    return Manifest(Path(path), run, files, torn)
+    return run
+
+
+def read_records(path: Path, torn: list[bool] | None = None) -> Iterator[dict[str, Any]]:
+    """A manifest's file records, one at a time (streaming); ``torn[0]`` is set when the last line was cut off."""
+    for record, _ in read_lines(path, torn):
+        yield record
+
+
+def read_lines(path: Path, torn: list[bool] | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each file record with its line as written (streaming)."""
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {os.fsdecode(path)}: {exc.strerror}") from None
+    with fh:
+        fh.readline()
+        for number, line in enumerate(fh, 2):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                if not line.endswith(b"\n"):
+                    if torn is not None:
+                        torn[0] = True  # the last line of a run that was killed mid-write
+                    return
+                raise ManifestError(f"{os.fsdecode(path)}:{number}: not a JSON object") from None
+            if record.get("type") == "file":
+                yield record, line.rstrip(b"\n").decode("utf-8")
 
 
 class ManifestWriter:

@@ -27,8 +27,18 @@ from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, ManifestError, OptionsChangedError, UsageError, WriteError
 from .executors import make_executor
 from .freshness import all_confirmed
-from .index import RunIndex, StateCache, read_lines, read_records, read_run
-from .manifest import ManifestWriter, default_path, dumps, rel_bytes, rel_str, state_path
+from .index import RunIndex, StateCache
+from .manifest import (
+    ManifestWriter,
+    default_path,
+    dumps,
+    read_lines,
+    read_records,
+    read_run,
+    rel_bytes,
+    rel_str,
+    state_path,
+)
 from .noise import kernel_problem
 from .records import LABEL, Job, Outcome, carried, copies_of, failed, output_of, output_rel
 from .report import Reporter, Summary
