@@ -11,7 +11,7 @@ Names are imported lazily so that ``noiseaug --help`` starts fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `python -m noiseaug` starts sooner
 
 __version__ = "0.1.0"
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .verify import verify
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'noiseaug' has no attribute {name!r}")

@@ -3,11 +3,13 @@
 A Ctrl-C or SIGTERM that arrives while Python is still importing the CLI
 would print a traceback from deep inside an import: until a run installs its
 own handlers (``signals.Stopper``), a signal ends the program at once with
-128 + its number, as nothing has been written yet.
+128 + its number, as nothing has been written yet. ``_signal`` (the C module
+under ``signal``) is used because it imports at once, so the window in which
+Python's own handler still answers is as short as it can be.
 """
 
+import _signal
 import os
-import signal
 
 
 def _early(signum: int, frame: object) -> None:
@@ -15,8 +17,8 @@ def _early(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _early)
+    for signum in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(signum, _early)
     from .cli import main as cli_main
 
     cli_main()
