@@ -8,9 +8,13 @@ by content: the input's hash and the output's hash against the record.
 
 from __future__ import annotations
 
+import os
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .discover import Selection, WalkStats, walk
 from .records import LABEL, OK, Job, copies_of, output_of, path_fields
 from .storage import Storage
 
@@ -39,3 +43,38 @@ def all_confirmed(job: Job, source: Storage, target: Storage, cfg: Config) -> bo
     copies = copies_of(kind, cfg)
     return len(job.prior) >= len(copies) and all(
         confirmed(job.prior[c], digest, target, output_of(job, c, cfg, kind), kind) for c in copies)
+
+
+def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config, cache: Any,
+                  selection: Selection) -> tuple[Counter, WalkStats] | None:
+    """A whole re-run by the quick check alone: (skipped outputs per kind, the walk's counts), or None.
+
+    Holds only when the manifest is as the last run left it (size, mtime and
+    record count in the stat cache), every file the walk takes has all its
+    copies in the cache with matching input and output stamps, and together
+    they are every record of the manifest (no failed or unreached record that
+    a run would retry or flag). Anything else: None, and the run goes the
+    long way, which finds the same answer for every file it could decide here.
+    """
+    noted = cache.manifest_stamp()
+    try:
+        st = os.stat(manifest)
+    except OSError:
+        return None
+    if noted is None or noted[:2] != [st.st_size, st.st_mtime_ns]:
+        return None
+    counts: Counter = Counter()
+    stats = WalkStats()
+    seen = 0
+    for cand in walk(source, selection, stats):
+        rows = cache.rows(cand.rel)
+        label = len(rows) == 1 and rows[0][6] == LABEL
+        if not rows or (len(rows) != len(copies_of(cand.kind, cfg)) and not label):
+            return None
+        for _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
+            if (in_size, in_mtime) != (cand.size, cand.mtime_ns) or \
+                    target.stat(os.fsdecode(output)) != (out_size, out_mtime):
+                return None
+            counts[kind, "skipped"] += 1
+        seen += len(rows)
+    return (counts, stats) if seen == noted[2] and not stats.problems else None

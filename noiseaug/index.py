@@ -100,7 +100,10 @@ class StateCache:
     A re-run trusts an output whose input and output still have the recorded
     size and mtime, without hashing either (rsync's quick check); anything
     else is checked by content hash. Kept out of the manifest so that records
-    stay identical between runs and machines.
+    stay identical between runs and machines. It also notes the manifest's
+    own stamp and record count as the run left them, so that a re-run whose
+    every file matches can tell it has nothing to do without reading the
+    manifest (see :func:`~noiseaug.freshness.nothing_to_do`).
     """
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
@@ -116,37 +119,58 @@ class StateCache:
 
     def _open(self, readonly: bool, fresh: bool = False) -> sqlite3.Connection:
         """The cache's database; read-only (--dry-run writes nothing) from the file if there is one, else empty."""
-        if readonly and (fresh or not self.path.exists()):
-            db = _connect(Path(":memory:"))
-        elif readonly:
+        if readonly and not fresh and self.path.exists():
             db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-            db.execute("SELECT count(*) FROM state").fetchone()  # a JSON cache fails here
+            db.execute("SELECT count(*) FROM stamps").fetchone()  # an older cache fails here
             return db
-        else:
-            db = _connect(self.path)
-        db.execute("CREATE TABLE IF NOT EXISTS state (rel BLOB, copy INTEGER, input_size INTEGER, "
-                   "input_mtime INTEGER, output_size INTEGER, output_mtime INTEGER, "
+        db = _connect(Path(":memory:") if readonly else self.path)
+        db.execute("CREATE TABLE IF NOT EXISTS stamps (rel BLOB, copy INTEGER, input_size INTEGER, "
+                   "input_mtime INTEGER, output BLOB, output_size INTEGER, output_mtime INTEGER, kind TEXT, "
                    "PRIMARY KEY (rel, copy)) WITHOUT ROWID")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
         return db
 
     def matches(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> bool:
         if output_stat is None:
             return False
-        row = self.db.execute("SELECT input_size, input_mtime, output_size, output_mtime FROM state "
+        row = self.db.execute("SELECT input_size, input_mtime, output_size, output_mtime FROM stamps "
                               "WHERE rel = ? AND copy = ?", (os.fsencode(rel), copy)).fetchone()
         return row == (*input_stat, *output_stat)
 
-    def set(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> None:
+    def rows(self, rel: str) -> list[tuple[int, int, int, bytes, int, int, str]]:
+        """Every copy of one input: (copy, input size, input mtime, output, output size, output mtime, kind)."""
+        return self.db.execute("SELECT copy, input_size, input_mtime, output, output_size, output_mtime, kind "
+                               "FROM stamps WHERE rel = ? ORDER BY copy", (os.fsencode(rel),)).fetchall()
+
+    def set(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None,
+            output: str = "", kind: str = "") -> None:
         """Remember (or forget) one output's stamps; what is already there is not written again."""
         key = (os.fsencode(rel), copy)
         if output_stat is None:
-            self.db.execute("DELETE FROM state WHERE rel = ? AND copy = ?", key)
+            self.db.execute("DELETE FROM stamps WHERE rel = ? AND copy = ?", key)
             return
-        values = (*input_stat, *output_stat)
-        self.db.execute("UPDATE state SET input_size = ?, input_mtime = ?, output_size = ?, output_mtime = ? "
-                        "WHERE rel = ? AND copy = ? AND (input_size, input_mtime, output_size, output_mtime) "
-                        "IS NOT (?, ?, ?, ?)", (*values, *key, *values))
-        self.db.execute("INSERT OR IGNORE INTO state VALUES (?, ?, ?, ?, ?, ?)", (*key, *values))
+        values = (*input_stat, os.fsencode(output), *output_stat, kind)
+        self.db.execute("UPDATE stamps SET input_size = ?, input_mtime = ?, output = ?, output_size = ?, "
+                        "output_mtime = ?, kind = ? WHERE rel = ? AND copy = ? AND "
+                        "(input_size, input_mtime, output, output_size, output_mtime, kind) IS NOT (?, ?, ?, ?, ?, ?)",
+                        (*values, *key, *values))
+        self.db.execute("INSERT OR IGNORE INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*key, *values[:2], values[2], *values[3:]))
+
+    def manifest_stamp(self) -> list[int] | None:
+        """[size, mtime_ns, records] of the manifest as the last run left it."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'manifest'").fetchone()
+        return json.loads(row[0]) if row else None
+
+    def note_manifest(self, path: Path, records: int) -> None:
+        """Remember the manifest's stamp and record count (written only when they changed)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        value = [st.st_size, st.st_mtime_ns, records]
+        if self.manifest_stamp() != value:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('manifest', ?)", (json.dumps(value),))
 
     def save(self) -> None:
         """Commit what this run confirmed (a run with nothing to do changes nothing)."""

@@ -26,7 +26,7 @@ from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import Interrupted, ManifestError, OptionsChangedError, UsageError, WriteError
 from .executors import make_executor
-from .freshness import all_confirmed
+from .freshness import all_confirmed, nothing_to_do
 from .index import RunIndex, StateCache
 from .manifest import (
     ManifestWriter,
@@ -100,7 +100,9 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                 target.sweep(temp_tag(cfg.shard))
             if cfg.overwrite:
                 summary.removed = _remove_stale(manifest_path, source, target, cfg)
-            _Run(source, target, manifest_path, cfg, prior, summary, reporter).execute(stopper)
+            if prior is None or getattr(reporter, "verbose", False) or not _nothing_to_do(
+                    source, target, manifest_path, cfg, summary):
+                _Run(source, target, manifest_path, cfg, prior, summary, reporter).execute(stopper)
             if stopper.abandoning:
                 lock.release(clean=False)  # files were abandoned: the next run sweeps
     finally:
@@ -111,6 +113,23 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         raise Interrupted(f"interrupted by {stopper.name}; the manifest holds what was done", summary,
                           stopper.exit_code)
     return summary
+
+
+def _nothing_to_do(source: Storage, target: Storage, manifest_path: Path, cfg: Config, summary: Summary) -> bool:
+    """rsync's quick check for the whole run: when every file matches the stat cache, the summary says so and
+    the run ends here, having read neither the manifest nor any file (see :func:`freshness.nothing_to_do`)."""
+    cache = StateCache(state_path(manifest_path), readonly=True)
+    try:
+        found = nothing_to_do(source, target, manifest_path, cfg, cache, _selection(cfg))
+    finally:
+        cache.save()
+    if found is None:
+        return False
+    counts, stats = found
+    summary.counts.update(counts)
+    summary.walk = stats
+    summary.unmatched = _selection(cfg).unmatched(stats.globs_hit)
+    return True
 
 
 @contextlib.contextmanager
@@ -416,7 +435,7 @@ class _Run:
         if not stat_confirmed and job is not None and job.stamp is not None:
             good = rec["status"] == "ok"
             out_stat = self.target.stat(rel_str(rec, "output")) if good else None
-            self.cache.set(job.rel, rec["copy"], job.stamp, out_stat)
+            self.cache.set(job.rel, rec["copy"], job.stamp, out_stat, rel_str(rec, "output"), rec["kind"])
 
     def _record(self, rec: dict[str, Any], skipped: bool) -> None:
         text = dumps(rec)  # serialised once: for the appended manifest and for the index
@@ -434,7 +453,9 @@ class _Run:
         except OSError as exc:
             self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
         try:
-            _finish(self.writer, self.prior, self.index, self.torn[0], self.walk_done, self.summary, self.source)
+            records = _finish(self.writer, self.prior, self.index, self.torn[0], self.walk_done, self.summary,
+                              self.source)
+            self.cache.note_manifest(self.writer.path, records)
             self.cache.save()
         except WriteError as exc:
             self.summary.stopped = (f"the manifest could not be rewritten ({exc.reason}); "
@@ -457,7 +478,7 @@ def unchanged(job: Job, cand: Candidate, cache: StateCache, target: Storage, cfg
 
 
 def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunIndex, torn: bool, walk_done: bool,
-            summary: Summary, source: Storage) -> None:
+            summary: Summary, source: Storage) -> int:
     """Rewrite the manifest sorted, streaming from the index, keeping what this run did not reach.
 
     Previous records of inputs this run never saw are kept (they may lie
@@ -465,17 +486,21 @@ def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunInde
     such an input is gone, its records are flagged ``"input_missing": true``
     (their outputs are left alone). A run that changed no record leaves the
     manifest as it is (a torn last line aside), its run record included.
+    Returns how many file records the manifest holds.
     """
     changed = prior is None or writer.written > 0 or any(
         differs for _, differs in _final_lines(index, walk_done, [], source))  # a first pass reads only
     if not (changed or torn):
-        return
+        return index.prior_count
     head = writer.run if changed else prior
+    count = 0
     with atomic_file(os.fsdecode(writer.path), durable=True) as fh:
         fh.write((dumps(head) + "\n").encode("utf-8"))
         for text, _ in _final_lines(index, walk_done, summary.gone, source):
             if text:
                 fh.write(text.encode("utf-8") + b"\n")
+                count += 1
+    return count
 
 
 def _final_lines(index: RunIndex, walk_done: bool, gone: list[str], source: Storage) -> Iterator[tuple[str, bool]]:

@@ -212,3 +212,28 @@ def test_verify_fails_on_a_manifest_cut_off_mid_line(cli, src, tmp_path):
     manifest.write_bytes(manifest.read_bytes()[:-40])
     result = cli("verify", manifest, code=1)
     assert "cut off" in result.stderr
+
+
+def test_a_run_with_nothing_to_do_reads_neither_manifest_nor_files(src, tmp_path, monkeypatch):
+    """The whole-run quick check: when every file matches the stat cache, no index is built at all."""
+    import os
+
+    import noiseaug
+    from noiseaug import pipeline
+
+    out = tmp_path / "out"
+    noiseaug.run(src, out, workers=1)
+
+    def no_index(*args, **kwargs):
+        raise AssertionError("the long way was taken")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "RunIndex", no_index)
+        summary = noiseaug.run(src, out, workers=1)
+    assert summary.up_to_date and summary.total("skipped") == 4
+    os.utime(src / "a.png", ns=(1, 1))  # a changed stamp: the long way, which confirms it by hash
+    summary = noiseaug.run(src, out, workers=1)
+    assert summary.up_to_date and summary.total("skipped") == 4
+    (src / "b" / "x.png").unlink()  # a record the walk no longer reaches: the long way flags it
+    summary = noiseaug.run(src, out, workers=1)
+    assert summary.gone == ["b/x.png"]
