@@ -70,6 +70,8 @@ class Selection:
 
     def matches(self, rel: str, hits: set[str] | None = None) -> bool:
         """Whether the globs take ``rel``; the patterns that match it are added to ``hits``."""
+        if not self.include and not self.exclude:
+            return True
         included = [g for g in self.include if fnmatch.fnmatchcase(rel, g)]
         excluded = [g for g in self.exclude if fnmatch.fnmatchcase(rel, g)]
         if hits is not None:

@@ -66,14 +66,17 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
     counts: Counter = Counter()
     stats = WalkStats()
     seen = 0
+    listing: tuple[str, dict[str, tuple[int, int]]] = ("\0", {})  # one output folder's stats at a time
     for cand in walk(source, selection, stats):
         rows = cache.rows(cand.rel)
         label = len(rows) == 1 and rows[0][6] == LABEL
         if not rows or (len(rows) != len(copies_of(cand.kind, cfg)) and not label):
             return None
         for _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
-            if (in_size, in_mtime) != (cand.size, cand.mtime_ns) or \
-                    target.stat(os.fsdecode(output)) != (out_size, out_mtime):
+            folder, _, name = os.fsdecode(output).rpartition("/")
+            if folder != listing[0]:
+                listing = (folder, target.folder_stats(folder))
+            if (in_size, in_mtime) != (cand.size, cand.mtime_ns) or listing[1].get(name) != (out_size, out_mtime):
                 return None
             counts[kind, "skipped"] += 1
         seen += len(rows)

@@ -273,6 +273,19 @@ class LocalStorage:
             return None
         return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
+    def folder_stats(self, folder: str) -> dict[str, tuple[int, int]]:
+        """(size, change stamp) of every regular file in one folder, from one listing (no link followed)."""
+        stats: dict[str, tuple[int, int]] = {}
+        try:
+            with os.scandir(self.path(folder) if folder else self.root) as it:
+                for entry in it:
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        stats[entry.name] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass
+        return stats
+
     @contextmanager
     def write(self, rel: str) -> Iterator[BinaryIO]:
         """A new file that appears at ``rel`` whole, or not at all (temporary file + rename)."""
