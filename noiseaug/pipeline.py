@@ -115,6 +115,19 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     return summary
 
 
+def _left_alone(job: Job, source: Storage, cfg: Config) -> bool:
+    """--dry-run: an image the run would find to be a label map and leave alone (its header says so)."""
+    if job.kind != "image" or cfg.copy_other or cfg.palette_images != "labels":
+        return False
+    from .errors import FileError
+    from .render import probe_image
+
+    try:
+        return probe_image(job.rel, source.read(job.rel), cfg).label is not None
+    except (FileError, OSError):
+        return False  # the run will record why
+
+
 def _nothing_to_do(source: Storage, target: Storage, manifest_path: Path, cfg: Config, summary: Summary) -> bool:
     """rsync's quick check for the whole run: when every file matches the stat cache, the summary says so and
     the run ends here, having read neither the manifest nor any file (see :func:`freshness.nothing_to_do`)."""
@@ -553,8 +566,11 @@ def _plan(source: Storage, target: Storage, manifest_path: Path, cfg: Config, pr
                 continue
             job, cand = item
             fresh = unchanged(job, cand, cache, target, cfg) is not None or all_confirmed(job, source, target, cfg)
-            action = "skip" if fresh else "process"
+            action = "skip" if fresh else "label" if _left_alone(job, source, cfg) else "process"
             reporter.planned(job, action)
+            if action == "label":
+                summary.walk.labels += 1
+                continue
             summary.planned[job.kind, action] += 1
             if action == "process":
                 summary.planned_bytes[job.kind] += job.size

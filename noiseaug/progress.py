@@ -51,7 +51,8 @@ class ConsoleReporter(Reporter):
 
     def planned(self, job: Job, action: str) -> None:
         if self.verbose and not self.quiet:
-            self._print(f"{'would process' if action == 'process' else 'up to date'}: {printable(job.rel)}")
+            said = {"process": "would process", "skip": "up to date", "label": "label map, would be left alone"}
+            self._print(f"{said[action]}: {printable(job.rel)}")
 
     def finished(self, job: Job, outcomes: list[Outcome]) -> None:
         self.bytes_done += job.size

@@ -336,3 +336,14 @@ def test_a_logluv_tiff_is_refused_with_its_reason(cli, dirs):
     (src / "log.tif").write_bytes(cv2.imencode(".tif", rgb, [cv2.IMWRITE_TIFF_COMPRESSION, 34676])[1].tobytes())
     result = cli("run", src, out, "--workers", 1, code=1)
     assert "not supported: LogLuv (SGILOG) TIFF" in result.stderr
+
+
+def test_dry_run_knows_a_label_map_is_left_alone(cli, dirs):
+    src, out = dirs
+    Image.fromarray((np.arange(400).reshape(20, 20) % 3).astype(np.uint8), "P").save(src / "mask.png")
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(src / "photo.png")
+    result = cli("run", src, out, "--dry-run", "-v", "--json")
+    assert "label map, would be left alone: mask.png" in result.stderr
+    assert "would process: photo.png" in result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["plan"]["image"]["process"] == 1 and plan["not_taken"]["labels"] == 1
