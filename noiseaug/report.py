@@ -55,7 +55,8 @@ class Summary:
     walk: WalkStats = field(default_factory=WalkStats)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     gone: list[str] = field(default_factory=list)  # inputs in the old manifest, now missing
-    clipped: Counter = field(default_factory=Counter)  # kind -> sum of clipped fractions ("n", kind) -> count
+    clipped_sum: Counter = field(default_factory=Counter)  # kind -> sum of clipped fractions (running: no list)
+    clipped_count: Counter = field(default_factory=Counter)  # kind -> outputs with a clipped fraction
     kind_bytes: Counter = field(default_factory=Counter)  # (kind, "in"|"out") -> bytes
     clipped_max: dict[str, float] = field(default_factory=dict)  # kind -> largest clipped fraction
     interrupted: bool = False
@@ -79,8 +80,8 @@ class Summary:
             self.kind_bytes[kind, "out"] += record.get("output_bytes", 0)
             if "clipped_fraction" in record:  # running sums: memory does not grow with the dataset
                 fraction = record["clipped_fraction"]
-                self.clipped[kind] += fraction
-                self.clipped["n", kind] += 1
+                self.clipped_sum[kind] += fraction
+                self.clipped_count[kind] += 1
                 self.clipped_max[kind] = max(self.clipped_max.get(kind, 0.0), fraction)
         elif status == "error":
             self.failures.append((record["input"], record.get("error", "failed")))
@@ -185,8 +186,8 @@ class Summary:
         return rows
 
     def _clipped_mean(self, kinds: list[str]) -> float | None:
-        count = sum(self.clipped["n", k] for k in kinds)
-        return sum(self.clipped[k] for k in kinds) / count if count else None
+        count = sum(self.clipped_count[k] for k in kinds)
+        return sum(self.clipped_sum[k] for k in kinds) / count if count else None
 
     def _not_taken(self) -> str:
         w = self.walk

@@ -124,3 +124,17 @@ def test_defaults_are_written_once():
 
     assert Config() == make_config()
     assert Config().workers == default_workers()
+
+
+def test_summary_clipping_is_the_records_mean_and_max(cli, tmp_path):
+    src = tmp_path / "clip"
+    write_image(src / "dark.png", np.full((40, 40, 3), 2, np.uint8))  # much of its noise clips at 0
+    write_image(src / "mid.png", np.full((40, 40, 3), 128, np.uint8))  # none does
+    result = cli("run", src, tmp_path / "out", "--workers", 1, "--json")
+    summary = json.loads(result.stdout)
+    recs = [json.loads(line) for line in (tmp_path / "out" / "noiseaug-manifest.jsonl").read_text().splitlines()[1:]]
+    fractions = [r["clipped_fraction"] for r in recs]
+    assert max(fractions) > 0.3 and min(fractions) == 0
+    assert summary["clipped_fraction_mean"] == pytest.approx(sum(fractions) / 2)
+    assert summary["clipped_fraction_max"] == max(fractions)
+    assert f"{100 * sum(fractions) / 2:.3f}%" in result.stderr
