@@ -48,7 +48,8 @@ PRESENTATION = ("json", "progress", "quiet", "verbose", "preview")  # TOML keys 
 _CONFIG_KEYS = frozenset(("image_sigma", "audio_sigma", "audio_snr_db", "seed", "copies", "name", "workers", "kinds",
                           "include", "exclude", "channel_noise", "jpeg_quality", "png_compression", "copy_other",
                           "overwrite", "dry_run", "on_error", "shard", "max_pixels", "file_timeout", "manifest",
-                          "palette_images", "float_range", "jpeg_subsampling"))
+                          "palette_images", "float_range", "jpeg_subsampling", "executor", "scheduler",
+                          "storage_options"))
 
 
 def _flag(options: dict[str, Any], key: str) -> bool:
@@ -67,8 +68,8 @@ def _fail(message: str, code: int) -> "typer.Exit":
 
 @app.command()
 def run(
-    input_dir: Path = typer.Argument(..., metavar="INPUT_DIR", help="Folder to read (never modified)."),
-    output_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="Folder to write the noisy copies and manifest to."),
+    input_dir: str = typer.Argument(..., metavar="INPUT", help="Folder (or s3://, gs://, az://, file:// URL) to read; never modified."),
+    output_dir: str = typer.Argument(..., metavar="OUTPUT", help="Folder (or URL) to write the noisy copies and manifest to."),
     image_sigma: Optional[str] = typer.Option(None, metavar="S|A:B", help="Image noise std in 8-bit units (0-255), or a range drawn per file.  [default: 10]"),
     audio_sigma: Optional[str] = typer.Option(None, metavar="S|A:B", help="Audio noise std as a fraction of full scale.  [default: 0.01]"),
     audio_snr_db: Optional[str] = typer.Option(None, metavar="D|A:B", help="Audio noise by signal-to-noise ratio in dB, instead of --audio-sigma."),
@@ -92,7 +93,10 @@ def run(
     float_range: Optional[str] = typer.Option(None, metavar="LO:HI", help="Range of float image samples (noise is scaled to it and clipped to it).  [default: 0:1, others refused]"),
     jpeg_subsampling: Optional[str] = typer.Option(None, metavar="keep|444|422|420", help="Chroma subsampling of written JPEGs.  [default: keep the input's]"),
     file_timeout: Optional[float] = typer.Option(None, metavar="SECONDS", help="Abandon a file (recorded as failed) after this long; its worker is replaced.  [default: 600]"),
-    manifest: Optional[Path] = typer.Option(None, metavar="PATH", help="Where the manifest goes.  [default: OUTPUT/noiseaug-manifest.jsonl]"),
+    manifest: Optional[str] = typer.Option(None, metavar="PATH|URL", help="Where the manifest goes.  [default: OUTPUT/noiseaug-manifest.jsonl]"),
+    executor: Optional[str] = typer.Option(None, metavar="local|dask", help="Where files are processed: local worker processes, or a Dask cluster.  [default: local]"),
+    scheduler: Optional[str] = typer.Option(None, metavar="ADDRESS", help="--executor dask: the scheduler, tcp://HOST:PORT.  [default: $DASK_SCHEDULER_ADDRESS, else a local cluster of --workers processes]"),
+    storage_options: Optional[List[str]] = typer.Option(None, "--storage-option", metavar="KEY=VALUE", help="An option of the URL's file system (fsspec), e.g. endpoint_url=http://host:9000 (repeatable; values never recorded)."),
     config: Optional[Path] = typer.Option(None, metavar="FILE.toml", help="Options as TOML keys; command-line options win."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr.  [default: on a terminal]"),
     preview: int = typer.Option(0, "--preview", metavar="N", help="After the run, draw N evenly chosen outputs beside their inputs in OUTPUT/noiseaug-preview.png."),
@@ -105,7 +109,8 @@ def run(
     from .progress import ConsoleReporter
 
     given = {k: v for k, v in locals().items() if k in _CONFIG_KEYS}  # the options of the Config
-    given.update(include=include or None, exclude=exclude or None)  # typer gives [] for "not given"
+    given.update(include=include or None, exclude=exclude or None,  # typer gives [] for "not given"
+                 storage_options=storage_options or None)
     try:
         cfg, shown = _configure(config, given)
     except NoiseaugError as exc:
@@ -116,12 +121,23 @@ def run(
     preview = preview or int(shown.get("preview", 0))
     summary = _run(input_dir, output_dir, cfg, ConsoleReporter(bar=bar and not cfg.dry_run, quiet=quiet,
                                                                 verbose=verbose))
-    _tell(summary, output_dir / "noiseaug-preview.png" if preview > 0 and not cfg.dry_run else None, preview,
-          quiet, json_out)
+    _tell(summary, _sheet(output_dir, cfg, preview), preview, quiet, json_out)
     raise typer.Exit(summary.exit_code)
 
 
-def _run(input_dir: Path, output_dir: Path, cfg: Any, reporter: Any) -> Any:
+def _sheet(output_dir: str, cfg: Any, count: int) -> Path | None:
+    """Where --preview draws: OUTPUT/noiseaug-preview.png, for a local OUTPUT and manifest only."""
+    from .storage.remote import is_url
+
+    if count <= 0 or cfg.dry_run:
+        return None
+    if is_url(output_dir) or is_url(cfg.manifest):
+        typer.echo("noiseaug: warning: no preview: --preview draws into a local OUTPUT only", err=True)
+        return None
+    return Path(output_dir) / "noiseaug-preview.png"
+
+
+def _run(input_dir: str, output_dir: str, cfg: Any, reporter: Any) -> Any:
     """The library's run; its summary also when interrupted."""
     from .pipeline import run as run_pipeline
 
@@ -184,20 +200,23 @@ def _contact_sheet(summary: Any, target: Path, count: int, quiet: bool) -> None:
 
 @app.command()
 def verify(
-    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="A manifest written by noiseaug run."),
+    manifest: str = typer.Argument(..., metavar="MANIFEST", help="A manifest written by noiseaug run (a path or URL)."),
     regenerate: bool = typer.Option(False, "--regenerate", help="Recompute every output from its input and seed, and compare."),
-    output_root: Optional[Path] = typer.Option(None, metavar="DIR", help="Where the outputs are.  [default: the manifest's folder when it lives in OUTPUT (the default place), else the recorded OUTPUT]"),
-    input_root: Optional[Path] = typer.Option(None, metavar="DIR", help="Where the inputs are, for --regenerate.  [default: the recorded INPUT]"),
+    output_root: Optional[str] = typer.Option(None, metavar="DIR|URL", help="Where the outputs are.  [default: the manifest's folder when it lives in OUTPUT (the default place), else the recorded OUTPUT]"),
+    input_root: Optional[str] = typer.Option(None, metavar="DIR|URL", help="Where the inputs are, for --regenerate.  [default: the recorded INPUT]"),
+    storage_options: Optional[List[str]] = typer.Option(None, "--storage-option", metavar="KEY=VALUE", help="An option of the URLs' file system (fsspec), as for run (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON report object on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only problems on stderr."),
     version: Optional[bool] = VersionOption,
 ) -> None:
     """Check every output in MANIFEST against its recorded hash (exit 1 on any mismatch)."""
+    from .config import make_config
     from .verify import verify as verify_manifest
 
     try:
+        options = make_config(storage_options=storage_options or None).storage_kwargs()
         report = verify_manifest(manifest, regenerate=regenerate, output_root=output_root,
-                                 input_root=input_root)
+                                 input_root=input_root, storage_options=options)
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code) from None
     for line in report.lines():
@@ -211,21 +230,24 @@ def verify(
 
 @app.command()
 def merge(
-    manifests: List[Path] = typer.Argument(..., metavar="MANIFEST...", help="Shard manifests of one run."),
-    output: Path = typer.Option(..., "-o", "--output", metavar="MANIFEST", help="Where to write the joined manifest."),
+    manifests: List[str] = typer.Argument(..., metavar="MANIFEST...", help="Shard manifests of one run (paths or URLs)."),
+    output: str = typer.Option(..., "-o", "--output", metavar="MANIFEST", help="Where to write the joined manifest (a path or URL)."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Join the shards given even when others of the run are missing (exit 0)."),
+    storage_options: Optional[List[str]] = typer.Option(None, "--storage-option", metavar="KEY=VALUE", help="An option of the URLs' file system (fsspec), as for run (repeatable)."),
     version: Optional[bool] = VersionOption,
 ) -> None:
     """Join the manifests of shards (--shard I/N) into one manifest; exit 1 when a shard is missing."""
-    from .manifest import merge as merge_manifests
+    from .config import make_config, redact_url
+    from .home import merge_anywhere
 
     try:
-        count, notes = merge_manifests(manifests, output, allow_missing=allow_missing)
+        options = make_config(storage_options=storage_options or None).storage_kwargs()
+        count, notes = merge_anywhere(manifests, output, allow_missing=allow_missing, options=options)
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code) from None
     for note in notes:
         typer.echo(f"noiseaug: warning: {note}", err=True)
-    typer.echo(f"{count} records from {len(manifests)} manifests written to {output}", err=True)
+    typer.echo(f"{count} records from {len(manifests)} manifests written to {redact_url(output)}", err=True)
 
 
 @app.command(name="preview")

@@ -23,6 +23,8 @@ CHANNEL_NOISE = ("per-channel", "shared")
 ON_ERROR = ("skip", "fail")
 PALETTE_IMAGES = ("labels", "noise")
 JPEG_SUBSAMPLING = ("keep", "4:4:4", "4:2:2", "4:2:0")
+EXECUTORS = ("local", "dask")
+REDACTED = "<redacted>"
 NAME_FIELDS = {"stem", "ext", "copy"}
 
 # Options that decide what is written; a manifest made with other values is
@@ -98,7 +100,21 @@ class Config:
     float_range: tuple[float, float] | None = None
     jpeg_subsampling: str = "keep"
     file_timeout: float = 600.0
-    manifest: Path | None = None
+    manifest: Path | str | None = None  # a URL stays text
+    executor: str = "local"
+    scheduler: str | None = None
+    storage_options: tuple[tuple[str, Any], ...] = ()  # --storage-option KEY=VALUE, for fsspec
+
+    def storage_kwargs(self) -> dict[str, Any]:
+        """The storage options as fsspec takes them (a dotted key is a nested one: client_kwargs.region_name)."""
+        out: dict[str, Any] = {}
+        for key, value in self.storage_options:
+            *parents, last = key.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The effective options as JSON-ready values, for the manifest's run record."""
@@ -113,6 +129,10 @@ class Config:
                 value = list(value) if f.name != "shard" else f"{value[0]}/{value[1]}"
             elif isinstance(value, Path):
                 value = os.fsdecode(value)
+            if f.name == "storage_options":  # credentials: the keys are kept, never the values
+                value = {k: REDACTED for k, _ in self.storage_options}
+            elif f.name in ("scheduler", "manifest") and isinstance(value, str):
+                value = redact_url(value)
             out[f.name] = value
         return out
 
@@ -192,6 +212,62 @@ def _shard(value: Any) -> tuple[int, int]:
     if index_n >= count_n:
         raise UsageError(f"--shard {index_n}/{count_n}: the index must be below the count")
     return index_n, count_n
+
+
+def _manifest(value: Any) -> Path | str | None:
+    """--manifest: a path, or a URL kept as text (a Path would fold its '//')."""
+    if value is None:
+        return None
+    text = os.fsdecode(value) if isinstance(value, (os.PathLike, bytes)) else str(value)
+    scheme = text.split("://", 1)[0]
+    return text if "://" in text and scheme.isidentifier() else Path(value)
+
+
+def _storage_options(value: Any) -> tuple[tuple[str, Any], ...]:
+    """--storage-option KEY=VALUE (repeatable) or a TOML table; VALUE is JSON when it parses (true, 3), else text."""
+    import json
+
+    if isinstance(value, dict):
+        items = list(_flatten(value))
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for item in value:
+            if isinstance(item, (list, tuple)) and len(item) == 2:
+                items.append((str(item[0]), item[1]))
+                continue
+            key, sep, text = str(item).partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"--storage-option takes KEY=VALUE, not {_hide(str(item))!r}")
+            try:
+                parsed: Any = json.loads(text)
+            except ValueError:
+                parsed = text
+            items.append((key.strip(), parsed if isinstance(parsed, (bool, int, float)) else text))
+    else:
+        raise UsageError("--storage-option takes KEY=VALUE (in TOML: a table, storage_options = {key = value})")
+    return tuple(items)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> Any:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _hide(text: str) -> str:
+    """An option's text for an error message: never its value, which may be a secret."""
+    return text.partition("=")[0] + ("=" + REDACTED if "=" in text else "")
+
+
+def redact_url(url: str) -> str:
+    """A URL without the ``user:password@`` or secrets in its query (shown in records and messages)."""
+    import re
+
+    url = re.sub(r"(?<=://)[^/@\s]*@", REDACTED + "@", url)
+    return re.sub(r"(?i)([?&][^=&]*(?:secret|token|key|password|signature|credential)[^=&]*=)[^&]*",
+                  lambda m: m.group(1) + REDACTED, url)
 
 
 def _float_range(value: Any) -> tuple[float, float] | None:
@@ -292,7 +368,10 @@ def make_config(config: str | os.PathLike | None = None, **options: Any) -> Conf
         float_range=_float_range(given.get("float_range")),
         jpeg_subsampling=_subsampling(given.get("jpeg_subsampling", _default("jpeg_subsampling"))),
         file_timeout=_seconds(given.get("file_timeout", _default("file_timeout")), "--file-timeout"),
-        manifest=Path(manifest) if manifest is not None else None,
+        manifest=_manifest(manifest),
+        executor=_choice(given.get("executor", _default("executor")), "--executor", EXECUTORS),
+        scheduler=str(given["scheduler"]) if given.get("scheduler") else None,
+        storage_options=_storage_options(given.get("storage_options", ())),
     )
 
 

@@ -72,7 +72,7 @@ class WriteError(FileError):
     file after file.
     """
 
-    FATAL_ERRNOS = frozenset({28, 122, 30, 13, 1})  # ENOSPC, EDQUOT, EROFS, EACCES, EPERM
+    FATAL_ERRNOS = frozenset({28, 122, 30, 13, 1, 111})  # ENOSPC, EDQUOT, EROFS, EACCES, EPERM, ECONNREFUSED
 
     def __init__(self, path: str, reason: str, errno: int | None = None) -> None:
         super().__init__(path, reason)
@@ -81,6 +81,14 @@ class WriteError(FileError):
     @property
     def fatal(self) -> bool:
         return self.errno in self.FATAL_ERRNOS
+
+
+class ClusterError(NoiseaugError):
+    """The Dask cluster cannot be reached, or was lost during the run (the manifest keeps what was done)."""
+
+
+class StorageError(NoiseaugError):
+    """INPUT or OUTPUT's storage cannot be reached or refuses the run's requests (object storage)."""
 
 
 class Interrupted(NoiseaugError):

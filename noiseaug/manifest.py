@@ -211,12 +211,14 @@ def state_path(manifest: Path) -> Path:
     return manifest.with_name(f".{manifest.name}.state")
 
 
-def merge(paths: list[Path], output: Path, *, allow_missing: bool = False) -> tuple[int, list[str]]:
+def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
+          shown: tuple[list[str], str] | None = None) -> tuple[int, list[str]]:
     """Join shard manifests into one; returns the record count and notes.
 
     Refuses manifests made with different options (the shard aside), records
     that disagree about the same output, and unsafe paths. The result's file
-    records equal those of the same run done unsharded.
+    records equal those of the same run done unsharded. ``shown``: the names
+    the user gave (URLs fetched to ``paths``, to be uploaded from ``output``).
     """
     from .config import JOB_OPTIONS
 
@@ -258,8 +260,10 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False) -> tu
             notes.append(f"shards {named} are missing from the merge")
     options = {**first.run.get("options", {}), "shard": "0/1"}
     recorded = first.run.get("output_root")
-    if not (isinstance(recorded, str) and Path(os.path.abspath(output)).parent == Path(recorded)):
-        options["manifest"] = os.path.abspath(output)  # not in OUTPUT: verify must look at OUTPUT itself
-    run = {**first.run, "options": options, "merged_from": [os.fsdecode(p) for p in paths]}
+    names, target = shown or ([os.fsdecode(p) for p in paths], os.path.abspath(output))
+    folder = target.rpartition("/")[0] if "://" in target else os.fsdecode(Path(target).parent)
+    if not (isinstance(recorded, str) and folder == recorded):
+        options["manifest"] = target  # not in OUTPUT: verify must look at OUTPUT itself
+    run = {**first.run, "options": options, "merged_from": names}
     write_sorted(output, run, files.values())
     return len(files), notes

@@ -24,13 +24,13 @@ from typing import Any, Iterable, Iterator
 from . import __version__, seeding
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
-from .errors import Interrupted, ManifestError, OptionsChangedError, UsageError, WriteError
+from .errors import Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
 from .executors import make_executor
 from .freshness import all_confirmed, nothing_to_do
 from .index import RunIndex, StateCache
+from .locations import Locations, open_locations
 from .manifest import (
     ManifestWriter,
-    default_path,
     dumps,
     read_lines,
     read_records,
@@ -68,32 +68,30 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     """
     cfg = config if isinstance(config, Config) else make_config(config, **options)
     reporter = reporter or Reporter()
-    in_root, out_root = check_roots(Path(input_dir), Path(output_dir))
-    manifest_path = _resolved(Path(cfg.manifest)) if cfg.manifest else default_path(out_root, cfg.shard)
-    if _inside(manifest_path, in_root):
-        raise UsageError(f"--manifest {manifest_path} is inside INPUT; noiseaug never writes there")
-    if cfg.manifest and not manifest_path.parent.is_dir():
-        raise UsageError(f"--manifest {os.fsdecode(cfg.manifest)}: folder {os.fsdecode(manifest_path.parent)} "
-                         "does not exist")
-    if manifest_path.is_symlink():
-        raise UsageError(f"{os.fsdecode(manifest_path)} is a symbolic link; refusing to read or write "
-                         "a manifest through it")
-    shown = cfg.manifest if cfg.manifest else default_path(Path(output_dir), cfg.shard)
-    prior = _prior_manifest(manifest_path, cfg, shown)
-    summary = Summary(os.fsdecode(in_root), os.fsdecode(out_root), os.fsdecode(shown), dry_run=cfg.dry_run)
-    source, target = LocalStorage(os.fsdecode(in_root)), LocalStorage(os.fsdecode(out_root))
+    where = open_locations(input_dir, output_dir, cfg)
+    try:
+        return _run_at(where, cfg, reporter)
+    finally:
+        where.home.close()
+
+
+def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
+    source, target, home, shown = where.source, where.target, where.home, where.manifest_shown
+    manifest_path = home.path
+    prior = None if home.remote else _prior_manifest(manifest_path, cfg, shown)
+    summary = Summary(source.root, target.root, shown, dry_run=cfg.dry_run)
     started = time.perf_counter()
     stopper = Stopper()
     try:
         if cfg.dry_run:
+            home.pull(write=False)
+            prior = _prior_manifest(manifest_path, cfg, shown)
             _plan(source, target, manifest_path, cfg, prior, summary, reporter)
             return summary
-        try:
-            out_root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create OUTPUT {os.fsdecode(output_dir)}: {exc.strerror}") from None
+        _make_output(target)
         name = lock_name(cfg.shard)
-        with stopper, _take_lock(target, name, output_dir) as lock:
+        with stopper, _take_lock(target, name, target.root) as lock:
+            home.pull()
             prior = _prior_manifest(manifest_path, cfg, shown)
             set_temp_tag(temp_tag(cfg.shard))
             if lock.dirty:
@@ -102,7 +100,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                 summary.removed = _remove_stale(manifest_path, source, target, cfg)
             if prior is None or getattr(reporter, "verbose", False) or not _nothing_to_do(
                     source, target, manifest_path, cfg, summary):
-                _Run(source, target, manifest_path, cfg, prior, summary, reporter).execute(stopper)
+                _Run(source, target, home, cfg, prior, summary, reporter, where.reserved).execute(stopper)
             if stopper.abandoning:
                 lock.release(clean=False)  # files were abandoned: the next run sweeps
     finally:
@@ -113,6 +111,17 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         raise Interrupted(f"interrupted by {stopper.name}; the manifest holds what was done", summary,
                           stopper.exit_code)
     return summary
+
+
+def _make_output(target: Storage) -> None:
+    """A local OUTPUT folder is created; a bucket must exist (noiseaug creates no buckets)."""
+    if not isinstance(target, LocalStorage):
+        target.check_writable()
+        return
+    try:
+        Path(target.root).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create OUTPUT {target.root}: {exc.strerror}") from None
 
 
 def _left_alone(job: Job, source: Storage, cfg: Config) -> bool:
@@ -205,11 +214,6 @@ def _safely(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         return
 
 
-def _resolved(path: Path) -> Path:
-    """A path with its folder's links resolved (so a linked folder cannot hide INPUT), its own name kept."""
-    return path.absolute().parent.resolve() / path.name
-
-
 def lock_name(shard: tuple[int, int]) -> str:
     """OUTPUT's lock file: one per shard, so shards may share an OUTPUT."""
     return ".noiseaug.lock" if shard[1] == 1 else f".noiseaug.shard-{shard[0]}-of-{shard[1]}.lock"
@@ -217,27 +221,6 @@ def lock_name(shard: tuple[int, int]) -> str:
 
 def temp_tag(shard: tuple[int, int]) -> str:
     return "run" if shard[1] == 1 else f"shard-{shard[0]}-of-{shard[1]}"
-
-
-def check_roots(input_dir: Path, output_dir: Path) -> tuple[Path, Path]:
-    """Refuse INPUT/OUTPUT pairs that could overwrite inputs or loop."""
-    if not input_dir.is_dir():
-        raise UsageError(f"INPUT {os.fsdecode(input_dir)} is not a folder")
-    in_root = input_dir.resolve()
-    out_root = output_dir.resolve()
-    if out_root.exists() and not out_root.is_dir():
-        raise UsageError(f"OUTPUT {os.fsdecode(output_dir)} exists and is not a folder")
-    if out_root == in_root:
-        raise UsageError("OUTPUT is the same folder as INPUT; noiseaug never writes over its inputs")
-    if _inside(out_root, in_root):
-        raise UsageError("OUTPUT is inside INPUT; pick a folder outside it")
-    if _inside(in_root, out_root):
-        raise UsageError("INPUT is inside OUTPUT; pick a folder that does not contain INPUT")
-    return in_root, out_root
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path != root and root in path.parents
 
 
 def _prior_manifest(path: Path, cfg: Config, shown: Path) -> dict[str, Any] | None:
@@ -352,19 +335,18 @@ class _Run:
     and a run with nothing to do writes nothing at all.
     """
 
-    def __init__(self, source: Storage, target: Storage, manifest_path: Path, cfg: Config,
-                 prior: dict[str, Any] | None, summary: Summary, reporter: Reporter) -> None:
-        self.source, self.target, self.cfg, self.prior = source, target, cfg, prior
+    def __init__(self, source: Storage, target: Storage, home: Any, cfg: Config, prior: dict[str, Any] | None,
+                 summary: Summary, reporter: Reporter, reserved: set[str]) -> None:
+        self.source, self.target, self.cfg, self.prior, self.home = source, target, cfg, prior, home
         self.summary, self.reporter = summary, reporter
+        manifest_path = home.path
         self.writer = ManifestWriter(manifest_path, run_record(cfg, source.root, target.root), append=prior is not None)
         self.cache = StateCache(state_path(manifest_path))
         self.index = RunIndex(manifest_path)
         self.torn = [False]
         if prior is not None:
             self.index.load_prior(read_lines(manifest_path, self.torn))
-        self.reserved = {os.path.relpath(p, target.root) for p in
-                         (manifest_path, state_path(manifest_path), self.index.path)}
-        self.reserved.add(lock_name(cfg.shard))
+        self.reserved = reserved | {lock_name(cfg.shard)}
         self.walk_done = self.stop = False
 
     def execute(self, stopper: Stopper) -> None:
@@ -384,7 +366,7 @@ class _Run:
     def _dispatch(self, ctx: Context, batches: Iterator[list[Job]], stopper: Stopper) -> None:
         for kind in self.cfg.kinds:  # loaded once here, inherited by forked workers
             importlib.import_module(f".{kind}_io", __package__)
-        executor = make_executor(ctx, self._on_lost)
+        executor = make_executor(ctx, self._on_lost, self.reporter.note)
         try:
             for job, outcomes in executor.run(batches, stopper):
                 if self.collect(job, outcomes):
@@ -437,7 +419,10 @@ class _Run:
         rec = outcome.record
         assert rec is not None
         if outcome.fatal and not self.summary.stopped:
-            self.summary.stopped = f"{rec['error']} (writing {rec['output']}); fix OUTPUT and run again"
+            reading = rec["error"].startswith("cannot read")
+            self.summary.stopped = (
+                f"{rec['error']} (reading {rec['input']}); run again once INPUT can be read" if reading
+                else f"{rec['error']} (writing {rec['output']}); fix OUTPUT and run again")
             self.stop = True
         self.summary.add(rec, skipped=outcome.skipped)
         prior = job.prior[rec["copy"]] if job is not None and rec["copy"] < len(job.prior) else None
@@ -447,7 +432,7 @@ class _Run:
             self._record(rec, outcome.skipped)
         if not stat_confirmed and job is not None and job.stamp is not None:
             good = rec["status"] == "ok"
-            out_stat = self.target.stat(rel_str(rec, "output")) if good else None
+            out_stat = (outcome.out_stat or self.target.stat(rel_str(rec, "output"))) if good else None
             self.cache.set(job.rel, rec["copy"], job.stamp, out_stat, rel_str(rec, "output"), rec["kind"])
 
     def _record(self, rec: dict[str, Any], skipped: bool) -> None:
@@ -455,8 +440,12 @@ class _Run:
         if not skipped:
             try:
                 self.writer.write_text(text)
+                self.home.tick()
             except OSError as exc:
                 self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
+                self.stop = True
+            except StorageError as exc:
+                self.summary.stopped = self.summary.stopped or str(exc)
                 self.stop = True
         self.index.add(rel_bytes(rec), rec["copy"], text)
 
@@ -468,11 +457,15 @@ class _Run:
         try:
             records = _finish(self.writer, self.prior, self.index, self.torn[0], self.walk_done, self.summary,
                               self.source)
+            self.home.published()
             self.cache.note_manifest(self.writer.path, records)
             self.cache.save()
-        except WriteError as exc:
-            self.summary.stopped = (f"the manifest could not be rewritten ({exc.reason}); "
-                                    "its appended records are kept and a re-run continues from them")
+            self.home.saved()
+        except (WriteError, StorageError) as exc:
+            reason = exc.reason if isinstance(exc, WriteError) else str(exc)
+            self.summary.stopped = self.summary.stopped or (
+                f"the manifest could not be rewritten ({reason}); "
+                "its appended records are kept and a re-run continues from them")
         finally:
             self.index.close()
 

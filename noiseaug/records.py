@@ -39,12 +39,14 @@ class Outcome:
     ``skipped``: up to date, the record is the previous one unchanged.
     ``fatal``: the next file would fail the same way (a full disk): stop.
     ``not_taken``: no record at all (a label map without --copy-other); says why.
+    ``out_stat``: taken by the worker, where the output is (a bucket's driver would need a request per file).
     """
 
     record: dict[str, Any] | None
     skipped: bool = False
     fatal: bool = False
     not_taken: str | None = None
+    out_stat: tuple[int, int] | None = None  # the output's (size, stamp) as the worker left it, for the stat cache
 
     @property
     def status(self) -> str:

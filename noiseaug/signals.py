@@ -121,10 +121,38 @@ class Stopper:
 
 
 _current: Stopper | None = None  # the stopper of the file being processed in this process, if any
+_deadline = threading.local()  # per thread: when the file in flight overruns --file-timeout (a Dask task)
+
+
+class TimedOut(Abandon):
+    """Raised at a checkpoint once the file in flight has overrun its time limit (see :func:`deadline`)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Give the work inside at most ``seconds``: past it, its next :func:`checkpoint` raises :class:`TimedOut`.
+
+    For executors whose workers cannot be killed per file (a Dask worker runs
+    tasks in a thread); a codec call that never returns is not interrupted.
+    """
+    import time
+
+    _deadline.at = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _deadline.at = None
 
 
 def checkpoint() -> None:
-    """Raise :class:`Abandon` if a second signal asked to abandon the file in flight (in-process runs)."""
+    """Raise :class:`Abandon` if a second signal asked to abandon the file in flight (in-process runs),
+    :class:`TimedOut` if it overran its :func:`deadline`."""
     if _current is not None and _current.abandoning:
         raise Abandon
+    at = getattr(_deadline, "at", None)
+    if at is not None:
+        import time
+
+        if time.monotonic() > at:
+            raise TimedOut
 

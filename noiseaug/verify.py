@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, seeding
+from .config import REDACTED, redact_url
 from .errors import ManifestError, NoiseaugError, UsageError
 from .manifest import load, rel_str, safe_rel, sort_key
 from .report import printable
-from .storage.local import hash_stream, read_input
+from .storage import LocalStorage
+from .storage.local import hash_stream
+from .storage.remote import is_url
 
 
 @dataclass
@@ -56,42 +59,75 @@ class VerifyReport:
                 "notes": self.notes}
 
 
-def _output_root(given: Path | None, run: dict[str, Any], manifest: Path) -> Path:
+def _output_root(given: str | None, run: dict[str, Any], manifest: str) -> str:
     """Where a manifest's outputs are: given, else beside a manifest kept in OUTPUT
     (so a copied or moved OUTPUT verifies itself), else the recorded OUTPUT."""
     if given is not None:
         return given
     recorded = run.get("output_root")
     if run.get("options", {}).get("manifest") is None or not isinstance(recorded, str):
-        return manifest.parent
-    return Path(recorded)
+        return manifest.rstrip("/").rpartition("/")[0] if is_url(manifest) else os.fsdecode(Path(manifest).parent)
+    return recorded
+
+
+def open_root(where: str, options: dict[str, Any]) -> Any:
+    """A folder or URL as a :class:`~noiseaug.storage.Storage`, for reading."""
+    if is_url(where):
+        from .storage.remote import FsspecStorage
+
+        return FsspecStorage(where, options)
+    return LocalStorage(where)
+
+
+def _fetch(manifest: str, options: dict[str, Any], spool: str) -> Path:
+    """A manifest's local path: itself, or a copy of one on object storage."""
+    if not is_url(manifest):
+        return Path(manifest)
+    folder, _, name = manifest.rstrip("/").rpartition("/")
+    data = open_root(folder, options).get_bytes(name)
+    if data is None:
+        raise ManifestError(f"{redact_url(manifest)}: no such manifest")
+    local = Path(spool) / name
+    local.write_bytes(data)
+    return local
 
 
 def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
            output_root: str | os.PathLike | None = None,
-           input_root: str | os.PathLike | None = None) -> VerifyReport:
+           input_root: str | os.PathLike | None = None,
+           storage_options: dict[str, Any] | None = None) -> VerifyReport:
     """Check every output of a manifest; with ``regenerate``, rebuild and compare.
 
     Outputs are looked for under ``output_root``, by default the recorded
     OUTPUT if it exists, else the manifest's own folder; inputs (for
     ``regenerate``) under ``input_root``, by default the recorded INPUT.
+    Each may be a folder or a URL (``s3://bucket/prefix``; ``storage_options``
+    go to its file system).
     """
-    path = Path(manifest)
+    options = storage_options or {}
+    with tempfile.TemporaryDirectory(prefix="noiseaug-verify-") as spool:
+        return _verify(_fetch(os.fsdecode(manifest), options, spool), redact_url(os.fsdecode(manifest)),
+                       regenerate, output_root, input_root, options)
+
+
+def _verify(path: Path, where: str, regenerate: bool, output_root: Any, input_root: Any,
+            options: dict[str, Any]) -> VerifyReport:
     m = load(path)
-    where = os.fsdecode(path)
     records = sorted(m.files.values(), key=sort_key)
     for record in records:
         safe_rel(record, "input", where)
         safe_rel(record, "output", where)
-    out_root = _output_root(Path(output_root) if output_root else None, m.run, path)
-    report = VerifyReport(where, os.fsdecode(out_root))
+    out_root = _output_root(os.fsdecode(output_root) if output_root else None, m.run, where)
+    target = open_root(out_root, options)
+    report = VerifyReport(where, target.root)
     if m.torn:
         report.torn = True
     if m.run.get("seeding") != seeding.SCHEME and regenerate:
         raise ManifestError(f"{where} was made with another noise scheme ({m.run.get('seeding')}) than this "
                             f"noiseaug {__version__} implements; --regenerate cannot rebuild its outputs "
                             "(the hash check without it still works)")
-    regen = _Regenerator(m.run, Path(input_root) if input_root else None, report) if regenerate else None
+    regen = _Regenerator(m.run, os.fsdecode(input_root) if input_root else None, report, options) \
+        if regenerate else None
     for record in records:
         if record.get("status") not in ("ok", "skipped"):
             report.not_checked += 1
@@ -99,17 +135,17 @@ def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
             continue
         report.checked += 1
         out_rel = safe_rel(record, "output", where)
-        problem = _check_hash(out_root, out_rel, record)
+        problem = _check_hash(target, out_rel, record)
         if problem is None and regen is not None:
-            problem = regen.check(record, out_root / out_rel)
+            problem = regen.check(record, target, out_rel)
         if problem is not None:
             report.mismatches.append((record["output"], problem))
     return report
 
 
-def _check_hash(root: Path, rel: str, record: dict[str, Any]) -> str | None:
+def _check_hash(target: Any, rel: str, record: dict[str, Any]) -> str | None:
     try:
-        data = read_input(os.path.join(root, rel))
+        data = target.read(rel)
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
@@ -122,21 +158,24 @@ def _check_hash(root: Path, rel: str, record: dict[str, Any]) -> str | None:
 class _Regenerator:
     """Rebuilds outputs in memory from their inputs and the run's options."""
 
-    def __init__(self, run: dict[str, Any], input_root: Path | None, report: VerifyReport) -> None:
+    def __init__(self, run: dict[str, Any], input_root: str | None, report: VerifyReport,
+                 storage_options: dict[str, Any]) -> None:
         from .config import make_config
         from .pipeline import library_versions
 
         options = dict(run.get("options", {}))
-        for key in ("workers", "overwrite", "dry_run", "manifest", "on_error"):
+        for key in ("workers", "overwrite", "dry_run", "manifest", "on_error", "executor", "scheduler",
+                    "storage_options"):
             options.pop(key, None)
         try:
             self.cfg = make_config(**options)
         except UsageError as exc:
             raise ManifestError(f"the manifest's options are not valid here: {exc}") from None
         recorded = run.get("input_root")
-        self.root = input_root or (Path(recorded) if isinstance(recorded, str) else None)
-        if self.root is None or not self.root.is_dir():
+        root = input_root or (recorded if isinstance(recorded, str) and REDACTED not in recorded else None)
+        if root is None or not (is_url(root) or Path(root).is_dir()):
             raise UsageError("--regenerate needs the inputs: pass --input-root DIR")
+        self.source = open_root(root, storage_options)
         now = library_versions(self.cfg.kinds)
         then = run.get("versions", {})
         self.same_versions = all(then.get(k) == v for k, v in now.items() if k != "python")
@@ -146,14 +185,13 @@ class _Regenerator:
             report.notes.append(f"library versions differ from the run ({changed}): "
                                 "comparing decoded samples instead of bytes")
 
-    def check(self, record: dict[str, Any], output: Path) -> str | None:
+    def check(self, record: dict[str, Any], target: Any, out_rel: str) -> str | None:
         from .records import Job
         from .render import render
-        from .storage import LocalStorage
         from .worker import read_source
 
         rel = rel_str(record, "input")
-        source = LocalStorage(os.fsdecode(self.root))
+        source = self.source
         job = Job(rel, record["kind"], 0)
         try:
             data, digest, _ = read_source(job, source)
@@ -172,7 +210,7 @@ class _Regenerator:
                 if self.same_versions:
                     return None if digest == record.get("output_sha256") else "regenerated bytes differ"
                 fh.seek(0)
-                return _compare_decoded(job, fh.read(), read_input(output))
+                return _compare_decoded(job, fh.read(), target.read(out_rel))
         except NoiseaugError as exc:
             return f"cannot regenerate: {exc}"
         finally:

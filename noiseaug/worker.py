@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from .config import Config
 from .errors import FileError, WriteError
 from .freshness import confirmed
+from .manifest import rel_str
 from .records import Job, Outcome, base_records, carried, error_record, output_of
 from .render import Rendered, probe_image, render
 from .signals import checkpoint
@@ -55,7 +56,9 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
     try:
         data, digest, size = read_source(job, ctx.source)
     except OSError as exc:
-        return [Outcome(error_record(r, f"cannot read: {exc.strerror or exc}")) for r in base_records(job, cfg)]
+        fatal = exc.errno == errno.ECONNREFUSED  # a storage that cannot be reached: stop, not fail file after file
+        return [Outcome(error_record(r, f"cannot read: {exc.strerror or exc}"), fatal=fatal)
+                for r in base_records(job, cfg)]
     known = {"input_sha256": digest, "input_bytes": size}
     try:
         probe = probe_image(job.rel, data, cfg) if job.kind == "image" else None
@@ -78,7 +81,15 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
         outputs = render(job, ctx.source, data, [r["copy"] for r in todo], cfg, probe)
         data = None  # the renderer holds the input now, and lets it go once decoded
         outcomes.update(_write_outputs(ctx, job, outputs, base, todo))
-    return [outcomes[c] for c in sorted(outcomes)]
+    return [_stamped(outcomes[c], ctx.target) for c in sorted(outcomes)]
+
+
+def _stamped(outcome: Outcome, target: Storage) -> Outcome:
+    """An ok outcome with its output's (size, stamp), read where the output is."""
+    rec = outcome.record
+    if rec is not None and rec.get("status") == "ok":
+        outcome.out_stat = target.stat(rel_str(rec, "output"))
+    return outcome
 
 
 def _write_outputs(ctx: Context, job: Job, outputs: Iterator[Rendered], base: list[dict[str, Any]],

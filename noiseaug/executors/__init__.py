@@ -28,8 +28,13 @@ class Executor(Protocol):
         """Release the workers."""
 
 
-def make_executor(ctx: Context, on_lost: Callable[[Job, int], None]) -> Executor:
-    """In-process for ``--workers 1``, else the local process pool."""
+def make_executor(ctx: Context, on_lost: Callable[[Job, int], None],
+                  note: Callable[[str], None] | None = None) -> Executor:
+    """A Dask cluster for ``--executor dask``; else in-process for ``--workers 1``, else the local process pool."""
+    if ctx.config.executor == "dask":
+        from .cluster import DaskExecutor
+
+        return DaskExecutor(ctx, ctx.config.workers, ctx.config.scheduler, note)
     if ctx.config.workers == 1:
         from .inline import InlineExecutor
 

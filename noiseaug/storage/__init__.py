@@ -5,7 +5,10 @@ and change stamps, open and read without following links, hash, write an
 output so that it appears whole or not at all, remove a file it recorded,
 take and release OUTPUT's lock, and sweep what a killed run left behind.
 The local file system (:class:`~noiseaug.storage.local.LocalStorage`: no-follow
-opens, temporary file + ``os.replace``, ``flock``) is the one implementation.
+opens, temporary file + ``os.replace``, ``flock``) is one implementation;
+:class:`~noiseaug.storage.remote.FsspecStorage` (object storage and other
+fsspec file systems: one PUT per output, a leased lock) is the other,
+imported only for URLs.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Storage(Protocol):
 
     def remove(self, rel: str) -> None: ...
 
-    def lock(self, name: str) -> OutputLock: ...
+    def lock(self, name: str) -> OutputLock: ...  # or an ObjectLock: __enter__, dirty, release(clean)
 
     def sweep(self, tag: str, folder: str | None = None, pid: int | None = None) -> int: ...
 

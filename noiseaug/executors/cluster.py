@@ -1,0 +1,233 @@
+"""``--executor dask``: batches of files as tasks on a Dask cluster.
+
+The cluster is the one at ``--scheduler`` (or ``DASK_SCHEDULER_ADDRESS``),
+or else a ``LocalCluster`` of ``--workers`` single-threaded worker processes
+started for the run. Each batch of files (the pool's batching) is one task;
+a bounded number are in flight, and their outcomes come back as they
+complete. Workers read and write the files themselves; the driver alone
+keeps the manifest, as with the local pool.
+
+Worker set-up (one OpenCV thread, Ctrl-C left to the driver) is a worker
+plugin, so a worker that joins or is restarted later gets it too. There is no
+parent watch: a remote worker outlives any one driver by design.
+
+When a worker dies, the scheduler runs its tasks again elsewhere; a batch
+that has killed ``allowed-failures`` workers is split into one task per file,
+and a file that still kills its worker is recorded as failed, with why.
+``--file-timeout`` is enforced in the worker, at the checkpoints between
+blocks and pages of a file (a worker thread cannot be killed per file).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+import threading
+from typing import Any, Iterator
+
+from ..config import redact_url as redact
+from ..errors import ClusterError, UsageError
+from ..records import Job, Outcome, failed
+from ..signals import ABANDONED, Stopper, TimedOut, deadline
+from ..silence import held_devnull
+from ..storage.local import set_temp_tag
+from ..worker import Context, limit_threads, process_job
+
+PLUGIN_NAME = "noiseaug-worker-setup"
+IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: one running, one ready
+
+
+def import_distributed() -> Any:
+    """The ``distributed`` package, or a one-line error naming the extra to install."""
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--executor dask needs Dask: pip install 'noiseaug[dask]'") from None
+    return distributed
+
+
+def _worker_plugin(kinds: tuple[str, ...]) -> Any:
+    from distributed import WorkerPlugin
+
+    class WorkerSetup(WorkerPlugin):
+        name = PLUGIN_NAME
+
+        def setup(self, worker: Any) -> None:
+            setup_worker(kinds)
+
+    return WorkerSetup()
+
+
+def setup_worker(kinds: tuple[str, ...]) -> None:
+    """One codec thread per worker; Ctrl-C at a terminal is the driver's to handle, not the workers'."""
+    limit_threads(kinds)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIGTERM stays: it is how a nanny stops its worker
+
+
+def run_batch(jobs: list[Job], ctx: Context) -> list[list[Outcome]]:
+    """A Dask task: every file of a batch, each within ``--file-timeout``."""
+    set_temp_tag(ctx.temp_tag)
+    results = []
+    with held_devnull():
+        for job in jobs:
+            try:
+                with deadline(ctx.config.file_timeout):
+                    results.append(process_job(job, ctx))
+            except TimedOut:
+                results.append(failed(job, ctx.config, f"took longer than --file-timeout "
+                                                        f"{ctx.config.file_timeout:g} s; abandoned"))
+    return results
+
+
+def _quiet_logs() -> contextlib.ExitStack:
+    """Dask's INFO chatter stays out of noiseaug's stderr while the cluster starts and stops."""
+    stack = contextlib.ExitStack()
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker",
+                 "distributed.core", "distributed.http.proxy"):
+        logger = logging.getLogger(name)
+        stack.callback(logger.setLevel, logger.level)
+        logger.setLevel(logging.ERROR)
+    return stack
+
+
+class DaskExecutor:
+    """Batches of jobs as tasks on a Dask cluster (see the module's text)."""
+
+    def __init__(self, ctx: Context, workers: int, scheduler: str | None, note: Any = None) -> None:
+        distributed = import_distributed()
+        self._ctx = ctx
+        self._stopping = False
+        self._cluster = None
+        self._logs = _quiet_logs()
+        address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        import dask
+
+        self._config = dask.config.set({"distributed.scheduler.allowed-failures": 2,
+                                        "distributed.worker.daemon": False})
+        self._config.__enter__()
+        try:
+            if address:
+                self._client = distributed.Client(address, timeout="30s")
+            else:
+                self._cluster = distributed.LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=":0" if _has_dashboard() else None, silence_logs=logging.ERROR)
+                self._client = distributed.Client(self._cluster)
+        except OSError as exc:
+            self.close()
+            raise ClusterError(f"cannot reach the Dask scheduler at {redact(address or '')}: {exc}") from None
+        self._client.register_plugin(_worker_plugin(ctx.config.kinds), name=PLUGIN_NAME)
+        link = getattr(self._client, "dashboard_link", None) if _has_dashboard() or address else None
+        if note is not None and link:
+            note(f"Dask dashboard: {redact(link)}")
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _slots(self) -> int:
+        try:
+            count = len(self._client.scheduler_info().get("workers", {}))
+        except Exception:
+            count = 1
+        return max(2, IN_FLIGHT_PER_WORKER * max(count, 1))
+
+    def run(self, batches: Iterator[list[Job]], stopper: Stopper) -> Iterator[tuple[Job, list[Outcome]]]:
+        """Submit batches as slots free; yield each file's outcomes as its batch completes."""
+        from distributed import as_completed
+
+        pending: dict[Any, list[Job]] = {}
+        singles: collections.deque[Job] = collections.deque()
+        done = as_completed([], with_results=False)
+        self._top_up(batches, singles, pending, done, stopper)
+        while pending:
+            future = self._next(done, stopper)
+            if future is None:  # a second signal: give up on what is in flight
+                yield from self._abandon(pending)
+                return
+            jobs = pending.pop(future)
+            yield from self._collect(future, jobs, singles)
+            self._top_up(batches, singles, pending, done, stopper)
+
+    def _next(self, done: Any, stopper: Stopper) -> Any:
+        """The next completed future; None once a second signal came. Wakes often to look at the flags."""
+        import time
+
+        while not done.has_ready():
+            if stopper.abandoning:
+                return None
+            if self._client.status in ("closing", "closed", "failed"):
+                raise self._lost(ConnectionError("closed"))
+            time.sleep(0.01)
+        return next(done)
+
+    def _top_up(self, batches: Iterator[list[Job]], singles: collections.deque[Job], pending: dict[Any, list[Job]],
+                done: Any, stopper: Stopper) -> None:
+        if self._stopping or stopper.stopping:
+            return
+        slots = self._slots()
+        while len(pending) < slots:
+            batch = [singles.popleft()] if singles else next(batches, None)
+            if batch is None:
+                return
+            future = self._submit(batch)
+            pending[future] = batch
+            done.add(future)
+
+    def _submit(self, batch: list[Job]) -> Any:
+        try:
+            return self._client.submit(run_batch, batch, self._ctx, pure=False)
+        except Exception as exc:
+            raise self._lost(exc) from None
+
+    def _collect(self, future: Any, jobs: list[Job],
+                 singles: collections.deque[Job]) -> Iterator[tuple[Job, list[Outcome]]]:
+        from distributed import KilledWorker
+
+        try:
+            results = future.result()
+        except KilledWorker:
+            if len(jobs) > 1:
+                singles.extend(jobs)  # split: find the file that kills its workers
+                return
+            yield jobs[0], failed(jobs[0], self._ctx.config,
+                                  "the Dask worker processing this file died each time it was tried")
+            return
+        except Exception as exc:
+            raise self._lost(exc) from None
+        yield from zip(jobs, results)
+
+    def _lost(self, exc: BaseException) -> ClusterError:
+        status = getattr(self._client, "status", "")
+        if status not in ("running", "connecting", "newly-created"):
+            return ClusterError("lost the connection to the Dask scheduler; the manifest holds what was done "
+                                "and a re-run continues from it")
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return ClusterError(f"a Dask task failed: {redact(text)}")
+
+    def _abandon(self, pending: dict[Any, list[Job]]) -> Iterator[tuple[Job, list[Outcome]]]:
+        for future, jobs in pending.items():
+            future.cancel()
+            for job in jobs:
+                yield job, failed(job, self._ctx.config, ABANDONED)
+        pending.clear()
+
+    def close(self) -> None:
+        for thing in (getattr(self, "_client", None), self._cluster):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
+        self._client = self._cluster = None
+        with contextlib.suppress(Exception):
+            self._config.__exit__(None, None, None)
+        self._logs.close()
+
+
+def _has_dashboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+

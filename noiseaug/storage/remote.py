@@ -1,0 +1,452 @@
+"""Object storage and other fsspec file systems (``s3://``, ``gs://``, ``az://``, ``file://``, ``memory://``).
+
+What the pipeline needs from a bucket, with object storage's own guarantees:
+
+- an output appears with one complete PUT (a large one as a multipart upload,
+  which stays invisible until it completes); never a partial object under
+  its final key. A run killed mid-upload leaves an incomplete multipart
+  upload, which the next run's sweep aborts;
+- sizes and change stamps (the ETag, or the backend's own version stamp)
+  come from one listing of the tree, not a request per file;
+- keys with empty, ``.`` or ``..`` segments are refused, like unsafe paths;
+- the lock is an object created only if absent and renewed as a lease
+  (:class:`ObjectLock`).
+
+fsspec and the backend's package are imported only here, and only for URLs.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Iterator
+
+from ..config import redact_url
+from ..errors import LockedError, StorageError, UsageError, WriteError
+from .local import Entry, hash_stream
+
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
+          "adl": "azure"}
+SPOOL_BYTES = 64 << 20  # an output larger than this is spooled to a local temporary file, not held in memory
+STAMP_KEYS = ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "last_modified", "created")
+
+
+def is_url(text: object) -> bool:
+    """Whether INPUT, OUTPUT or --manifest names a URL (``scheme://``) rather than a local path."""
+    return isinstance(text, str) and "://" in text and text.split("://", 1)[0].isidentifier()
+
+
+def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """The fsspec file system of a URL and the path inside it; a one-line error naming a missing extra."""
+    try:
+        import fsspec
+    except ImportError:
+        raise UsageError(f"{redact_url(url)}: URLs need fsspec: pip install 'noiseaug[s3]' "
+                         "(or [gcs], [azure])") from None
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("file", "local"):
+        options = {"auto_mkdir": True, **options}  # folders appear as objects' keys do
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    except ImportError:
+        extra = EXTRAS.get(scheme, scheme)
+        raise UsageError(f"{redact_url(url)}: {scheme}:// needs its file system: pip install "
+                         f"'noiseaug[{extra}]'") from None
+    except ValueError as exc:
+        if "Protocol not known" in str(exc) or "not known" in str(exc):
+            raise UsageError(f"{redact_url(url)}: unknown URL scheme {scheme}://") from None
+        raise UsageError(f"{redact_url(url)}: {_first_line(exc)}") from None
+    except TypeError as exc:
+        raise UsageError(f"--storage-option not taken by {scheme}://: {_first_line(exc)}") from None
+    return fs, path.rstrip("/")
+
+
+def unsafe_key(rel: str) -> bool:
+    """A key that a local path could not be, or that climbs: empty, ``.`` or ``..`` segments."""
+    return any(part in ("", ".", "..") for part in rel.split("/")) or "\0" in rel
+
+
+def stamp_of(info: dict[str, Any]) -> int:
+    """A change stamp for an object: its ETag (or the backend's version stamp) folded to an integer."""
+    for key in STAMP_KEYS:
+        value = info.get(key)
+        if value is not None:
+            return int.from_bytes(hashlib.blake2b(str(value).encode(), digest_size=7).digest(), "big")
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return redact_url(text[0]) if text else type(exc).__name__
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an error says the endpoint cannot be reached at all (the next request would fail the same way)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        name = type(seen).__name__
+        if name in ("EndpointConnectionError", "ClientConnectorError", "ConnectTimeoutError", "ConnectionRefusedError",
+                    "ServerDisconnectedError", "ConnectionClosedError", "ConnectTimeout", "ReadTimeoutError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Unreachable(OSError):
+    """The storage's endpoint cannot be reached: every further request would fail the same way."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(errno.ECONNREFUSED, text)
+
+
+class FsspecStorage:
+    """A prefix of an fsspec file system, as the pipeline uses INPUT and OUTPUT (:class:`~noiseaug.storage.Storage`)."""
+
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        self.url = url.rstrip("/")
+        self.root = redact_url(self.url)  # what records and messages show
+        self.fs, self.base = filesystem(url, options)
+        self._listing: dict[str, tuple[int, int]] | None = None
+        self._written: dict[str, tuple[int, int]] = {}
+        self._lister = True  # the driver lists the tree once; a worker asks per object instead
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker gets the file system, not this process's caches
+        state = dict(self.__dict__)
+        state["_listing"], state["_written"], state["_lister"] = None, {}, False
+        return state
+
+    def check_writable(self) -> None:
+        """OUTPUT's bucket (or top folder) must exist: noiseaug creates no buckets."""
+        top = self.base.split("/", 1)[0]
+        try:
+            found = self.fs.exists(top) if top and hasattr(self.fs, "call_s3") else True
+        except Exception as exc:
+            raise StorageError(f"cannot reach OUTPUT {self.root}: {_first_line(exc)}") from None
+        if not found:
+            raise UsageError(f"OUTPUT {self.root}: bucket {top!r} does not exist (noiseaug creates no buckets)")
+
+    def fresh_stat(self, rel: str) -> tuple[int, int] | None:
+        """(size, stamp) asked of the storage now, past every cache."""
+        try:
+            self.fs.invalidate_cache(self.full(rel))
+            return self._info_stat(self.full(rel))
+        except FileNotFoundError:
+            return None
+
+    def full(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def rel_of(self, path: str) -> str:
+        return path[len(self.base) + 1:] if path.startswith(self.base + "/") else path
+
+    def exists(self) -> bool:
+        try:
+            return bool(self.fs.exists(self.base)) or bool(self.fs.ls(self.base, detail=False))
+        except FileNotFoundError:
+            return False
+        except Exception as exc:
+            raise StorageError(f"{self.root}: {_first_line(exc)}") from None
+
+    def walk(self) -> Iterator[Entry]:
+        """Every object under the prefix, in the order a local walk gives (by path components), from one listing."""
+        listing = self._list()
+        for rel in sorted(listing, key=lambda r: [os.fsencode(p) for p in r.split("/")]):
+            if unsafe_key(rel):
+                yield Entry(os.fsencode(rel), "problem",
+                            problem=f"{self.root}/{rel}: refusing a key with an empty, '.' or '..' segment")
+                continue
+            size, stamp = listing[rel]
+            yield Entry(os.fsencode(rel), "file", size, stamp)
+
+    def _list(self) -> dict[str, tuple[int, int]]:
+        if self._listing is None:
+            try:
+                found = self.fs.find(self.base, detail=True, withdirs=False)
+            except FileNotFoundError:
+                found = {}
+            except Exception as exc:
+                raise StorageError(f"cannot list {self.root}: {_first_line(exc)}") from None
+            self._listing = {}
+            for path, info in found.items():
+                if info.get("type") == "directory" or path.endswith("/"):
+                    continue
+                self._listing[self.rel_of(path.rstrip("/"))] = (int(info.get("size") or 0), stamp_of(info))
+        return self._listing
+
+    def read(self, rel: str) -> bytes:
+        return self._call(self.fs.cat_file, self.full(rel))
+
+    def open(self, rel: str) -> BinaryIO:
+        """A local temporary copy, seekable at file speed (libsndfile seeks back and forth)."""
+        copy = tempfile.TemporaryFile(prefix="noiseaug-")
+        try:
+            with self._call(self.fs.open, self.full(rel), "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    copy.write(chunk)
+        except BaseException:
+            copy.close()
+            raise
+        copy.seek(0)
+        return copy  # type: ignore[return-value]
+
+    def hash(self, rel: str) -> tuple[str, int]:
+        with self._call(self.fs.open, self.full(rel), "rb") as fh:
+            return hash_stream(fh)
+
+    def stat(self, rel: str) -> tuple[int, int] | None:
+        """(size, change stamp) of an object: what this process wrote, else the run's one listing."""
+        if rel in self._written:
+            return self._written[rel]
+        if not self._lister:
+            return self.fresh_stat(rel)
+        return self._list().get(rel)
+
+    def folder_stats(self, folder: str) -> dict[str, tuple[int, int]]:
+        prefix = f"{folder}/" if folder else ""
+        return {rel[len(prefix):]: st for rel, st in self._list().items()
+                if rel.startswith(prefix) and "/" not in rel[len(prefix):]}
+
+    @contextmanager
+    def write(self, rel: str) -> Iterator[BinaryIO]:
+        """An object that appears at ``rel`` with one complete upload when the ``with`` body succeeds."""
+        if unsafe_key(rel):
+            raise WriteError(rel, "refusing a key with an empty, '.' or '..' segment")
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, prefix="noiseaug-") as fh:
+            yield fh  # type: ignore[misc]
+            size = fh.seek(0, io.SEEK_END)
+            fh.seek(0)
+            self._upload(rel, fh, size)
+
+    def _upload(self, rel: str, fh: Any, size: int) -> None:
+        path = self.full(rel)
+        try:
+            if size <= SPOOL_BYTES:
+                reply = self.fs.pipe_file(path, fh.read())
+            else:
+                reply = self._upload_large(path, fh)
+        except Exception as exc:
+            code = errno.ECONNREFUSED if unreachable(exc) else None  # fatal: the run stops, not file after file
+            raise WriteError(f"{self.root}/{rel}", f"cannot upload: {_first_line(exc)}", code) from None
+        etag = reply.get("ETag") if isinstance(reply, dict) else None
+        self._written[rel] = (size, stamp_of({"ETag": etag})) if etag else self._info_stat(path)
+
+    def _upload_large(self, path: str, fh: Any) -> Any:
+        """A multipart upload: invisible until it completes, aborted (``discard``) on any failure."""
+        out = self.fs.open(path, "wb")
+        try:
+            while chunk := fh.read(1 << 24):
+                out.write(chunk)
+        except BaseException:
+            out.discard() if hasattr(out, "discard") else None
+            raise
+        out.close()
+        return None
+
+    def _info_stat(self, path: str) -> tuple[int, int]:
+        info = self.fs.info(path)
+        return int(info.get("size") or 0), stamp_of(info)
+
+    def remove(self, rel: str) -> None:
+        self._call(self.fs.rm_file, self.full(rel))
+        self._written.pop(rel, None)
+        if self._listing is not None:
+            self._listing.pop(rel, None)
+
+    def lock(self, name: str) -> "ObjectLock":
+        return ObjectLock(self, name)
+
+    def sweep(self, tag: str, folder: str | None = None, pid: int | None = None) -> int:
+        """Abort the incomplete multipart uploads a killed run left under the prefix (S3; others have none)."""
+        if folder is not None or not hasattr(self.fs, "call_s3"):
+            return 0
+        bucket, _, prefix = self.base.partition("/")
+        try:
+            uploads = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix).get("Uploads", [])
+            for upload in uploads:
+                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
+                                UploadId=upload["UploadId"])
+        except Exception:
+            return 0
+        return len(uploads)
+
+    def forget(self) -> None:
+        self._listing = None
+        self._written.clear()
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """A backend call; its errors as OSError with a one-line, secret-free reason (a per-file failure)."""
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            if unreachable(exc):
+                raise Unreachable(f"{self.root}: cannot reach the storage: {_first_line(exc)}") from None
+            raise OSError(getattr(exc, "errno", None) or 5, _first_line(exc)) from None
+
+    # the manifest's home on object storage (noiseaug.remote)
+    def get_bytes(self, rel: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(self.full(rel))
+        except FileNotFoundError:
+            return None
+
+    def put_bytes(self, rel: str, data: bytes) -> None:
+        try:
+            self.fs.pipe_file(self.full(rel), data)
+        except Exception as exc:
+            raise StorageError(f"cannot upload {self.root}/{rel}: {_first_line(exc)}") from None
+
+    def list_prefix(self, rel: str) -> list[str]:
+        try:
+            return sorted(self.rel_of(p) for p in self.fs.find(self.full(rel), withdirs=False))
+        except FileNotFoundError:
+            return []
+
+
+class ObjectLock:
+    """OUTPUT's lock on object storage: an object created only if absent, held as a lease.
+
+    Taken with a create-if-absent PUT (``If-None-Match: *`` on S3); renewed
+    every ``LEASE / 3`` seconds with a compare-and-swap on its ETag
+    (``If-Match``); a lock whose lease has expired (its run was killed) or
+    that says ``clean`` is taken over the same way, as is one whose holder ran
+    on this machine and is gone (as ``flock`` would). On file systems without
+    conditional writes (memory://, file://) the check and the write are two
+    steps, which is as good as their own semantics allow.
+    """
+
+    LEASE = 60.0  # seconds; a lock left by a run on another machine is taken over this long after it was killed
+
+    def __init__(self, storage: FsspecStorage, name: str) -> None:
+        self.storage, self.name = storage, name
+        self.path = storage.full(name)
+        self.dirty = False
+        self._etag: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def _body(self, state: str) -> bytes:
+        return json.dumps({"state": state, "host": socket.gethostname(), "pid": os.getpid(),
+                           "expires": time.time() + self.LEASE}).encode()
+
+    def __enter__(self) -> "ObjectLock":
+        fs = self.storage.fs
+        if self._create(fs):
+            self.dirty = False
+        else:
+            current, etag = self._read(fs)
+            if current.get("state") == "running" and current.get("expires", 0) > time.time() and _alive(current):
+                raise LockedError(f"another noiseaug run ({current.get('host')}, pid {current.get('pid')}) is "
+                                  f"writing to {self.storage.root}; wait for it or pick another OUTPUT")
+            self.dirty = current.get("state") != "clean"
+            if not self._swap(fs, etag, self._body("running")):
+                raise LockedError(f"another noiseaug run took {self.storage.root}'s lock first; "
+                                  "wait for it or pick another OUTPUT")
+        self._thread = threading.Thread(target=self._renew, name="noiseaug-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _create(self, fs: Any) -> bool:
+        try:
+            reply = fs.pipe_file(self.path, self._body("running"), mode="create")
+        except (FileExistsError, ValueError):
+            return False
+        except OSError as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc) or fs.exists(self.path):
+                return False
+            raise
+        except Exception as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                return False
+            raise StorageError(f"cannot take {self.storage.root}'s lock: {_first_line(exc)}") from None
+        self._etag = self._etag_of(fs, reply)
+        return True
+
+    def _read(self, fs: Any) -> tuple[dict[str, Any], str | None]:
+        try:
+            data = fs.cat_file(self.path)
+            info = fs.info(self.path)
+        except FileNotFoundError:
+            return {}, None
+        try:
+            current = json.loads(data)
+        except ValueError:
+            current = {}
+        return (current if isinstance(current, dict) else {}), _etag(info)
+
+    def _swap(self, fs: Any, etag: str | None, body: bytes) -> bool:
+        """Replace the lock's body if it still has ``etag``: atomically on S3 (If-Match), else check-then-write."""
+        try:
+            if hasattr(fs, "call_s3") and etag:
+                reply = fs.pipe_file(self.path, body, IfMatch=etag)
+            else:
+                if _etag(fs.info(self.path)) != etag:
+                    return False
+                reply = fs.pipe_file(self.path, body)
+        except Exception as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc) or isinstance(exc, FileNotFoundError):
+                return False
+            raise StorageError(f"cannot renew {self.storage.root}'s lock: {_first_line(exc)}") from None
+        self._etag = self._etag_of(fs, reply)
+        return True
+
+    def _etag_of(self, fs: Any, reply: Any) -> str | None:
+        if isinstance(reply, dict) and reply.get("ETag"):
+            return reply["ETag"]
+        try:
+            return _etag(fs.info(self.path))
+        except Exception:
+            return None
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.LEASE / 3):
+            try:
+                if not self._swap(self.storage.fs, self._etag, self._body("running")):
+                    self.lost = True
+                    return
+            except Exception:
+                continue  # the endpoint is away for a moment: try again before the lease ends
+
+    def release(self, clean: bool) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+            if clean and not self.lost:
+                try:
+                    self._swap(self.storage.fs, self._etag, self._body("clean"))
+                except StorageError:
+                    pass
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.release(clean=exc_type is None)
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether a lock's holder may still run: always, unless it ran on this machine and its process is gone."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _etag(info: dict[str, Any]) -> str | None:
+    for key in STAMP_KEYS:
+        if info.get(key) is not None:
+            return str(info[key])
+    return None
