@@ -91,7 +91,15 @@ def _remote(input_dir: Any, output_dir: Any, cfg: Config) -> Locations:
             raise UsageError(f"OUTPUT {os.fsdecode(output_dir)} exists and is not a folder")
         target = LocalStorage(os.fsdecode(out_root))
     _check_url_roots(source, target)
+    _check_memory(source, target, cfg)
     return _with_manifest(source, target, cfg, options)
+
+
+def _check_memory(source: Any, target: Any, cfg: Config) -> None:
+    """memory:// is this process's own memory: worker processes would each see (and fill) a copy of their own."""
+    protocols = {_key(s).split("://")[0] for s in (source, target)}
+    if "memory" in protocols and (cfg.workers > 1 or cfg.executor == "dask"):
+        raise UsageError("memory:// lives in this process only: run it with --workers 1 (the local executor)")
 
 
 def _with_manifest(source: Any, target: Any, cfg: Config, options: dict[str, Any]) -> Locations:

@@ -43,6 +43,7 @@ from .noise import kernel_problem
 from .records import LABEL, Job, Outcome, carried, copies_of, failed, output_of, output_rel
 from .report import Reporter, Summary
 from .signals import Stopper
+from .silence import quiet_loggers
 from .storage import LocalStorage, OutputLock, Storage
 from .storage.local import atomic_file, set_temp_tag
 from .worker import Context
@@ -68,9 +69,14 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     """
     cfg = config if isinstance(config, Config) else make_config(config, **options)
     reporter = reporter or Reporter()
+    if cfg.executor == "dask" and not cfg.dry_run:
+        from .executors.cluster import import_distributed
+
+        import_distributed()  # a missing extra is a usage error before anything is written
     where = open_locations(input_dir, output_dir, cfg)
     try:
-        return _run_at(where, cfg, reporter)
+        with quiet_loggers("asyncio", "aiobotocore", "botocore", "s3fs", "fsspec"):
+            return _run_at(where, cfg, reporter)
     finally:
         where.home.close()
 

@@ -45,8 +45,8 @@ class ConsoleReporter(Reporter):
         if self._bar is not None:
             self._bar.total += 1
 
-    def note(self, text: str) -> None:
-        if self.verbose and not self.quiet:
+    def note(self, text: str, always: bool = False) -> None:
+        if (self.verbose or always) and not self.quiet:
             self._print(f"noiseaug: {text}")
 
     def planned(self, job: Job, action: str) -> None:

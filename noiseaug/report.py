@@ -27,8 +27,8 @@ class Reporter:
     def planned(self, job: Job, action: str) -> None:
         """--dry-run: what would happen to a file ("process" or "skip")."""
 
-    def note(self, text: str) -> None:
-        """Something worth saying with -v (how the run goes, not about one file)."""
+    def note(self, text: str, always: bool = False) -> None:
+        """Something worth saying with -v (how the run goes, not about one file); ``always``: unless --quiet."""
 
     def close(self) -> None:
         """The run is over."""

@@ -1,4 +1,4 @@
-"""Keep C codec libraries' own chatter off stderr while they run."""
+"""Keep C codec libraries' (and network libraries') own chatter off stderr while they run."""
 
 from __future__ import annotations
 
@@ -38,3 +38,22 @@ def codec_stderr_silenced() -> Iterator[None]:
         os.close(saved)
         if not _held:
             os.close(devnull)
+
+
+@contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Keep these loggers' chatter off stderr for a while (their levels are restored afterwards).
+
+    Network libraries log what noiseaug reports itself, better: a lost
+    connection as a traceback, asyncio's "Task exception was never retrieved".
+    """
+    import logging
+
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    try:
+        for logger, _ in saved:
+            logger.setLevel(logging.CRITICAL + 1)
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)

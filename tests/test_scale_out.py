@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,13 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import boto3
 import pytest
 
 from conftest import random_images, records, tree
-
-pytest.importorskip("distributed", reason="the test extra installs dask")  # noqa: the extra is part of make test
-boto3 = pytest.importorskip("boto3")
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 OWN_FILES = {".noiseaug.lock", "noiseaug-manifest.jsonl", ".noiseaug-manifest.jsonl.state"}
@@ -131,3 +127,276 @@ def test_a_rerun_on_s3_lists_once_and_does_nothing(s3):
     after = objects(client, out_bucket, "o")
     assert {k: v for k, v in after.items() if k != ".noiseaug.lock"} == \
         {k: v for k, v in before.items() if k != ".noiseaug.lock"}
+
+
+@pytest.fixture(scope="module")
+def slow_tree(tmp_path_factory) -> Path:
+    """Images big enough (random 640x640 PNGs) that a run is still going a second or two after it starts."""
+    root = tmp_path_factory.mktemp("slow") / "in"
+    names = [f"part{i % 3}/img_{i:02d}.png" for i in range(30)]
+    return random_images(root, names, shape=(640, 640, 3), seed=7)
+
+
+@pytest.fixture(scope="module")
+def slow_reference(slow_tree, tmp_path_factory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("slow") / "ref"
+    noiseaug("run", slow_tree, out, "--workers", "2", "-q")
+    return {"files": outputs(tree(out)), "records": records(out / "noiseaug-manifest.jsonl")[1]}
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def keys(client: Any, bucket: str, prefix: str) -> set[str]:
+    found = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        found.update(item["Key"][len(prefix) + 1:] for item in page.get("Contents", []))
+    return found
+
+
+def test_a_driver_killed_on_s3_is_continued_by_the_next_run(s3, slow_tree, slow_reference):
+    client, (_, out_bucket) = s3
+    target = f"s3://{out_bucket}/o"
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, target, "--workers", "1", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: any(k.startswith(".noiseaug-manifest.jsonl.segments/") for k in keys(client, out_bucket, "o")),
+             what="a manifest segment")
+    proc.kill()
+    proc.wait()
+    left = keys(client, out_bucket, "o")
+    assert "noiseaug-manifest.jsonl" not in left  # killed before the end: only segments hold the records
+    assert 0 < len(outputs(dict.fromkeys(left, b""))) < 30
+    result = json.loads(noiseaug("run", slow_tree, target, "--workers", "2", "--json").stdout)
+    assert result["skipped"] > 0  # what the killed run finished was continued, not redone
+    found = objects(client, out_bucket, "o")
+    assert outputs(found) == slow_reference["files"]
+    assert file_records(found["noiseaug-manifest.jsonl"]) == slow_reference["records"]
+    assert set(found) - set(slow_reference["files"]) == OWN_FILES
+    assert not client.list_multipart_uploads(Bucket=out_bucket).get("Uploads")
+
+
+def test_a_second_run_on_the_same_s3_output_is_refused_by_the_lock(s3, slow_tree):
+    client, (_, out_bucket) = s3
+    target = f"s3://{out_bucket}/o"
+    first = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, target, "--workers", "1", "-q"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(keys(client, out_bucket, "o")) > 2, what="the first run's outputs")
+    second = noiseaug("run", slow_tree, target, "--workers", "1", check=2)
+    assert second.stderr.startswith("noiseaug: error: another noiseaug run (")
+    assert len(second.stderr.strip().splitlines()) == 1
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    noiseaug("run", slow_tree, target, "--workers", "1", "-q")  # the lease was released: the next run goes ahead
+
+
+def test_keys_with_dot_segments_are_refused(s3, tmp_path):
+    client, (src_bucket, out_bucket) = s3
+    upload(client, src_bucket, "data", random_images(tmp_path / "in", ["a/ok.png"]))
+    png = (tmp_path / "in" / "a" / "ok.png").read_bytes()
+    for key in ("data/a/../escape.png", "data/a/./dot.png", "data//empty.png"):
+        client.put_object(Bucket=src_bucket, Key=key, Body=png)
+    result = noiseaug("run", f"s3://{src_bucket}/data", f"s3://{out_bucket}/o", "--workers", "1", "--json",
+                      check=None)
+    summary = json.loads(result.stdout)
+    assert summary["ok"] == 1
+    assert len(summary["problems"]) == 3 and all("'..' segment" in p for p in summary["problems"])
+    written = keys(client, out_bucket, "o")
+    assert outputs(dict.fromkeys(written, b"")).keys() == {"a/ok.png"}
+    assert not any(k.startswith("escape") for k in keys(client, out_bucket, ""))
+
+
+def test_an_endpoint_that_goes_away_ends_the_run_with_one_message_and_a_manifest_to_continue(s3, slow_tree,
+                                                                                             slow_reference):
+    """Stop the S3 server mid-run: exit 1, one clear line; start it again (same port, same buckets): a re-run ends
+    as a clean run would."""
+    from moto.server import ThreadedMotoServer
+
+    client, (_, out_bucket) = s3
+    own = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # this test's own endpoint to stop
+    own.start()
+    host, port = own.get_host_and_port()
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_MAX_ATTEMPTS": "1"}
+    target = f"s3://{out_bucket}/o"  # moto keeps its buckets in this process: both servers see them
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, target, "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for(lambda: any(k.startswith(".noiseaug-manifest.jsonl.segments/") for k in keys(client, out_bucket, "o")),
+                 what="a manifest segment")
+    finally:
+        own.stop()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    stops = [line for line in err.splitlines() if line.startswith("stopped:")]
+    assert len(stops) == 1 and "cannot reach the storage" in stops[0], err
+    result = json.loads(noiseaug("run", slow_tree, target, "--workers", "1", "--json").stdout)
+    assert result["skipped"] > 0
+    found = objects(client, out_bucket, "o")
+    assert outputs(found) == slow_reference["files"]
+    assert file_records(found["noiseaug-manifest.jsonl"]) == slow_reference["records"]
+
+
+SECRET = "S3cr3t-noiseaug-7f1d2c"
+
+
+def test_secrets_reach_no_file_no_record_and_no_output(s3, tmp_path):
+    """A secret in --storage-option and in the environment, a file that fails and a run that fails: never shown."""
+    client, (src_bucket, out_bucket) = s3
+    src = random_images(tmp_path / "in", ["a.png", "b/c.png"])
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    upload(client, src_bucket, "data", src)
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": SECRET + "-token"}
+    args = ["--storage-option", f"secret={SECRET}", "--storage-option", f"key=AKIA{SECRET}", "--json", "-v"]
+    seen = []
+    for run_args in ([f"s3://{src_bucket}/data", f"s3://{out_bucket}/o"],  # one file fails
+                     [f"s3://{src_bucket}/data", "s3://no-such-bucket/o"],  # the run fails
+                     [f"s3://AKIA:{SECRET}@{src_bucket}/data", tmp_path / "local-out"]):  # a secret in the URL
+        result = noiseaug("run", *run_args, "--workers", "1", *args, check=None, env=env)
+        assert result.returncode in (1, 2), result.stderr
+        seen += [result.stdout, result.stderr]
+    verify = noiseaug("verify", f"s3://{out_bucket}/o/noiseaug-manifest.jsonl", "--storage-option",
+                      f"secret={SECRET}", check=1, env=env)
+    seen += [verify.stdout, verify.stderr]
+    stored = objects(client, out_bucket, "o")
+    assert "noiseaug-manifest.jsonl" in stored and ".noiseaug.lock" in stored
+    run_record = json.loads(stored["noiseaug-manifest.jsonl"].decode().splitlines()[0])
+    assert run_record["options"]["storage_options"] == {"secret": "<redacted>", "key": "<redacted>"}
+    for text in seen + [v.decode("latin-1") for v in stored.values()] + \
+            [p.read_bytes().decode("latin-1") for p in (tmp_path / "local-out").rglob("*") if p.is_file()]:
+        assert SECRET not in text and SECRET.lower() not in text
+    assert "bucket 'no-such-bucket' does not exist" in seen[3]
+    assert "s3://<redacted>@" in seen[5]
+
+
+def test_a_missing_extra_is_named_in_one_line(tmp_path):
+    """Without fsspec or Dask installed, a URL or --executor dask says which extra to install (the packages are
+    hidden from the process)."""
+    code = ("import sys; sys.modules['fsspec'] = None; sys.modules['distributed'] = None; "
+            "sys.argv = ['noiseaug'] + sys.argv[1:]; from noiseaug.__main__ import main; main()")
+    src = random_images(tmp_path / "in", ["a.png"])
+    url = subprocess.run([sys.executable, "-c", code, "run", "s3://bucket/in", str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert (url.returncode, url.stderr) == (2, "noiseaug: error: s3://bucket/in: URLs need fsspec: "
+                                                "pip install 'noiseaug[s3]' (or [gcs], [azure])\n")
+    dask = subprocess.run([sys.executable, "-c", code, "run", str(src), str(tmp_path / "o"), "--executor", "dask"],
+                          capture_output=True, text=True)
+    assert (dask.returncode, dask.stderr) == (2, "noiseaug: error: --executor dask needs Dask: "
+                                                  "pip install 'noiseaug[dask]'\n")
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+CLUSTER_SCRIPT = """
+import sys, time
+from distributed import LocalCluster
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                       dashboard_address=None)
+print(cluster.scheduler_address, flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture
+def dask_cluster():
+    """A Dask LocalCluster of two worker processes in a process of its own (so a test can kill all of it)."""
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    address = proc.stdout.readline().strip()
+    assert address.startswith("tcp://127.0.0.1:"), address
+    yield proc, address
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+
+def worker_pids(address: str) -> list[int]:
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        return list(client.run(os.getpid).values())
+
+
+def test_a_dask_worker_killed_mid_run_costs_nothing(dask_cluster, slow_tree, slow_reference, tmp_path):
+    _, address = dask_cluster
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, out, "--executor", "dask",
+                             "--scheduler", address, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for(lambda: len(list(out.rglob("*.png"))) >= 2, what="the first outputs")
+    os.kill(worker_pids(address)[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert outputs(tree(out)) == slow_reference["files"]
+    _, got = records(out / "noiseaug-manifest.jsonl")
+    assert got == slow_reference["records"]  # every file recorded once, as a clean run records it
+    assert not [p for p in out.rglob("*") if p.name.endswith(".noiseaug-tmp")]
+
+
+def test_a_lost_scheduler_ends_the_run_with_exit_1_and_a_manifest_to_continue(dask_cluster, slow_tree,
+                                                                               slow_reference, tmp_path):
+    cluster, address = dask_cluster
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, out, "--executor", "dask",
+                             "--scheduler", address], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(list(out.rglob("*.png"))) >= 2, what="the first outputs")
+    os.killpg(cluster.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "noiseaug: error: lost the connection to the Dask scheduler" in err
+    noiseaug("run", slow_tree, out, "--workers", "2", "-q")
+    assert outputs(tree(out)) == slow_reference["files"]
+    assert records(out / "noiseaug-manifest.jsonl")[1] == slow_reference["records"]
+
+
+def test_ctrl_c_on_dask_finishes_the_batches_in_flight(dask_cluster, slow_tree, slow_reference, tmp_path):
+    _, address = dask_cluster
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, out, "--executor", "dask",
+                             "--scheduler", address], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(list(out.rglob("*.png"))) >= 1, what="the first output")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert "stopping" in err and "Traceback" not in err
+    _, got = records(out / "noiseaug-manifest.jsonl")
+    assert 0 < len(got) < 30 and all(r["status"] == "ok" for r in got)  # nothing abandoned, nothing lost
+    noiseaug("run", slow_tree, out, "--executor", "dask", "--scheduler", address, "-q")
+    assert outputs(tree(out)) == slow_reference["files"]
+    assert records(out / "noiseaug-manifest.jsonl")[1] == slow_reference["records"]
+
+
+def test_shards_and_merge_work_on_urls(s3, slow_tree, slow_reference):
+    client, (_, out_bucket) = s3
+    target = f"s3://{out_bucket}/o"
+    for shard in ("0/2", "1/2"):
+        noiseaug("run", slow_tree, target, "--shard", shard, "--workers", "2", "-q")
+    manifests = [f"{target}/noiseaug-manifest.shard-{i}-of-2.jsonl" for i in (0, 1)]
+    noiseaug("merge", *manifests, "-o", f"{target}/noiseaug-manifest.jsonl")
+    found = objects(client, out_bucket, "o")
+    assert file_records(found["noiseaug-manifest.jsonl"]) == slow_reference["records"]
+    assert {k: v for k, v in outputs(found).items() if ".shard-" not in k} == slow_reference["files"]
+    noiseaug("verify", f"{target}/noiseaug-manifest.jsonl", "-q")
+
+
+def test_ctrl_c_at_a_terminal_stops_a_run_on_its_own_local_cluster_cleanly(slow_tree, tmp_path):
+    """Ctrl-C at a terminal signals the whole process group, Dask's worker processes included: they leave it to
+    the driver, which finishes the files in flight."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, out, "--executor", "dask",
+                             "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    wait_for(lambda: len(list(out.rglob("*.png"))) >= 2, what="the first outputs")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Warning" not in err
+    in_flight = int(err.split("finishing ")[1].split()[0])
+    assert in_flight > 0
+    _, got = records(out / "noiseaug-manifest.jsonl")
+    assert 2 <= len(got) < 30 and all(r["status"] == "ok" for r in got)

@@ -32,7 +32,7 @@ from ..config import redact_url as redact
 from ..errors import ClusterError, UsageError
 from ..records import Job, Outcome, failed
 from ..signals import ABANDONED, Stopper, TimedOut, deadline
-from ..silence import held_devnull
+from ..silence import held_devnull, quiet_loggers
 from ..storage.local import set_temp_tag
 from ..worker import Context, limit_threads, process_job
 
@@ -86,11 +86,9 @@ def run_batch(jobs: list[Job], ctx: Context) -> list[list[Outcome]]:
 def _quiet_logs() -> contextlib.ExitStack:
     """Dask's INFO chatter stays out of noiseaug's stderr while the cluster starts and stops."""
     stack = contextlib.ExitStack()
-    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker",
-                 "distributed.core", "distributed.http.proxy"):
-        logger = logging.getLogger(name)
-        stack.callback(logger.setLevel, logger.level)
-        logger.setLevel(logging.ERROR)
+    stack.enter_context(quiet_loggers("distributed", "distributed.scheduler", "distributed.nanny",
+                                      "distributed.worker", "distributed.core", "distributed.http.proxy",
+                                      "distributed.client", "distributed.comm"))
     return stack
 
 
@@ -115,7 +113,7 @@ class DaskExecutor:
             else:
                 self._cluster = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=":0" if _has_dashboard() else None, silence_logs=logging.ERROR)
+                    dashboard_address=":0", silence_logs=logging.CRITICAL)
                 self._client = distributed.Client(self._cluster)
         except OSError as exc:
             self.close()
@@ -123,7 +121,7 @@ class DaskExecutor:
         self._client.register_plugin(_worker_plugin(ctx.config.kinds), name=PLUGIN_NAME)
         link = getattr(self._client, "dashboard_link", None) if _has_dashboard() or address else None
         if note is not None and link:
-            note(f"Dask dashboard: {redact(link)}")
+            note(f"Dask dashboard: {redact(link)}", always=True)
 
     def stop(self) -> None:
         self._stopping = True
@@ -172,10 +170,11 @@ class DaskExecutor:
         while len(pending) < slots:
             batch = [singles.popleft()] if singles else next(batches, None)
             if batch is None:
-                return
+                break
             future = self._submit(batch)
             pending[future] = batch
             done.add(future)
+        stopper.in_flight = sum(map(len, pending.values()))
 
     def _submit(self, batch: list[Job]) -> Any:
         try:
@@ -197,12 +196,19 @@ class DaskExecutor:
                                   "the Dask worker processing this file died each time it was tried")
             return
         except Exception as exc:
-            raise self._lost(exc) from None
+            raise self._lost(exc, future) from None
         yield from zip(jobs, results)
 
-    def _lost(self, exc: BaseException) -> ClusterError:
+    def _lost(self, exc: BaseException, future: Any = None) -> ClusterError:
+        """The run cannot go on: the scheduler is gone (the usual case), or a task broke in a way no record says."""
+        import concurrent.futures
+
+        from distributed.comm import CommClosedError
+
         status = getattr(self._client, "status", "")
-        if status not in ("running", "connecting", "newly-created"):
+        gone = isinstance(exc, (OSError, CommClosedError, concurrent.futures.CancelledError, TimeoutError)) or (
+            future is not None and future.status == "cancelled")
+        if gone or status not in ("running", "connecting", "newly-created"):
             return ClusterError("lost the connection to the Dask scheduler; the manifest holds what was done "
                                 "and a re-run continues from it")
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

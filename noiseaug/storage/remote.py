@@ -152,6 +152,8 @@ class FsspecStorage:
             return bool(self.fs.exists(self.base)) or bool(self.fs.ls(self.base, detail=False))
         except FileNotFoundError:
             return False
+        except TypeError as exc:  # an option the file system does not take, found on its first request
+            raise UsageError(f"--storage-option not taken by {self.root}: {_first_line(exc)}") from None
         except Exception as exc:
             raise StorageError(f"{self.root}: {_first_line(exc)}") from None
 
@@ -233,8 +235,10 @@ class FsspecStorage:
             else:
                 reply = self._upload_large(path, fh)
         except Exception as exc:
-            code = errno.ECONNREFUSED if unreachable(exc) else None  # fatal: the run stops, not file after file
-            raise WriteError(f"{self.root}/{rel}", f"cannot upload: {_first_line(exc)}", code) from None
+            if unreachable(exc):  # fatal: the run stops, not file after file
+                raise WriteError(f"{self.root}/{rel}", f"cannot reach the storage: {_first_line(exc)}",
+                                 errno.ECONNREFUSED) from None
+            raise WriteError(f"{self.root}/{rel}", f"cannot upload: {_first_line(exc)}") from None
         etag = reply.get("ETag") if isinstance(reply, dict) else None
         self._written[rel] = (size, stamp_of({"ETag": etag})) if etag else self._info_stat(path)
 
