@@ -400,3 +400,71 @@ def test_ctrl_c_at_a_terminal_stops_a_run_on_its_own_local_cluster_cleanly(slow_
     assert in_flight > 0
     _, got = records(out / "noiseaug-manifest.jsonl")
     assert 2 <= len(got) < 30 and all(r["status"] == "ok" for r in got)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_block(language: str, after: str, nth: int = 0) -> str:
+    import re
+
+    text = README.read_text(encoding="utf-8")
+    start = text.index(after)
+    return re.compile(rf"```{language}\n(.*?)```", re.S).findall(text, start)[nth]
+
+
+def recipe_env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_readme_recipe_an_existing_scheduler(dask_cluster, tmp_path):
+    _, address = dask_cluster
+    random_images(tmp_path / "data" / "clean", ["a.png", "b/c.png"])
+    script = readme_block("sh", "## On a cluster")
+    assert "--scheduler tcp://10.0.0.5:8786" in script
+    subprocess.run(["bash", "-ec", script.replace("tcp://10.0.0.5:8786", address)], cwd=tmp_path, check=True,
+                   env=recipe_env(), capture_output=True)
+    _, got = records(tmp_path / "data" / "noisy" / "noiseaug-manifest.jsonl")
+    assert [r["status"] for r in got] == ["ok", "ok"]
+
+
+SLURM_STAND_IN = '''
+from distributed import LocalCluster
+
+
+class SLURMCluster(LocalCluster):
+    """Stands in for dask_jobqueue's (no Slurm here): same calls, a worker per "job", in threads (Slurm's
+    workers start in jobs of their own; spawned processes would run this script again)."""
+
+    def __init__(self, cores, processes, memory, walltime):
+        super().__init__(n_workers=0, threads_per_worker=cores, processes=False, dashboard_address=":0")
+
+    def scale(self, jobs):
+        super().scale(min(jobs, 2))
+'''
+
+
+def test_readme_recipe_dask_jobqueue_on_slurm(tmp_path):
+    random_images(tmp_path / "data" / "clean", ["a.png", "b/c.png", "d.png"])
+    script = readme_block("python", "## On a cluster")
+    assert "from dask_jobqueue import SLURMCluster\n" in script
+    (tmp_path / "recipe.py").write_text(script.replace("from dask_jobqueue import SLURMCluster\n", SLURM_STAND_IN))
+    result = subprocess.run([sys.executable, "recipe.py"], cwd=tmp_path, env=recipe_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "image   3        0       0" in result.stdout
+    run_record, got = records(tmp_path / "data" / "noisy" / "noiseaug-manifest.jsonl")
+    assert run_record["options"]["executor"] == "dask" and run_record["seed"] == 7
+    assert [r["status"] for r in got] == ["ok"] * 3
+
+
+def test_readme_recipe_s3_with_credentials_from_the_environment(s3, tmp_path):
+    client, (bucket, _) = s3
+    upload(client, bucket, "clean", random_images(tmp_path / "clean", ["a.png", "b/c.png"]))
+    script = readme_block("sh", "## On a cluster", 1)
+    assert "s3://my-bucket/clean s3://my-bucket/noisy" in script
+    result = subprocess.run(["bash", "-ec", script.replace("my-bucket", bucket)], cwd=tmp_path, env=recipe_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 outputs" in result.stderr
+    assert {"a.png", "b/c.png"} <= set(keys(client, bucket, "noisy"))
