@@ -1,7 +1,7 @@
 """noiseaug's benchmark suite (SPEC §5): ratios against codec floors, measured in one run.
 
     .venv/bin/python benchmarks/bench.py [--rounds R] [--workers N] [--small] [--large]
-                                         [--only images|scaling|audio|kernel|startup|large]
+                                         [--only images|scaling|audio|kernel|startup|large|dask]
 
 End-to-end rows run as separate processes over the same files, INTERLEAVED:
 round i runs every approach once, in an order rotated by i, so a slow spell on
@@ -315,6 +315,67 @@ def bench_scaling(fs: FileSet, rounds: int, workspace: Path) -> None:
     print("  (noiseaug --workers 1 runs in-process; --workers 2 forks a pool of worker processes)")
 
 
+def bench_dask(fs: FileSet, rounds: int, workspace: Path) -> None:
+    """--executor dask on a LocalCluster against the local pool, 1 and 2 workers; local -> S3 (a moto server on
+    127.0.0.1, in this process) beside local -> local."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_EC2_METADATA_DISABLED="true")
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="bench")
+    dask = ["--executor", "dask"]
+    approaches = [noiseaug_run(fs, 1, "pool w1"), noiseaug_run(fs, 2, "pool w2"),
+                  Approach("dask w1", noiseaug_run(fs, 1).argv + dask),
+                  Approach("dask w2", noiseaug_run(fs, 2).argv + dask),
+                  Approach("pool w2 -> S3", noiseaug_run(fs, 2).argv)]
+    fs.warm()
+    results: dict[str, list[Run]] = {a.label: [] for a in approaches}
+    try:
+        for r in range(rounds):
+            shift = r % len(approaches)
+            for approach in approaches[shift:] + approaches[:shift]:
+                out = workspace / f"dask-{approach.label}-{r}".replace(" ", "_")
+                if approach.label.endswith("S3"):
+                    argv = [f"s3://bench/{r}" if a == OUT else a for a in approach.argv]
+                    run = measure(argv, None)
+                    results[approach.label].append(Run(run.seconds, run.peak_rss, run.returncode,
+                                                       fs.files if run.returncode == 0 else 0, run.stderr))
+                else:
+                    results[approach.label].append(measure(approach.argv, out, fs.suffixes))
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        server.stop()
+    _report_dask(fs, approaches, results, rounds)
+
+
+def _report_dask(fs: FileSet, approaches: list[Approach], results: dict[str, list[Run]], rounds: int) -> None:
+    med = {label: statistics.median(r.seconds for r in runs) for label, runs in results.items()}
+    print(f"\nDask and S3 on the {fs.name} set ({fs.description}); rounds={rounds}")
+    print_table(["approach", "median s", "min s", "files/s", "MB/s in", "peak RSS/proc MB"],
+                [[label + (" (!)" if _problems(runs, fs.files) else ""), f"{med[label]:.3f}",
+                  f"{min(r.seconds for r in runs):.3f}", f"{fs.files / med[label]:.1f}",
+                  f"{fs.bytes / MB / med[label]:.1f}", f"{max(r.peak_rss for r in runs) / MB:.0f}"]
+                 for label, runs in results.items()])
+    ratio = med["dask w2"] / med["pool w2"]
+    pool_up, dask_up = med["pool w1"] / med["pool w2"], med["dask w1"] / med["dask w2"]
+    print(f"  dask w2 / pool w2 wall time: {ratio:.2f}x (target <= 1.10: {_verdict(ratio <= 1.10)})")
+    print(f"  2-vs-1-worker speed-up: dask {dask_up:.2f}x, pool {pool_up:.2f}x "
+          f"(target within 5 %: {_verdict(abs(dask_up / pool_up - 1) <= 0.05)})")
+    s3_ratio = med["pool w2 -> S3"] / med["pool w2"]
+    print(f"  local -> S3 (moto on 127.0.0.1) / local -> local, 2 workers: {s3_ratio:.2f}x")
+    for label, runs in results.items():
+        for note in _problems(runs, fs.files):
+            print(f"  (!) {label}: {note}")
+    print("  commands (<OUT> = a fresh temporary folder, or s3://bench/<round>):")
+    for approach in approaches:
+        print(f"    {approach.label}: {shlex.join(approach.argv)}")
+
+
 def audio_supported(workspace: Path) -> bool:
     """Whether ``noiseaug run --kinds audio`` writes an output for one tiny WAV."""
     src, out = workspace / "probe-in", workspace / "probe-out"
@@ -555,16 +616,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="workers for every approach (default 2)")
     parser.add_argument("--small", action="store_true", help="the small dataset (8 images per set)")
     parser.add_argument("--large", action="store_true", help="also memory on a 60-min WAV and a 100-MP PNG")
-    parser.add_argument("--only", choices=("images", "scaling", "audio", "kernel", "startup", "large"),
+    parser.add_argument("--only", choices=("images", "scaling", "audio", "kernel", "startup", "large", "dask"),
                         help="run one section (large: only the --large memory section)")
     args = parser.parse_args()
-    want = {args.only} if args.only else {"images", "scaling", "audio", "kernel", "startup"}
+    want = {args.only} if args.only else {"images", "scaling", "audio", "kernel", "startup", "dask"}
     if args.large:
         want.add("large")
 
     tier = make_dataset.tier_for(8 if args.small else 64, args.small)
     root = make_dataset.DEFAULT_ROOT
-    data = make_dataset.make_tier(root, tier) if want & {"images", "scaling", "audio"} else None
+    data = make_dataset.make_tier(root, tier) if want & {"images", "scaling", "audio", "dask"} else None
     wav, png = make_dataset.make_large(root) if "large" in want else (None, None)
     byte_compile()
     print_header(args)
@@ -578,6 +639,8 @@ def main() -> None:
             bench_images(sets, args.workers, args.rounds, workspace)
         if jpeg is not None and "scaling" in want:
             bench_scaling(jpeg, args.rounds, workspace)
+        if data is not None and "dask" in want:
+            bench_dask(file_set("JPEG + PNG", data / "photos", "image"), args.rounds, workspace)
         if data is not None and "audio" in want:
             bench_audio([file_set("WAV", data / "wav", "audio"), file_set("FLAC", data / "flac", "audio")],
                         args.workers, args.rounds, workspace, supported)
