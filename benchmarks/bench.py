@@ -318,8 +318,11 @@ def bench_scaling(fs: FileSet, rounds: int, workspace: Path) -> None:
 def bench_dask(fs: FileSet, rounds: int, workspace: Path) -> None:
     """--executor dask on a LocalCluster against the local pool, 1 and 2 workers; local -> S3 (a moto server on
     127.0.0.1, in this process) beside local -> local."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's access log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -379,6 +379,8 @@ class _Run:
                     executor.stop()
         finally:
             executor.close()
+            if getattr(executor, "lost_workers", False):  # a Dask worker died mid-file somewhere: sweep it all
+                self.target.sweep(temp_tag(self.cfg.shard))
 
     def _on_lost(self, job: Job, pid: int) -> None:
         """A worker died with this file in flight: sweep its temporary file."""

@@ -468,3 +468,16 @@ def test_readme_recipe_s3_with_credentials_from_the_environment(s3, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 of 2 outputs" in result.stderr
     assert {"a.png", "b/c.png"} <= set(keys(client, bucket, "noisy"))
+
+
+def test_file_timeout_is_enforced_inside_dask_workers(dask_cluster, slow_tree, tmp_path):
+    _, address = dask_cluster
+    out = tmp_path / "out"
+    result = noiseaug("run", slow_tree, out, "--executor", "dask", "--scheduler", address, "--file-timeout", "0.001",
+                      "--json", check=1)
+    summary = json.loads(result.stdout)
+    assert summary["failed"] == 30 and summary["ok"] == 0
+    _, got = records(out / "noiseaug-manifest.jsonl")
+    assert {r["error"] for r in got} == {"took longer than --file-timeout 0.001 s; abandoned"}
+    assert not list(out.rglob("*.png"))  # nothing partial, nothing at all
+    noiseaug("run", slow_tree, out, "--executor", "dask", "--scheduler", address, "-q")  # the failures are retried

@@ -100,6 +100,8 @@ class DaskExecutor:
         self._ctx = ctx
         self._stopping = False
         self._cluster = None
+        self._seen: set[str] = set()
+        self.lost_workers = False  # a worker went away during the run: its temporary files may be left
         self._logs = _quiet_logs()
         address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         import dask
@@ -127,11 +129,14 @@ class DaskExecutor:
         self._stopping = True
 
     def _slots(self) -> int:
+        """Batches to keep in flight: a few per worker. Notes workers that went away (see ``lost_workers``)."""
         try:
-            count = len(self._client.scheduler_info().get("workers", {}))
+            workers = set(self._client.scheduler_info().get("workers", {}))
         except Exception:
-            count = 1
-        return max(2, IN_FLIGHT_PER_WORKER * max(count, 1))
+            workers = set()
+        self.lost_workers = self.lost_workers or bool(self._seen - workers)
+        self._seen = workers
+        return max(2, IN_FLIGHT_PER_WORKER * max(len(workers), 1))
 
     def run(self, batches: Iterator[list[Job]], stopper: Stopper) -> Iterator[tuple[Job, list[Outcome]]]:
         """Submit batches as slots free; yield each file's outcomes as its batch completes."""
@@ -222,6 +227,8 @@ class DaskExecutor:
         pending.clear()
 
     def close(self) -> None:
+        if getattr(self, "_client", None) is not None and self._client.status == "running":
+            self._slots()  # a last look: did a worker go away since the last batch went out?
         for thing in (getattr(self, "_client", None), self._cluster):
             if thing is not None:
                 with contextlib.suppress(Exception):
