@@ -238,7 +238,7 @@ def merge(
 ) -> None:
     """Join the manifests of shards (--shard I/N) into one manifest; exit 1 when a shard is missing."""
     from .config import make_config, redact_url
-    from .home import merge_anywhere
+    from .manifest import merge_anywhere
 
     try:
         options = make_config(storage_options=storage_options or None).storage_kwargs()

@@ -103,7 +103,7 @@ class Config:
     manifest: Path | str | None = None  # a URL stays text
     executor: str = "local"
     scheduler: str | None = None
-    storage_options: tuple[tuple[str, Any], ...] = ()  # --storage-option KEY=VALUE, for fsspec
+    storage_options: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), repr=False)  # secrets: never shown
 
     def storage_kwargs(self) -> dict[str, Any]:
         """The storage options as fsspec takes them (a dotted key is a nested one: client_kwargs.region_name)."""
@@ -224,9 +224,7 @@ def _manifest(value: Any) -> Path | str | None:
 
 
 def _storage_options(value: Any) -> tuple[tuple[str, Any], ...]:
-    """--storage-option KEY=VALUE (repeatable) or a TOML table; VALUE is JSON when it parses (true, 3), else text."""
-    import json
-
+    """--storage-option KEY=VALUE (repeatable) or a TOML table (see :func:`_option_value`)."""
     if isinstance(value, dict):
         items = list(_flatten(value))
     elif isinstance(value, (list, tuple)):
@@ -238,14 +236,30 @@ def _storage_options(value: Any) -> tuple[tuple[str, Any], ...]:
             key, sep, text = str(item).partition("=")
             if not sep or not key.strip():
                 raise UsageError(f"--storage-option takes KEY=VALUE, not {_hide(str(item))!r}")
-            try:
-                parsed: Any = json.loads(text)
-            except ValueError:
-                parsed = text
-            items.append((key.strip(), parsed if isinstance(parsed, (bool, int, float)) else text))
+            items.append((key.strip(), _option_value(key, text)))
     else:
         raise UsageError("--storage-option takes KEY=VALUE (in TOML: a table, storage_options = {key = value})")
     return tuple(items)
+
+
+SECRET_WORDS = ("key", "secret", "token", "password", "credential", "sas", "signature")
+
+
+def _option_value(key: str, text: str) -> Any:
+    """true/false and plain numbers as such (anon=true, max_concurrency=8); a credential's value always as text,
+    even when it looks like a number."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if not any(word in key.lower() for word in SECRET_WORDS):
+        for kind in (int, float):
+            try:
+                value = kind(text)
+            except ValueError:
+                continue
+            if str(value) == text.strip():
+                return value
+    return text
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> Any:
@@ -265,9 +279,8 @@ def redact_url(url: str) -> str:
     """A URL without the ``user:password@`` or secrets in its query (shown in records and messages)."""
     import re
 
-    url = re.sub(r"(?<=://)[^/@\s]*@", REDACTED + "@", url)
-    return re.sub(r"(?i)([?&][^=&]*(?:secret|token|key|password|signature|credential)[^=&]*=)[^&]*",
-                  lambda m: m.group(1) + REDACTED, url)
+    url = re.sub(r"(?<=://)[^@\s]*@", REDACTED + "@", url)  # user:password@, a '/' in the password too
+    return re.sub(r"\?.*$", "?" + REDACTED, url)  # a query may carry a signature or a token: none is needed
 
 
 def _float_range(value: Any) -> tuple[float, float] | None:

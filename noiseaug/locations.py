@@ -111,8 +111,12 @@ def _with_manifest(source: Any, target: Any, cfg: Config, options: dict[str, Any
         manifest = f"{target.url}/{name}"
     if manifest is not None and is_url(manifest):
         folder, _, name = manifest.rstrip("/").rpartition("/")
-        home: Any = RemoteHome(FsspecStorage(folder, options), name)
-        shown = f"{FsspecStorage(folder, options).root}/{name}"
+        where = FsspecStorage(folder, options)
+        inside = _key(where) + "/"
+        if (inside + name).startswith(_key(source) + "/"):
+            raise UsageError(f"--manifest {where.root}/{name} is inside INPUT; noiseaug never writes there")
+        home: Any = RemoteHome(where, name)
+        shown = f"{where.root}/{name}"
         reserved = _reserved_remote(folder, name, target)
     else:
         path = _resolved(Path(manifest)) if manifest else default_path(Path(target.root), cfg.shard)

@@ -267,3 +267,29 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
     run = {**first.run, "options": options, "merged_from": names}
     write_sorted(output, run, files.values())
     return len(files), notes
+
+
+def merge_anywhere(manifests: list[str], output: str, *, allow_missing: bool,
+                   options: dict[str, Any]) -> tuple[int, list[str]]:
+    """:func:`merge` where manifests and the result may be URLs: fetched, merged locally, uploaded."""
+    import tempfile
+
+    from .config import redact_url
+    from .storage.remote import FsspecStorage, is_url
+
+    if not any(is_url(m) for m in [*manifests, output]):
+        return merge([Path(m) for m in manifests], Path(output), allow_missing=allow_missing)
+    with tempfile.TemporaryDirectory(prefix="noiseaug-merge-") as spool:
+        local = []
+        for number, name in enumerate(manifests):
+            local.append(Path(name) if not is_url(name) else Path(spool) / f"{number}.jsonl")
+            folder, _, base = name.rstrip("/").rpartition("/")
+            if is_url(name) and not FsspecStorage(folder, options).fetch(base, local[-1]):
+                raise ManifestError(f"{redact_url(name)}: no such manifest")
+        result = Path(spool) / "merged.jsonl" if is_url(output) else Path(output)
+        shown = ([redact_url(m) for m in manifests], redact_url(output) if is_url(output) else os.path.abspath(output))
+        count, notes = merge(local, result, allow_missing=allow_missing, shown=shown)
+        if is_url(output):
+            folder, _, base = output.rstrip("/").rpartition("/")
+            FsspecStorage(folder, options).upload(result, base)
+    return count, notes

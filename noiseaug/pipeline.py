@@ -24,8 +24,8 @@ from typing import Any, Iterable, Iterator
 from . import __version__, seeding
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
-from .errors import Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
-from .executors import make_executor
+from .errors import ClusterError, Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
+from .executors import check_executor, make_executor
 from .freshness import all_confirmed, nothing_to_do
 from .index import RunIndex, StateCache
 from .locations import Locations, open_locations
@@ -44,7 +44,7 @@ from .records import LABEL, Job, Outcome, carried, copies_of, failed, output_of,
 from .report import Reporter, Summary
 from .signals import Stopper
 from .silence import quiet_loggers
-from .storage import LocalStorage, OutputLock, Storage
+from .storage import OutputLock, Storage
 from .storage.local import atomic_file, set_temp_tag
 from .worker import Context
 
@@ -69,10 +69,8 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     """
     cfg = config if isinstance(config, Config) else make_config(config, **options)
     reporter = reporter or Reporter()
-    if cfg.executor == "dask" and not cfg.dry_run:
-        from .executors.cluster import import_distributed
-
-        import_distributed()  # a missing extra is a usage error before anything is written
+    if not cfg.dry_run:
+        check_executor(cfg)  # a missing extra is a usage error before anything is written
     where = open_locations(input_dir, output_dir, cfg)
     try:
         with quiet_loggers("asyncio", "aiobotocore", "botocore", "s3fs", "fsspec"):
@@ -94,7 +92,7 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
             prior = _prior_manifest(manifest_path, cfg, shown)
             _plan(source, target, manifest_path, cfg, prior, summary, reporter)
             return summary
-        _make_output(target)
+        target.prepare()
         name = lock_name(cfg.shard)
         with stopper, _take_lock(target, name, target.root) as lock:
             home.pull()
@@ -106,7 +104,7 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
                 summary.removed = _remove_stale(manifest_path, source, target, cfg)
             if prior is None or getattr(reporter, "verbose", False) or not _nothing_to_do(
                     source, target, manifest_path, cfg, summary):
-                _Run(source, target, home, cfg, prior, summary, reporter, where.reserved).execute(stopper)
+                _Run(source, target, home, cfg, prior, summary, reporter, where.reserved, lock).execute(stopper)
             if stopper.abandoning:
                 lock.release(clean=False)  # files were abandoned: the next run sweeps
     finally:
@@ -117,17 +115,6 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
         raise Interrupted(f"interrupted by {stopper.name}; the manifest holds what was done", summary,
                           stopper.exit_code)
     return summary
-
-
-def _make_output(target: Storage) -> None:
-    """A local OUTPUT folder is created; a bucket must exist (noiseaug creates no buckets)."""
-    if not isinstance(target, LocalStorage):
-        target.check_writable()
-        return
-    try:
-        Path(target.root).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create OUTPUT {target.root}: {exc.strerror}") from None
 
 
 def _left_alone(job: Job, source: Storage, cfg: Config) -> bool:
@@ -342,17 +329,20 @@ class _Run:
     """
 
     def __init__(self, source: Storage, target: Storage, home: Any, cfg: Config, prior: dict[str, Any] | None,
-                 summary: Summary, reporter: Reporter, reserved: set[str]) -> None:
+                 summary: Summary, reporter: Reporter, reserved: set[str], lock: Any = None) -> None:
         self.source, self.target, self.cfg, self.prior, self.home = source, target, cfg, prior, home
         self.summary, self.reporter = summary, reporter
         manifest_path = home.path
         self.writer = ManifestWriter(manifest_path, run_record(cfg, source.root, target.root), append=prior is not None)
+        if prior is None:
+            home.fresh()
         self.cache = StateCache(state_path(manifest_path))
         self.index = RunIndex(manifest_path)
         self.torn = [False]
         if prior is not None:
             self.index.load_prior(read_lines(manifest_path, self.torn))
         self.reserved = reserved | {lock_name(cfg.shard)}
+        self.lock = lock
         self.walk_done = self.stop = False
 
     def execute(self, stopper: Stopper) -> None:
@@ -377,6 +367,8 @@ class _Run:
             for job, outcomes in executor.run(batches, stopper):
                 if self.collect(job, outcomes):
                     executor.stop()
+        except ClusterError as exc:  # the scheduler is gone: what came back is kept, the summary says why
+            self.summary.stopped = self.summary.stopped or str(exc)
         finally:
             executor.close()
             if getattr(executor, "lost_workers", False):  # a Dask worker died mid-file somewhere: sweep it all
@@ -417,6 +409,10 @@ class _Run:
                 self._take(job, outcome, stat_confirmed)
         if job is not None:
             self.reporter.finished(job, outcomes)
+        if getattr(self.lock, "lost", False) and not self.stop:  # a leased lock another run took over
+            self.summary.stopped = self.summary.stopped or ("lost OUTPUT's lock (its lease could not be renewed "
+                                                            "and another run took it over); stopped")
+            self.stop = True
         if self.cfg.on_error == "fail" and any(o.status == "error" for o in outcomes) and not self.stop:
             self.summary.stopped = self.summary.stopped or ("at the first failure (--on-error fail); "
                                                             "files not started were not attempted")
@@ -465,10 +461,12 @@ class _Run:
         try:
             records = _finish(self.writer, self.prior, self.index, self.torn[0], self.walk_done, self.summary,
                               self.source)
-            self.home.published()
+            if not getattr(self.lock, "lost", False):  # OUTPUT is another run's now: leave its manifest alone
+                self.home.published()
             self.cache.note_manifest(self.writer.path, records)
             self.cache.save()
-            self.home.saved()
+            if not getattr(self.lock, "lost", False):
+                self.home.saved()
         except (WriteError, StorageError) as exc:
             reason = exc.reason if isinstance(exc, WriteError) else str(exc)
             self.summary.stopped = self.summary.stopped or (

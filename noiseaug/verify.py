@@ -84,11 +84,9 @@ def _fetch(manifest: str, options: dict[str, Any], spool: str) -> Path:
     if not is_url(manifest):
         return Path(manifest)
     folder, _, name = manifest.rstrip("/").rpartition("/")
-    data = open_root(folder, options).get_bytes(name)
-    if data is None:
-        raise ManifestError(f"{redact_url(manifest)}: no such manifest")
     local = Path(spool) / name
-    local.write_bytes(data)
+    if not open_root(folder, options).fetch(name, local):
+        raise ManifestError(f"{redact_url(manifest)}: no such manifest")
     return local
 
 

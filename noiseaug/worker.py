@@ -18,7 +18,6 @@ from typing import Any, Iterator
 from .config import Config
 from .errors import FileError, WriteError
 from .freshness import confirmed
-from .manifest import rel_str
 from .records import Job, Outcome, base_records, carried, error_record, output_of
 from .render import Rendered, probe_image, render
 from .signals import checkpoint
@@ -81,14 +80,17 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
         outputs = render(job, ctx.source, data, [r["copy"] for r in todo], cfg, probe)
         data = None  # the renderer holds the input now, and lets it go once decoded
         outcomes.update(_write_outputs(ctx, job, outputs, base, todo))
-    return [_stamped(outcomes[c], ctx.target) for c in sorted(outcomes)]
+    return [_stamped(outcomes[c], job, ctx) for c in sorted(outcomes)]
 
 
-def _stamped(outcome: Outcome, target: Storage) -> Outcome:
-    """An ok outcome with its output's (size, stamp), read where the output is."""
+def _stamped(outcome: Outcome, job: Job, ctx: Context) -> Outcome:
+    """An ok outcome with its output's (size, stamp), read where the output is (None if it cannot be)."""
     rec = outcome.record
     if rec is not None and rec.get("status") == "ok":
-        outcome.out_stat = target.stat(rel_str(rec, "output"))
+        try:
+            outcome.out_stat = ctx.target.stat(output_of(job, rec["copy"], ctx.config, rec["kind"]))
+        except OSError:
+            outcome.out_stat = None
     return outcome
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 
 from conftest import random_images, records, tree
@@ -168,7 +169,7 @@ def test_a_driver_killed_on_s3_is_continued_by_the_next_run(s3, slow_tree, slow_
     proc.kill()
     proc.wait()
     left = keys(client, out_bucket, "o")
-    assert "noiseaug-manifest.jsonl" not in left  # killed before the end: only segments hold the records
+    assert any(k.startswith(".noiseaug-manifest.jsonl.segments/") for k in left)  # killed before the end
     assert 0 < len(outputs(dict.fromkeys(left, b""))) < 30
     result = json.loads(noiseaug("run", slow_tree, target, "--workers", "2", "--json").stdout)
     assert result["skipped"] > 0  # what the killed run finished was continued, not redone
@@ -268,7 +269,7 @@ def test_secrets_reach_no_file_no_record_and_no_output(s3, tmp_path):
     for text in seen + [v.decode("latin-1") for v in stored.values()] + \
             [p.read_bytes().decode("latin-1") for p in (tmp_path / "local-out").rglob("*") if p.is_file()]:
         assert SECRET not in text and SECRET.lower() not in text
-    assert "bucket 'no-such-bucket' does not exist" in seen[3]
+    assert "s3://no-such-bucket/o: its bucket does not exist" in seen[3]
     assert "s3://<redacted>@" in seen[5]
 
 
@@ -293,7 +294,7 @@ CLUSTER_SCRIPT = """
 import sys, time
 from distributed import LocalCluster
 cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                       dashboard_address=None)
+                       dashboard_address=":0", memory_limit=sys.argv[1] if len(sys.argv) > 1 else "auto")
 print(cluster.scheduler_address, flush=True)
 while True:
     time.sleep(1)
@@ -301,12 +302,21 @@ while True:
 
 
 @pytest.fixture
-def dask_cluster():
-    """A Dask LocalCluster of two worker processes in a process of its own (so a test can kill all of it)."""
-    proc = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
-    address = proc.stdout.readline().strip()
-    assert address.startswith("tcp://127.0.0.1:"), address
+def dask_cluster(tmp_path, request):
+    """A Dask LocalCluster of two worker processes in a process of its own (so a test can kill all of it);
+    a test marked ``worker_memory("250MB")`` gets workers whose nanny restarts them above that."""
+    import selectors
+
+    marker = request.node.get_closest_marker("worker_memory")
+    log = tmp_path / "cluster.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, *(marker.args if marker else ())],
+                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+    with selectors.DefaultSelector() as sel:  # a cluster that cannot start must not hang the suite
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout=120)
+    address = proc.stdout.readline().strip() if ready else ""
+    assert address.startswith("tcp://127.0.0.1:"), f"no cluster: {address!r}\n{log.read_text()[-2000:]}"
     yield proc, address
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -329,6 +339,7 @@ def test_a_dask_worker_killed_mid_run_costs_nothing(dask_cluster, slow_tree, slo
                             text=True)
     wait_for(lambda: len(list(out.rglob("*.png"))) >= 2, what="the first outputs")
     os.kill(worker_pids(address)[0], signal.SIGKILL)
+    assert proc.poll() is None, "the run ended before the worker was killed"
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert outputs(tree(out)) == slow_reference["files"]
@@ -348,7 +359,7 @@ def test_a_lost_scheduler_ends_the_run_with_exit_1_and_a_manifest_to_continue(da
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 1, err
     assert "Traceback" not in err
-    assert "noiseaug: error: lost the connection to the Dask scheduler" in err
+    assert "stopped: lost the connection to the Dask scheduler" in err
     noiseaug("run", slow_tree, out, "--workers", "2", "-q")
     assert outputs(tree(out)) == slow_reference["files"]
     assert records(out / "noiseaug-manifest.jsonl")[1] == slow_reference["records"]
@@ -481,3 +492,24 @@ def test_file_timeout_is_enforced_inside_dask_workers(dask_cluster, slow_tree, t
     assert {r["error"] for r in got} == {"took longer than --file-timeout 0.001 s; abandoned"}
     assert not list(out.rglob("*.png"))  # nothing partial, nothing at all
     noiseaug("run", slow_tree, out, "--executor", "dask", "--scheduler", address, "-q")  # the failures are retried
+
+
+@pytest.mark.worker_memory("250MB")
+def test_a_file_that_kills_its_dask_worker_every_time_is_recorded_as_failed(dask_cluster, tmp_path):
+    """A 12000x12000 PNG (0.4 MB of zeros) decodes to 432 MB: the nanny kills the worker every time. The batch is
+    split, the culprit recorded as failed with why, the other files written."""
+    import cv2
+
+    _, address = dask_cluster
+    src = random_images(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    ok, data = cv2.imencode(".png", np.zeros((12000, 12000, 3), np.uint8))
+    (src / "huge.png").write_bytes(data.tobytes())
+    out = tmp_path / "out"
+    result = noiseaug("run", src, out, "--executor", "dask", "--scheduler", address, "--max-pixels", "200000000",
+                      "--json", check=1)
+    summary = json.loads(result.stdout)
+    assert (summary["ok"], summary["failed"]) == (3, 1)
+    _, got = records(out / "noiseaug-manifest.jsonl")
+    assert {r["input"]: r.get("error") for r in got}["huge.png"] == \
+        "the Dask worker processing this file died each time it was tried"
+    assert result.stderr.count("huge.png") == 2  # its line as it failed, and in the summary; no Dask log

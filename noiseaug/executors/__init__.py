@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Protocol
 
+from ..config import Config
 from ..records import Job, Outcome
 from ..signals import Stopper
 from ..worker import Context
@@ -26,6 +27,14 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release the workers."""
+
+
+def check_executor(config: Config) -> None:
+    """Refuse, before anything is written, an executor whose extra is not installed."""
+    if config.executor == "dask":
+        from .cluster import import_distributed
+
+        import_distributed()
 
 
 def make_executor(ctx: Context, on_lost: Callable[[Job, int], None],

@@ -68,11 +68,19 @@ def setup_worker(kinds: tuple[str, ...]) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIGTERM stays: it is how a nanny stops its worker
 
 
+_one_batch_at_a_time = threading.Lock()  # codec chatter is silenced per process (fd 2): one thread works at once
+
+
 def run_batch(jobs: list[Job], ctx: Context) -> list[list[Outcome]]:
-    """A Dask task: every file of a batch, each within ``--file-timeout``."""
-    set_temp_tag(ctx.temp_tag)
+    """A Dask task: every file of a batch, each within ``--file-timeout``.
+
+    A worker with several threads runs one batch at a time: noiseaug's
+    per-process settings (the silenced stderr, the temporary-file tag) are
+    not for sharing, and its codecs are CPU-bound anyway.
+    """
     results = []
-    with held_devnull():
+    with _one_batch_at_a_time, held_devnull():
+        set_temp_tag(ctx.temp_tag)
         for job in jobs:
             try:
                 with deadline(ctx.config.file_timeout):
@@ -119,7 +127,8 @@ class DaskExecutor:
                 self._client = distributed.Client(self._cluster)
         except OSError as exc:
             self.close()
-            raise ClusterError(f"cannot reach the Dask scheduler at {redact(address or '')}: {exc}") from None
+            raise ClusterError(f"cannot reach the Dask scheduler at {redact(address or '')}: "
+                               f"{redact(_first_line(exc))}") from None
         self._client.register_plugin(_worker_plugin(ctx.config.kinds), name=PLUGIN_NAME)
         link = getattr(self._client, "dashboard_link", None) if _has_dashboard() or address else None
         if note is not None and link:
@@ -153,6 +162,7 @@ class DaskExecutor:
                 return
             jobs = pending.pop(future)
             yield from self._collect(future, jobs, singles)
+            future.release()  # its result is taken: the worker need not keep it (or recompute it when lost)
             self._top_up(batches, singles, pending, done, stopper)
 
     def _next(self, done: Any, stopper: Stopper) -> Any:
@@ -201,23 +211,22 @@ class DaskExecutor:
                                   "the Dask worker processing this file died each time it was tried")
             return
         except Exception as exc:
-            raise self._lost(exc, future) from None
+            if future.status != "error":
+                raise self._lost(exc) from None
+            reason = f"the Dask task failed: {redact(_first_line(exc))}"  # no record says why: say it for each file
+            for job in jobs:
+                yield job, failed(job, self._ctx.config, reason)
+            return
         yield from zip(jobs, results)
 
-    def _lost(self, exc: BaseException, future: Any = None) -> ClusterError:
-        """The run cannot go on: the scheduler is gone (the usual case), or a task broke in a way no record says."""
-        import concurrent.futures
-
-        from distributed.comm import CommClosedError
-
+    def _lost(self, exc: BaseException) -> ClusterError:
+        """The run cannot go on: the scheduler is gone, or will not take work."""
         status = getattr(self._client, "status", "")
-        gone = isinstance(exc, (OSError, CommClosedError, concurrent.futures.CancelledError, TimeoutError)) or (
-            future is not None and future.status == "cancelled")
-        if gone or status not in ("running", "connecting", "newly-created"):
+        if status not in ("running", "connecting", "newly-created") or not str(exc).strip() or \
+                "connection" in str(exc).lower() or "closed" in str(exc).lower() or "cancelled" in str(exc).lower():
             return ClusterError("lost the connection to the Dask scheduler; the manifest holds what was done "
                                 "and a re-run continues from it")
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return ClusterError(f"a Dask task failed: {redact(text)}")
+        return ClusterError(f"the Dask scheduler refused the work: {redact(_first_line(exc))}")
 
     def _abandon(self, pending: dict[Any, list[Job]]) -> Iterator[tuple[Job, list[Outcome]]]:
         for future, jobs in pending.items():
@@ -237,6 +246,11 @@ class DaskExecutor:
         with contextlib.suppress(Exception):
             self._config.__exit__(None, None, None)
         self._logs.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _has_dashboard() -> bool:

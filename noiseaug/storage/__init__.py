@@ -21,6 +21,8 @@ from .local import Entry, LocalStorage, OutputLock
 class Storage(Protocol):
     root: str
 
+    def prepare(self) -> None: ...  # before OUTPUT's lock: create the folder, or check the bucket
+
     def walk(self) -> Iterator[Entry]: ...
 
     def read(self, rel: str) -> bytes: ...

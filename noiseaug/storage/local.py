@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterator
 
-from ..errors import LockedError, WriteError
+from ..errors import LockedError, UsageError, WriteError
 
 TMP_SUFFIX = ".noiseaug-tmp"
 HASH_CHUNK = 1 << 20
@@ -251,6 +251,13 @@ class LocalStorage:
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
+
+    def prepare(self) -> None:
+        """Before OUTPUT's lock: the folder exists (with its parents)."""
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create OUTPUT {self.root}: {exc.strerror}") from None
 
     def walk(self) -> Iterator[Entry]:
         """Every name under the root, sorted, without following links; files with size and change stamp."""

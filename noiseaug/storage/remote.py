@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from ..config import redact_url
@@ -123,6 +124,10 @@ class FsspecStorage:
         state["_listing"], state["_written"], state["_lister"] = None, {}, False
         return state
 
+    def prepare(self) -> None:
+        """Before OUTPUT's lock: the bucket must exist (noiseaug creates no buckets); prefixes need no creating."""
+        self.check_writable()
+
     def check_writable(self) -> None:
         """OUTPUT's bucket (or top folder) must exist: noiseaug creates no buckets."""
         top = self.base.split("/", 1)[0]
@@ -131,13 +136,13 @@ class FsspecStorage:
         except Exception as exc:
             raise StorageError(f"cannot reach OUTPUT {self.root}: {_first_line(exc)}") from None
         if not found:
-            raise UsageError(f"OUTPUT {self.root}: bucket {top!r} does not exist (noiseaug creates no buckets)")
+            raise UsageError(f"OUTPUT {self.root}: its bucket does not exist (noiseaug creates no buckets)")
 
     def fresh_stat(self, rel: str) -> tuple[int, int] | None:
-        """(size, stamp) asked of the storage now, past every cache."""
+        """(size, stamp) asked of the storage now, past every cache; None when there is no such object."""
+        self.fs.invalidate_cache(self.full(rel))
         try:
-            self.fs.invalidate_cache(self.full(rel))
-            return self._info_stat(self.full(rel))
+            return self._call(self._info_stat, self.full(rel))
         except FileNotFoundError:
             return None
 
@@ -268,18 +273,34 @@ class FsspecStorage:
         return ObjectLock(self, name)
 
     def sweep(self, tag: str, folder: str | None = None, pid: int | None = None) -> int:
-        """Abort the incomplete multipart uploads a killed run left under the prefix (S3; others have none)."""
+        """Abort the incomplete multipart uploads a killed run left under the prefix (S3; others have none).
+
+        A whole-OUTPUT run (tag ``run``) holds the only lock: every upload under the prefix is a leftover.
+        A shard's sweep spares uploads younger than a day, which may be another shard's, still live.
+        """
         if folder is not None or not hasattr(self.fs, "call_s3"):
             return 0
         bucket, _, prefix = self.base.partition("/")
+        oldest = time.time() - (0 if tag == "run" else 86400)
+        removed = 0
         try:
-            uploads = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix).get("Uploads", [])
-            for upload in uploads:
-                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
-                                UploadId=upload["UploadId"])
-        except Exception:
-            return 0
-        return len(uploads)
+            for upload in self._uploads(bucket, prefix + "/" if prefix else ""):
+                if upload["Initiated"].timestamp() <= oldest:
+                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
+                                    UploadId=upload["UploadId"])
+                    removed += 1
+        except Exception as exc:
+            raise StorageError(f"cannot clean up {self.root}'s unfinished uploads: {_first_line(exc)}") from None
+        return removed
+
+    def _uploads(self, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+        marker: dict[str, str] = {}
+        while True:
+            page = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **marker)
+            yield from page.get("Uploads", [])
+            if not page.get("IsTruncated"):
+                return
+            marker = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
     def forget(self) -> None:
         self._listing = None
@@ -296,12 +317,40 @@ class FsspecStorage:
                 raise Unreachable(f"{self.root}: cannot reach the storage: {_first_line(exc)}") from None
             raise OSError(getattr(exc, "errno", None) or 5, _first_line(exc)) from None
 
-    # the manifest's home on object storage (noiseaug.remote)
+    # whole objects of noiseaug's own (the manifest, its segments and stat cache), through local files
+    def fetch(self, rel: str, path: Path) -> bool:
+        """Download an object to a local file; False when there is none."""
+        try:
+            self.fs.get_file(self.full(rel), os.fspath(path))
+        except FileNotFoundError:
+            return False
+        except Exception as exc:
+            raise StorageError(f"cannot download {self.root}/{rel}: {_first_line(exc)}") from None
+        return True
+
+    def fetch_into(self, rel: str, out: BinaryIO) -> None:
+        """Append an object's bytes to an open file, in chunks."""
+        try:
+            with self.fs.open(self.full(rel), "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    out.write(chunk)
+        except Exception as exc:
+            raise StorageError(f"cannot download {self.root}/{rel}: {_first_line(exc)}") from None
+
+    def upload(self, path: Path, rel: str) -> None:
+        """A local file as one object (one PUT, or a multipart upload invisible until complete)."""
+        try:
+            self.fs.put_file(os.fspath(path), self.full(rel))
+        except Exception as exc:
+            raise StorageError(f"cannot upload {self.root}/{rel}: {_first_line(exc)}") from None
+
     def get_bytes(self, rel: str) -> bytes | None:
         try:
             return self.fs.cat_file(self.full(rel))
         except FileNotFoundError:
             return None
+        except Exception as exc:
+            raise StorageError(f"cannot download {self.root}/{rel}: {_first_line(exc)}") from None
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         try:
@@ -314,6 +363,8 @@ class FsspecStorage:
             return sorted(self.rel_of(p) for p in self.fs.find(self.full(rel), withdirs=False))
         except FileNotFoundError:
             return []
+        except Exception as exc:
+            raise StorageError(f"cannot list {self.root}/{rel}: {_first_line(exc)}") from None
 
 
 class ObjectLock:
@@ -328,7 +379,7 @@ class ObjectLock:
     steps, which is as good as their own semantics allow.
     """
 
-    LEASE = 60.0  # seconds; a lock left by a run on another machine is taken over this long after it was killed
+    LEASE = float(os.environ.get("NOISEAUG_LOCK_LEASE", "60") or 60)  # seconds (see the README)
 
     def __init__(self, storage: FsspecStorage, name: str) -> None:
         self.storage, self.name = storage, name
@@ -349,7 +400,7 @@ class ObjectLock:
             self.dirty = False
         else:
             current, etag = self._read(fs)
-            if current.get("state") == "running" and current.get("expires", 0) > time.time() and _alive(current):
+            if current.get("state") == "running" and _live(current):
                 raise LockedError(f"another noiseaug run ({current.get('host')}, pid {current.get('pid')}) is "
                                   f"writing to {self.storage.root}; wait for it or pick another OUTPUT")
             self.dirty = current.get("state") != "clean"
@@ -377,16 +428,23 @@ class ObjectLock:
         return True
 
     def _read(self, fs: Any) -> tuple[dict[str, Any], str | None]:
-        try:
-            data = fs.cat_file(self.path)
-            info = fs.info(self.path)
-        except FileNotFoundError:
-            return {}, None
+        """The lock's body and the ETag of that very body (read between two looks at the ETag)."""
+        for _ in range(5):
+            try:
+                fs.invalidate_cache(self.path)
+                before = _etag(fs.info(self.path))
+                data = fs.cat_file(self.path)
+                fs.invalidate_cache(self.path)
+                after = _etag(fs.info(self.path))
+            except FileNotFoundError:
+                return {}, None
+            if before == after:
+                break
         try:
             current = json.loads(data)
         except ValueError:
             current = {}
-        return (current if isinstance(current, dict) else {}), _etag(info)
+        return (current if isinstance(current, dict) else {}), after
 
     def _swap(self, fs: Any, etag: str | None, body: bytes) -> bool:
         """Replace the lock's body if it still has ``etag``: atomically on S3 (If-Match), else check-then-write."""
@@ -413,13 +471,17 @@ class ObjectLock:
             return None
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.LEASE / 3):
+        """Renew every third of the lease; after a failed attempt, again within seconds. A lock that another
+        run took over meanwhile is ``lost``: the run stops (see the pipeline)."""
+        wait = self.LEASE / 3
+        while not self._stop.wait(wait):
             try:
                 if not self._swap(self.storage.fs, self._etag, self._body("running")):
                     self.lost = True
                     return
+                wait = self.LEASE / 3
             except Exception:
-                continue  # the endpoint is away for a moment: try again before the lease ends
+                wait = 2.0  # the endpoint is away for a moment: try again well before the lease ends
 
     def release(self, clean: bool) -> None:
         self._stop.set()
@@ -436,8 +498,12 @@ class ObjectLock:
         self.release(clean=exc_type is None)
 
 
-def _alive(holder: dict[str, Any]) -> bool:
-    """Whether a lock's holder may still run: always, unless it ran on this machine and its process is gone."""
+def _live(holder: dict[str, Any]) -> bool:
+    """Whether a lock's holder may still run: its lease (by its own clock, plus one lease of grace for clocks
+    that disagree) has not run out, and it did not run on this machine with its process now gone."""
+    expires = holder.get("expires")
+    if not isinstance(expires, (int, float)) or expires + ObjectLock.LEASE < time.time():
+        return False
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return True
     try:
