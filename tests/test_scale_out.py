@@ -513,3 +513,60 @@ def test_a_file_that_kills_its_dask_worker_every_time_is_recorded_as_failed(dask
     assert {r["input"]: r.get("error") for r in got}["huge.png"] == \
         "the Dask worker processing this file died each time it was tried"
     assert result.stderr.count("huge.png") == 2  # its line as it failed, and in the summary; no Dask log
+
+
+def test_an_overwrite_killed_on_s3_leaves_a_manifest_of_the_new_options(s3, slow_tree, tmp_path):
+    """--overwrite starts a new manifest: killed midway, the next run continues it (not the old one)."""
+    client, (_, out_bucket) = s3
+    target = f"s3://{out_bucket}/o"
+    noiseaug("run", slow_tree, target, "--workers", "2", "-q")
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, target, "--workers", "1",
+                             "--overwrite", "--image-sigma", "5", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: any(k.startswith(".noiseaug-manifest.jsonl.segments/") for k in keys(client, out_bucket, "o")),
+             what="a manifest segment of the --overwrite run")
+    proc.kill()
+    proc.wait()
+    result = json.loads(noiseaug("run", slow_tree, target, "--workers", "2", "--image-sigma", "5", "--json").stdout)
+    assert result["skipped"] > 0  # continued from what the killed --overwrite run did
+    reference = tmp_path / "ref"
+    noiseaug("run", slow_tree, reference, "--workers", "2", "--image-sigma", "5", "-q")
+    found = objects(client, out_bucket, "o")
+    assert outputs(found) == outputs(tree(reference))
+    assert file_records(found["noiseaug-manifest.jsonl"]) == records(reference / "noiseaug-manifest.jsonl")[1]
+
+
+def test_a_run_whose_lease_is_taken_over_stops(s3, slow_tree):
+    """Another run takes the lock over (its lease ran out, say): this run stops, exit 1, and leaves the manifest
+    to the new holder."""
+    client, (_, out_bucket) = s3
+    target = f"s3://{out_bucket}/o"
+    env = {**os.environ, "NOISEAUG_LOCK_LEASE": "1.5"}
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, target, "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(lambda: len(keys(client, out_bucket, "o")) > 2, what="the first outputs")
+    body = json.dumps({"state": "running", "host": "elsewhere", "pid": 1, "expires": time.time() + 3600})
+    client.put_object(Bucket=out_bucket, Key="o/.noiseaug.lock", Body=body.encode())
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "stopped: lost OUTPUT's lock" in err
+    assert json.loads(client.get_object(Bucket=out_bucket, Key="o/.noiseaug.lock")["Body"].read())["host"] == \
+        "elsewhere"  # the new holder's lock, untouched
+
+
+def test_a_rerun_on_s3_makes_no_request_per_file(s3, tmp_path, caplog):
+    """Nothing to do: a listing of INPUT, one of OUTPUT and a few requests for noiseaug's own objects, however
+    many files there are."""
+    import logging
+
+    client, (src_bucket, out_bucket) = s3
+    upload(client, src_bucket, "data", random_images(tmp_path / "in", [f"f{i:02d}/x.png" for i in range(40)],
+                                                     shape=(8, 8, 3)))
+    args = ("run", f"s3://{src_bucket}/data", f"s3://{out_bucket}/o", "--workers", "1", "-q")
+    noiseaug(*args)
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        caplog.clear()
+        noiseaug(*args)
+    requests = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert 0 < len(requests) <= 24, "\n".join(requests)  # 18 here, for 40 files as for 4
+    assert not [r for r in requests if "/x.png" in r]

@@ -447,7 +447,8 @@ class ObjectLock:
         return (current if isinstance(current, dict) else {}), after
 
     def _swap(self, fs: Any, etag: str | None, body: bytes) -> bool:
-        """Replace the lock's body if it still has ``etag``: atomically on S3 (If-Match), else check-then-write."""
+        """Replace the lock's body if it still has ``etag``: atomically on S3 (If-Match), else check-then-write.
+        False when it has another ETag now (another run wrote it); a StorageError when the storage failed."""
         try:
             if hasattr(fs, "call_s3") and etag:
                 reply = fs.pipe_file(self.path, body, IfMatch=etag)
@@ -456,11 +457,21 @@ class ObjectLock:
                     return False
                 reply = fs.pipe_file(self.path, body)
         except Exception as exc:
-            if "PreconditionFailed" in str(exc) or "412" in str(exc) or isinstance(exc, FileNotFoundError):
+            if not self._still(fs, etag):  # refused because another run wrote it (S3 says 412)
                 return False
             raise StorageError(f"cannot renew {self.storage.root}'s lock: {_first_line(exc)}") from None
         self._etag = self._etag_of(fs, reply)
         return True
+
+    def _still(self, fs: Any, etag: str | None) -> bool:
+        """Whether the lock object still has ``etag`` (True when that cannot be told: the storage is away)."""
+        try:
+            fs.invalidate_cache(self.path)
+            return _etag(fs.info(self.path)) == etag
+        except FileNotFoundError:
+            return False
+        except Exception:
+            return True
 
     def _etag_of(self, fs: Any, reply: Any) -> str | None:
         if isinstance(reply, dict) and reply.get("ETag"):
