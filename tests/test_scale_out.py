@@ -254,6 +254,7 @@ def test_secrets_reach_no_file_no_record_and_no_output(s3, tmp_path):
     args = ["--storage-option", f"secret={SECRET}", "--storage-option", f"key=AKIA{SECRET}", "--json", "-v"]
     seen = []
     for run_args in ([f"s3://{src_bucket}/data", f"s3://{out_bucket}/o"],  # one file fails
+                     [f"s3://{src_bucket}/data", f"s3://{out_bucket}/d", "--executor", "dask"],  # on Dask too
                      [f"s3://{src_bucket}/data", "s3://no-such-bucket/o"],  # the run fails
                      [f"s3://AKIA:{SECRET}@{src_bucket}/data", tmp_path / "local-out"]):  # a secret in the URL
         result = noiseaug("run", *run_args, "--workers", "1", *args, check=None, env=env)
@@ -262,15 +263,16 @@ def test_secrets_reach_no_file_no_record_and_no_output(s3, tmp_path):
     verify = noiseaug("verify", f"s3://{out_bucket}/o/noiseaug-manifest.jsonl", "--storage-option",
                       f"secret={SECRET}", check=1, env=env)
     seen += [verify.stdout, verify.stderr]
-    stored = objects(client, out_bucket, "o")
-    assert "noiseaug-manifest.jsonl" in stored and ".noiseaug.lock" in stored
+    stored = objects(client, out_bucket, "o") | {f"d/{k}": v for k, v in objects(client, out_bucket, "d").items()}
+    assert "noiseaug-manifest.jsonl" in stored and ".noiseaug.lock" in stored and "d/noiseaug-manifest.jsonl" in stored
     run_record = json.loads(stored["noiseaug-manifest.jsonl"].decode().splitlines()[0])
     assert run_record["options"]["storage_options"] == {"secret": "<redacted>", "key": "<redacted>"}
     for text in seen + [v.decode("latin-1") for v in stored.values()] + \
             [p.read_bytes().decode("latin-1") for p in (tmp_path / "local-out").rglob("*") if p.is_file()]:
         assert SECRET not in text and SECRET.lower() not in text
-    assert "s3://no-such-bucket/o: its bucket does not exist" in seen[3]
-    assert "s3://<redacted>@" in seen[5]
+    assert "s3://no-such-bucket/o: its bucket does not exist" in seen[5]
+    assert "s3://<redacted>@" in seen[7]
+    assert json.loads(seen[2])["failed"] == 1  # the Dask run ran, and failed the broken file
 
 
 def test_a_missing_extra_is_named_in_one_line(tmp_path):
