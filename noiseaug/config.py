@@ -214,6 +214,16 @@ def _shard(value: Any) -> tuple[int, int]:
     return index_n, count_n
 
 
+def _executor(given: dict[str, Any]) -> str:
+    """--executor; --scheduler alone means Dask (and is refused with --executor local)."""
+    if "executor" not in given:
+        return "dask" if given.get("scheduler") else _default("executor")
+    executor = _choice(given["executor"], "--executor", EXECUTORS)
+    if executor == "local" and given.get("scheduler"):
+        raise UsageError("--scheduler is for --executor dask, not --executor local")
+    return executor
+
+
 def _manifest(value: Any) -> Path | str | None:
     """--manifest: a path, or a URL kept as text (a Path would fold its '//')."""
     if value is None:
@@ -382,7 +392,7 @@ def make_config(config: str | os.PathLike | None = None, **options: Any) -> Conf
         jpeg_subsampling=_subsampling(given.get("jpeg_subsampling", _default("jpeg_subsampling"))),
         file_timeout=_seconds(given.get("file_timeout", _default("file_timeout")), "--file-timeout"),
         manifest=_manifest(manifest),
-        executor=_choice(given.get("executor", _default("executor")), "--executor", EXECUTORS),
+        executor=_executor(given),
         scheduler=str(given["scheduler"]) if given.get("scheduler") else None,
         storage_options=_storage_options(given.get("storage_options", ())),
     )

@@ -31,9 +31,13 @@ class LocalHome:
     """A manifest on the local file system: nothing to fetch or upload."""
 
     remote = False
+    kept = "its appended records are kept and a re-run continues from them"
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def prepare(self) -> None:
+        pass
 
     def pull(self, *, write: bool = True) -> None:
         pass
@@ -66,10 +70,12 @@ class RemoteHome:
     """A manifest on object storage, spooled in a local temporary folder (see the module's text)."""
 
     remote = True
+    kept = "the segments uploaded so far are kept and a re-run continues from them"
 
     def __init__(self, storage: FsspecStorage, name: str) -> None:
         self.storage, self.name = storage, name
-        self.spool = Path(tempfile.mkdtemp(prefix="noiseaug-manifest-"))
+        sweep_spools()
+        self.spool = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-"))
         self.path = self.spool / name
         self.segments = f".{name}.segments"
         self.every = segment_seconds()
@@ -79,6 +85,10 @@ class RemoteHome:
         self._last = time.monotonic()
         self._pulled: tuple[int, int] | None = None
         self._state: tuple[int, int] | None = None
+
+    def prepare(self) -> None:
+        """Before any work: the manifest's bucket must exist (a run must not find out at its end)."""
+        self.storage.check_writable()
 
     def pull(self, *, write: bool = True) -> None:
         """Fetch the manifest, add the segments a killed run left, fetch the stat cache.
@@ -162,6 +172,24 @@ class RemoteHome:
 
     def close(self) -> None:
         shutil.rmtree(self.spool, ignore_errors=True)
+
+
+SPOOL_PREFIX = "noiseaug-manifest-"
+
+
+def sweep_spools() -> None:
+    """Remove the spool folders of runs that were killed (their process, named in the folder, is gone)."""
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{SPOOL_PREFIX}*-*"):
+        pid = folder.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _stamp(path: Path) -> tuple[int, int]:

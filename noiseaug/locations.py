@@ -39,9 +39,25 @@ class Locations:
 
 def open_locations(input_dir: Any, output_dir: Any, cfg: Config) -> Locations:
     """Check and open INPUT, OUTPUT and the manifest; :class:`UsageError` for a refused combination."""
+    for what, where in (("INPUT", input_dir), ("OUTPUT", output_dir), ("--manifest", cfg.manifest)):
+        _not_a_broken_url(what, where)
     if not any(is_url(x) for x in (input_dir, output_dir, cfg.manifest)):
         return _local(Path(input_dir), Path(output_dir), cfg)
     return _remote(input_dir, output_dir, cfg)
+
+
+URL_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "file", "memory")
+
+
+def _not_a_broken_url(what: str, where: Any) -> None:
+    """``s3:/bucket/x`` (one slash) would quietly become a local folder named ``s3:``: refuse it."""
+    text = os.fsdecode(where) if isinstance(where, (os.PathLike, bytes)) else where
+    if not isinstance(text, str) or is_url(text):
+        return
+    scheme, colon, rest = text.partition(":")
+    if colon and scheme.lower() in URL_SCHEMES and not rest.startswith("//"):
+        raise UsageError(f"{what} {text!r} looks like a URL with a slash missing ({scheme}://...); "
+                         f"for a local folder named {scheme + ':'!r}, write ./{text}")
 
 
 def _local(input_dir: Path, output_dir: Path, cfg: Config) -> Locations:

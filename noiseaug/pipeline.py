@@ -93,6 +93,7 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
             _plan(source, target, manifest_path, cfg, prior, summary, reporter)
             return summary
         target.prepare()
+        home.prepare()
         name = lock_name(cfg.shard)
         with stopper, _take_lock(target, name, target.root) as lock:
             home.pull()
@@ -188,7 +189,7 @@ def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Co
     removed = 0
     for record in _safely(previous):
         rel = rel_str(record, "output")
-        if record.get("status") != "ok" or rel in produced or (record.get("kind") == LABEL and rel in labels):
+        if record.get("status") != "ok" or _produced_again(record, rel, produced, labels, cfg):
             continue
         try:
             if target.hash(rel)[0] == record.get("output_sha256"):
@@ -197,6 +198,14 @@ def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Co
         except OSError:
             continue
     return removed
+
+
+def _produced_again(record: dict[str, Any], rel: str, produced: set[str], labels: set[str], cfg: Config) -> bool:
+    """Whether this run writes the output of an old record again. A copied label map is written again only
+    if this run copies label maps too (or noises them, --palette-images noise), whatever its name."""
+    if record.get("kind") == LABEL:
+        return rel in labels or (cfg.palette_images == "noise" and rel in produced)
+    return rel in produced
 
 
 def _safely(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -470,8 +479,7 @@ class _Run:
         except (WriteError, StorageError) as exc:
             reason = exc.reason if isinstance(exc, WriteError) else str(exc)
             self.summary.stopped = self.summary.stopped or (
-                f"the manifest could not be rewritten ({reason}); "
-                "its appended records are kept and a re-run continues from them")
+                f"the manifest could not be rewritten ({reason}); {self.home.kept}")
         finally:
             self.index.close()
 

@@ -167,7 +167,7 @@ class Summary:
                          "run again to continue")
         elif self.up_to_date:
             lines.append("everything is up to date")
-        elif not self.counts and not self.walk.problems:
+        elif not self.counts and not self.walk.problems and not self.stopped:
             lines.append("no input file was selected: nothing to do")
         lines.append(f"manifest: {self.manifest}")
         return "\n".join(lines)

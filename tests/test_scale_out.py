@@ -572,3 +572,83 @@ def test_a_rerun_on_s3_makes_no_request_per_file(s3, tmp_path, caplog):
     requests = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
     assert 0 < len(requests) <= 24, "\n".join(requests)  # 18 here, for 40 files as for 4
     assert not [r for r in requests if "/x.png" in r]
+
+
+@pytest.fixture
+def not_a_scheduler():
+    """A TCP port on 127.0.0.1 that accepts connections and never speaks Dask (an HTTP server)."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"tcp://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_port_that_is_not_a_scheduler_ends_the_run_after_dasks_connect_timeout(not_a_scheduler, slow_tree,
+                                                                                 tmp_path):
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    result = noiseaug("run", slow_tree, tmp_path / "out", "--scheduler", not_a_scheduler, "-q", check=1, env=env)
+    assert result.stderr == (f"noiseaug: stopped: no answer from the Dask scheduler at {not_a_scheduler} in 2 s "
+                             "(is it a Dask scheduler?)\n")
+
+
+def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(not_a_scheduler, slow_tree, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, tmp_path / "out", "--scheduler",
+                             not_a_scheduler], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scheduler", "http://127.0.0.1:1"], "--scheduler http://127.0.0.1:1: not a Dask scheduler address"),
+    (["--scheduler", "tcp://127.0.0.1:x", "--executor", "local"], "--scheduler is for --executor dask"),
+    (["s3:/bucket/out"], "OUTPUT 's3:/bucket/out' looks like a URL with a slash missing"),
+    (["s3://"], "s3://: names no bucket"),
+    (["s3://bad!name/o"], "Invalid bucket name"),
+    (["--manifest", "s3://no-such-bucket/m.jsonl"], "s3://no-such-bucket: its bucket does not exist"),
+    (["s3://{out}/o", "--storage-option", "bogus=1"], "--storage-option not taken by the file system"),
+])
+def test_scale_out_usage_errors_are_one_line_and_exit_2(s3, tmp_path, args, message):
+    _, (_, out_bucket) = s3
+    src = random_images(tmp_path / "in", ["a.png"])
+    local_out = [] if any(a.startswith("s3:") for a in args[:1]) else [tmp_path / "out"]
+    argv = [src, *local_out, *[a.replace("{out}", out_bucket) for a in args]]
+    result = noiseaug("run", *argv, check=2)
+    assert result.stderr.startswith("noiseaug: error: ") and message in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_verify_and_merge_refuse_an_unknown_storage_option_with_exit_2(s3):
+    _, (_, out_bucket) = s3
+    manifest = f"s3://{out_bucket}/o/noiseaug-manifest.jsonl"
+    for args in (["verify", manifest], ["merge", manifest, "-o", f"s3://{out_bucket}/m.jsonl"]):
+        result = noiseaug(*args, "--storage-option", "bogus=1", check=2)
+        assert result.stderr.startswith("noiseaug: error: --storage-option not taken by the file system")
+
+
+def test_overwrite_removes_copied_label_maps_a_run_without_copy_other_leaves_alone(tmp_path, cli):
+    """--copy-other copied a palette mask; an --overwrite run without it does not produce it: removed."""
+    from PIL import Image
+
+    src = random_images(tmp_path / "in", ["a.png"])
+    mask = Image.new("P", (16, 16))
+    mask.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    (src / "labels").mkdir()
+    mask.save(src / "labels" / "mask.png")
+    out = tmp_path / "out"
+    cli("run", src, out, "--copy-other", "--workers", "1", "-q")
+    assert (out / "labels" / "mask.png").exists()
+    result = cli("run", src, out, "--image-sigma", "5", "--overwrite", "--workers", "1")
+    assert not (out / "labels" / "mask.png").exists()
+    assert "removed 1 output" in result.stderr
+    _, got = records(out / "noiseaug-manifest.jsonl")
+    assert [r["input"] for r in got] == ["a.png"]

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Any, Iterator
 
 from ..config import redact_url as redact
@@ -104,35 +105,62 @@ class DaskExecutor:
     """Batches of jobs as tasks on a Dask cluster (see the module's text)."""
 
     def __init__(self, ctx: Context, workers: int, scheduler: str | None, note: Any = None) -> None:
-        distributed = import_distributed()
-        self._ctx = ctx
+        import_distributed()
+        self._ctx, self._workers, self._note = ctx, workers, note
+        self._address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         self._stopping = False
-        self._cluster = None
+        self._client: Any = None
+        self._cluster: Any = None
         self._seen: set[str] = set()
         self.lost_workers = False  # a worker went away during the run: its temporary files may be left
         self._logs = _quiet_logs()
-        address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         import dask
 
-        self._config = dask.config.set({"distributed.scheduler.allowed-failures": 2,
-                                        "distributed.worker.daemon": False})
+        self._config = dask.config.set({"distributed.scheduler.allowed-failures": 2})
+        self._box: dict[str, Any] = {}  # what the connecting thread made, to close even if the run stopped first
         self._config.__enter__()
+
+    def _start(self, stopper: Stopper) -> bool:
+        """Connect (or start a LocalCluster) in a thread, watching the signal flags and a deadline: a port
+        that is not a scheduler would otherwise hang the run. False when a signal stopped it."""
+        box = self._box
+        thread = threading.Thread(target=self._connect, args=(box,), name="noiseaug-dask-connect", daemon=True)
+        thread.start()
+        self._thread = thread
+        deadline = time.monotonic() + _connect_seconds() + (60.0 if self._address is None else 0.0)
+        while thread.is_alive():
+            thread.join(0.1)
+            if stopper.stopping:
+                return False
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no answer from the Dask scheduler at {redact(self._address or 'a LocalCluster')} "
+                                   f"in {_connect_seconds():g} s (is it a Dask scheduler?)")
+        if "error" in box:
+            raise box["error"]
+        self._client, self._cluster = box["client"], box.get("cluster")
+        self._client.register_plugin(_worker_plugin(self._ctx.config.kinds), name=PLUGIN_NAME)
+        link = getattr(self._client, "dashboard_link", None) if _has_dashboard() or self._address else None
+        if self._note is not None and link:
+            self._note(f"Dask dashboard: {redact(link)}", always=True)
+        return True
+
+    def _connect(self, box: dict[str, Any]) -> None:
+        import distributed
+
         try:
-            if address:
-                self._client = distributed.Client(address, timeout="30s")
+            if self._address:
+                box["client"] = distributed.Client(self._address, timeout=f"{_connect_seconds():g}s")
             else:
-                self._cluster = distributed.LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                box["cluster"] = distributed.LocalCluster(
+                    n_workers=self._workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                     dashboard_address=":0", silence_logs=logging.CRITICAL)
-                self._client = distributed.Client(self._cluster)
-        except OSError as exc:
-            self.close()
-            raise ClusterError(f"cannot reach the Dask scheduler at {redact(address or '')}: "
-                               f"{redact(_first_line(exc))}") from None
-        self._client.register_plugin(_worker_plugin(ctx.config.kinds), name=PLUGIN_NAME)
-        link = getattr(self._client, "dashboard_link", None) if _has_dashboard() or address else None
-        if note is not None and link:
-            note(f"Dask dashboard: {redact(link)}", always=True)
+                box["client"] = distributed.Client(box["cluster"])
+        except (ValueError, TypeError) as exc:
+            box["error"] = UsageError(f"--scheduler {redact(self._address or '')}: not a Dask scheduler address "
+                                      f"({redact(_first_line(exc))})")
+        except Exception as exc:
+            box["error"] = ClusterError(f"cannot reach the Dask scheduler at {redact(self._address or '')}: "
+                                        f"{redact(_first_line(exc))}")
 
     def stop(self) -> None:
         self._stopping = True
@@ -151,6 +179,8 @@ class DaskExecutor:
         """Submit batches as slots free; yield each file's outcomes as its batch completes."""
         from distributed import as_completed
 
+        if not self._start(stopper):
+            return  # stopped by a signal while connecting: nothing was in flight
         pending: dict[Any, list[Job]] = {}
         singles: collections.deque[Job] = collections.deque()
         done = as_completed([], with_results=False)
@@ -167,8 +197,6 @@ class DaskExecutor:
 
     def _next(self, done: Any, stopper: Stopper) -> Any:
         """The next completed future; None once a second signal came. Wakes often to look at the flags."""
-        import time
-
         while not done.has_ready():
             if stopper.abandoning:
                 return None
@@ -236,9 +264,12 @@ class DaskExecutor:
         pending.clear()
 
     def close(self) -> None:
-        if getattr(self, "_client", None) is not None and self._client.status == "running":
+        if self._client is not None and self._client.status == "running":
             self._slots()  # a last look: did a worker go away since the last batch went out?
-        for thing in (getattr(self, "_client", None), self._cluster):
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread.is_alive():
+            thread.join(1)  # still connecting (a signal came first): close what it makes, if it is done soon
+        for thing in (self._client or self._box.get("client"), self._cluster or self._box.get("cluster")):
             if thing is not None:
                 with contextlib.suppress(Exception):
                     thing.close()
@@ -246,6 +277,14 @@ class DaskExecutor:
         with contextlib.suppress(Exception):
             self._config.__exit__(None, None, None)
         self._logs.close()
+
+
+def _connect_seconds() -> float:
+    """Dask's own connect timeout (``distributed.comm.timeouts.connect``, 30 s unless configured)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect", "30s")))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -85,8 +85,26 @@ def stamp_of(info: dict[str, Any]) -> int:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return redact_url(text[0]) if text else type(exc).__name__
+    """An exception's reason on one line, secret-free: botocore's "Parameter validation failed:" says why on the
+    next line, so lines are joined."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return redact_url(text[:300]) if text else type(exc).__name__
+
+
+USAGE_FAILURES = ("ParamValidationError", "PartialCredentialsError", "NoCredentialsError", "InvalidBucketName")
+
+
+def _failure(exc: BaseException, what: str) -> Exception:
+    """A backend's exception as noiseaug's: a usage error (an option the file system does not take, an invalid
+    bucket name, incomplete credentials), or a storage error (unreachable, refused), with ``what`` first."""
+    name = type(exc).__name__
+    if isinstance(exc, TypeError) and "unexpected keyword" in str(exc):
+        return UsageError(f"--storage-option not taken by the file system: {_first_line(exc)}")
+    if name in USAGE_FAILURES or "Parameter validation failed" in str(exc) or "Invalid bucket name" in str(exc):
+        return UsageError(f"{what}: {_first_line(exc)}")
+    if unreachable(exc):
+        return StorageError(f"{what}: cannot reach the storage: {_first_line(exc)}")
+    return StorageError(f"{what}: {_first_line(exc)}")
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -115,6 +133,8 @@ class FsspecStorage:
         self.url = url.rstrip("/")
         self.root = redact_url(self.url)  # what records and messages show
         self.fs, self.base = filesystem(url, options)
+        if not self.base.strip("/"):
+            raise UsageError(f"{redact_url(url)}: names no bucket (or folder)")
         self._listing: dict[str, tuple[int, int]] | None = None
         self._written: dict[str, tuple[int, int]] = {}
         self._lister = True  # the driver lists the tree once; a worker asks per object instead
@@ -129,14 +149,19 @@ class FsspecStorage:
         self.check_writable()
 
     def check_writable(self) -> None:
-        """OUTPUT's bucket (or top folder) must exist: noiseaug creates no buckets."""
+        """OUTPUT's bucket must exist (noiseaug creates no buckets); asked directly, so that an unreachable
+        endpoint, a refused option or missing credentials are said as such."""
         top = self.base.split("/", 1)[0]
+        if not hasattr(self.fs, "call_s3"):
+            return
         try:
-            found = self.fs.exists(top) if top and hasattr(self.fs, "call_s3") else True
+            self.fs.call_s3("head_bucket", Bucket=top)
+        except FileNotFoundError:
+            raise UsageError(f"{self.root}: its bucket does not exist (noiseaug creates no buckets)") from None
+        except PermissionError as exc:
+            raise UsageError(f"{self.root}: access to its bucket is denied: {_first_line(exc)}") from None
         except Exception as exc:
-            raise StorageError(f"cannot reach OUTPUT {self.root}: {_first_line(exc)}") from None
-        if not found:
-            raise UsageError(f"OUTPUT {self.root}: its bucket does not exist (noiseaug creates no buckets)")
+            raise _failure(exc, self.root) from None
 
     def fresh_stat(self, rel: str) -> tuple[int, int] | None:
         """(size, stamp) asked of the storage now, past every cache; None when there is no such object."""
@@ -153,14 +178,13 @@ class FsspecStorage:
         return path[len(self.base) + 1:] if path.startswith(self.base + "/") else path
 
     def exists(self) -> bool:
+        """Whether the prefix holds anything (asked directly: s3fs's own ``exists`` says False for any error)."""
         try:
-            return bool(self.fs.exists(self.base)) or bool(self.fs.ls(self.base, detail=False))
+            return bool(self.fs.ls(self.base, detail=False))
         except FileNotFoundError:
             return False
-        except TypeError as exc:  # an option the file system does not take, found on its first request
-            raise UsageError(f"--storage-option not taken by {self.root}: {_first_line(exc)}") from None
         except Exception as exc:
-            raise StorageError(f"{self.root}: {_first_line(exc)}") from None
+            raise _failure(exc, self.root) from None
 
     def walk(self) -> Iterator[Entry]:
         """Every object under the prefix, in the order a local walk gives (by path components), from one listing."""
@@ -180,7 +204,7 @@ class FsspecStorage:
             except FileNotFoundError:
                 found = {}
             except Exception as exc:
-                raise StorageError(f"cannot list {self.root}: {_first_line(exc)}") from None
+                raise _failure(exc, f"cannot list {self.root}") from None
             self._listing = {}
             for path, info in found.items():
                 if info.get("type") == "directory" or path.endswith("/"):
@@ -290,7 +314,7 @@ class FsspecStorage:
                                     UploadId=upload["UploadId"])
                     removed += 1
         except Exception as exc:
-            raise StorageError(f"cannot clean up {self.root}'s unfinished uploads: {_first_line(exc)}") from None
+            raise _failure(exc, f"cannot clean up {self.root}'s unfinished uploads") from None
         return removed
 
     def _uploads(self, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
@@ -325,7 +349,7 @@ class FsspecStorage:
         except FileNotFoundError:
             return False
         except Exception as exc:
-            raise StorageError(f"cannot download {self.root}/{rel}: {_first_line(exc)}") from None
+            raise _failure(exc, f"cannot download {self.root}/{rel}") from None
         return True
 
     def fetch_into(self, rel: str, out: BinaryIO) -> None:
@@ -335,14 +359,14 @@ class FsspecStorage:
                 while chunk := fh.read(1 << 22):
                     out.write(chunk)
         except Exception as exc:
-            raise StorageError(f"cannot download {self.root}/{rel}: {_first_line(exc)}") from None
+            raise _failure(exc, f"cannot download {self.root}/{rel}") from None
 
     def upload(self, path: Path, rel: str) -> None:
         """A local file as one object (one PUT, or a multipart upload invisible until complete)."""
         try:
             self.fs.put_file(os.fspath(path), self.full(rel))
         except Exception as exc:
-            raise StorageError(f"cannot upload {self.root}/{rel}: {_first_line(exc)}") from None
+            raise _failure(exc, f"cannot upload {self.root}/{rel}") from None
 
     def get_bytes(self, rel: str) -> bytes | None:
         try:
@@ -350,13 +374,13 @@ class FsspecStorage:
         except FileNotFoundError:
             return None
         except Exception as exc:
-            raise StorageError(f"cannot download {self.root}/{rel}: {_first_line(exc)}") from None
+            raise _failure(exc, f"cannot download {self.root}/{rel}") from None
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         try:
             self.fs.pipe_file(self.full(rel), data)
         except Exception as exc:
-            raise StorageError(f"cannot upload {self.root}/{rel}: {_first_line(exc)}") from None
+            raise _failure(exc, f"cannot upload {self.root}/{rel}") from None
 
     def list_prefix(self, rel: str) -> list[str]:
         try:
@@ -364,7 +388,7 @@ class FsspecStorage:
         except FileNotFoundError:
             return []
         except Exception as exc:
-            raise StorageError(f"cannot list {self.root}/{rel}: {_first_line(exc)}") from None
+            raise _failure(exc, f"cannot list {self.root}/{rel}") from None
 
 
 class ObjectLock:
@@ -414,16 +438,12 @@ class ObjectLock:
     def _create(self, fs: Any) -> bool:
         try:
             reply = fs.pipe_file(self.path, self._body("running"), mode="create")
-        except (FileExistsError, ValueError):
+        except FileExistsError:  # s3fs's word for 412 Precondition Failed on a create
             return False
-        except OSError as exc:
-            if "PreconditionFailed" in str(exc) or "412" in str(exc) or fs.exists(self.path):
-                return False
-            raise
         except Exception as exc:
             if "PreconditionFailed" in str(exc) or "412" in str(exc):
                 return False
-            raise StorageError(f"cannot take {self.storage.root}'s lock: {_first_line(exc)}") from None
+            raise _failure(exc, f"cannot take {self.storage.root}'s lock") from None
         self._etag = self._etag_of(fs, reply)
         return True
 
@@ -459,7 +479,7 @@ class ObjectLock:
         except Exception as exc:
             if not self._still(fs, etag):  # refused because another run wrote it (S3 says 412)
                 return False
-            raise StorageError(f"cannot renew {self.storage.root}'s lock: {_first_line(exc)}") from None
+            raise _failure(exc, f"cannot renew {self.storage.root}'s lock") from None
         self._etag = self._etag_of(fs, reply)
         return True
 
