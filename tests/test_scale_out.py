@@ -261,7 +261,7 @@ def test_secrets_reach_no_file_no_record_and_no_output(s3, tmp_path):
         assert result.returncode in (1, 2), result.stderr
         seen += [result.stdout, result.stderr]
     verify = noiseaug("verify", f"s3://{out_bucket}/o/noiseaug-manifest.jsonl", "--storage-option",
-                      f"secret={SECRET}", check=1, env=env)
+                      f"secret={SECRET}", "--storage-option", "key=AKIA", check=1, env=env)
     seen += [verify.stdout, verify.stderr]
     stored = objects(client, out_bucket, "o") | {f"d/{k}": v for k, v in objects(client, out_bucket, "d").items()}
     assert "noiseaug-manifest.jsonl" in stored and ".noiseaug.lock" in stored and "d/noiseaug-manifest.jsonl" in stored
@@ -271,7 +271,7 @@ def test_secrets_reach_no_file_no_record_and_no_output(s3, tmp_path):
             [p.read_bytes().decode("latin-1") for p in (tmp_path / "local-out").rglob("*") if p.is_file()]:
         assert SECRET not in text and SECRET.lower() not in text
     assert "s3://no-such-bucket/o: its bucket does not exist" in seen[5]
-    assert "s3://<redacted>@" in seen[7]
+    assert "s3://<redacted>@" in seen[7] and "credentials in a URL are not taken" in seen[7]
     assert json.loads(seen[2])["failed"] == 1  # the Dask run ran, and failed the broken file
 
 

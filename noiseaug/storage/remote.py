@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -47,6 +48,9 @@ def is_url(text: object) -> bool:
 
 def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     """The fsspec file system of a URL and the path inside it; a one-line error naming a missing extra."""
+    if re.match(r"^[A-Za-z][\w+.-]*://[^@]*:[^@]*@", url):  # user:password@ (a '/' in the password too)
+        raise UsageError(f"{redact_url(url)}: credentials in a URL are not taken (they would travel to every "
+                         "worker and into logs); give them in the environment or with --storage-option")
     try:
         import fsspec
     except ImportError:
