@@ -40,6 +40,17 @@ from ..worker import Context, limit_threads, process_job
 PLUGIN_NAME = "noiseaug-worker-setup"
 IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: one running, one ready
 
+# The LocalCluster noiseaug starts shares the machine with its driver (scheduler and nannies live there): the
+# bookkeeping meant for long-lived clusters, which takes CPU from the codecs, is turned down. A scheduler of
+# yours keeps its own settings.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.scheduler.allowed-failures": 2,  # a batch that killed two workers is split sooner
+    "distributed.worker.profile.enabled": False,  # a stack sampler every 10 ms in each worker
+    "distributed.scheduler.work-stealing": False,  # batches are small and even; no rebalancing every 100 ms
+    "distributed.admin.tick.interval": "1s",  # the event loops' blocked-loop watch, 50 times a second
+    "distributed.admin.system-monitor.interval": "5s",
+}
+
 
 def import_distributed() -> Any:
     """The ``distributed`` package, or a one-line error naming the extra to install."""
@@ -116,7 +127,7 @@ class DaskExecutor:
         self._logs = _quiet_logs()
         import dask
 
-        self._config = dask.config.set({"distributed.scheduler.allowed-failures": 2})
+        self._config = dask.config.set(LOCAL_CLUSTER_CONFIG if self._address is None else {})
         self._box: dict[str, Any] = {}  # what the connecting thread made, to close even if the run stopped first
         self._config.__enter__()
 
