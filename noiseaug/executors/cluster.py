@@ -49,6 +49,8 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.scheduler.work-stealing": False,  # batches are small and even; no rebalancing every 100 ms
     "distributed.admin.tick.interval": "1s",  # the event loops' blocked-loop watch, 50 times a second
     "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",  # each nanny reads its worker's memory 10 times a second
+    "distributed.scheduler.active-memory-manager.start": False,  # no results are kept on workers to manage
 }
 
 
