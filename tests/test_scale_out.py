@@ -652,3 +652,39 @@ def test_overwrite_removes_copied_label_maps_a_run_without_copy_other_leaves_alo
     assert "removed 1 output" in result.stderr
     _, got = records(out / "noiseaug-manifest.jsonl")
     assert [r["input"] for r in got] == ["a.png"]
+
+
+def test_a_killed_runs_manifest_spool_is_swept_by_the_next_remote_run(tmp_path, monkeypatch):
+    """Spools are named by their run's pid: one whose process is gone is removed, a live one is kept."""
+    import tempfile
+
+    from noiseaug.home import SPOOL_PREFIX, RemoteHome
+    from noiseaug.storage.remote import FsspecStorage
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"{SPOOL_PREFIX}{dead.stdout.strip()}-abc"
+    live = tmp_path / f"{SPOOL_PREFIX}{os.getpid()}-def"
+    for folder in (gone, live):
+        folder.mkdir()
+        (folder / "noiseaug-manifest.jsonl").write_text("{}\n")
+    home = RemoteHome(FsspecStorage("memory://spool-test/o", {}), "noiseaug-manifest.jsonl")
+    try:
+        assert not gone.exists() and live.exists()
+        assert home.spool.parent == tmp_path and home.spool.name.startswith(f"{SPOOL_PREFIX}{os.getpid()}-")
+    finally:
+        home.close()
+    assert not home.spool.exists()
+
+
+def test_memory_urls_run_in_process_only(tmp_path):
+    import noiseaug
+    from noiseaug.errors import UsageError
+
+    src = random_images(tmp_path / "in", ["a.png", "b/c.png"])
+    with pytest.raises(UsageError, match="memory:// lives in this process only"):
+        noiseaug.run(src, "memory://mem-test/out", workers=2)
+    summary = noiseaug.run(src, "memory://mem-test/out", workers=1)
+    assert summary.exit_code == 0 and summary.counts["image", "ok"] == 2
+    again = noiseaug.run(src, "memory://mem-test/out", workers=1)
+    assert again.counts["image", "skipped"] == 2
