@@ -596,15 +596,14 @@ def test_a_port_that_is_not_a_scheduler_ends_the_run_after_dasks_connect_timeout
 
 
 def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(not_a_scheduler, slow_tree, tmp_path):
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3600s"}  # only the signal can end it
     proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, tmp_path / "out", "--scheduler",
-                             not_a_scheduler], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             not_a_scheduler], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     time.sleep(3)
-    started = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)  # a run that ignored the signal would wait for the hour-long timeout
     assert proc.returncode == 130, err
-    assert time.monotonic() - started < 10
-    assert "Traceback" not in err
+    assert "interrupted by SIGINT" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("args", "message"), [
