@@ -149,13 +149,14 @@ class StateCache:
         if output_stat is None:
             self.db.execute("DELETE FROM stamps WHERE rel = ? AND copy = ?", key)
             return
-        values = (*input_stat, os.fsencode(output), *output_stat, kind)
-        self.db.execute("UPDATE stamps SET input_size = ?, input_mtime = ?, output = ?, output_size = ?, "
-                        "output_mtime = ?, kind = ? WHERE rel = ? AND copy = ? AND "
-                        "(input_size, input_mtime, output, output_size, output_mtime, kind) IS NOT (?, ?, ?, ?, ?, ?)",
-                        (*values, *key, *values))
-        self.db.execute("INSERT OR IGNORE INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (*key, *values[:2], values[2], *values[3:]))
+        self.db.execute("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rel, copy) DO UPDATE SET "
+                        "input_size = excluded.input_size, input_mtime = excluded.input_mtime, "
+                        "output = excluded.output, output_size = excluded.output_size, "
+                        "output_mtime = excluded.output_mtime, kind = excluded.kind "
+                        "WHERE (input_size, input_mtime, output, output_size, output_mtime, kind) IS NOT "
+                        "(excluded.input_size, excluded.input_mtime, excluded.output, excluded.output_size, "
+                        "excluded.output_mtime, excluded.kind)",
+                        (*key, *input_stat, os.fsencode(output), *output_stat, kind))
 
     def manifest_stamp(self) -> list[int] | None:
         """[size, mtime_ns, records] of the manifest as the last run left it."""

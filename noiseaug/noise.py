@@ -36,7 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
-KERNEL_VERSION = 3  # the calling convention expected of _kernel.c
+KERNEL_VERSION = 4  # the calling convention expected of _kernel.c
 try:
     from . import _kernel
 except ImportError:  # no compiler at install time: the numpy loop below does the same

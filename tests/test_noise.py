@@ -303,3 +303,37 @@ def test_last_escape_stage_draws_its_own_law(monkeypatch, kernel_path):
     for k in range(-120, 121):
         expected = n * p[k + 256]
         assert abs(counts[k + 256] - expected) < 5 * math.sqrt(expected) + 3, (k, counts[k + 256], expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entropy=st.integers(0, 2**200), key=st.lists(st.integers(0, 2**70), max_size=12), spawned=st.integers(0, 3))
+def test_compiled_seed_sequence_gives_numpys_words_and_children(entropy, key, spawned):
+    """Seeds are the contract of every manifest: the compiled mixing must equal numpy's SeedSequence exactly."""
+    assert seeding._compiled_seeds(), "the compiled SeedSequence is not in use (kernel missing or disagreeing)"
+    ours, numpys = seeding.CompiledSeedSequence(entropy, tuple(key)), np.random.SeedSequence(entropy, spawn_key=key)
+    for n, dtype in ((1, np.uint32), (9, np.uint32), (3, np.uint64)):
+        got, want = ours.generate_state(n, dtype), numpys.generate_state(n, dtype)
+        assert got.dtype == want.dtype and got.tolist() == want.tolist()
+    ours.spawn(spawned), numpys.spawn(spawned)
+    for a, b in zip(ours.spawn(2), numpys.spawn(2)):
+        assert a.spawn_key == b.spawn_key and a.generate_state(4).tolist() == b.generate_state(4).tolist()
+
+
+def test_file_seed_and_streams_match_numpy_seed_sequence(monkeypatch):
+    """The per-file seed, its generator and its spawned escape streams, with and without the compiled mixing."""
+    cases = [(0, b"a.png", 0), (2024, "d/\u00e9t\u00e9.wav".encode(), 3), (2**100 + 5, b"", 1)]
+    expected = []
+    for master, rel, copy in cases:
+        key = seeding._words(__import__("hashlib").sha256(rel).digest()) + (copy,)
+        words = np.random.SeedSequence(master, spawn_key=key).generate_state(4)
+        seed = sum(int(w) << (32 * i) for i, w in enumerate(words))
+        rng = np.random.Generator(np.random.SFC64(seed))
+        expected.append((seed, rng.bit_generator.random_raw(3).tolist(),
+                         [g.bit_generator.random_raw(2).tolist() for g in rng.spawn(2)]))
+    for compiled in (True, False):
+        monkeypatch.setattr(seeding, "_seed_check", [compiled])
+        for (master, rel, copy), (seed, raw, children) in zip(cases, expected):
+            assert seeding.file_seed(master, rel, copy) == seed
+            rng = seeding.generator(seed)
+            assert rng.bit_generator.random_raw(3).tolist() == raw
+            assert [g.bit_generator.random_raw(2).tolist() for g in rng.spawn(2)] == children
