@@ -155,8 +155,13 @@ def _tell(summary: Any, sheet: Path | None, count: int, quiet: bool, json_out: b
     """The summary on stderr, the contact sheet, the JSON summary on stdout."""
     if not quiet or summary.interrupted:
         typer.echo(summary.text(), err=True)
-    elif summary.stopped:  # quiet, but why the run stopped is a failure to tell
-        typer.echo(f"noiseaug: stopped: {summary.stopped}", err=True)
+    else:  # quiet, but paths the walk could not take (no file to fail live) and why a run stopped are failures
+        from .report import printable
+
+        for problem in getattr(summary, "walk", None) and summary.walk.problems or ():
+            typer.echo(f"noiseaug: failed: {printable(problem)}", err=True)
+        if summary.stopped:
+            typer.echo(f"noiseaug: stopped: {summary.stopped}", err=True)
     if sheet is not None and not summary.interrupted:
         _contact_sheet(summary, sheet, count, quiet)
     if json_out:

@@ -117,7 +117,10 @@ class RemoteHome:
         if not self.path.exists():
             self._pulled = None
             return
-        stamp = self.storage.fresh_stat(self.name)
+        try:
+            stamp = self.storage.fresh_stat(self.name)
+        except OSError:  # the stamp is only an optimisation: without it the next run checks the manifest itself
+            stamp = None
         if stamp is not None:
             os.utime(self.path, ns=(stamp[1], stamp[1]))
         self._pulled = _stamp(self.path)

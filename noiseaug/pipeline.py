@@ -250,13 +250,15 @@ def _prior_manifest(path: Path, cfg: Config, shown: Path) -> dict[str, Any] | No
 
 
 def _stillborn(path: Path) -> bool:
-    """A manifest whose run was killed before its first line was complete: empty or a torn run line."""
+    """A manifest that binds no later run: empty, a torn run line (killed at once), or a run line and no file
+    record (a run that stopped before any file, say at an unreachable scheduler, or an empty INPUT)."""
     try:
         with open(path, "rb") as fh:
             data = fh.readline()
+            second = fh.readline()
     except OSError:
         return False
-    return not data.strip() or (b"\n" not in data and data.startswith(b'{"type": "run"'))
+    return not data.strip() or (b"\n" not in data and data.startswith(b'{"type": "run"')) or not second.strip()
 
 
 def _show(value: Any) -> str:
@@ -476,8 +478,10 @@ class _Run:
             self.cache.save()
             if not getattr(self.lock, "lost", False):
                 self.home.saved()
-        except (WriteError, StorageError) as exc:
-            reason = exc.reason if isinstance(exc, WriteError) else str(exc)
+        except (WriteError, StorageError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, WriteError) else exc.strerror if isinstance(exc, OSError) \
+                and exc.strerror else str(exc)
+            self.summary.manifest_failed = True
             self.summary.stopped = self.summary.stopped or (
                 f"the manifest could not be rewritten ({reason}); {self.home.kept}")
         finally:

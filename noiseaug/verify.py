@@ -31,10 +31,11 @@ class VerifyReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason) of files that failed in the run
     notes: list[str] = field(default_factory=list)
     torn: bool = False  # the manifest's last line was cut off: one record could not be read
+    pending: int = 0  # segments of records a run on object storage left beside the manifest: it did not finish
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.mismatches or self.torn or self.failed else 0
+        return 1 if self.mismatches or self.torn or self.failed or self.pending else 0
 
     def lines(self) -> list[str]:
         return ([f"noiseaug: mismatch: {printable(path)}: {reason}" for path, reason in self.mismatches]
@@ -48,6 +49,9 @@ class VerifyReport:
         if self.torn:
             lines.append("the manifest's last line is cut off (a run was killed while writing it): "
                          "that record could not be read; run noiseaug again to complete the manifest")
+        if self.pending:
+            lines.append(f"the run that wrote the manifest did not finish: {self.pending} segment(s) of its records "
+                         "wait beside it (checked too); run noiseaug again to complete the manifest")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,7 +59,7 @@ class VerifyReport:
                 "not_checked": self.not_checked,
                 "matching": self.checked - len(self.mismatches), "exit_code": self.exit_code,
                 "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches], "torn": self.torn,
-                "failed": [{"input": p, "reason": r} for p, r in self.failed],
+                "pending_segments": self.pending, "failed": [{"input": p, "reason": r} for p, r in self.failed],
                 "notes": self.notes}
 
 
@@ -79,15 +83,21 @@ def open_root(where: str, options: dict[str, Any]) -> Any:
     return LocalStorage(where)
 
 
-def _fetch(manifest: str, options: dict[str, Any], spool: str) -> Path:
-    """A manifest's local path: itself, or a copy of one on object storage."""
+def _fetch(manifest: str, options: dict[str, Any], spool: str) -> tuple[Path, int]:
+    """A manifest's local path: itself, or a copy of one on object storage with the segments of records a
+    killed run left beside it appended, as the next run would (and how many there were)."""
     if not is_url(manifest):
-        return Path(manifest)
+        return Path(manifest), 0
     folder, _, name = manifest.rstrip("/").rpartition("/")
     local = Path(spool) / name
-    if not open_root(folder, options).fetch(name, local):
+    storage = open_root(folder, options)
+    if not storage.fetch(name, local):
         raise ManifestError(f"{redact_url(manifest)}: no such manifest")
-    return local
+    segments = storage.list_prefix(f".{name}.segments")
+    with open(local, "ab") as fh:
+        for rel in segments:
+            storage.fetch_into(rel, fh)
+    return local, len(segments)
 
 
 def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
@@ -104,8 +114,10 @@ def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
     """
     options = storage_options or {}
     with tempfile.TemporaryDirectory(prefix="noiseaug-verify-") as spool:
-        return _verify(_fetch(os.fsdecode(manifest), options, spool), redact_url(os.fsdecode(manifest)),
-                       regenerate, output_root, input_root, options)
+        path, pending = _fetch(os.fsdecode(manifest), options, spool)
+        report = _verify(path, redact_url(os.fsdecode(manifest)), regenerate, output_root, input_root, options)
+        report.pending = pending
+        return report
 
 
 def _verify(path: Path, where: str, regenerate: bool, output_root: Any, input_root: Any,

@@ -171,6 +171,9 @@ def test_a_driver_killed_on_s3_is_continued_by_the_next_run(s3, slow_tree, slow_
     left = keys(client, out_bucket, "o")
     assert any(k.startswith(".noiseaug-manifest.jsonl.segments/") for k in left)  # killed before the end
     assert 0 < len(outputs(dict.fromkeys(left, b""))) < 30
+    unfinished = noiseaug("verify", f"{target}/noiseaug-manifest.jsonl", "--json", check=1)
+    report = json.loads(unfinished.stdout)
+    assert report["pending_segments"] > 0 and report["mismatches"] == [] and report["checked"] > 0
     result = json.loads(noiseaug("run", slow_tree, target, "--workers", "2", "--json").stdout)
     assert result["skipped"] > 0  # what the killed run finished was continued, not redone
     found = objects(client, out_bucket, "o")
@@ -208,6 +211,10 @@ def test_keys_with_dot_segments_are_refused(s3, tmp_path):
     written = keys(client, out_bucket, "o")
     assert outputs(dict.fromkeys(written, b"")).keys() == {"a/ok.png"}
     assert not any(k.startswith("escape") for k in keys(client, out_bucket, ""))
+    quiet = noiseaug("run", f"s3://{src_bucket}/data", f"s3://{out_bucket}/q", "--workers", "1", "-q", check=1)
+    assert [line.split(": ")[:2] for line in quiet.stderr.splitlines()] == [["noiseaug", "failed"]] * 3
+    loud = noiseaug("run", f"s3://{src_bucket}/data", f"s3://{out_bucket}/q", "--workers", "1", check=1)
+    assert "3 path(s) of INPUT could not be taken, counted as failed:" in loud.stderr
 
 
 def test_an_endpoint_that_goes_away_ends_the_run_with_one_message_and_a_manifest_to_continue(s3, slow_tree,
@@ -273,6 +280,17 @@ def test_secrets_reach_no_file_no_record_and_no_output(s3, tmp_path):
     assert "s3://no-such-bucket/o: its bucket does not exist" in seen[5]
     assert "s3://<redacted>@" in seen[7] and "credentials in a URL are not taken" in seen[7]
     assert json.loads(seen[2])["failed"] == 1  # the Dask run ran, and failed the broken file
+
+
+@pytest.mark.parametrize("endpoint", [SECRET, f"http://127.0.0.1:1/{SECRET}"])
+def test_a_storage_option_echoed_by_the_backend_is_redacted(s3, tmp_path, endpoint):
+    """botocore repeats a bad endpoint in its errors ("Invalid endpoint: ...", "Could not connect to ..."): the
+    manifest redacts every option's value, and so does every message."""
+    src = random_images(tmp_path / "in", ["a.png"])
+    result = noiseaug("run", src, "s3://bucket/o", "--storage-option", f"endpoint_url={endpoint}", check=None)
+    assert result.returncode in (1, 2) and result.stderr.startswith("noiseaug: "), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert SECRET not in result.stdout + result.stderr and "<redacted>" in result.stderr, result.stderr
 
 
 def test_a_missing_extra_is_named_in_one_line(tmp_path):
@@ -595,6 +613,18 @@ def test_a_port_that_is_not_a_scheduler_ends_the_run_after_dasks_connect_timeout
                              "(is it a Dask scheduler?)\n")
 
 
+def test_a_run_that_did_no_file_binds_no_options(tmp_path):
+    """A run stopped before its first file (here: no scheduler) leaves a manifest without file records; the
+    corrected run may use other options."""
+    src = random_images(tmp_path / "in", ["a.png"])
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}
+    noiseaug("run", src, tmp_path / "out", "--scheduler", "tcp://127.0.0.1:1", "-q", check=1, env=env)
+    assert (tmp_path / "out" / "noiseaug-manifest.jsonl").exists()
+    noiseaug("run", src, tmp_path / "out", "--image-sigma", "5", "-q", check=0)
+    lines = (tmp_path / "out" / "noiseaug-manifest.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["options"]["image_sigma"] == "5" and len(lines) == 2
+
+
 def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(not_a_scheduler, slow_tree, tmp_path):
     env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3600s"}  # only the signal can end it
     proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, tmp_path / "out", "--scheduler",
@@ -614,6 +644,11 @@ def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(not_a_sched
     (["s3://bad!name/o"], "Invalid bucket name"),
     (["--manifest", "s3://no-such-bucket/m.jsonl"], "s3://no-such-bucket: its bucket does not exist"),
     (["s3://{out}/o", "--storage-option", "bogus=1"], "--storage-option not taken by the file system"),
+    (["s3://{out}/x/../y"], "s3://{out}/x/../y: a URL with an empty, '.' or '..' segment is refused"),
+    (["s3://{out}//y"], "a URL with an empty, '.' or '..' segment is refused"),
+    (["--manifest", "s3://{out}/q/../m.jsonl"], "a URL with an empty, '.' or '..' segment is refused"),
+    (["s3://{out}/s3?x=SECRETXYZ123"], "a query string or fragment ('?', '#') in a URL is not taken"),
+    (["s3://SECRETXYZ123@{out}/o"], "s3://<redacted>@{out}/o: credentials in a URL are not taken"),
 ])
 def test_scale_out_usage_errors_are_one_line_and_exit_2(s3, tmp_path, args, message):
     _, (_, out_bucket) = s3
@@ -621,8 +656,10 @@ def test_scale_out_usage_errors_are_one_line_and_exit_2(s3, tmp_path, args, mess
     local_out = [] if any(a.startswith("s3:") for a in args[:1]) else [tmp_path / "out"]
     argv = [src, *local_out, *[a.replace("{out}", out_bucket) for a in args]]
     result = noiseaug("run", *argv, check=2)
+    message = message.replace("{out}", out_bucket)
     assert result.stderr.startswith("noiseaug: error: ") and message in result.stderr, result.stderr
-    assert len(result.stderr.splitlines()) == 1
+    assert len(result.stderr.splitlines()) == 1 and "SECRETXYZ123" not in result.stderr
+    assert s3[0].list_objects_v2(Bucket=out_bucket).get("KeyCount") == 0, "nothing is written"
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
 
 
@@ -687,3 +724,15 @@ def test_memory_urls_run_in_process_only(tmp_path):
     assert summary.exit_code == 0 and summary.counts["image", "ok"] == 2
     again = noiseaug.run(src, "memory://mem-test/out", workers=1)
     assert again.counts["image", "skipped"] == 2
+
+
+def test_refused_credentials_at_the_start_are_usage_errors_later_storage_errors():
+    """Credentials the storage refuses (no right to write, a bad signature) are the user's to fix: exit 2 when
+    found taking the lock or listing INPUT; a refusal in the middle of a run is a storage failure (exit 1)."""
+    from noiseaug.errors import StorageError, UsageError
+    from noiseaug.storage.remote import _failure
+
+    for exc in (PermissionError(13, "Access Denied"), OSError("An error occurred (SignatureDoesNotMatch) ...")):
+        assert isinstance(_failure(exc, "cannot take s3://b/o's lock", start=True), UsageError)
+        assert isinstance(_failure(exc, "cannot upload s3://b/o/x"), StorageError)
+    assert isinstance(_failure(OSError("Internal Error"), "cannot list s3://b/i", start=True), StorageError)

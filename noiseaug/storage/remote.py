@@ -48,9 +48,8 @@ def is_url(text: object) -> bool:
 
 def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     """The fsspec file system of a URL and the path inside it; a one-line error naming a missing extra."""
-    if re.match(r"^[A-Za-z][\w+.-]*://[^@]*:[^@]*@", url):  # user:password@ (a '/' in the password too)
-        raise UsageError(f"{redact_url(url)}: credentials in a URL are not taken (they would travel to every "
-                         "worker and into logs); give them in the environment or with --storage-option")
+    check_url(url)
+    remember_secrets(options)
     try:
         import fsspec
     except ImportError:
@@ -74,6 +73,50 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     return fs, path.rstrip("/")
 
 
+def check_url(url: str) -> None:
+    """Refuse a root URL that would leak a secret or make keys a local path could not be.
+
+    Credentials (``user@`` or ``user:password@``, a '/' in the password too),
+    a query string or fragment (s3fs would take them into every key name),
+    and empty, ``.`` or ``..`` segments, which INPUT refuses in keys too.
+    """
+    if re.match(r"^[A-Za-z][\w+.-]*://([^/@]*@|[^@]*:[^@]*@)", url):
+        raise UsageError(f"{redact_url(url)}: credentials in a URL are not taken (they would travel to every "
+                         "worker and into logs); give them in the environment or with --storage-option")
+    if "?" in url or "#" in url:
+        raise UsageError(f"{redact_url(url).split('#')[0]}: a query string or fragment ('?', '#') in a URL is not "
+                         "taken (it would become part of every key); give options with --storage-option")
+    scheme, _, rest = url.partition("://")
+    rest = rest.rstrip("/")
+    if scheme.lower() in ("file", "local"):
+        rest = rest.lstrip("/")
+    if rest and unsafe_key(rest):
+        raise UsageError(f"{redact_url(url)}: a URL with an empty, '.' or '..' segment is refused "
+                         "(its keys could not be files anywhere else)")
+
+
+_SECRETS: set[str] = set()  # --storage-option values seen in this process: kept out of every message
+
+
+def remember_secrets(options: Any) -> None:
+    """Note the string values of storage options (of nested ones too), to scrub them from messages."""
+    if isinstance(options, dict):
+        for value in options.values():
+            remember_secrets(value)
+    elif isinstance(options, (list, tuple)):
+        for value in options:
+            remember_secrets(value)
+    elif isinstance(options, str) and len(options) >= 4 and options.lower() not in ("true", "false", "none"):
+        _SECRETS.add(options)
+
+
+def scrub(text: str) -> str:
+    """A message without the values of storage options (an endpoint or a token echoed by a backend)."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
 def unsafe_key(rel: str) -> bool:
     """A key that a local path could not be, or that climbs: empty, ``.`` or ``..`` segments."""
     return any(part in ("", ".", "..") for part in rel.split("/")) or "\0" in rel
@@ -91,24 +134,36 @@ def stamp_of(info: dict[str, Any]) -> int:
 def _first_line(exc: BaseException) -> str:
     """An exception's reason on one line, secret-free: botocore's "Parameter validation failed:" says why on the
     next line, so lines are joined."""
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    return redact_url(text[:300]) if text else type(exc).__name__
+    text = " ".join(line.strip() for line in scrub(str(exc)).strip().splitlines() if line.strip())
+    return redact_url(text)[:300] if text else type(exc).__name__
 
 
 USAGE_FAILURES = ("ParamValidationError", "PartialCredentialsError", "NoCredentialsError", "InvalidBucketName")
 
 
-def _failure(exc: BaseException, what: str) -> Exception:
+def _failure(exc: BaseException, what: str, *, start: bool = False) -> Exception:
     """A backend's exception as noiseaug's: a usage error (an option the file system does not take, an invalid
-    bucket name, incomplete credentials), or a storage error (unreachable, refused), with ``what`` first."""
+    bucket name, incomplete credentials; at the ``start`` of a run, before any output, credentials that are
+    refused too), or a storage error (unreachable, refused), with ``what`` first."""
     name = type(exc).__name__
     if isinstance(exc, TypeError) and "unexpected keyword" in str(exc):
         return UsageError(f"--storage-option not taken by the file system: {_first_line(exc)}")
-    if name in USAGE_FAILURES or "Parameter validation failed" in str(exc) or "Invalid bucket name" in str(exc):
+    if name in USAGE_FAILURES or "Parameter validation failed" in str(exc) or "Invalid bucket name" in str(exc) \
+            or (start and denied(exc)):
         return UsageError(f"{what}: {_first_line(exc)}")
     if unreachable(exc):
         return StorageError(f"{what}: cannot reach the storage: {_first_line(exc)}")
     return StorageError(f"{what}: {_first_line(exc)}")
+
+
+DENIALS = ("AccessDenied", "Forbidden", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken",
+           "ExpiredToken", "AuthorizationHeaderMalformed")
+
+
+def denied(exc: BaseException) -> bool:
+    """Whether the storage refused the credentials or their rights (the user's to fix, not a passing failure)."""
+    return isinstance(exc, PermissionError) or any(word in str(exc) or word in type(exc).__name__
+                                                   for word in DENIALS)
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -146,7 +201,12 @@ class FsspecStorage:
     def __getstate__(self) -> dict[str, Any]:  # a worker gets the file system, not this process's caches
         state = dict(self.__dict__)
         state["_listing"], state["_written"], state["_lister"] = None, {}, False
+        state["_secrets"] = sorted(_SECRETS)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # a worker's messages are scrubbed as the driver's
+        _SECRETS.update(state.pop("_secrets", ()))
+        self.__dict__.update(state)
 
     def prepare(self) -> None:
         """Before OUTPUT's lock: the bucket must exist (noiseaug creates no buckets); prefixes need no creating."""
@@ -208,7 +268,7 @@ class FsspecStorage:
             except FileNotFoundError:
                 found = {}
             except Exception as exc:
-                raise _failure(exc, f"cannot list {self.root}") from None
+                raise _failure(exc, f"cannot list {self.root}", start=True) from None
             self._listing = {}
             for path, info in found.items():
                 if info.get("type") == "directory" or path.endswith("/"):
@@ -447,7 +507,7 @@ class ObjectLock:
         except Exception as exc:
             if "PreconditionFailed" in str(exc) or "412" in str(exc):
                 return False
-            raise _failure(exc, f"cannot take {self.storage.root}'s lock") from None
+            raise _failure(exc, f"cannot take {self.storage.root}'s lock", start=True) from None
         self._etag = self._etag_of(fs, reply)
         return True
 
