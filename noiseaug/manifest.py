@@ -279,6 +279,7 @@ def merge_anywhere(manifests: list[str], output: str, *, allow_missing: bool,
 
     if not any(is_url(m) for m in [*manifests, output]):
         return merge([Path(m) for m in manifests], Path(output), allow_missing=allow_missing)
+    manifests = [found for name in manifests for found in _expand_url_glob(name, options)]
     with tempfile.TemporaryDirectory(prefix="noiseaug-merge-") as spool:
         local = []
         for number, name in enumerate(manifests):
@@ -293,3 +294,18 @@ def merge_anywhere(manifests: list[str], output: str, *, allow_missing: bool,
             folder, _, base = output.rstrip("/").rpartition("/")
             FsspecStorage(folder, options).upload(result, base)
     return count, notes
+
+
+def _expand_url_glob(name: str, options: dict[str, Any]) -> list[str]:
+    """A URL whose last segment has ``*`` or ``[...]`` (no shell expands those), as the sorted URLs it matches."""
+    from .config import redact_url
+    from .storage.remote import FsspecStorage, is_url
+
+    folder, _, base = name.rstrip("/").rpartition("/")
+    if not is_url(name) or not any(c in base for c in "*["):
+        return [name]
+    storage = FsspecStorage(folder, options)
+    found = sorted(storage.rel_of(p) for p in storage.fs.glob(storage.full(base)))
+    if not found:
+        raise ManifestError(f"{redact_url(name)}: no manifest matches")
+    return [f"{folder}/{rel}" for rel in found]

@@ -180,7 +180,8 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config) -> 
         try:
             snd = audio_io.open_read(fh)
         except AudioError as exc:
-            raise DecodeError(rel, f"cannot decode as audio: {exc}") from None
+            fh.seek(0, os.SEEK_END)
+            raise DecodeError(rel, "empty file" if fh.tell() == 0 else f"cannot decode as audio: {exc}") from None
         with snd:
             layout = audio_io.layout_of(snd)
             metadata = snd.copy_metadata()

@@ -91,3 +91,13 @@ def test_an_image_too_big_for_memory_is_refused_from_its_header(cli, tmp_path):
     assert "more than --max-pixels" in result.stderr
     result = cli("run", src, tmp_path / "b", "--workers", 1, "--max-pixels", 2**63, code=1)
     assert "of memory is available" in result.stderr
+
+
+def test_an_empty_audio_file_is_an_empty_file(cli, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "silence.wav").write_bytes(b"")
+    (src / "nothing.flac").write_bytes(b"")
+    result = cli("run", src, tmp_path / "out", "--workers", 1, code=1)
+    lines = sorted(line for line in result.stderr.splitlines() if line.startswith("noiseaug: failed:"))
+    assert lines == ["noiseaug: failed: nothing.flac: empty file", "noiseaug: failed: silence.wav: empty file"]

@@ -413,6 +413,11 @@ def test_shards_and_merge_work_on_urls(s3, slow_tree, slow_reference):
     assert file_records(found["noiseaug-manifest.jsonl"]) == slow_reference["records"]
     assert {k: v for k, v in outputs(found).items() if ".shard-" not in k} == slow_reference["files"]
     noiseaug("verify", f"{target}/noiseaug-manifest.jsonl", "-q")
+    # the README's pattern, which no shell expands for a URL: noiseaug does
+    noiseaug("merge", f"{target}/noiseaug-manifest.shard-*-of-2.jsonl", "-o", f"{target}/globbed.jsonl")
+    assert objects(client, out_bucket, "o")["globbed.jsonl"] == found["noiseaug-manifest.jsonl"]
+    missing = noiseaug("merge", f"{target}/nothing-*.jsonl", "-o", f"{target}/x.jsonl", check=2)
+    assert missing.stderr == f"noiseaug: error: {target}/nothing-*.jsonl: no manifest matches\n"
 
 
 def test_ctrl_c_at_a_terminal_stops_a_run_on_its_own_local_cluster_cleanly(slow_tree, tmp_path):
