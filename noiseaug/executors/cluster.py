@@ -39,6 +39,7 @@ from ..worker import Context, limit_threads, process_job
 
 PLUGIN_NAME = "noiseaug-worker-setup"
 IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: one running, one ready
+WORKERS_EVERY = 1.0  # seconds between questions to the scheduler about its workers
 
 # The LocalCluster noiseaug starts shares the machine with its driver (scheduler and nannies live there): the
 # bookkeeping meant for long-lived clusters, which takes CPU from the codecs, is turned down. A scheduler of
@@ -142,6 +143,7 @@ class DaskExecutor:
         self._client: Any = None
         self._cluster: Any = None
         self._seen: set[str] = set()
+        self._asked = float("-inf")
         self.lost_workers = False  # a worker went away during the run: its temporary files may be left
         self._logs = _quiet_logs()
         import dask
@@ -195,15 +197,21 @@ class DaskExecutor:
     def stop(self) -> None:
         self._stopping = True
 
-    def _slots(self) -> int:
-        """Batches to keep in flight: a few per worker. Notes workers that went away (see ``lost_workers``)."""
-        try:
-            workers = set(self._client.scheduler_info().get("workers", {}))
-        except Exception:
-            workers = set()
-        self.lost_workers = self.lost_workers or bool(self._seen - workers)
-        self._seen = workers
-        return max(2, IN_FLIGHT_PER_WORKER * max(len(workers), 1))
+    def _slots(self, now: bool = False) -> int:
+        """Batches to keep in flight: a few per worker. Notes workers that went away (see ``lost_workers``).
+
+        The scheduler is asked at most once a second (or ``now``): each question is a round trip that costs
+        the scheduler and the driver CPU the codecs could use.
+        """
+        if now or time.monotonic() - self._asked >= WORKERS_EVERY:
+            self._asked = time.monotonic()
+            try:
+                workers = set(self._client.nthreads())
+            except Exception:
+                workers = set()
+            self.lost_workers = self.lost_workers or bool(self._seen - workers)
+            self._seen = workers
+        return max(2, IN_FLIGHT_PER_WORKER * max(len(self._seen), 1))
 
     def run(self, batches: Iterator[list[Job]], stopper: Stopper) -> Iterator[tuple[Job, list[Outcome]]]:
         """Submit batches as slots free; yield each file's outcomes as its batch completes."""
@@ -295,7 +303,7 @@ class DaskExecutor:
 
     def close(self) -> None:
         if self._client is not None and self._client.status == "running":
-            self._slots()  # a last look: did a worker go away since the last batch went out?
+            self._slots(now=True)  # a last look: did a worker go away since the last batch went out?
         thread = getattr(self, "_thread", None)
         if thread is not None and thread.is_alive():
             thread.join(1)  # still connecting (a signal came first): close what it makes, if it is done soon
