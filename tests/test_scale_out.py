@@ -741,3 +741,17 @@ def test_refused_credentials_at_the_start_are_usage_errors_later_storage_errors(
         assert isinstance(_failure(exc, "cannot take s3://b/o's lock", start=True), UsageError)
         assert isinstance(_failure(exc, "cannot upload s3://b/o/x"), StorageError)
     assert isinstance(_failure(OSError("Internal Error"), "cannot list s3://b/i", start=True), StorageError)
+
+
+def test_root_urls_are_checked_before_any_request():
+    """What a root URL may not hold, and what it may (an abfs URL names container@account, no user)."""
+    from noiseaug.errors import UsageError
+    from noiseaug.storage.remote import check_url
+
+    for fine in ("s3://b/x", "s3://b/x/", "gs://b", "abfs://cont@acct.dfs.core.windows.net/p", "file:///tmp/x",
+                 "memory://x/y"):
+        check_url(fine)
+    for bad in ("s3://u@b/x", "gs://u:p@b/x", "s3://b/x/../y", "s3://b//y", "s3://b/./x", "s3://b/x?y=1",
+                "s3://b/x#f", "file:///tmp/../x"):
+        with pytest.raises(UsageError):
+            check_url(bad)

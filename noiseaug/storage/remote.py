@@ -80,13 +80,14 @@ def check_url(url: str) -> None:
     a query string or fragment (s3fs would take them into every key name),
     and empty, ``.`` or ``..`` segments, which INPUT refuses in keys too.
     """
-    if re.match(r"^[A-Za-z][\w+.-]*://([^/@]*@|[^@]*:[^@]*@)", url):
+    scheme, _, rest = url.partition("://")
+    bucket_user = scheme.lower() in BUCKET_SCHEMES and "@" in rest.split("/", 1)[0]  # abfs://container@account is not
+    if bucket_user or re.match(r"^[A-Za-z][\w+.-]*://[^@]*:[^@]*@", url):
         raise UsageError(f"{redact_url(url)}: credentials in a URL are not taken (they would travel to every "
                          "worker and into logs); give them in the environment or with --storage-option")
     if "?" in url or "#" in url:
         raise UsageError(f"{redact_url(url).split('#')[0]}: a query string or fragment ('?', '#') in a URL is not "
                          "taken (it would become part of every key); give options with --storage-option")
-    scheme, _, rest = url.partition("://")
     rest = rest.rstrip("/")
     if scheme.lower() in ("file", "local"):
         rest = rest.lstrip("/")
@@ -94,6 +95,8 @@ def check_url(url: str) -> None:
         raise UsageError(f"{redact_url(url)}: a URL with an empty, '.' or '..' segment is refused "
                          "(its keys could not be files anywhere else)")
 
+
+BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs")  # whose URLs name a bucket right after '://', never a user
 
 _SECRETS: set[str] = set()  # --storage-option values seen in this process: kept out of every message
 
