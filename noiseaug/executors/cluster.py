@@ -40,6 +40,7 @@ from ..worker import Context, limit_threads, process_job
 PLUGIN_NAME = "noiseaug-worker-setup"
 IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: one running, one ready
 WORKERS_EVERY = 1.0  # seconds between questions to the scheduler about its workers
+TASK_BYTES, TASK_FILES = 4 << 20, 64  # a task's inputs: a few 1080p images, or many small files
 
 # The LocalCluster noiseaug starts shares the machine with its driver (scheduler and nannies live there): the
 # bookkeeping meant for long-lived clusters, which takes CPU from the codecs, is turned down. A scheduler of
@@ -222,6 +223,7 @@ class DaskExecutor:
 
         if not self._start(stopper):
             return  # stopped by a signal while connecting: nothing was in flight
+        batches = _larger(batches)
         pending: dict[Any, list[Job]] = {}
         singles: collections.deque[Job] = collections.deque()
         done = as_completed([], with_results=False)
@@ -318,6 +320,19 @@ class DaskExecutor:
         with contextlib.suppress(Exception):
             self._config.__exit__(None, None, None)
         self._logs.close()
+
+
+def _larger(batches: Iterator[list[Job]]) -> Iterator[list[Job]]:
+    """The pool's batches joined into tasks of at least TASK_BYTES or TASK_FILES: a Dask task costs a few
+    milliseconds of the scheduler's, the driver's and the worker's time, a pool batch far less."""
+    task: list[Job] = []
+    for batch in batches:
+        task.extend(batch)
+        if sum(job.size for job in task) >= TASK_BYTES or len(task) >= TASK_FILES:
+            yield task
+            task = []
+    if task:
+        yield task
 
 
 def _connect_seconds() -> float:
