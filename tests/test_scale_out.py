@@ -755,3 +755,16 @@ def test_root_urls_are_checked_before_any_request():
                 "s3://b/x#f", "file:///tmp/../x"):
         with pytest.raises(UsageError):
             check_url(bad)
+
+
+def test_dask_tasks_join_the_pools_batches_in_order():
+    """Every job once, in order; small files by the count, large ones by the bytes."""
+    from noiseaug.executors.cluster import TASK_BYTES, TASK_FILES, _larger
+    from noiseaug.records import Job
+
+    small = [[Job(f"s{b}-{i}", "image", 4000) for i in range(16)] for b in range(9)]
+    tasks = list(_larger(iter(small)))
+    assert [len(t) for t in tasks] == [TASK_FILES, TASK_FILES, 16]
+    assert [j.rel for t in tasks for j in t] == [j.rel for b in small for j in b]
+    large = [[Job(f"l{i}", "image", TASK_BYTES // 3 + 1)] for i in range(7)]
+    assert [len(t) for t in _larger(iter(large))] == [3, 3, 1]
