@@ -249,12 +249,12 @@ def merge(
 
     try:
         options = make_config(storage_options=storage_options or None).storage_kwargs()
-        count, notes = merge_anywhere(manifests, output, allow_missing=allow_missing, options=options)
+        count, notes, named = merge_anywhere(manifests, output, allow_missing=allow_missing, options=options)
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code) from None
     for note in notes:
         typer.echo(f"noiseaug: warning: {note}", err=True)
-    typer.echo(f"{count} records from {len(manifests)} manifests written to {redact_url(output)}", err=True)
+    typer.echo(f"{count} records from {named} manifests written to {redact_url(output)}", err=True)
 
 
 @app.command(name="preview")

@@ -119,14 +119,14 @@ def _check_memory(source: Any, target: Any, cfg: Config) -> None:
 
 
 def _with_manifest(source: Any, target: Any, cfg: Config, options: dict[str, Any]) -> Locations:
-    from .storage.remote import FsspecStorage
+    from .storage.remote import FsspecStorage, split_object_url
 
     name = default_path(Path("."), cfg.shard).name
     manifest = str(cfg.manifest) if cfg.manifest else None
     if manifest is None and isinstance(target, FsspecStorage):
         manifest = f"{target.url}/{name}"
     if manifest is not None and is_url(manifest):
-        folder, _, name = manifest.rstrip("/").rpartition("/")
+        folder, name = split_object_url(manifest)
         where = FsspecStorage(folder, options)
         inside = _key(where) + "/"
         if (inside + name).startswith(_key(source) + "/"):

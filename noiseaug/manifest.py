@@ -270,42 +270,53 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
 
 
 def merge_anywhere(manifests: list[str], output: str, *, allow_missing: bool,
-                   options: dict[str, Any]) -> tuple[int, list[str]]:
-    """:func:`merge` where manifests and the result may be URLs: fetched, merged locally, uploaded."""
+                   options: dict[str, Any]) -> tuple[int, list[str], int]:
+    """:func:`merge` where manifests and the result may be URLs: fetched, merged locally, uploaded.
+
+    Returns the records written, the notes, and how many manifests were named (a URL pattern counts as
+    the manifests it matches)."""
     import tempfile
 
     from .config import redact_url
-    from .storage.remote import FsspecStorage, is_url
+    from .storage.remote import FsspecStorage, is_url, split_object_url
 
     if not any(is_url(m) for m in [*manifests, output]):
-        return merge([Path(m) for m in manifests], Path(output), allow_missing=allow_missing)
+        return (*merge([Path(m) for m in manifests], Path(output), allow_missing=allow_missing), len(manifests))
     manifests = [found for name in manifests for found in _expand_url_glob(name, options)]
     with tempfile.TemporaryDirectory(prefix="noiseaug-merge-") as spool:
         local = []
         for number, name in enumerate(manifests):
             local.append(Path(name) if not is_url(name) else Path(spool) / f"{number}.jsonl")
-            folder, _, base = name.rstrip("/").rpartition("/")
-            if is_url(name) and not FsspecStorage(folder, options).fetch(base, local[-1]):
-                raise ManifestError(f"{redact_url(name)}: no such manifest")
+            if is_url(name):
+                folder, base = split_object_url(name)
+                if not FsspecStorage(folder, options).fetch(base, local[-1]):
+                    raise ManifestError(f"{redact_url(name)}: no such manifest")
         result = Path(spool) / "merged.jsonl" if is_url(output) else Path(output)
         shown = ([redact_url(m) for m in manifests], redact_url(output) if is_url(output) else os.path.abspath(output))
         count, notes = merge(local, result, allow_missing=allow_missing, shown=shown)
         if is_url(output):
-            folder, _, base = output.rstrip("/").rpartition("/")
+            folder, base = split_object_url(output)
             FsspecStorage(folder, options).upload(result, base)
-    return count, notes
+    return count, notes, len(manifests)
 
 
 def _expand_url_glob(name: str, options: dict[str, Any]) -> list[str]:
     """A URL whose last segment has ``*`` or ``[...]`` (no shell expands those), as the sorted URLs it matches."""
     from .config import redact_url
-    from .storage.remote import FsspecStorage, is_url
+    from .storage.remote import FsspecStorage, _first_line, is_url, split_object_url
 
-    folder, _, base = name.rstrip("/").rpartition("/")
-    if not is_url(name) or not any(c in base for c in "*["):
+    if not is_url(name):
+        return [name]
+    folder, base = split_object_url(name)
+    if not any(c in base for c in "*["):
         return [name]
     storage = FsspecStorage(folder, options)
-    found = sorted(storage.rel_of(p) for p in storage.fs.glob(storage.full(base)))
+    try:
+        found = sorted(storage.rel_of(p) for p in storage.fs.glob(storage.full(base)))
+    except FileNotFoundError:  # no such bucket: nothing matches
+        found = []
+    except Exception as exc:
+        raise ManifestError(f"{redact_url(name)}: cannot list: {_first_line(exc)}") from None
     if not found:
         raise ManifestError(f"{redact_url(name)}: no manifest matches")
     return [f"{folder}/{rel}" for rel in found]

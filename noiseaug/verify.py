@@ -88,7 +88,9 @@ def _fetch(manifest: str, options: dict[str, Any], spool: str) -> tuple[Path, in
     killed run left beside it appended, as the next run would (and how many there were)."""
     if not is_url(manifest):
         return Path(manifest), 0
-    folder, _, name = manifest.rstrip("/").rpartition("/")
+    from .storage.remote import split_object_url
+
+    folder, name = split_object_url(manifest)
     local = Path(spool) / name
     storage = open_root(folder, options)
     if not storage.fetch(name, local):

@@ -282,7 +282,8 @@ def test_secrets_reach_no_file_no_record_and_no_output(s3, tmp_path):
     assert json.loads(seen[2])["failed"] == 1  # the Dask run ran, and failed the broken file
 
 
-@pytest.mark.parametrize("endpoint", [SECRET, f"http://127.0.0.1:1/{SECRET}"])
+@pytest.mark.parametrize("endpoint", [SECRET, f"http://127.0.0.1:1/{SECRET}", f"http://[{SECRET}]/",
+                                      f"http://127.0.0.1:1/{SECRET}%41x"])
 def test_a_storage_option_echoed_by_the_backend_is_redacted(s3, tmp_path, endpoint):
     """botocore repeats a bad endpoint in its errors ("Invalid endpoint: ...", "Could not connect to ..."): the
     manifest redacts every option's value, and so does every message."""
@@ -414,10 +415,12 @@ def test_shards_and_merge_work_on_urls(s3, slow_tree, slow_reference):
     assert {k: v for k, v in outputs(found).items() if ".shard-" not in k} == slow_reference["files"]
     noiseaug("verify", f"{target}/noiseaug-manifest.jsonl", "-q")
     # the README's pattern, which no shell expands for a URL: noiseaug does
-    noiseaug("merge", f"{target}/noiseaug-manifest.shard-*-of-2.jsonl", "-o", f"{target}/globbed.jsonl")
+    globbed = noiseaug("merge", f"{target}/noiseaug-manifest.shard-*-of-2.jsonl", "-o", f"{target}/globbed.jsonl")
     assert objects(client, out_bucket, "o")["globbed.jsonl"] == found["noiseaug-manifest.jsonl"]
-    missing = noiseaug("merge", f"{target}/nothing-*.jsonl", "-o", f"{target}/x.jsonl", check=2)
-    assert missing.stderr == f"noiseaug: error: {target}/nothing-*.jsonl: no manifest matches\n"
+    assert "from 2 manifests" in globbed.stderr
+    for pattern in (f"{target}/nothing-*.jsonl", "s3://no-such-bucket-here/x-*.jsonl"):
+        missing = noiseaug("merge", pattern, "-o", f"{target}/x.jsonl", check=2)
+        assert missing.stderr == f"noiseaug: error: {pattern}: no manifest matches\n"
 
 
 def test_ctrl_c_at_a_terminal_stops_a_run_on_its_own_local_cluster_cleanly(slow_tree, tmp_path):
@@ -652,6 +655,8 @@ def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(not_a_sched
     (["s3://{out}/x/../y"], "s3://{out}/x/../y: a URL with an empty, '.' or '..' segment is refused"),
     (["s3://{out}//y"], "a URL with an empty, '.' or '..' segment is refused"),
     (["--manifest", "s3://{out}/q/../m.jsonl"], "a URL with an empty, '.' or '..' segment is refused"),
+    (["--manifest", "s3://{out}/mm//m.jsonl"], "a URL with an empty, '.' or '..' segment is refused"),
+    (["s3://{out}/o10//"], "a URL with an empty, '.' or '..' segment is refused"),
     (["s3://{out}/s3?x=SECRETXYZ123"], "a query string or fragment ('?', '#') in a URL is not taken"),
     (["s3://SECRETXYZ123@{out}/o"], "s3://<redacted>@{out}/o: credentials in a URL are not taken"),
 ])

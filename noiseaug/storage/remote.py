@@ -88,7 +88,7 @@ def check_url(url: str) -> None:
     if "?" in url or "#" in url:
         raise UsageError(f"{redact_url(url).split('#')[0]}: a query string or fragment ('?', '#') in a URL is not "
                          "taken (it would become part of every key); give options with --storage-option")
-    rest = rest.rstrip("/")
+    rest = rest[:-1] if rest.endswith("/") else rest  # one trailing slash names the same folder; two do not
     if scheme.lower() in ("file", "local"):
         rest = rest.lstrip("/")
     if rest and unsafe_key(rest):
@@ -110,7 +110,9 @@ def remember_secrets(options: Any) -> None:
         for value in options:
             remember_secrets(value)
     elif isinstance(options, str) and len(options) >= 4 and options.lower() not in ("true", "false", "none"):
-        _SECRETS.add(options)
+        # the value, as a backend may quote it (re-encoded for a URL) or in part (a host it could not parse)
+        _SECRETS.update((options, options.replace("%", "%25")))
+        _SECRETS.update(part for part in re.split(r"[\s/:\[\]@?#%=&'\"]+", options) if len(part) >= 6)
 
 
 def scrub(text: str) -> str:
@@ -118,6 +120,13 @@ def scrub(text: str) -> str:
     for secret in sorted(_SECRETS, key=len, reverse=True):
         text = text.replace(secret, "<redacted>")
     return text
+
+
+def split_object_url(url: str) -> tuple[str, str]:
+    """A URL naming one object (a manifest) as its folder URL and its name, checked whole first."""
+    check_url(url)
+    folder, _, name = url.rstrip("/").rpartition("/")
+    return folder, name
 
 
 def unsafe_key(rel: str) -> bool:
