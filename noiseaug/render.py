@@ -177,11 +177,13 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config) -> 
     from .audio_io import AudioError
 
     with source.open(rel) as fh:
+        if fh.seek(0, os.SEEK_END) == 0:  # asked first: a libsndfile that failed may have closed the file
+            raise DecodeError(rel, "empty file")
+        fh.seek(0)
         try:
             snd = audio_io.open_read(fh)
         except AudioError as exc:
-            fh.seek(0, os.SEEK_END)
-            raise DecodeError(rel, "empty file" if fh.tell() == 0 else f"cannot decode as audio: {exc}") from None
+            raise DecodeError(rel, f"cannot decode as audio: {exc}") from None
         with snd:
             layout = audio_io.layout_of(snd)
             metadata = snd.copy_metadata()
