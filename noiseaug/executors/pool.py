@@ -2,22 +2,29 @@
 
 ``concurrent.futures`` loses track of the culprit when a worker dies: the
 whole pool breaks and every file in flight fails with it. Here each worker
-has its own pipe and reports every file as it finishes, so when a worker
-dies (a codec's segfault, the OOM killer) or overruns ``--file-timeout``, the
-parent knows the one file it was on: that file is recorded as failed, the
-worker is replaced, and the rest of its batch goes to another worker.
+has its own pipe and a small shared slot where it notes the file it is on
+(its index in the batch, when it began, how many it has finished), so when a
+worker dies (a codec's segfault, the OOM killer) or overruns
+``--file-timeout``, the parent knows the one file it was on: that file is
+recorded as failed, the worker is replaced, and the rest of its batch goes to
+another worker (files it finished but had not reported yet are done again;
+their outputs are the same bytes).
 
 Protocol on each worker's pipe: the parent sends a batch (a list of jobs),
 ``"stop"`` (finish the current file, skip the rest of the batch) or ``None``
 (exit); the worker answers ``("idle",)`` once it has started (so start-up
-does not count against a file's time limit), ``("file", index, records)`` per
-file, and ``("idle",)`` again when its batch is over.
+does not count against a file's time limit), ``("files", [(index, records),
+...])`` for the files it finished, at most every ``REPORT_EVERY`` seconds
+(a message per small file would cost more than the file), and ``("idle",)``
+again when its batch is over.
 """
 
 from __future__ import annotations
 
 import collections
+import mmap
 import multiprocessing
+import multiprocessing.heap
 import os
 import signal
 import threading
@@ -34,6 +41,8 @@ from ..storage.local import set_temp_tag
 from ..worker import Context, limit_threads, process_job
 
 Outcomes = list[Outcome]
+REPORT_EVERY = 0.02  # seconds: how long a worker holds finished files' records before sending them
+CURRENT, STARTED, FINISHED = range(3)  # a worker's slot: file index it is on, when it began, files finished
 
 
 def init_worker(context: Context) -> None:
@@ -82,14 +91,20 @@ def _exit_with(pid: int) -> None:
 
 
 
-def _serve(conn: Connection, context: Context) -> None:
-    """A worker's life: take a batch, send back each file's records as it is done."""
+def _slot(arena: Any) -> memoryview:
+    """A worker's slot (CURRENT, STARTED, FINISHED) in memory shared with the parent, as three doubles."""
+    return memoryview(arena.buffer).cast("d")[:3]
+
+
+def _serve(conn: Connection, arena: Any, context: Context) -> None:
+    """A worker's life: take a batch, send back the files' records as they are done."""
     init_worker(context)
+    slot = _slot(arena)
     with held_devnull():  # the worker's own process: one /dev/null for all its codec calls
-        _serve_batches(conn, context)
+        _serve_batches(conn, slot, context)
 
 
-def _serve_batches(conn: Connection, context: Context) -> None:
+def _serve_batches(conn: Connection, slot: Any, context: Context) -> None:
     conn.send(("idle",))
     while True:
         try:
@@ -100,26 +115,50 @@ def _serve_batches(conn: Connection, context: Context) -> None:
             return
         if message == "stop":
             continue  # arrived after the batch was already over
-        for index, job in enumerate(message):
-            if index and conn.poll():
-                if conn.recv() in ("stop", None):
-                    break
-            outcomes = process_job(job, context)
-            conn.send(("file", index, outcomes))
-            if any(o.fatal for o in outcomes):
-                break  # a full disk fails the next file too: leave the rest to the parent's verdict
+        _serve_batch(conn, slot, context, message)
         conn.send(("idle",))
+
+
+def _serve_batch(conn: Connection, slot: Any, context: Context, batch: list[Job]) -> None:
+    """Process one batch; finished files' records go back together, at most every REPORT_EVERY seconds."""
+    done: list[tuple[int, Outcomes]] = []
+    sent = time.monotonic()
+    for index, job in enumerate(batch):
+        if index and conn.poll() and conn.recv() in ("stop", None):
+            break
+        slot[STARTED], slot[CURRENT] = time.monotonic(), index  # before the index: the parent reads them in turn
+        outcomes = process_job(job, context)
+        slot[FINISHED] = index + 1
+        done.append((index, outcomes))
+        fatal = any(o.fatal for o in outcomes)
+        if fatal or time.monotonic() - sent >= REPORT_EVERY:
+            conn.send(("files", done))
+            done, sent = [], time.monotonic()
+        if fatal:
+            break  # a full disk fails the next file too: leave the rest to the parent's verdict
+    if done:
+        conn.send(("files", done))
 
 
 @dataclass
 class _Worker:
     process: Any
     conn: Connection
+    arena: Any  # memory shared with the process, freed with this object
+    slot: memoryview  # in the arena: CURRENT, STARTED, FINISHED (see _serve_batch)
     batch: list[Job] = field(default_factory=list)
     done: int = 0  # files of the batch already reported
     idle: bool = False  # until the worker says it has started
-    started: float = 0.0  # when the current file began
     stopping: bool = False
+
+    def culprit(self) -> int | None:
+        """The index of the file the worker is on, None between files (or after its last)."""
+        current, finished = int(self.slot[CURRENT]), int(self.slot[FINISHED])
+        return current if finished <= current < len(self.batch) else None
+
+    def busy_since(self) -> float | None:
+        """When the file the worker is on began, if it is on one."""
+        return self.slot[STARTED] if self.batch and self.culprit() is not None else None
 
 
 def _death(exitcode: int | None) -> str:
@@ -170,11 +209,13 @@ class ProcessPool:
 
     def _start(self) -> _Worker:
         parent, child = self._mp.Pipe()
-        process = self._mp.Process(target=_serve, args=(child, self._context), daemon=True,
+        # its own small mapping, not multiprocessing's shared heap, which would keep a file open for good
+        arena = multiprocessing.heap.Arena(mmap.PAGESIZE)
+        process = self._mp.Process(target=_serve, args=(child, arena, self._context), daemon=True,
                                    name="noiseaug-worker")
         process.start()
         child.close()
-        return _Worker(process, parent)
+        return _Worker(process, parent, arena, _slot(arena))
 
     def stop(self) -> None:
         """Start no new file; the files in flight finish and are still yielded."""
@@ -211,8 +252,9 @@ class ProcessPool:
                 continue
             worker.process.kill()
             worker.process.join()
-            if worker.done < len(worker.batch):
-                job = worker.batch[worker.done]
+            index = worker.culprit()
+            if index is not None:  # finished but unreported files keep their outputs; unrecorded, they are redone
+                job = worker.batch[index]
                 self._on_lost(job, worker.process.pid)
                 yield job, failed(job, self._context.config, ABANDONED)
             worker.idle, worker.batch = True, []
@@ -233,6 +275,7 @@ class ProcessPool:
             batch = [requeue.popleft()] if requeue else next(batches, None)
             if batch is None:
                 return
+            worker.slot[STARTED], worker.slot[CURRENT], worker.slot[FINISHED] = time.monotonic(), 0, 0
             try:
                 worker.conn.send(batch)
             except OSError:  # it died while idle: its replacement gets the batch next time round
@@ -240,12 +283,12 @@ class ProcessPool:
                 self._swap(worker)
                 continue
             worker.batch, worker.done, worker.idle = batch, 0, False  # only once the batch is sent
-            worker.started = time.monotonic()
 
     def _gather(self, busy: list[_Worker], requeue: collections.deque[Job],
                 wakeup: int | None = None) -> Iterator[tuple[Job, Outcomes]]:
-        working = [w.started for w in busy if w.batch]
+        working = [t for t in (w.busy_since() for w in busy) if t is not None]
         timeout = max(0.0, min(working) + self._timeout - time.monotonic()) if working else 1.0
+        timeout = min(timeout, 1.0)  # between files the slot says nothing: look again
         wait([w.conn for w in busy] + [w.process.sentinel for w in busy] + ([wakeup] if wakeup is not None else []),
              timeout=timeout)
         for worker in busy:
@@ -254,10 +297,11 @@ class ProcessPool:
                     message = worker.conn.recv()
                 except (EOFError, OSError):
                     break
-                if message[0] == "file" and 0 <= message[1] < len(worker.batch):
-                    worker.done = message[1] + 1
-                    worker.started = time.monotonic()
-                    yield worker.batch[message[1]], message[2]
+                if message[0] == "files":
+                    for index, outcomes in message[1]:
+                        if 0 <= index < len(worker.batch):
+                            worker.done = index + 1
+                            yield worker.batch[index], outcomes
                 else:
                     worker.idle, worker.stopping, worker.batch = True, False, []
                     self._failed_starts = 0
@@ -270,7 +314,7 @@ class ProcessPool:
             if not worker.process.is_alive():
                 worker.process.join()
                 yield from self._replace(worker, requeue, _death(worker.process.exitcode))
-            elif time.monotonic() - worker.started > self._timeout:
+            elif (since := worker.busy_since()) is not None and time.monotonic() - since > self._timeout:
                 worker.process.kill()
                 worker.process.join()
                 yield from self._replace(worker, requeue,
@@ -278,12 +322,16 @@ class ProcessPool:
 
     def _replace(self, worker: _Worker, requeue: collections.deque[Job],
                  reason: str) -> Iterator[tuple[Job, Outcomes]]:
+        """A dead worker's batch: its file in flight fails, files finished but unreported and those not
+        begun go to another worker (unless the run is stopping)."""
+        index = worker.culprit()
         self._swap(worker)
-        if worker.done >= len(worker.batch):
-            return  # it died after its last file and before saying so: nothing was lost
-        job = worker.batch[worker.done]
+        rest = [j for i, j in enumerate(worker.batch[worker.done:], worker.done) if i != index]
         if not worker.stopping:
-            requeue.extend(worker.batch[worker.done + 1:])
+            requeue.extend(rest)
+        if index is None:
+            return  # it died between files: nothing was lost
+        job = worker.batch[index]
         self._on_lost(job, worker.process.pid)
         yield job, failed(job, self._context.config, reason)
 
