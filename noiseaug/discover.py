@@ -8,11 +8,11 @@ job list is the same on every machine whatever the directory listing order.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
-from .seeding import shard_of
 from .storage import Entry, Storage
 
 IMAGE_EXTENSIONS = frozenset(
@@ -21,19 +21,20 @@ AUDIO_EXTENSIONS = frozenset(
     ".wav .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .caf .w64 .rf64".split())
 
 
+_KINDS = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(AUDIO_EXTENSIONS, "audio")}
+
+
 def kind_of(name: str) -> str:
-    """'image', 'audio' or 'other', from a file name's extension (any case)."""
-    ext = os.path.splitext(name)[1].lower()
-    if ext in IMAGE_EXTENSIONS:
-        return "image"
-    if ext in AUDIO_EXTENSIONS:
-        return "audio"
-    return "other"
+    """'image', 'audio' or 'other', from a file name's extension (any case), as ``os.path.splitext`` sees it
+    (a name that is only dots and a suffix, ``.png``, has none)."""
+    start, dot = name.rfind("/") + 1, name.rfind(".")
+    if dot <= start or not name[start:dot].lstrip("."):
+        return "other"
+    return _KINDS.get(name[dot:].lower(), "other")
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One input file chosen for the run."""
+class Candidate(NamedTuple):
+    """One input file chosen for the run (a tuple: a walk makes one per file)."""
 
     rel: str  # relative POSIX path; undecodable bytes kept as surrogates (os.fsdecode)
     kind: str
@@ -121,3 +122,9 @@ def _candidate(entry: Entry, selection: Selection, stats: WalkStats) -> Candidat
         stats.other_shard += 1
         return None
     return Candidate(rel=rel, kind=kind, size=entry.size, mtime_ns=entry.stamp)
+
+
+def shard_of(relpath: bytes, count: int) -> int:
+    """Which of ``count`` shards a relative path belongs to; stable everywhere."""
+    digest = hashlib.sha256(b"noiseaug-shard\0" + relpath).digest()
+    return int.from_bytes(digest[:8], "little") % count

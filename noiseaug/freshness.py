@@ -67,16 +67,15 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
     stats = WalkStats()
     seen = 0
     listing: tuple[str, dict[str, tuple[int, int]]] = ("\0", {})  # one output folder's stats at a time
-    for cand in walk(source, selection, stats):
-        rows = cache.rows(cand.rel)
-        label = len(rows) == 1 and rows[0][6] == LABEL
-        if not rows or (len(rows) != len(copies_of(cand.kind, cfg)) and not label):
+    copies = len(copies_of("image", cfg))
+    for cand, rows in cache.beside((c.rel, c) for c in walk(source, selection, stats)):
+        if len(rows) != (copies if cand.kind != "other" else 1) and not (len(rows) == 1 and rows[0][7] == LABEL):
             return None
-        for _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
+        for _, _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
             folder, _, name = os.fsdecode(output).rpartition("/")
             if folder != listing[0]:
                 listing = (folder, target.folder_stats(folder))
-            if (in_size, in_mtime) != (cand.size, cand.mtime_ns) or listing[1].get(name) != (out_size, out_mtime):
+            if in_size != cand.size or in_mtime != cand.mtime_ns or listing[1].get(name) != (out_size, out_mtime):
                 return None
             counts[kind, "skipped"] += 1
         seen += len(rows)

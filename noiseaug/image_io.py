@@ -90,6 +90,7 @@ class ImageHeader:
     subsampling: str | None = None  # a colour JPEG's chroma subsampling, "4:2:0" ...
     progressive: bool = False  # a progressive JPEG
     ascii: bool = False  # a plain (ASCII) PNM
+    profiled: bool = True  # may carry a colour profile (a plain PNG cannot: decoded without looking for one)
 
 
 @dataclass
@@ -208,7 +209,7 @@ def _plain_png(data: bytes) -> ImageHeader | None:
     if _png_chunk_types(data) & {b"tRNS", b"acTL", b"eXIf", b"iCCP", b"PLTE"}:
         return None
     return ImageHeader(width, height, 1, False, False, _PNG_CHANNELS[colour_type] * depth // 8,
-                       gray_alpha=colour_type == 4)
+                       gray_alpha=colour_type == 4, profiled=False)
 
 
 def _png_chunk_types(data: bytes) -> set[bytes]:
@@ -464,8 +465,9 @@ def _decode_flat(data: bytes, path: str, fmt: str, options: ReadOptions, header:
         _check_memory(path, header.width * header.height * header.pixel_bytes, (header.width, header.height))
     try:
         with codec_stderr_silenced():
-            pixels, icc = _decode_with_profile(np.frombuffer(data, dtype=np.uint8))
-            header = replace(header, icc=icc)
+            pixels, icc = _decode_with_profile(np.frombuffer(data, dtype=np.uint8), header.profiled)
+            if icc is not None:
+                header = replace(header, icc=icc)
     except cv2.error:  # OpenCV's text is a source location and an assertion, not a reason
         pixels = None
     if pixels is None:
@@ -584,12 +586,12 @@ def _jpeg_sampling(header: ImageHeader, options: WriteOptions) -> str:
     return header.subsampling if options.jpeg_subsampling == "keep" else options.jpeg_subsampling  # type: ignore
 
 
-def _decode_with_profile(buffer: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Decode keeping alpha and depth; also return the ICC colour profile, if any.
+def _decode_with_profile(buffer: np.ndarray, profiled: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Decode keeping alpha and depth; also return the ICC colour profile, if any (and if ``profiled``).
 
     ``imdecodeWithMetadata`` exists from OpenCV 4.12 on; older versions lose the profile.
     """
-    if not hasattr(cv2, "imdecodeWithMetadata"):
+    if not profiled or not hasattr(cv2, "imdecodeWithMetadata"):
         return cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED), None
     pixels, kinds, blobs = cv2.imdecodeWithMetadata(buffer, flags=cv2.IMREAD_UNCHANGED)
     icc = next((blob for kind, blob in zip(kinds, blobs) if kind == cv2.IMAGE_METADATA_ICCP), None)

@@ -7,7 +7,10 @@ page cache is capped, so the parent's memory does not grow with the dataset.
 The final manifest is written from one sorted query, streaming.
 
 The stat cache (:class:`StateCache`) is a second SQLite file that persists
-beside the manifest between runs: rsync's quick check, one row per output.
+beside the manifest between runs: rsync's quick check, one row per output,
+keyed so that its rows come out in the walk's order (``/`` stored as NUL, which
+sorts before every other byte): a re-run with nothing to do reads them in one
+pass beside the walk, without a query per file.
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from .manifest import sort_key
 
 CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever the dataset
+KEYS_VERSION = 1  # the stat cache's user_version: 1, paths keyed in the walk's order (0: plain paths)
+T = TypeVar("T")
+Row = tuple[bytes, int, int, int, bytes, int, int, str]
+
+
+def walk_key(rel: str) -> bytes:
+    """A relative path as the stat cache keys it: in byte order, keys sort the way the walk visits paths."""
+    return os.fsencode(rel).replace(b"/", b"\0")
 
 _SCHEMA = """
 CREATE TABLE prior (key BLOB, copy INTEGER, record TEXT, PRIMARY KEY (key, copy)) WITHOUT ROWID;
@@ -122,30 +133,49 @@ class StateCache:
         if readonly and not fresh and self.path.exists():
             db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
             db.execute("SELECT count(*) FROM stamps").fetchone()  # an older cache fails here
+            if db.execute("PRAGMA user_version").fetchone()[0] != KEYS_VERSION:
+                db.close()  # keyed the old way, and read-only: as if empty (content decides)
+                raise sqlite3.DatabaseError("an older stat cache")
             return db
         db = _connect(Path(":memory:") if readonly else self.path)
         db.execute("CREATE TABLE IF NOT EXISTS stamps (rel BLOB, copy INTEGER, input_size INTEGER, "
                    "input_mtime INTEGER, output BLOB, output_size INTEGER, output_mtime INTEGER, kind TEXT, "
                    "PRIMARY KEY (rel, copy)) WITHOUT ROWID")
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
+        if db.execute("PRAGMA user_version").fetchone()[0] != KEYS_VERSION:
+            _rekey(db)
         return db
 
     def matches(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> bool:
         if output_stat is None:
             return False
         row = self.db.execute("SELECT input_size, input_mtime, output_size, output_mtime FROM stamps "
-                              "WHERE rel = ? AND copy = ?", (os.fsencode(rel), copy)).fetchone()
+                              "WHERE rel = ? AND copy = ?", (walk_key(rel), copy)).fetchone()
         return row == (*input_stat, *output_stat)
 
-    def rows(self, rel: str) -> list[tuple[int, int, int, bytes, int, int, str]]:
-        """Every copy of one input: (copy, input size, input mtime, output, output size, output mtime, kind)."""
-        return self.db.execute("SELECT copy, input_size, input_mtime, output, output_size, output_mtime, kind "
-                               "FROM stamps WHERE rel = ? ORDER BY copy", (os.fsencode(rel),)).fetchall()
+    def beside(self, walk: Iterator[tuple[str, T]]) -> Iterator[tuple[T, list[Row]]]:
+        """Each (path, item) of a walk, as the item and the rows of every copy of that path:
+        (key, copy, input size, input mtime, output, output size, output mtime, kind).
+
+        One pass over the cache's rows, in key order, beside the walk: no query per file.
+        """
+        rows = self.db.execute("SELECT rel, copy, input_size, input_mtime, output, output_size, output_mtime, "
+                               "kind FROM stamps ORDER BY rel, copy")
+        row = next(rows, None)
+        for rel, item in walk:
+            key = walk_key(rel)
+            while row is not None and row[0] < key:  # an input this walk does not take
+                row = next(rows, None)
+            mine = []
+            while row is not None and row[0] == key:
+                mine.append(row)
+                row = next(rows, None)
+            yield item, mine
 
     def set(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None,
             output: str = "", kind: str = "") -> None:
         """Remember (or forget) one output's stamps; what is already there is not written again."""
-        key = (os.fsencode(rel), copy)
+        key = (walk_key(rel), copy)
         if output_stat is None:
             self.db.execute("DELETE FROM stamps WHERE rel = ? AND copy = ?", key)
             return
@@ -178,3 +208,14 @@ class StateCache:
         if self.db.in_transaction:
             self.db.execute("COMMIT")
         self.db.close()
+
+
+def _rekey(db: sqlite3.Connection) -> None:
+    """A stat cache from before KEYS_VERSION (or a new one): its rows keyed the walk's way."""
+    db.execute("BEGIN")
+    rows = db.execute("SELECT * FROM stamps").fetchall()
+    db.execute("DELETE FROM stamps")
+    db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   ((bytes(r[0]).replace(b"/", b"\0"), *r[1:]) for r in rows))
+    db.execute(f"PRAGMA user_version = {KEYS_VERSION}")
+    db.execute("COMMIT")

@@ -19,9 +19,9 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from . import __version__, seeding
+from . import __version__
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import ClusterError, Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
@@ -39,14 +39,15 @@ from .manifest import (
     rel_str,
     state_path,
 )
-from .noise import kernel_problem
-from .records import LABEL, Job, Outcome, carried, copies_of, failed, output_of, output_rel
+from .records import LABEL, SCHEME, Job, Outcome, carried, copies_of, failed, output_of, output_rel
 from .report import Reporter, Summary
 from .signals import Stopper
 from .silence import quiet_loggers
 from .storage import OutputLock, Storage
 from .storage.local import atomic_file, set_temp_tag
-from .worker import Context
+
+if TYPE_CHECKING:  # the worker's side (numpy, the codecs) is imported once there is work: not for a no-op run
+    from .worker import Context
 
 # Small files travel to the pool in batches of about BATCH_BYTES, to spare a
 # round trip per file; larger batches of mid-sized files (a few 1080p JPEGs)
@@ -235,7 +236,7 @@ def _prior_manifest(path: Path, cfg: Config, shown: Path) -> dict[str, Any] | No
     run = read_run(path)
     if cfg.overwrite:
         return None
-    if run.get("seeding") != seeding.SCHEME:
+    if run.get("seeding") != SCHEME:
         raise OptionsChangedError(
             f"{os.fsdecode(shown)} was made by noiseaug {run.get('version')} with another noise "
             f"scheme ({run.get('seeding')}); use --overwrite to redo everything, or another OUTPUT")
@@ -302,7 +303,7 @@ def run_record(cfg: Config, in_root: str, out_root: str) -> dict[str, Any]:
         "seed": cfg.seed,
         "input_root": in_root,
         "output_root": out_root,
-        "seeding": seeding.SCHEME,
+        "seeding": SCHEME,
         "versions": library_versions(cfg.kinds),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -358,6 +359,9 @@ class _Run:
 
     def execute(self, stopper: Stopper) -> None:
         """Process every job through the executor the options pick; then rewrite the manifest."""
+        from .noise import kernel_problem
+        from .worker import Context
+
         ctx = Context(self.source, self.target, self.cfg, temp_tag(self.cfg.shard), os.getpid())
         problem = kernel_problem()  # checked here, before workers are forked, so they inherit the verdict
         if problem:

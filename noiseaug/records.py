@@ -9,11 +9,17 @@ but the manifest's own fields.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
+
+# how seeds become noise (the manifest run record's "seeding"): a manifest made otherwise is not continued
+SCHEME = ("seedsequence(master, sha256(relpath), copy) -> sfc64; 8-bit images and PCM_16: round(sigma*Z) by "
+          "16-bit table + exact escapes (spawned stream); others: float normal; "
+          "page p > 0 of a multi-page image: seedsequence(file seed, p); v2")
 
 OK, ERROR = "ok", "error"
 LABEL = "label"  # the kind of a label map (palette or 1-bit image) copied with --copy-other
@@ -64,6 +70,7 @@ def path_fields(key: str, rel: str) -> dict[str, str]:
                 f"{key}_raw": base64.b64encode(raw).decode("ascii")}
 
 
+@functools.lru_cache(maxsize=1024)  # asked several times per file, by the worker and by the parent
 def output_rel(rel: str, template: str, copy: int) -> str:
     """The output's relative path: the input's folder and the --name template."""
     folder, base = os.path.split(rel)

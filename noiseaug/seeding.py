@@ -16,11 +16,10 @@ import hashlib
 import numpy as np
 from numpy.random.bit_generator import ISpawnableSeedSequence
 
+from . import records
 from .noise import _kernel
 
-SCHEME = ("seedsequence(master, sha256(relpath), copy) -> sfc64; 8-bit images and PCM_16: round(sigma*Z) by "
-          "16-bit table + exact escapes (spawned stream); others: float normal; "
-          "page p > 0 of a multi-page image: seedsequence(file seed, p); v2")
+SCHEME = records.SCHEME  # the manifest's run record names it; defined where records are, without numpy
 
 
 def _words(digest: bytes) -> tuple[int, ...]:
@@ -125,8 +124,3 @@ def _compiled_seeds() -> bool:
                 for e, k in cases)
     return _seed_check[0]
 
-
-def shard_of(relpath: bytes, count: int) -> int:
-    """Which of ``count`` shards a relative path belongs to; stable everywhere."""
-    digest = hashlib.sha256(b"noiseaug-shard\0" + relpath).digest()
-    return int.from_bytes(digest[:8], "little") % count

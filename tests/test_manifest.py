@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 
@@ -237,3 +238,55 @@ def test_a_run_with_nothing_to_do_reads_neither_manifest_nor_files(src, tmp_path
     (src / "b" / "x.png").unlink()  # a record the walk no longer reaches: the long way flags it
     summary = noiseaug.run(src, out, workers=1)
     assert summary.gone == ["b/x.png"]
+
+
+@contextlib.contextmanager
+def _quick_only(monkeypatch):
+    """Within it, a run that does not end at the whole-run quick check fails."""
+    from noiseaug import pipeline
+
+    def no_index(*args, **kwargs):
+        raise AssertionError("the long way was taken")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "RunIndex", no_index)
+        yield
+
+
+def test_the_quick_check_reads_the_stat_cache_in_the_walks_order(tmp_path, monkeypatch):
+    """Names where byte order of whole paths and the walk's order differ ('-' and '.' sort before '/')."""
+    import cv2
+    import numpy as np
+
+    import noiseaug
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for rel in ("a-c.png", "a.png", "a/b.png", "a/z/c.png", "a/z.png", "ab/x.png", "a b/y.png", "z.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(src / rel), np.full((4, 4), 100, np.uint8))
+    noiseaug.run(src, out, workers=1)
+    with _quick_only(monkeypatch):
+        summary = noiseaug.run(src, out, workers=1)
+    assert summary.up_to_date and summary.total("skipped") == 8
+
+
+def test_a_stat_cache_keyed_the_old_way_is_rekeyed_and_then_quick_again(src, tmp_path, monkeypatch):
+    import sqlite3
+
+    import noiseaug
+
+    out = tmp_path / "out"
+    noiseaug.run(src, out, workers=1)
+    db = sqlite3.connect(out / ".noiseaug-manifest.jsonl.state", isolation_level=None)
+    rows = db.execute("SELECT * FROM stamps").fetchall()
+    assert any(b"\0" in r[0] for r in rows)  # b/x.png, keyed the walk's way
+    db.execute("DELETE FROM stamps")
+    db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [(r[0].replace(b"\0", b"/"), *r[1:]) for r in rows])
+    db.execute("PRAGMA user_version = 0")
+    db.close()
+    summary = noiseaug.run(src, out, workers=1)  # the long way (a read-only look cannot rekey), rekeying
+    assert summary.up_to_date and summary.total("skipped") == 4
+    with _quick_only(monkeypatch):
+        summary = noiseaug.run(src, out, workers=1)
+    assert summary.up_to_date and summary.total("skipped") == 4

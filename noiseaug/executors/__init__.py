@@ -10,12 +10,14 @@ not know which executor runs: :func:`make_executor` picks it from the options.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from ..config import Config
 from ..records import Job, Outcome
 from ..signals import Stopper
-from ..worker import Context
+
+if TYPE_CHECKING:
+    from ..worker import Context
 
 
 class Executor(Protocol):

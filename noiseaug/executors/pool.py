@@ -100,7 +100,7 @@ def _serve(conn: Connection, arena: Any, context: Context) -> None:
     """A worker's life: take a batch, send back the files' records as they are done."""
     init_worker(context)
     slot = _slot(arena)
-    with held_devnull():  # the worker's own process: one /dev/null for all its codec calls
+    with held_devnull(stderr=True):  # the worker's own process: its stderr is /dev/null for all its codec calls
         _serve_batches(conn, slot, context)
 
 

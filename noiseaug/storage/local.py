@@ -18,12 +18,13 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Iterator
+from typing import IO, Any, BinaryIO, Iterator, NamedTuple
 
 from ..errors import LockedError, UsageError, WriteError
 
 TMP_SUFFIX = ".noiseaug-tmp"
 HASH_CHUNK = 1 << 20
+READ_CHUNK = 1 << 30  # os.read's largest read is just under 2 GiB on Linux
 _temp_tag = "run"  # names this process's temporary files; one tag per lock (shard)
 
 
@@ -77,9 +78,19 @@ def sweep_folder(folder: str, tag: str, pid: int | None = None) -> int:
 
 
 def read_input(path: str | bytes) -> bytes:
-    """The bytes of a regular file, refusing symbolic links and special files."""
-    with open_input(path) as fh:
-        return fh.read()
+    """The bytes of a regular file, refusing symbolic links and special files (plain reads: no file object)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        parts, want = [], st.st_size + 1  # one more byte than its size: a file that grew is read whole too
+        while chunk := os.read(fd, min(want, READ_CHUNK)):
+            parts.append(chunk)
+            want = max(want - len(chunk), 1 << 16)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def ensure_dir(root: str, rel_dir: str, known: set[str]) -> str:
@@ -231,9 +242,8 @@ class OutputLock:
         self.release(clean=exc_type is None)
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One name found by :meth:`LocalStorage.walk`."""
+class Entry(NamedTuple):
+    """One name found by :meth:`LocalStorage.walk` (a tuple: a walk makes one per file)."""
 
     rel: bytes  # relative POSIX path, as bytes (any file name)
     kind: str  # "file", "link", "special" or "problem"
