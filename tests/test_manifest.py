@@ -285,7 +285,15 @@ def test_a_stat_cache_keyed_the_old_way_is_rekeyed_and_then_quick_again(src, tmp
                    [(r[0].replace(b"\0", b"/"), *r[1:]) for r in rows])
     db.execute("PRAGMA user_version = 0")
     db.close()
-    summary = noiseaug.run(src, out, workers=1)  # the long way (a read-only look cannot rekey), rekeying
+    from noiseaug.storage import LocalStorage
+
+    def no_reading(*args):
+        raise AssertionError("a file was read: the rekeyed cache did not confirm it")
+
+    with monkeypatch.context() as patch:  # the long way (a read-only look cannot rekey), by stamps alone
+        patch.setattr(LocalStorage, "read", no_reading)
+        patch.setattr(LocalStorage, "hash", no_reading)
+        summary = noiseaug.run(src, out, workers=1)
     assert summary.up_to_date and summary.total("skipped") == 4
     with _quick_only(monkeypatch):
         summary = noiseaug.run(src, out, workers=1)
