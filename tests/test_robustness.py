@@ -164,3 +164,22 @@ def test_a_full_disk_while_writing_audio_stops_the_run_with_its_reason(tmp_path)
     assert (tmp_path / "rc").read_text().strip() == "1", stderr
     failed = [line for line in stderr.splitlines() if line.startswith("noiseaug: failed:")]
     assert len(failed) == 1 and "No space left on device" in failed[0] and "stopped:" in stderr, stderr
+
+
+def test_files_a_dead_worker_finished_but_had_not_reported_are_done_again(tmp_path, monkeypatch):
+    """A worker reports finished files together; killed (here over --file-timeout) before it did, the files
+    it had finished in its batch are done again by another worker: every input gets exactly one record."""
+    import noiseaug
+    from noiseaug.executors import pool
+
+    monkeypatch.setattr(pool, "REPORT_EVERY", 600.0)  # nothing reported before the batch ends (forked workers)
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(5):
+        write_image(src / "a" / f"{i}.png", np.full((32, 32, 3), 10 * i, np.uint8))
+    write_image(src / "a" / "z.png", np.full((3000, 3000, 3), 128, np.uint8))  # small on disk, seconds of work
+    summary = noiseaug.run(src, out, workers=2, file_timeout=0.3, image_sigma=20.0)
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert sorted(r["input"] for r in recs) == [f"a/{i}.png" for i in range(5)] + ["a/z.png"]
+    status = {r["input"]: r["status"] for r in recs}
+    assert status.pop("a/z.png") == "error" and set(status.values()) == {"ok"}
+    assert summary.total("ok") == 5 and summary.failed == 1
