@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo lint test test-min bench bench-many sample-data clean
+.PHONY: demo lint test test-min bench bench-many profile sample-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: $(STAMP)
 
 bench-many: $(STAMP)
 	$(BIN)/python benchmarks/many.py
+
+profile: $(STAMP)
+	$(BIN)/python benchmarks/many.py --profile 4000
 
 sample-data: $(STAMP)
 	$(BIN)/python tests/generate_sample_data.py sample_data

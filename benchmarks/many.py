@@ -2,13 +2,17 @@
 
     .venv/bin/python benchmarks/many.py [--rounds 3] [--workers 2] [--images 20000] [--wavs 5000]
     .venv/bin/python benchmarks/many.py --million DIR     # only make 1,000,000 PNGs of 16x16 (not in CI)
+    .venv/bin/python benchmarks/many.py --growth 20000,200000   # parent peak RSS at each size, bytes per file
+    .venv/bin/python benchmarks/many.py --profile 4000   # cProfile of one in-process run (make profile)
 
 Sets: N PNGs of 32x32 in ten folders, M one-second 16 kHz mono PCM_16 WAVs.
 For each set, INTERLEAVED rounds of: the codec floor (decode + re-encode in a
 pool of the same size, chunks of 64 files) and ``noiseaug run`` (fresh
 OUTPUT). Then the parent's peak RSS of one noiseaug run (``ru_maxrss`` of the
 parent alone, in a wrapper), a no-op re-run's time, and ``find -printf '%s %T@'``
-over the same tree. Medians of the rounds are reported.
+over the same tree. Medians of the rounds are reported, with the CPU each
+file costs in the parent and in the workers (``getrusage`` of the parent and
+of its waited-for children).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ PARENT_RSS = ("import resource, runpy, sys\n"
               "sys.argv = ['noiseaug', *sys.argv[1:]]\n"
               "try:\n    runpy.run_module('noiseaug', run_name='__main__')\n"
               "except SystemExit:\n    pass\n"
-              "print('parent_maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+              "me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+              "print('parent_maxrss_kb', me.ru_maxrss, me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime,"
+              " file=sys.stderr)\n")
 
 
 def make_pngs(root: Path, count: int, size: int) -> None:
@@ -81,8 +87,8 @@ def floor(src: Path, out: Path, workers: int) -> float:
     return time.perf_counter() - started
 
 
-def noiseaug(src: Path, out: Path, workers: int) -> tuple[float, float]:
-    """One ``noiseaug run``: (seconds, the parent's peak RSS in MB)."""
+def noiseaug(src: Path, out: Path, workers: int) -> tuple[float, float, float, float]:
+    """One ``noiseaug run``: (seconds, the parent's peak RSS in MB, the parent's CPU s, the workers' CPU s)."""
     started = time.perf_counter()
     proc = subprocess.run([PYTHON, "-c", PARENT_RSS, "run", str(src), str(out), "--workers", str(workers), "-q",
                            "--no-progress"], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
@@ -90,7 +96,8 @@ def noiseaug(src: Path, out: Path, workers: int) -> tuple[float, float]:
     line = [x for x in proc.stderr.splitlines() if x.startswith("parent_maxrss_kb")]
     if proc.returncode != 0 or not line:
         raise SystemExit(f"noiseaug failed: {proc.stderr[-500:]}")
-    return seconds, int(line[0].split()[1]) / 1024
+    _, rss, parent, children = line[0].split()
+    return seconds, int(rss) / 1024, float(parent), float(children)
 
 
 def find_seconds(src: Path) -> float:
@@ -107,7 +114,7 @@ def startup_seconds() -> float:
 
 def bench_set(name: str, src: Path, work: Path, workers: int, rounds: int) -> None:
     files = sum(1 for p in src.rglob("*") if p.is_file())
-    floors, runs, rss = [], [], []
+    floors, runs, rss, cpu = [], [], [], []
     for r in range(rounds):
         order = [("floor", floor), ("noiseaug", None)] if r % 2 == 0 else [("noiseaug", None), ("floor", floor)]
         for label, _ in order:
@@ -115,9 +122,10 @@ def bench_set(name: str, src: Path, work: Path, workers: int, rounds: int) -> No
             if label == "floor":
                 floors.append(floor(src, out, workers))
             else:
-                seconds, peak = noiseaug(src, out, workers)
+                seconds, peak, parent, children = noiseaug(src, out, workers)
                 runs.append(seconds)
                 rss.append(peak)
+                cpu.append((parent, children))
     last = work / f"{name}-noiseaug-{rounds - 1}"
     noop = [noiseaug(src, last, workers)[0] for _ in range(rounds)]
     finds = [find_seconds(src) for _ in range(rounds)]
@@ -126,10 +134,43 @@ def bench_set(name: str, src: Path, work: Path, workers: int, rounds: int) -> No
     print(f"\n{name}: {files} files, workers={workers}, rounds={rounds} (medians)")
     print(f"  codec floor      {f:8.2f} s  {files / f:8.0f} files/s")
     print(f"  noiseaug         {n:8.2f} s  {files / n:8.0f} files/s   ratio {n / f:.2f}x")
+    parent, children = (statistics.median(c[i] for c in cpu) / files * 1e6 for i in (0, 1))
+    print(f"  CPU per file     {parent:8.0f} us in the parent, {children:.0f} us in the workers")
     print(f"  parent peak RSS  {max(rss):8.1f} MB")
     print(f"  no-op re-run     {statistics.median(noop):8.2f} s  (start-up {start:.2f} s: "
           f"{statistics.median(noop) - start:.2f} s after it)")
     print(f"  find -printf     {statistics.median(finds):8.3f} s")
+
+
+def growth(sizes: list[int], workers: int) -> None:
+    """The parent's peak RSS over sets of 16x16 PNGs of each size, and its growth per file."""
+    peaks = []
+    for count in sizes:
+        with tempfile.TemporaryDirectory(prefix="noiseaug-growth-") as tmp:
+            make_pngs(Path(tmp) / "png", count, 16)
+            seconds, peak, parent, children = noiseaug(Path(tmp) / "png", Path(tmp) / "out", workers)
+        peaks.append(peak)
+        print(f"{count:9d} files: {seconds:7.1f} s, parent peak RSS {peak:6.1f} MB, CPU per file "
+              f"{parent / count * 1e6:.0f} us in the parent, {children / count * 1e6:.0f} us in the workers")
+    if len(sizes) > 1:
+        per_file = (peaks[-1] - peaks[0]) * 1024 * 1024 / (sizes[-1] - sizes[0])
+        print(f"growth between {sizes[0]} and {sizes[-1]} files: {per_file:.0f} bytes per file")
+
+
+def profile(count: int) -> None:
+    """Where one in-process run (``--workers 1``) spends its time, by cProfile: the top functions."""
+    import cProfile
+    import pstats
+
+    import noiseaug
+
+    with tempfile.TemporaryDirectory(prefix="noiseaug-profile-") as tmp:
+        make_pngs(Path(tmp) / "png", count, 32)
+        profiler = cProfile.Profile()
+        profiler.runcall(noiseaug.run, Path(tmp) / "png", Path(tmp) / "out", workers=1)
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(25)
 
 
 def main() -> None:
@@ -139,9 +180,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--wavs", type=int, default=5000)
     parser.add_argument("--million", type=Path, help="only make 1,000,000 PNGs of 16x16 under this folder")
+    parser.add_argument("--growth", help="only the parent's peak RSS over sets of these sizes (16x16 PNGs), "
+                                         "e.g. 20000,200000, and the growth per file between the first and last")
+    parser.add_argument("--profile", type=int, metavar="N", help="only a cProfile of one in-process run over N PNGs")
     args = parser.parse_args()
     if args.million:
         make_pngs(args.million, 1_000_000, 16)
+        return
+    if args.growth:
+        growth([int(n) for n in args.growth.split(",")], args.workers)
+        return
+    if args.profile:
+        profile(args.profile)
         return
     with tempfile.TemporaryDirectory(prefix="noiseaug-many-") as tmp:
         root = Path(tmp)
