@@ -330,22 +330,38 @@ class LocalStorage:
 def _walk(root: bytes, prefix: bytes) -> Iterator[Entry]:
     path = os.path.join(root, prefix) if prefix else root
     try:
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        with os.scandir(path) as it:  # names and kinds only: a folder of a million files is listed whole
+            entries = sorted((entry.name, _kind(entry)) for entry in it)
     except OSError as exc:
         yield Entry(prefix, "problem", problem=f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}")
         return
-    for entry in entries:
-        rel = prefix + b"/" + entry.name if prefix else entry.name
-        try:
-            if entry.is_symlink():
-                yield Entry(rel, "link")
-            elif entry.is_dir(follow_symlinks=False):
-                yield from _walk(root, rel)
-            elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
+    for name, kind in entries:
+        rel = prefix + b"/" + name if prefix else name
+        if kind == "dir":
+            yield from _walk(root, rel)
+        elif kind == "file":
+            try:
+                st = os.lstat(os.path.join(path, name))
+            except OSError as exc:
+                yield Entry(rel, "problem", problem=f"{os.fsdecode(os.path.join(path, name))}: {exc.strerror}")
+                continue
+            if stat.S_ISREG(st.st_mode):
                 yield Entry(rel, "file", st.st_size, st.st_mtime_ns)
-            else:
-                yield Entry(rel, "special")
-        except OSError as exc:
-            yield Entry(rel, "problem", problem=f"{os.fsdecode(entry.path)}: {exc.strerror}")
+            else:  # replaced since the listing
+                yield Entry(rel, "link" if stat.S_ISLNK(st.st_mode) else "special")
+        elif kind.startswith("!"):
+            yield Entry(rel, "problem", problem=f"{os.fsdecode(os.path.join(path, name))}: {kind[1:]}")
+        else:
+            yield Entry(rel, kind)
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """"file", "dir", "link" or "special", from the listing where it says (else one lstat); "!why" on an error."""
+    try:
+        if entry.is_symlink():
+            return "link"
+        if entry.is_dir(follow_symlinks=False):
+            return "dir"
+        return "file" if entry.is_file(follow_symlinks=False) else "special"
+    except OSError as exc:
+        return f"!{exc.strerror}"
