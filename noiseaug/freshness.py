@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import Config
 from .discover import Selection, WalkStats, walk
-from .records import LABEL, OK, Job, copies_of, output_of, path_fields
+from .records import LABEL, LEFT, OK, Job, copies_of, output_of, path_fields
 from .storage import Storage
 
 
@@ -68,7 +68,13 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
     seen = 0
     listing: tuple[str, dict[str, tuple[int, int]]] = ("\0", {})  # one output folder's stats at a time
     copies = len(copies_of("image", cfg))
+    leaves = not cfg.copy_other and cfg.palette_images == "labels"  # label maps left alone, as last time
     for cand, rows in cache.beside((c.rel, c) for c in walk(source, selection, stats)):
+        if len(rows) == 1 and rows[0][7] == LEFT:
+            if not leaves or rows[0][2:4] != (cand.size, cand.mtime_ns):
+                return None
+            stats.labels += 1
+            continue
         if len(rows) != (copies if cand.kind != "other" else 1) and not (len(rows) == 1 and rows[0][7] == LABEL):
             return None
         for _, _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:

@@ -39,7 +39,7 @@ from .manifest import (
     rel_str,
     state_path,
 )
-from .records import LABEL, SCHEME, Job, Outcome, carried, copies_of, failed, output_of, output_rel
+from .records import LABEL, LEFT, SCHEME, Job, Outcome, carried, copies_of, failed, output_of, output_rel
 from .report import Reporter, Summary
 from .signals import Stopper
 from .silence import quiet_loggers
@@ -420,6 +420,8 @@ class _Run:
         for outcome in outcomes:
             if outcome.record is None:  # a label map, left alone without --copy-other
                 self.summary.walk.labels += 1
+                if job is not None and job.stamp is not None:  # so that a quick check knows it for one
+                    self.cache.set(job.rel, 0, job.stamp, (0, 0), "", LEFT)
             else:
                 self._take(job, outcome, stat_confirmed)
         if job is not None:

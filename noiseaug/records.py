@@ -23,6 +23,7 @@ SCHEME = ("seedsequence(master, sha256(relpath), copy) -> sfc64; 8-bit images an
 
 OK, ERROR = "ok", "error"
 LABEL = "label"  # the kind of a label map (palette or 1-bit image) copied with --copy-other
+LEFT = "not taken"  # the stat cache's kind for a label map left alone (no record, no output)
 ERROR_FIELDS = ("type", "input", "input_raw", "output", "output_raw", "kind", "copy", "seed", "input_sha256",
                 "input_bytes")  # what an error record keeps of the record it replaces
 

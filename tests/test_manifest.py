@@ -298,3 +298,23 @@ def test_a_stat_cache_keyed_the_old_way_is_rekeyed_and_then_quick_again(src, tmp
     with _quick_only(monkeypatch):
         summary = noiseaug.run(src, out, workers=1)
     assert summary.up_to_date and summary.total("skipped") == 4
+
+
+def test_label_maps_left_alone_do_not_keep_a_rerun_from_the_quick_check(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import noiseaug
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_image(src / "img" / "a.png", np.full((8, 8, 3), 100, np.uint8))
+    (src / "mask").mkdir()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) % 4).convert("P").save(src / "mask" / "a.png")
+    noiseaug.run(src, out, workers=1)
+    with _quick_only(monkeypatch):
+        summary = noiseaug.run(src, out, workers=1)
+    assert summary.up_to_date and summary.total("skipped") == 1 and summary.walk.labels == 1
+    os.utime(src / "mask" / "a.png", ns=(1, 1))
+    with pytest.raises(AssertionError, match="the long way"), _quick_only(monkeypatch):
+        noiseaug.run(src, out, workers=1)  # a changed label map: looked at again
+    summary = noiseaug.run(src, out, workers=1, copy_other=True)  # label maps copied now: not a no-op
+    assert summary.counts["label", "ok"] == 1
