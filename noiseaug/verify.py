@@ -32,6 +32,7 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     torn: bool = False  # the manifest's last line was cut off: one record could not be read
     pending: int = 0  # segments of records a run on object storage left beside the manifest: it did not finish
+    inputs_gone: int = 0  # --regenerate: outputs of inputs flagged input_missing, checked by their hash alone
 
     @property
     def exit_code(self) -> int:
@@ -46,6 +47,9 @@ class VerifyReport:
         good = self.checked - len(self.mismatches)
         lines.append(f"{good} of {self.checked} outputs in {self.output_root} match {self.manifest}"
                      + (f"; {self.not_checked} failed in the run and have no output" if self.not_checked else ""))
+        if self.inputs_gone:
+            lines.append(f"{self.inputs_gone} output(s) of inputs that are gone (input_missing) were checked by "
+                         "their hash, not regenerated")
         if self.torn:
             lines.append("the manifest's last line is cut off (a run was killed while writing it): "
                          "that record could not be read; run noiseaug again to complete the manifest")
@@ -59,7 +63,8 @@ class VerifyReport:
                 "not_checked": self.not_checked,
                 "matching": self.checked - len(self.mismatches), "exit_code": self.exit_code,
                 "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches], "torn": self.torn,
-                "pending_segments": self.pending, "failed": [{"input": p, "reason": r} for p, r in self.failed],
+                "pending_segments": self.pending, "inputs_gone": self.inputs_gone,
+                "failed": [{"input": p, "reason": r} for p, r in self.failed],
                 "notes": self.notes}
 
 
@@ -151,7 +156,9 @@ def _verify(path: Path, where: str, regenerate: bool, output_root: Any, input_ro
         report.checked += 1
         out_rel = safe_rel(record, "output", where)
         problem = _check_hash(target, out_rel, record)
-        if problem is None and regen is not None:
+        if problem is None and regen is not None and record.get("input_missing"):
+            report.inputs_gone += 1  # nothing to rebuild it from: the run that flagged it left the output alone
+        elif problem is None and regen is not None:
             problem = regen.check(record, target, out_rel)
         if problem is not None:
             report.mismatches.append((record["output"], problem))

@@ -220,3 +220,19 @@ def test_importing_the_codecs_leaves_the_environment_alone():
     code = ("import os; before = dict(os.environ); import noiseaug.image_io, noiseaug.audio_io; "
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_verify_regenerate_checks_outputs_of_gone_inputs_by_hash(cli, src, tmp_path):
+    """A run flags the records of deleted inputs and leaves their outputs alone: verify --regenerate passes,
+    saying which it could only check by hash; a changed output of a gone input is still found."""
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    (src / "a" / "one.png").unlink()
+    cli("run", src, out, "--workers", 1)
+    result = cli("verify", out / "noiseaug-manifest.jsonl", "--regenerate", "--json")
+    report = json.loads(result.stdout)
+    assert report["exit_code"] == 0 and report["inputs_gone"] == 1 and report["matching"] == 4
+    [gone] = [p for p in out.rglob("one*") if p.is_file()]
+    gone.write_bytes(gone.read_bytes() + b"x")
+    result = cli("verify", out / "noiseaug-manifest.jsonl", "--regenerate", code=1)
+    assert "content differs" in result.stderr
