@@ -25,6 +25,7 @@ from typing import Any, Iterator, TypeVar
 from .manifest import sort_key
 
 CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever the dataset
+PENDING_ROWS = 512  # rows written together (one executemany) rather than one statement per file
 KEYS_VERSION = 1  # the stat cache's user_version: 1, paths keyed in the walk's order (0: plain paths)
 T = TypeVar("T")
 Row = tuple[bytes, int, int, int, bytes, int, int, str]
@@ -60,6 +61,7 @@ class RunIndex:
         self.db.executescript(_SCHEMA)
         self.db.execute("BEGIN")
         self.prior_count = 0
+        self._pending: list[tuple[bytes, int, str | None]] = []  # rows of `current` not yet written
 
     def load_prior(self, records: Iterator[tuple[dict[str, Any], str]]) -> None:
         """The previous manifest's file records, with their lines; a later record of the same output wins."""
@@ -82,14 +84,21 @@ class RunIndex:
 
     def keep(self, key: bytes, copy: int) -> None:
         """The previous record of one output stands unchanged (nothing is serialised)."""
-        self.db.execute("INSERT OR REPLACE INTO current VALUES (?, ?, NULL)", (key, copy))
+        self.add(key, copy, None)
 
-    def add(self, key: bytes, copy: int, text: str) -> None:
-        """This run's record of one output (its JSON text)."""
-        self.db.execute("INSERT OR REPLACE INTO current VALUES (?, ?, ?)", (key, copy, text))
+    def add(self, key: bytes, copy: int, text: str | None) -> None:
+        """This run's record of one output (its JSON text); written with others, read only by :meth:`final`."""
+        self._pending.append((key, copy, text))
+        if len(self._pending) >= PENDING_ROWS:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO current VALUES (?, ?, ?)", self._pending)
+        self._pending.clear()
 
     def final(self) -> Iterator[tuple[str, str | None]]:
         """Every output's record, sorted by (input bytes, copy): (this run's text or None, the prior text or None)."""
+        self._write_pending()
         rows = self.db.execute(
             "SELECT key, copy, coalesce(c.record, p.record), p.record "
             "FROM current c LEFT JOIN prior p USING (key, copy) "
@@ -127,6 +136,7 @@ class StateCache:
                     path.unlink()
             self.db = self._open(readonly, fresh=True)
         self.db.execute("BEGIN")
+        self._pending: list[tuple[Any, ...]] = []  # upserts not yet written (see set)
 
     def _open(self, readonly: bool, fresh: bool = False) -> sqlite3.Connection:
         """The cache's database; read-only (--dry-run writes nothing) from the file if there is one, else empty."""
@@ -174,19 +184,30 @@ class StateCache:
 
     def set(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None,
             output: str = "", kind: str = "") -> None:
-        """Remember (or forget) one output's stamps; what is already there is not written again."""
+        """Remember (or forget) one output's stamps; what is already there is not written again.
+
+        Written in groups: a path set here is not looked up again in the same run (the walk gives each once).
+        """
         key = (walk_key(rel), copy)
         if output_stat is None:
+            self._write_pending()
             self.db.execute("DELETE FROM stamps WHERE rel = ? AND copy = ?", key)
             return
-        self.db.execute("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rel, copy) DO UPDATE SET "
-                        "input_size = excluded.input_size, input_mtime = excluded.input_mtime, "
-                        "output = excluded.output, output_size = excluded.output_size, "
-                        "output_mtime = excluded.output_mtime, kind = excluded.kind "
-                        "WHERE (input_size, input_mtime, output, output_size, output_mtime, kind) IS NOT "
-                        "(excluded.input_size, excluded.input_mtime, excluded.output, excluded.output_size, "
-                        "excluded.output_mtime, excluded.kind)",
-                        (*key, *input_stat, os.fsencode(output), *output_stat, kind))
+        self._pending.append((*key, *input_stat, os.fsencode(output), *output_stat, kind))
+        if len(self._pending) >= PENDING_ROWS:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        self.db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rel, copy) DO UPDATE SET "
+                            "input_size = excluded.input_size, input_mtime = excluded.input_mtime, "
+                            "output = excluded.output, output_size = excluded.output_size, "
+                            "output_mtime = excluded.output_mtime, kind = excluded.kind "
+                            "WHERE (input_size, input_mtime, output, output_size, output_mtime, kind) IS NOT "
+                            "(excluded.input_size, excluded.input_mtime, excluded.output, excluded.output_size, "
+                            "excluded.output_mtime, excluded.kind)", self._pending)
+        self._pending.clear()
 
     def manifest_stamp(self) -> list[int] | None:
         """[size, mtime_ns, records] of the manifest as the last run left it."""
@@ -205,6 +226,7 @@ class StateCache:
 
     def save(self) -> None:
         """Commit what this run confirmed (a run with nothing to do changes nothing)."""
+        self._write_pending()
         if self.db.in_transaction:
             self.db.execute("COMMIT")
         self.db.close()

@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # the worker's side (numpy, the codecs) is imported once ther
 # round trip per file; larger batches of mid-sized files (a few 1080p JPEGs)
 # would leave one worker idle at the end of a run while another finishes.
 BATCH_BYTES = 1 << 18
-BATCH_FILES = 16
+BATCH_FILES = 64
 
 
 def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,

@@ -7,6 +7,7 @@ writes. Codecs are reached through ``image_io`` and ``audio_io`` only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -35,6 +36,7 @@ class Rendered:
     copy: int
     fields: dict[str, Any]
     write: Callable[[BinaryIO], dict[str, Any]]
+    data: Any = None  # the output's bytes, when they are all in memory (written with one call: see put)
 
 
 def draw_sigma(spec: SigmaSpec, rng: np.random.Generator) -> float:
@@ -49,12 +51,14 @@ def probe_image(rel: str, data: bytes | None, cfg: Config) -> Any:
     return image_io.probe(data or b"", rel, image_io.format_of(rel), read_options(cfg))
 
 
+@functools.lru_cache(maxsize=8)  # a Config is frozen: the same options for every file of a run
 def read_options(cfg: Config) -> Any:
     from .image_io import ReadOptions
 
     return ReadOptions(cfg.max_pixels, cfg.palette_images, cfg.float_range)
 
 
+@functools.lru_cache(maxsize=8)
 def write_options(cfg: Config) -> Any:
     from .image_io import WriteOptions
 
@@ -64,9 +68,13 @@ def write_options(cfg: Config) -> Any:
 def _bytes_writer(encoded: Any) -> Callable[[BinaryIO], dict[str, Any]]:
     def write(fh: BinaryIO) -> dict[str, Any]:
         fh.write(encoded)
-        return {"output_sha256": hashlib.sha256(encoded).hexdigest(),
-                "output_bytes": len(memoryview(encoded).cast("B"))}
+        return written_fields(encoded)
     return write
+
+
+def written_fields(encoded: Any) -> dict[str, Any]:
+    """The record fields of an output whose bytes are these: its SHA-256 and size."""
+    return {"output_sha256": hashlib.sha256(encoded).hexdigest(), "output_bytes": len(memoryview(encoded).cast("B"))}
 
 
 def render(job: Job, source: Storage, data: bytes | None, copies: list[int], cfg: Config,
@@ -88,7 +96,7 @@ def render(job: Job, source: Storage, data: bytes | None, copies: list[int], cfg
     if job.kind == "audio":
         return _render_audio(job.rel, source, copies, cfg)
     assert data is not None
-    return iter([Rendered(0, {}, _bytes_writer(data))])
+    return iter([Rendered(0, {}, _bytes_writer(data), data)])
 
 
 def decode_samples(job: Job, data: bytes) -> np.ndarray:
@@ -144,7 +152,7 @@ def _render_label(rel: str, data: bytes) -> Iterator[Rendered]:
     from . import image_io
 
     image_io.check_label(data, rel, image_io.format_of(rel))
-    yield Rendered(0, {}, _bytes_writer(data))
+    yield Rendered(0, {}, _bytes_writer(data), data)
 
 
 def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config, probe: Any) -> Iterator[Rendered]:
@@ -154,7 +162,7 @@ def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config, probe: 
     del data  # a large image's compressed bytes need not stay beside its pixels and its encoding
     first = picture.pages[0]
     shape = {"height": first.shape[0], "width": first.shape[1],
-             "channels": first.shape[2] if first.ndim == 3 else 1, "dtype": str(first.dtype)}
+             "channels": first.shape[2] if first.ndim == 3 else 1, "dtype": _dtype_name(first.dtype)}
     options = write_options(cfg)
     for i, copy in enumerate(copies):
         seed = seeding.file_seed(cfg.seed, os.fsencode(rel), copy)
@@ -169,7 +177,13 @@ def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config, probe: 
             "sigma_full_scale": sigma / 255.0,
             **shape, **picture.fields(options),
             "clipped_fraction": clipped,
-        }, _bytes_writer(encoded))
+        }, _bytes_writer(encoded), encoded)
+
+
+@functools.lru_cache(maxsize=32)
+def _dtype_name(dtype: np.dtype) -> str:
+    """``str(dtype)``, as the record says it (numpy builds the string anew every time)."""
+    return str(dtype)
 
 
 def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config) -> Iterator[Rendered]:

@@ -19,7 +19,7 @@ from .config import Config
 from .errors import FileError, WriteError
 from .freshness import confirmed
 from .records import Job, Outcome, base_records, carried, error_record, output_of
-from .render import Rendered, probe_image, render
+from .render import Rendered, probe_image, render, written_fields
 from .signals import checkpoint
 from .storage import Storage
 from .storage.local import hash_stream
@@ -86,7 +86,7 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
 def _stamped(outcome: Outcome, job: Job, ctx: Context) -> Outcome:
     """An ok outcome with its output's (size, stamp), read where the output is (None if it cannot be)."""
     rec = outcome.record
-    if rec is not None and rec.get("status") == "ok":
+    if rec is not None and rec.get("status") == "ok" and outcome.out_stat is None:
         try:
             outcome.out_stat = ctx.target.stat(output_of(job, rec["copy"], ctx.config, rec["kind"]))
         except OSError:
@@ -102,8 +102,8 @@ def _write_outputs(ctx: Context, job: Job, outputs: Iterator[Rendered], base: li
         for rendered in outputs:
             record = base[rendered.copy]
             record.update(rendered.fields)
-            _write(ctx, output_of(job, record["copy"], ctx.config, record["kind"]), record, rendered)
-            done[record["copy"]] = Outcome(record)
+            out_stat = _write(ctx, output_of(job, record["copy"], ctx.config, record["kind"]), record, rendered)
+            done[record["copy"]] = Outcome(record, out_stat=out_stat)
     except FileError as exc:
         fatal = isinstance(exc, WriteError) and exc.fatal
         done.update(_failed(todo, done, exc.reason, fatal))
@@ -142,7 +142,11 @@ def read_source(job: Job, source: Storage) -> tuple[bytes | None, str, int]:
     return data, hashlib.sha256(data).hexdigest(), len(data)
 
 
-def _write(ctx: Context, out_rel: str, record: dict[str, Any], rendered: Rendered) -> None:
+def _write(ctx: Context, out_rel: str, record: dict[str, Any], rendered: Rendered) -> tuple[int, int] | None:
+    """Write one output; its (size, stamp) when the storage says so as it writes (else None: asked later)."""
+    if rendered.data is not None:  # all in memory: one call, no file object
+        record.update(written_fields(rendered.data))
+        return ctx.target.put(out_rel, rendered.data, checkpoint)  # abandoned before the rename: no output
     with ctx.target.write(out_rel) as fh:
         try:
             record.update(rendered.write(fh))
@@ -152,3 +156,4 @@ def _write(ctx: Context, out_rel: str, record: dict[str, Any], rendered: Rendere
         checkpoint()  # abandoned now, the output is not renamed into place
         if "output_sha256" not in record:
             record["output_sha256"], record["output_bytes"] = hash_stream(fh)
+    return None

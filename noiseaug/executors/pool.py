@@ -15,8 +15,8 @@ Protocol on each worker's pipe: the parent sends a batch (a list of jobs),
 (exit); the worker answers ``("idle",)`` once it has started (so start-up
 does not count against a file's time limit), ``("files", [(index, records),
 ...])`` for the files it finished, at most every ``REPORT_EVERY`` seconds
-(a message per small file would cost more than the file), and ``("idle",)``
-again when its batch is over.
+(a message per small file would cost more than the file), and ``("idle",
+[(index, records), ...])`` with the last ones when its batch is over.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..storage.local import set_temp_tag
 from ..worker import Context, limit_threads, process_job
 
 Outcomes = list[Outcome]
-REPORT_EVERY = 0.02  # seconds: how long a worker holds finished files' records before sending them
+REPORT_EVERY = 0.1  # seconds: how long a worker holds finished files' records before sending them
 CURRENT, STARTED, FINISHED = range(3)  # a worker's slot: file index it is on, when it began, files finished
 
 
@@ -115,12 +115,14 @@ def _serve_batches(conn: Connection, slot: Any, context: Context) -> None:
             return
         if message == "stop":
             continue  # arrived after the batch was already over
-        _serve_batch(conn, slot, context, message)
-        conn.send(("idle",))
+        conn.send(("idle", _serve_batch(conn, slot, context, message)))
 
 
-def _serve_batch(conn: Connection, slot: Any, context: Context, batch: list[Job]) -> None:
-    """Process one batch; finished files' records go back together, at most every REPORT_EVERY seconds."""
+def _serve_batch(conn: Connection, slot: Any, context: Context, batch: list[Job]) -> list[tuple[int, Outcomes]]:
+    """Process one batch; finished files' records go back together, at most every REPORT_EVERY seconds.
+
+    Returns the records not sent yet, for the message that says the batch is over.
+    """
     done: list[tuple[int, Outcomes]] = []
     sent = time.monotonic()
     for index, job in enumerate(batch):
@@ -136,8 +138,7 @@ def _serve_batch(conn: Connection, slot: Any, context: Context, batch: list[Job]
             done, sent = [], time.monotonic()
         if fatal:
             break  # a full disk fails the next file too: leave the rest to the parent's verdict
-    if done:
-        conn.send(("files", done))
+    return done
 
 
 @dataclass
@@ -297,12 +298,11 @@ class ProcessPool:
                     message = worker.conn.recv()
                 except (EOFError, OSError):
                     break
-                if message[0] == "files":
-                    for index, outcomes in message[1]:
-                        if 0 <= index < len(worker.batch):
-                            worker.done = index + 1
-                            yield worker.batch[index], outcomes
-                else:
+                for index, outcomes in message[1] if len(message) > 1 else ():  # ("idle",): it has started
+                    if 0 <= index < len(worker.batch):
+                        worker.done = index + 1
+                        yield worker.batch[index], outcomes
+                if message[0] == "idle":
                     worker.idle, worker.stopping, worker.batch = True, False, []
                     self._failed_starts = 0
             if worker.idle:

@@ -13,7 +13,7 @@ imported only for URLs.
 
 from __future__ import annotations
 
-from typing import BinaryIO, ContextManager, Iterator, Protocol
+from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Protocol
 
 from .local import Entry, LocalStorage, OutputLock
 
@@ -36,6 +36,8 @@ class Storage(Protocol):
     def folder_stats(self, folder: str) -> dict[str, tuple[int, int]]: ...
 
     def write(self, rel: str) -> ContextManager[BinaryIO]: ...
+
+    def put(self, rel: str, data: Any, before_rename: Callable[[], None]) -> tuple[int, int] | None: ...
 
     def remove(self, rel: str) -> None: ...
 

@@ -18,7 +18,7 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Iterator, NamedTuple
+from typing import IO, Any, BinaryIO, Callable, Iterator, NamedTuple
 
 from ..errors import LockedError, UsageError, WriteError
 
@@ -152,12 +152,7 @@ def atomic_file(path: str, *, durable: bool = False) -> Iterator[BinaryIO]:
     (replacing a file or link there, never following it) and removed on any
     failure. OS errors become :class:`WriteError`.
     """
-    folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{secrets.token_hex(8)}.{_temp_tag}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise WriteError(path, f"cannot write: {exc.strerror}", exc.errno) from exc
+    tmp, fd = _temporary(path)
     try:
         with os.fdopen(fd, "w+b") as fh:
             yield fh
@@ -175,6 +170,41 @@ def atomic_file(path: str, *, durable: bool = False) -> Iterator[BinaryIO]:
         if isinstance(exc, OSError):
             raise WriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from exc
         raise
+
+
+def _temporary(path: str) -> tuple[str, int]:
+    """A new temporary file beside ``path``, named for the sweep (tag, pid): its name and descriptor."""
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{secrets.token_hex(8)}.{_temp_tag}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise WriteError(path, f"cannot write: {exc.strerror}", exc.errno) from exc
+
+
+def put_file(path: str, data: Any, before_rename: Callable[[], None]) -> tuple[int, int]:
+    """``atomic_file`` for bytes already in memory, with plain system calls (a small file's write costs
+    more in file objects and context managers than in the kernel); returns the file's (size, mtime)."""
+    tmp, fd = _temporary(path)
+    try:
+        try:
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[os.write(fd, view):]
+            st = os.fstat(fd)  # the rename keeps the mtime: no stat of the output afterwards
+        finally:
+            os.close(fd)
+        before_rename()
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise WriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from exc
+        raise
+    return st.st_size, st.st_mtime_ns
 
 
 def atomic_write(path: str, data: bytes | memoryview, *, durable: bool = False) -> None:
@@ -309,6 +339,11 @@ class LocalStorage:
         folder = ensure_dir(self.root, os.path.dirname(rel), self._known)
         with atomic_file(os.path.join(folder, os.path.basename(rel))) as fh:
             yield fh
+
+    def put(self, rel: str, data: Any, before_rename: Callable[[], None]) -> tuple[int, int] | None:
+        """Bytes in memory as the file ``rel`` (see :meth:`write`); its (size, stamp) as written."""
+        folder = ensure_dir(self.root, os.path.dirname(rel), self._known)
+        return put_file(os.path.join(folder, os.path.basename(rel)), data, before_rename)
 
     def remove(self, rel: str) -> None:
         os.unlink(self.path(rel))

@@ -29,7 +29,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from ..config import redact_url
 from ..errors import LockedError, StorageError, UsageError, WriteError
@@ -331,6 +331,16 @@ class FsspecStorage:
             size = fh.seek(0, io.SEEK_END)
             fh.seek(0)
             self._upload(rel, fh, size)
+
+    def put(self, rel: str, data: Any, before_rename: Callable[[], None]) -> tuple[int, int] | None:
+        """Bytes in memory as the object ``rel`` (see :meth:`write`); its (size, stamp), or None if unknown."""
+        with self.write(rel) as fh:
+            fh.write(data)
+            before_rename()
+        try:
+            return self.stat(rel)
+        except OSError:
+            return None
 
     def _upload(self, rel: str, fh: Any, size: int) -> None:
         path = self.full(rel)
