@@ -482,6 +482,28 @@ static uint32_t load_le32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* Mixes assembled entropy (little-endian uint32 words) into SeedSequence's pool. */
+static void ss_pool(const unsigned char *entropy, Py_ssize_t n_entropy, uint32_t pool[SS_POOL]) {
+    uint32_t hash_const = SS_INIT_A;
+    for (int i = 0; i < SS_POOL; i++)
+        pool[i] = ss_hashmix(i < n_entropy ? load_le32(entropy + 4 * i) : 0, &hash_const);
+    for (int src = 0; src < SS_POOL; src++)
+        for (int dst = 0; dst < SS_POOL; dst++)
+            if (src != dst)
+                pool[dst] = ss_mix(pool[dst], ss_hashmix(pool[src], &hash_const));
+    for (Py_ssize_t src = SS_POOL; src < n_entropy; src++)
+        for (int dst = 0; dst < SS_POOL; dst++)
+            pool[dst] = ss_mix(pool[dst], ss_hashmix(load_le32(entropy + 4 * src), &hash_const));
+}
+
+/* Word i of SeedSequence.generate_state, given the pool (call with i = 0, 1, 2 ... in turn). */
+static uint32_t ss_word(const uint32_t pool[SS_POOL], Py_ssize_t i, uint32_t *gen_const) {
+    uint32_t value = pool[i % SS_POOL] ^ *gen_const;
+    *gen_const *= SS_MULT_B;
+    value *= *gen_const;
+    return value ^ (value >> 16);
+}
+
 static PyObject *seed_state(PyObject *self, PyObject *args) {
     Py_buffer eb;
     Py_ssize_t n_words;
@@ -492,18 +514,8 @@ static PyObject *seed_state(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "seed_state: entropy must be whole uint32 words, n within 0 .. 2**20");
         return NULL;
     }
-    const unsigned char *entropy = (const unsigned char *)eb.buf;
-    Py_ssize_t n_entropy = eb.len / 4;
-    uint32_t pool[SS_POOL], hash_const = SS_INIT_A;
-    for (int i = 0; i < SS_POOL; i++)
-        pool[i] = ss_hashmix(i < n_entropy ? load_le32(entropy + 4 * i) : 0, &hash_const);
-    for (int src = 0; src < SS_POOL; src++)
-        for (int dst = 0; dst < SS_POOL; dst++)
-            if (src != dst)
-                pool[dst] = ss_mix(pool[dst], ss_hashmix(pool[src], &hash_const));
-    for (Py_ssize_t src = SS_POOL; src < n_entropy; src++)
-        for (int dst = 0; dst < SS_POOL; dst++)
-            pool[dst] = ss_mix(pool[dst], ss_hashmix(load_le32(entropy + 4 * src), &hash_const));
+    uint32_t pool[SS_POOL];
+    ss_pool((const unsigned char *)eb.buf, eb.len / 4, pool);
     PyBuffer_Release(&eb);
     PyObject *out = PyBytes_FromStringAndSize(NULL, 4 * n_words);
     if (out == NULL)
@@ -511,16 +523,39 @@ static PyObject *seed_state(PyObject *self, PyObject *args) {
     unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
     uint32_t gen_const = SS_INIT_B;
     for (Py_ssize_t i = 0; i < n_words; i++) {
-        uint32_t value = pool[i % SS_POOL] ^ gen_const;
-        gen_const *= SS_MULT_B;
-        value *= gen_const;
-        value ^= value >> 16;
+        uint32_t value = ss_word(pool, i, &gen_const);
         dst[4 * i] = (unsigned char)value;
         dst[4 * i + 1] = (unsigned char)(value >> 8);
         dst[4 * i + 2] = (unsigned char)(value >> 16);
         dst[4 * i + 3] = (unsigned char)(value >> 24);
     }
     return out;
+}
+
+/* sfc64_state(entropy) -> bytearray of 4 uint64 words: the state of numpy's SFC64 seeded from the
+ * SeedSequence with this assembled entropy (generate_state(3, uint64) as a, b, c, counter 1, then
+ * 12 steps: sfc64_set_seed), ready for the table loops, which step it inline. */
+static PyObject *sfc64_state(PyObject *self, PyObject *args) {
+    Py_buffer eb;
+    if (!PyArg_ParseTuple(args, "y*", &eb))
+        return NULL;
+    if (eb.len % 4 != 0) {
+        PyBuffer_Release(&eb);
+        PyErr_SetString(PyExc_ValueError, "sfc64_state: entropy must be whole uint32 words");
+        return NULL;
+    }
+    uint32_t pool[SS_POOL], gen_const = SS_INIT_B, w[6];
+    ss_pool((const unsigned char *)eb.buf, eb.len / 4, pool);
+    PyBuffer_Release(&eb);
+    for (int i = 0; i < 6; i++)
+        w[i] = ss_word(pool, i, &gen_const);
+    uint64_t s[4] = {w[0] | (uint64_t)w[1] << 32, w[2] | (uint64_t)w[3] << 32, w[4] | (uint64_t)w[5] << 32, 1}, t;
+    for (int i = 0; i < 12; i++)
+        (void)SFC64_STEP(s[0], s[1], s[2], s[3], t);
+    unsigned char bytes[32];
+    for (int i = 0; i < 32; i++)
+        bytes[i] = (unsigned char)(s[i / 8] >> (8 * (i % 8)));
+    return PyByteArray_FromStringAndSize((const char *)bytes, 32);
 }
 
 /* simd([enabled]) -> whether the AVX2 loops run; switches them on or off (for tests). */
@@ -551,6 +586,7 @@ static PyMethodDef methods[] = {
     {"add_table_noise_i16", add_table_noise_i16, METH_VARARGS,
      "add_table_noise_i16(x, bits, first, escapes) -> clipped"},
     {"seed_state", seed_state, METH_VARARGS, "seed_state(entropy, n) -> n uint32 words of numpy's SeedSequence"},
+    {"sfc64_state", sfc64_state, METH_VARARGS, "sfc64_state(entropy) -> the seeded SFC64 state, 4 uint64 words"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -558,7 +594,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",
                                     "noiseaug's compiled table-noise loops", -1, methods};
 
 /* The calling convention above; noise.py ignores a build left over from another one. */
-#define KERNEL_VERSION 4
+#define KERNEL_VERSION 5
 
 PyMODINIT_FUNC PyInit__kernel(void) {
 #ifdef HAVE_AVX2_PATH

@@ -12,6 +12,7 @@ before anything is decoded, and the EXIF orientation is read from it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -202,12 +203,18 @@ def _plain_png(data: bytes) -> ImageHeader | None:
     (no palette, transparency key, animation, EXIF orientation or colour profile); else None."""
     if len(data) < 33 or data[12:16] != b"IHDR":
         return None
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    depth, colour_type = data[24], data[25]
-    if depth not in (8, 16) or colour_type not in _PNG_CHANNELS:
+    if data[24] not in (8, 16) or data[25] not in _PNG_CHANNELS:
         return None
     if _png_chunk_types(data) & {b"tRNS", b"acTL", b"eXIf", b"iCCP", b"PLTE"}:
         return None
+    return _plain_png_header(data[16:26])
+
+
+@functools.lru_cache(maxsize=64)  # a dataset's small PNGs mostly share one IHDR; headers are immutable
+def _plain_png_header(ihdr: bytes) -> ImageHeader:
+    """The header of a plain PNG from its IHDR fields (width, height, depth, colour type)."""
+    width, height = int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big")
+    depth, colour_type = ihdr[8], ihdr[9]
     return ImageHeader(width, height, 1, False, False, _PNG_CHANNELS[colour_type] * depth // 8,
                        gray_alpha=colour_type == 4, profiled=False)
 

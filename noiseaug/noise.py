@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-KERNEL_VERSION = 4  # the calling convention expected of _kernel.c
+KERNEL_VERSION = 5  # the calling convention expected of _kernel.c
 try:
     from . import _kernel
 except ImportError:  # no compiler at install time: the numpy loop below does the same
@@ -146,6 +146,12 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
     noised = total if channels is None else channels
     shared = shared and data.ndim == 3
     pixels = data.reshape(-1, total)
+    if escapes is None and _kernel is not None and kernel_problem() is None:
+        from .seeding import fresh_states  # streams for this call only: their states, not their generators
+
+        states = fresh_states(rng, 2)
+        if states is not None:
+            return _table_call(_kernel.add_table_noise, pixels.reshape(-1), rng, law, states, total, noised, shared)
     streams = escapes if escapes is not None else escape_stream(rng)
     if _compiled(rng, streams):
         return _table_call(_kernel.add_table_noise, pixels.reshape(-1), rng, law, streams, total, noised, shared)
@@ -164,13 +170,21 @@ def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
 
 
 def _table_call(loop: Callable[..., int], values: np.ndarray, rng: np.random.Generator, law: _Law,
-                streams: EscapeStreams, *shape: object) -> int:
+                streams: EscapeStreams | list[bytearray], *shape: object) -> int:
     """Run a compiled table loop on ``values``, drawing from ``rng`` and the escape streams.
 
     A small array (a 32×32 image, a short block) takes its words through the
     generators' capsules: a call per word costs less there than reading and
     writing back three state dicts, about 10 µs. Larger ones step SFC64 inline.
+    Escape streams made for this call only come as their two SFC64 states.
     """
+    if isinstance(streams, list):
+        escapes: tuple[object, ...] = (streams[0], law.second, streams[1], law.cdf, law.values)
+        if values.size <= SMALL_CALL:
+            with rng.bit_generator.lock:
+                return loop(values, rng.bit_generator.capsule, law.first32, escapes, *shape)
+        with _words(rng) as bits:
+            return loop(values, bits, law.first32, escapes, *shape)
     if values.size <= SMALL_CALL:
         first, second, last = rng.bit_generator, streams.second.bit_generator, streams.last.bit_generator
         with first.lock, second.lock, last.lock:

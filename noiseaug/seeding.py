@@ -78,8 +78,7 @@ class CompiledSeedSequence(ISpawnableSeedSequence):
     def __init__(self, entropy: int, spawn_key: tuple[int, ...] = ()) -> None:
         self.entropy, self.spawn_key = entropy, tuple(spawn_key)
         self.n_children_spawned = 0
-        run = _padded_words(entropy) if self.spawn_key else _uint32_bytes(entropy)
-        self._assembled = run + b"".join(_uint32_bytes(k) for k in self.spawn_key)
+        self._assembled = _assembled(entropy, self.spawn_key)
 
     def generate_state(self, n_words: int, dtype: type = np.uint32) -> np.ndarray:
         wide = np.dtype(dtype) == np.uint64
@@ -92,6 +91,27 @@ class CompiledSeedSequence(ISpawnableSeedSequence):
         first = self.n_children_spawned
         self.n_children_spawned += n_children
         return [CompiledSeedSequence(self.entropy, self.spawn_key + (i,)) for i in range(first, first + n_children)]
+
+    def spawn_states(self, n_children: int) -> list[bytearray]:
+        """The SFC64 states (4 uint64 words each) of the generators that ``spawn(n_children)`` would seed,
+        counted as spawned the same way: for streams used once, without building their generators."""
+        first = self.n_children_spawned
+        self.n_children_spawned += n_children
+        return [_kernel.sfc64_state(_assembled(self.entropy, self.spawn_key + (i,)))
+                for i in range(first, first + n_children)]
+
+
+def _assembled(entropy: int, spawn_key: tuple[int, ...]) -> bytes:
+    """The words SeedSequence mixes: the entropy (padded to the pool's size beside a spawn key), then the key."""
+    run = _padded_words(entropy) if spawn_key else _uint32_bytes(entropy)
+    return run + b"".join(_uint32_bytes(k) for k in spawn_key)
+
+
+def fresh_states(rng: np.random.Generator, n: int) -> list[bytearray] | None:
+    """The states of ``rng.spawn(n)``'s generators, spawned from ``rng``'s seed sequence, when it is the
+    compiled one (else None: spawn generators the usual way)."""
+    seq = getattr(rng.bit_generator, "seed_seq", None)
+    return seq.spawn_states(n) if isinstance(seq, CompiledSeedSequence) and _compiled_seeds() else None
 
 
 def _uint32_bytes(value: int) -> bytes:
@@ -110,6 +130,11 @@ def _padded_words(value: int) -> bytes:
 _seed_check: list[bool] = []  # once per process: [] unchecked, [True] the compiled mixing agrees with numpy's
 
 
+def _sfc64_words(seq: np.random.SeedSequence) -> bytes:
+    """numpy's own SFC64 state seeded from ``seq``, as the 32 bytes the compiled loops step."""
+    return np.asarray(np.random.SFC64(seq).state["state"]["state"], dtype="<u8").tobytes()
+
+
 def _compiled_seeds() -> bool:
     """Whether the compiled SeedSequence is there and gives numpy's words, children included."""
     if not _seed_check:
@@ -121,6 +146,8 @@ def _compiled_seeds() -> bool:
                                np.random.SeedSequence(e, spawn_key=k).generate_state(5, np.uint64))
                 and np.array_equal(CompiledSeedSequence(e, k).spawn(2)[1].generate_state(3),
                                    np.random.SeedSequence(e, spawn_key=k).spawn(2)[1].generate_state(3))
+                and bytes(CompiledSeedSequence(e, k).spawn_states(2)[1]) == _sfc64_words(
+                    np.random.SeedSequence(e, spawn_key=k).spawn(2)[1])
                 for e, k in cases)
     return _seed_check[0]
 

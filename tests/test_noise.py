@@ -211,6 +211,8 @@ def test_compiled_and_numpy_kernels_give_the_same_bytes(monkeypatch, kind, compi
             assert compiled_clips == plain_clips
             # both paths leave the generator at the same point: the next draws agree
             assert compiled_rng.bit_generator.random_raw(3).tolist() == plain_rng.bit_generator.random_raw(3).tolist()
+            assert compiled_rng.spawn(1)[0].bit_generator.random_raw(2).tolist() == \
+                plain_rng.spawn(1)[0].bit_generator.random_raw(2).tolist()  # and so do its later children
 
 
 @pytest.mark.parametrize("kind", ["sfc64", "pcg64"])
@@ -319,6 +321,9 @@ def test_compiled_seed_sequence_gives_numpys_words_and_children(entropy, key, sp
     ours.spawn(spawned), numpys.spawn(spawned)
     for a, b in zip(ours.spawn(2), numpys.spawn(2)):
         assert a.spawn_key == b.spawn_key and a.generate_state(4).tolist() == b.generate_state(4).tolist()
+    for state, child in zip(ours.spawn_states(2), numpys.spawn(2)):  # the states of children used once
+        assert bytes(state) == seeding._sfc64_words(child)
+    assert ours.n_children_spawned == numpys.n_children_spawned
 
 
 def test_file_seed_and_streams_match_numpy_seed_sequence(monkeypatch):
