@@ -24,6 +24,8 @@ from .records import Job
 from .signals import checkpoint
 from .storage import Storage
 
+AUDIO_IN_MEMORY = 1 << 24  # bytes: a smaller recording's output is encoded into memory, then written at once
+
 
 @dataclass
 class Rendered:
@@ -37,6 +39,7 @@ class Rendered:
     fields: dict[str, Any]
     write: Callable[[BinaryIO], dict[str, Any]]
     data: Any = None  # the output's bytes, when they are all in memory (written with one call: see put)
+    in_memory: bool = False  # small enough to be written into memory first, then with one call
 
 
 def draw_sigma(spec: SigmaSpec, rng: np.random.Generator) -> float:
@@ -191,7 +194,8 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config) -> 
     from .audio_io import AudioError
 
     with source.open(rel) as fh:
-        if fh.seek(0, os.SEEK_END) == 0:  # asked first: a libsndfile that failed may have closed the file
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:  # asked first: a libsndfile that failed may have closed the file
             raise DecodeError(rel, "empty file")
         fh.seek(0)
         try:
@@ -222,7 +226,8 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config) -> 
                 fields.update(sigma=sigma, sigma_full_scale=sigma, samplerate=layout.samplerate,
                               channels=layout.channels, format=layout.format, subtype=layout.subtype,
                               endian=layout.endian)
-                yield Rendered(copy, fields, _audio_writer(rel, snd, layout, metadata, sigma, rng, seed))
+                yield Rendered(copy, fields, _audio_writer(rel, snd, layout, metadata, sigma, rng, seed),
+                               in_memory=size <= AUDIO_IN_MEMORY)
 
 
 def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sigma: float,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -147,6 +148,12 @@ def _write(ctx: Context, out_rel: str, record: dict[str, Any], rendered: Rendere
     if rendered.data is not None:  # all in memory: one call, no file object
         record.update(written_fields(rendered.data))
         return ctx.target.put(out_rel, rendered.data, checkpoint)  # abandoned before the rename: no output
+    if rendered.in_memory:  # small: encoded into memory, hashed there, written at once
+        buffer = io.BytesIO()
+        record.update(rendered.write(buffer))
+        data = buffer.getbuffer()
+        record.update(written_fields(data))
+        return ctx.target.put(out_rel, data, checkpoint)
     with ctx.target.write(out_rel) as fh:
         try:
             record.update(rendered.write(fh))
