@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
@@ -21,6 +22,7 @@ AUDIO_EXTENSIONS = frozenset(
     ".wav .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .caf .w64 .rf64".split())
 
 
+FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())  # os.fsdecode's, without its checks
 _KINDS = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(AUDIO_EXTENSIONS, "audio")}
 
 
@@ -109,7 +111,7 @@ def walk(storage: Storage, selection: Selection, stats: WalkStats) -> Iterator[C
 
 
 def _candidate(entry: Entry, selection: Selection, stats: WalkStats) -> Candidate | None:
-    rel = os.fsdecode(entry.rel)
+    rel = entry.rel.decode(*FS_ENCODING)
     kind = kind_of(rel)
     matched = selection.matches(rel, stats.globs_hit)
     if kind == "other" and not selection.copy_other:

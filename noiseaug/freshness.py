@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .discover import Selection, WalkStats, walk
+from .discover import FS_ENCODING, Selection, WalkStats, walk
 from .records import LABEL, LEFT, OK, Job, copies_of, output_of, path_fields
 from .storage import Storage
 
@@ -78,7 +78,7 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
         if len(rows) != (copies if cand.kind != "other" else 1) and not (len(rows) == 1 and rows[0][7] == LABEL):
             return None
         for _, _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
-            folder, _, name = os.fsdecode(output).rpartition("/")
+            folder, _, name = output.decode(*FS_ENCODING).rpartition("/")
             if folder != listing[0]:
                 listing = (folder, target.folder_stats(folder))
             if in_size != cand.size or in_mtime != cand.mtime_ns or listing[1].get(name) != (out_size, out_mtime):

@@ -22,6 +22,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
+from .discover import FS_ENCODING
 from .manifest import sort_key
 
 CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever the dataset
@@ -33,7 +34,7 @@ Row = tuple[bytes, int, int, int, bytes, int, int, str]
 
 def walk_key(rel: str) -> bytes:
     """A relative path as the stat cache keys it: in byte order, keys sort the way the walk visits paths."""
-    return os.fsencode(rel).replace(b"/", b"\0")
+    return rel.encode(*FS_ENCODING).replace(b"/", b"\0")
 
 _SCHEMA = """
 CREATE TABLE prior (key BLOB, copy INTEGER, record TEXT, PRIMARY KEY (key, copy)) WITHOUT ROWID;

@@ -370,13 +370,14 @@ def _walk(root: bytes, prefix: bytes) -> Iterator[Entry]:
     except OSError as exc:
         yield Entry(prefix, "problem", problem=f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}")
         return
+    base = path if path.endswith(b"/") else path + b"/"
     for name, kind in entries:
         rel = prefix + b"/" + name if prefix else name
         if kind == "dir":
             yield from _walk(root, rel)
         elif kind == "file":
             try:
-                st = os.lstat(os.path.join(path, name))
+                st = os.lstat(base + name)
             except OSError as exc:
                 yield Entry(rel, "problem", problem=f"{os.fsdecode(os.path.join(path, name))}: {exc.strerror}")
                 continue
