@@ -487,7 +487,7 @@ class _Run:
         except (WriteError, StorageError, OSError) as exc:
             reason = exc.reason if isinstance(exc, WriteError) else exc.strerror if isinstance(exc, OSError) \
                 and exc.strerror else str(exc)
-            self.summary.manifest_failed = True
+            self.summary.manifest_failed = f"{reason}; {self.home.kept}"
             self.summary.stopped = self.summary.stopped or (
                 f"the manifest could not be rewritten ({reason}); {self.home.kept}")
         finally:

@@ -67,7 +67,7 @@ class Summary:
     planned_bytes: Counter = field(default_factory=Counter)
     unmatched: list[str] = field(default_factory=list)  # --include/--exclude patterns that matched nothing
     removed: int = 0  # --overwrite: outputs of the previous run that this run does not produce, removed
-    manifest_failed: bool = False  # the manifest's final rewrite (or upload) failed: it is not as the run ends
+    manifest_failed: str | None = None  # why the manifest's final rewrite (or upload) failed: it is not as the run ends
 
     def add(self, record: dict[str, Any], skipped: bool = False) -> None:
         """Count one output; ``skipped`` when it was up to date and left alone."""
@@ -172,8 +172,8 @@ class Summary:
             lines.append("everything is up to date")
         elif not self.counts and not self.walk.problems and not self.stopped:
             lines.append("no input file was selected: nothing to do")
-        lines.append(f"manifest: {self.manifest}" + (" (its final rewrite failed: see above)" if self.manifest_failed
-                                                      else ""))
+        lines.append(f"manifest: {self.manifest}" + (f" (its final rewrite failed: {self.manifest_failed})"
+                                                      if self.manifest_failed else ""))
         return "\n".join(lines)
 
     def _rows(self, kinds: list[str]) -> list[tuple[str, ...]]:

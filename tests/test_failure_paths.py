@@ -236,3 +236,18 @@ def test_verify_regenerate_checks_outputs_of_gone_inputs_by_hash(cli, src, tmp_p
     gone.write_bytes(gone.read_bytes() + b"x")
     result = cli("verify", out / "noiseaug-manifest.jsonl", "--regenerate", code=1)
     assert "content differs" in result.stderr
+
+
+def test_a_manifest_whose_final_rewrite_fails_says_why_on_its_line(src, tmp_path, monkeypatch):
+    from noiseaug import pipeline
+    from noiseaug.errors import WriteError
+
+    def full(path, **kwargs):
+        raise WriteError(path, "cannot write: No space left on device", 28)
+
+    monkeypatch.setattr(pipeline, "atomic_file", full)
+    summary = noiseaug.run(src, tmp_path / "out", workers=1)
+    line = [x for x in summary.text().splitlines() if x.startswith("manifest:")][0]
+    assert line.endswith("(its final rewrite failed: cannot write: No space left on device; its appended records "
+                         "are kept and a re-run continues from them)")
+    assert summary.exit_code == 1
