@@ -16,6 +16,7 @@ pass beside the walk, without a query per file.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -170,8 +171,9 @@ class StateCache:
 
         One pass over the cache's rows, in key order, beside the walk: no query per file.
         """
-        rows = self.db.execute("SELECT rel, copy, input_size, input_mtime, output, output_size, output_mtime, "
-                               "kind FROM stamps ORDER BY rel, copy")
+        cursor = self.db.execute("SELECT rel, copy, input_size, input_mtime, output, output_size, output_mtime, "
+                                 "kind FROM stamps ORDER BY rel, copy")
+        rows = itertools.chain.from_iterable(iter(lambda: cursor.fetchmany(1024), []))  # cheaper than row by row
         row = next(rows, None)
         for rel, item in walk:
             key = walk_key(rel)
