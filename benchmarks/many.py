@@ -1,7 +1,7 @@
 """Many small files (issue: a million files on one machine), measured beside their codec floor.
 
     .venv/bin/python benchmarks/many.py [--rounds 3] [--workers 2] [--images 20000] [--wavs 5000]
-    .venv/bin/python benchmarks/many.py --million DIR     # only make 1,000,000 PNGs of 16x16 (not in CI)
+    .venv/bin/python benchmarks/many.py --million DIR     # 1,000,000 PNGs of 16x16 (made once): not in CI
     .venv/bin/python benchmarks/many.py --growth 20000,200000   # parent peak RSS at each size, bytes per file
     .venv/bin/python benchmarks/many.py --profile 4000   # cProfile of one in-process run (make profile)
 
@@ -142,6 +142,22 @@ def bench_set(name: str, src: Path, work: Path, workers: int, rounds: int) -> No
     print(f"  find -printf     {statistics.median(finds):8.3f} s")
 
 
+def million(root: Path, workers: int, count: int = 1_000_000) -> None:
+    """The million-file set: made once under ``root``, then one round of each, outputs under ``root`` too."""
+    src = root / "png"
+    if not src.exists():
+        make_pngs(src, count, 16)
+    with tempfile.TemporaryDirectory(prefix="noiseaug-million-", dir=root) as tmp:
+        f = floor(src, Path(tmp) / "floor", workers)
+        seconds, peak, parent, children = noiseaug(src, Path(tmp) / "out", workers)
+        print(f"{count:,} PNG 16x16: floor {f:.1f} s, noiseaug {seconds:.1f} s (ratio {seconds / f:.2f}x), parent "
+              f"peak RSS {peak:.1f} MB, CPU per file {parent / count * 1e6:.0f} us in the parent, "
+              f"{children / count * 1e6:.0f} us in the workers")
+        for _ in range(3):
+            print(f"  no-op re-run {noiseaug(src, Path(tmp) / 'out', workers)[0]:.2f} s, "
+                  f"find -printf {find_seconds(src):.2f} s")
+
+
 def growth(sizes: list[int], workers: int) -> None:
     """The parent's peak RSS over sets of 16x16 PNGs of each size, and its growth per file."""
     peaks = []
@@ -179,13 +195,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--wavs", type=int, default=5000)
-    parser.add_argument("--million", type=Path, help="only make 1,000,000 PNGs of 16x16 under this folder")
+    parser.add_argument("--million", type=Path, help="only the million-file set: 1,000,000 PNGs of 16x16 made "
+                                                      "under this folder (if not there yet), one round of the "
+                                                      "floor and noiseaug, no-op re-runs and find")
     parser.add_argument("--growth", help="only the parent's peak RSS over sets of these sizes (16x16 PNGs), "
                                          "e.g. 20000,200000, and the growth per file between the first and last")
     parser.add_argument("--profile", type=int, metavar="N", help="only a cProfile of one in-process run over N PNGs")
     args = parser.parse_args()
     if args.million:
-        make_pngs(args.million, 1_000_000, 16)
+        million(args.million, args.workers)
         return
     if args.growth:
         growth([int(n) for n in args.growth.split(",")], args.workers)
