@@ -86,14 +86,34 @@ class Stopper:
         self._pipe = self.wakeup_fd = self._stderr = None
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.count += 1
+        before = self.count
+        self.count += max(1, self._arrived())
         self.signum = self.signum or signum
         key = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        if self.count == 1:
+        if before == 0:
             self._say(f"noiseaug: stopping; finishing {self.in_flight} file(s) in flight "
                       f"({key} again to abandon them)")
-        elif self.count == 2:
+        if before <= 1 < self.count:
             self._say("noiseaug: abandoning the files in flight; the next run cleans up after them")
+
+    def _arrived(self) -> int:
+        """How many of our signals came since the wake-up pipe was last read.
+
+        CPython calls a handler once for a signal that came several times
+        while the main thread was inside one C call (a long codec call, with
+        ``--workers 1``), but writes a byte to the wake-up pipe for each. The
+        pipe is left readable (with a byte that is no signal), so that a loop
+        waiting on it still wakes up.
+        """
+        if self._pipe is None:
+            return 0
+        count = 0
+        with contextlib.suppress(BlockingIOError, OSError):
+            while data := os.read(self._pipe[0], 512):
+                count += sum(1 for byte in data if byte in SIGNALS)
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._pipe[1], b"\0")
+        return count
 
     def _say(self, text: str) -> None:
         with contextlib.suppress(OSError, TypeError):

@@ -183,3 +183,22 @@ def test_files_a_dead_worker_finished_but_had_not_reported_are_done_again(tmp_pa
     status = {r["input"]: r["status"] for r in recs}
     assert status.pop("a/z.png") == "error" and set(status.values()) == {"ok"}
     assert summary.total("ok") == 5 and summary.failed == 1
+
+
+def test_a_process_that_has_used_opencvs_threads_starts_workers_that_do_not_hang(src_small, tmp_path):
+    """A library caller that used OpenCV holds its thread pool: forked workers would hang in their first
+    OpenCV call. They start from a fork server instead (in a child process here, so a hang is a timeout)."""
+    script = ("import os, cv2, numpy as np, noiseaug\n"
+              "cv2.setNumThreads(2)\n"
+              "cv2.resize(np.zeros((2000, 2000, 3), np.uint8), (1000, 1000))  # OpenCV's pool runs threads now\n"
+              "assert len(os.listdir('/proc/self/task')) > 1\n"
+              f"summary = noiseaug.run({str(src_small)!r}, {str(tmp_path / 'out')!r}, workers=2)\n"
+              "assert summary.total('ok') == 3 and summary.failed == 0\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+@pytest.fixture
+def src_small(tmp_path) -> Path:
+    for i in range(3):
+        write_image(tmp_path / "in" / f"{i}.png", np.full((16, 16, 3), 40 * i, np.uint8))
+    return tmp_path / "in"

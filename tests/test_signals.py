@@ -149,3 +149,30 @@ def test_a_run_killed_twice_between_manifest_appends_still_resumes(dataset, clea
         if data.endswith(b"\n"):  # tear the last record, as a kill inside a write would
             manifest.write_bytes(data[:-20])
     resume_equals_clean(dataset, out, clean)
+
+
+def test_signals_that_come_during_one_long_c_call_all_count():
+    """CPython runs a handler once for a signal that came twice inside one C call (a codec's, with
+    --workers 1): the second Ctrl-C must still abandon, not be lost."""
+    import hashlib
+    import threading
+
+    from noiseaug.signals import Stopper
+
+    def send():
+        time.sleep(0.2)
+        for _ in range(2):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.05)
+
+    with Stopper() as stopper:
+        sender = threading.Thread(target=send)
+        sender.start()
+        hashlib.pbkdf2_hmac("sha256", b"key", b"salt", 3_000_000)  # about a second in C, no signal checks
+        sender.join()
+        for _ in range(100):  # the handler runs at the next bytecode; a slow machine may need a moment
+            if stopper.count:
+                break
+            time.sleep(0.01)
+        assert stopper.count == 2 and stopper.abandoning
+        assert stopper.wakeup_fd is not None and os.read(stopper.wakeup_fd, 16)  # still wakes a waiting loop

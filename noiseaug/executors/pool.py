@@ -46,14 +46,15 @@ CURRENT, STARTED, FINISHED = range(3)  # a worker's slot: file index it is on, w
 
 
 def init_worker(context: Context) -> None:
-    """Set up a worker process: one thread, SIGINT left to the parent, exit with it."""
+    """Set up a worker process: exit with the parent (first: whatever hangs later, it is not left behind),
+    SIGINT left to the parent, one thread."""
+    if context.parent_pid:
+        _exit_with(context.parent_pid)
     context.target.forget()
     set_temp_tag(context.temp_tag)
     for signum in (signal.SIGINT, signal.SIGTERM):  # the parent decides: finish, or kill this worker
         signal.signal(signum, signal.SIG_IGN)
     limit_threads(context.config.kinds)
-    if context.parent_pid:
-        _exit_with(context.parent_pid)
 
 
 def _exit_with(pid: int) -> None:
@@ -178,13 +179,24 @@ def _start_method() -> str:
     """``fork`` when it is safe, so workers start with the codecs already imported.
 
     Forking copies only the calling thread, so it is safe only while the
-    parent runs one thread; otherwise a fork server, or spawn where there is
-    none. Starting workers from scratch costs about half a second each here.
+    parent runs one thread, native ones included: a process that has used
+    OpenCV holds its thread pool, and a forked child hangs in the first
+    OpenCV call that touches it (``setNumThreads``). Otherwise a fork server,
+    or spawn where there is none. Starting workers from scratch costs about
+    half a second each here.
     """
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
+    if "fork" in methods and _one_thread():
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _one_thread() -> bool:
+    """Whether this process runs a single thread, counting threads Python did not start (Linux: /proc)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1
 
 
 class WorkerStartError(NoiseaugError):
