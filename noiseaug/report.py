@@ -53,7 +53,7 @@ class Summary:
     bytes_out: int = 0
     seconds: float = 0.0
     walk: WalkStats = field(default_factory=WalkStats)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (input, output, reason), one per output
     gone: list[str] = field(default_factory=list)  # inputs in the old manifest, now missing
     clipped_sum: Counter = field(default_factory=Counter)  # kind -> sum of clipped fractions (running: no list)
     clipped_count: Counter = field(default_factory=Counter)  # kind -> outputs with a clipped fraction
@@ -85,7 +85,7 @@ class Summary:
                 self.clipped_count[kind] += 1
                 self.clipped_max[kind] = max(self.clipped_max.get(kind, 0.0), fraction)
         elif status == "error":
-            self.failures.append((record["input"], record.get("error", "failed")))
+            self.failures.append((record["input"], record.get("output", ""), record.get("error", "failed")))
 
     def total(self, status: str) -> int:
         return sum(n for (_, s), n in self.counts.items() if s == status)
@@ -124,7 +124,7 @@ class Summary:
             "not_taken": {"unsupported": self.walk.unsupported, "filtered": self.walk.filtered,
                           "other_shard": self.walk.other_shard, "links": self.walk.links,
                           "special": self.walk.special, "labels": self.walk.labels},
-            "failures": [{"input": i, "error": e} for i, e in self.failures],
+            "failures": [{"input": i, "output": o, "error": e} for i, o, e in self.failures],
             "problems": list(self.walk.problems),
             "gone": list(self.gone),
             "unmatched_globs": list(self.unmatched),
@@ -159,10 +159,11 @@ class Summary:
             lines.append(f"{len(self.walk.problems)} path(s) of INPUT could not be taken, counted as failed:")
         for problem in self.walk.problems:
             lines.append(f"failed: {printable(problem)}")
-        for path, reason in self.failures[:20]:
+        said = list(dict.fromkeys((path, reason) for path, _, reason in self.failures))  # one line per input and reason
+        for path, reason in said[:20]:
             lines.append(f"failed: {printable(path)}: {reason}")
-        if len(self.failures) > 20:
-            lines.append(f"... and {len(self.failures) - 20} more failures, each in the manifest with its reason")
+        if len(said) > 20:
+            lines.append(f"... and {len(said) - 20} more failures, each in the manifest with its reason")
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.interrupted:

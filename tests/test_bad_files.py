@@ -101,3 +101,17 @@ def test_an_empty_audio_file_is_an_empty_file(cli, tmp_path):
     result = cli("run", src, tmp_path / "out", "--workers", 1, code=1)
     lines = sorted(line for line in result.stderr.splitlines() if line.startswith("noiseaug: failed:"))
     assert lines == ["noiseaug: failed: nothing.flac: empty file", "noiseaug: failed: silence.wav: empty file"]
+
+
+def test_json_failures_name_each_output_and_the_summary_each_input_once(cli, tmp_path):
+    import json
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    result = cli("run", src, out, "--workers", 1, "--copies", 3, "--json", code=1)
+    failures = json.loads(result.stdout)["failures"]
+    assert sorted(f["output"] for f in failures) == [f"bad_n{c}.png" for c in range(3)]
+    assert {f["input"] for f in failures} == {"bad.png"}
+    summary = [line for line in result.stderr.splitlines() if line.startswith("failed: bad.png")]
+    assert len(summary) == 1
