@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from .discover import Candidate
-from .records import Job, Outcome
+from .records import Job, Outcome, path_fields
 from .report import Reporter, printable
 
 
@@ -52,12 +52,12 @@ class ConsoleReporter(Reporter):
     def planned(self, job: Job, action: str) -> None:
         if self.verbose and not self.quiet:
             said = {"process": "would process", "skip": "up to date", "label": "label map, would be left alone"}
-            self._print(f"{said[action]}: {printable(job.rel)}")
+            self._print(f"{said[action]}: {shown(job.rel)}")
 
     def finished(self, job: Job, outcomes: list[Outcome]) -> None:
         self.bytes_done += job.size
         records = [o.record for o in outcomes if o.record is not None]
-        name = printable(job.rel)
+        name = shown(job.rel)
         reasons = list(dict.fromkeys(r.get("error") for r in records if r["status"] == "error"))
         for reason in reasons:  # one line per input and reason, not one per copy
             self._print(f"noiseaug: failed: {name}: {reason}")
@@ -95,3 +95,9 @@ class ConsoleReporter(Reporter):
             from tqdm import tqdm
 
             tqdm.monitor_interval = self._monitor
+
+
+def shown(rel: str) -> str:
+    """An input's path as the manifest and the summary show it (undecodable bytes as ``\\xff``), made safe
+    for one terminal line."""
+    return printable(path_fields("input", rel)["input"])

@@ -115,3 +115,16 @@ def test_json_failures_name_each_output_and_the_summary_each_input_once(cli, tmp
     assert {f["input"] for f in failures} == {"bad.png"}
     summary = [line for line in result.stderr.splitlines() if line.startswith("failed: bad.png")]
     assert len(summary) == 1
+
+
+def test_an_undecodable_name_is_shown_the_same_way_live_and_in_the_summary(cli, tmp_path):
+    import os
+
+    src = tmp_path / "in"
+    src.mkdir()
+    with open(os.fsencode(src) + b"/\xfe.png", "wb") as fh:
+        fh.write(b"garbage")
+    result = cli("run", src, tmp_path / "out", "--workers", 1, code=1)
+    live = [line for line in result.stderr.splitlines() if line.startswith("noiseaug: failed:")]
+    summary = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    assert live == ["noiseaug: " + summary[0]] and summary[0].startswith("failed: \\xfe.png: ")
