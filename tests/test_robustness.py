@@ -202,3 +202,20 @@ def src_small(tmp_path) -> Path:
     for i in range(3):
         write_image(tmp_path / "in" / f"{i}.png", np.full((16, 16, 3), 40 * i, np.uint8))
     return tmp_path / "in"
+
+
+def test_workers_that_hang_while_starting_end_the_run_with_one_error(src_small, tmp_path):
+    """A worker that never says it has started is killed and started again; when none will, the run stops with
+    WorkerStartError, instead of waiting for ever (in a child process here, so a hang is a timeout)."""
+    script = ("import time, noiseaug\n"
+              "from noiseaug.executors import pool\n"
+              "pool.START_SECONDS = 0.3\n"
+              "pool._start_method = lambda: 'fork'  # the forked workers run the patched set-up\n"
+              "pool.init_worker = lambda context: time.sleep(3600)\n"
+              "try:\n"
+              f"    noiseaug.run({str(src_small)!r}, {str(tmp_path / 'out')!r}, workers=2)\n"
+              "except pool.WorkerStartError as exc:\n"
+              "    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "worker processes do not start (one hung for 0.3 s while starting)" in result.stdout, result.stderr
+    assert result.returncode == 0

@@ -42,6 +42,7 @@ from ..worker import Context, limit_threads, process_job
 
 Outcomes = list[Outcome]
 REPORT_EVERY = 0.1  # seconds: how long a worker holds finished files' records before sending them
+START_SECONDS = 120.0  # a worker that has not said it started by then is killed and started again
 CURRENT, STARTED, FINISHED = range(3)  # a worker's slot: file index it is on, when it began, files finished
 
 
@@ -152,6 +153,7 @@ class _Worker:
     done: int = 0  # files of the batch already reported
     idle: bool = False  # until the worker says it has started
     stopping: bool = False
+    born: float = field(default_factory=time.monotonic)
 
     def culprit(self) -> int | None:
         """The index of the file the worker is on, None between files (or after its last)."""
@@ -321,7 +323,10 @@ class ProcessPool:
                 continue
             if not worker.batch:  # still starting
                 if not worker.process.is_alive():
-                    self._restart_unstarted(worker)
+                    self._restart_unstarted(worker, _death(worker.process.exitcode))
+                elif time.monotonic() - worker.born > START_SECONDS:
+                    worker.process.kill()
+                    self._restart_unstarted(worker, f"one hung for {START_SECONDS:g} s while starting")
                 continue
             if not worker.process.is_alive():
                 worker.process.join()
@@ -352,11 +357,11 @@ class ProcessPool:
         worker.conn.close()
         self._workers[self._workers.index(worker)] = self._start()
 
-    def _restart_unstarted(self, worker: _Worker) -> None:
+    def _restart_unstarted(self, worker: _Worker, why: str) -> None:
         worker.process.join()
         self._failed_starts += 1
         if self._failed_starts > 3 * len(self._workers):
-            raise WorkerStartError(f"worker processes die on start ({_death(worker.process.exitcode)})")
+            raise WorkerStartError(f"worker processes do not start ({why})")
         worker.conn.close()
         self._workers[self._workers.index(worker)] = self._start()
 
