@@ -18,7 +18,7 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Iterator, NamedTuple
+from typing import IO, Any, BinaryIO, Callable, Iterator, NamedTuple, NoReturn
 
 from ..errors import LockedError, UsageError, WriteError
 
@@ -163,13 +163,7 @@ def atomic_file(path: str, *, durable: bool = False) -> Iterator[BinaryIO]:
         if durable:
             _fsync_folder(os.path.dirname(path) or ".")
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise WriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from exc
-        raise
+        _discard(tmp, path, exc)
 
 
 def _temporary(path: str) -> tuple[str, int]:
@@ -180,6 +174,17 @@ def _temporary(path: str) -> tuple[str, int]:
         return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise WriteError(path, f"cannot write: {exc.strerror}", exc.errno) from exc
+
+
+def _discard(tmp: str, path: str, exc: BaseException) -> NoReturn:
+    """Remove the temporary file of a write that failed; raise again, an OS error as :class:`WriteError`."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    if isinstance(exc, OSError):
+        raise WriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from exc
+    raise exc
 
 
 def put_file(path: str, data: Any, before_rename: Callable[[], None]) -> tuple[int, int]:
@@ -197,13 +202,7 @@ def put_file(path: str, data: Any, before_rename: Callable[[], None]) -> tuple[i
         before_rename()
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise WriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from exc
-        raise
+        _discard(tmp, path, exc)
     return st.st_size, st.st_mtime_ns
 
 
