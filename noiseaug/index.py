@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 from .discover import FS_ENCODING
 from .manifest import sort_key
@@ -40,7 +40,6 @@ def walk_key(rel: str) -> bytes:
 _SCHEMA = """
 CREATE TABLE prior (key BLOB, copy INTEGER, record TEXT, PRIMARY KEY (key, copy)) WITHOUT ROWID;
 CREATE TABLE current (key BLOB, copy INTEGER, record TEXT, PRIMARY KEY (key, copy)) WITHOUT ROWID;
-CREATE TABLE outputs (rel BLOB PRIMARY KEY) WITHOUT ROWID;
 """
 
 
@@ -51,7 +50,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class RunIndex:
-    """Records of the previous run and of this one, and the output names claimed so far."""
+    """Records of the previous run and of this one."""
 
     def __init__(self, manifest: Path) -> None:
         self.path = manifest.with_name(f".{manifest.name}.index")
@@ -75,14 +74,6 @@ class RunIndex:
         """The previous records of one input's copies 0 .. copies-1 (None where there is none)."""
         rows = dict(self.db.execute("SELECT copy, record FROM prior WHERE key = ? AND copy < ?", (key, copies)))
         return tuple(json.loads(rows[c]) if c in rows else None for c in range(copies))
-
-    def claim(self, rel: str) -> bool:
-        """Take an output name; False when another input (or noiseaug itself) has it already."""
-        try:
-            self.db.execute("INSERT INTO outputs VALUES (?)", (os.fsencode(rel),))
-        except sqlite3.IntegrityError:
-            return False
-        return True
 
     def keep(self, key: bytes, copy: int) -> None:
         """The previous record of one output stands unchanged (nothing is serialised)."""
@@ -114,6 +105,48 @@ class RunIndex:
         self.db.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+class Claims:
+    """The output names taken so far, to refuse a second input (or noiseaug's own file) the same output.
+
+    An output lives in its input's folder, and every walk (local or a sorted
+    listing) visits a folder's whole subtree before it leaves it: only the
+    folders on the walk's current path can still be claimed in, so only their
+    names are kept. A folder that comes back once left is a broken walk order.
+    """
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._reserved: dict[str, set[str]] = {}
+        for rel in reserved:
+            folder, _, name = rel.rpartition("/")
+            self._reserved.setdefault(folder, set()).add(name)
+        self._open: dict[str, set[str]] = {}  # folder -> names taken, for the folders on the walk's path
+        self._left: set[str] = set()
+
+    def claim(self, rel: str) -> bool:
+        """Take an output name; False when another input (or noiseaug itself) has it already."""
+        folder, _, name = rel.rpartition("/")
+        names = self._open.get(folder)
+        if names is None:
+            names = self._enter(folder)
+        if name in names:
+            return False
+        names.add(name)
+        return True
+
+    def _enter(self, folder: str) -> set[str]:
+        if folder in self._left:
+            raise AssertionError(f"the walk came back to {folder!r} after leaving it")
+        for other in [f for f in self._open if not _within(folder, f)]:
+            del self._open[other]
+            self._left.add(other)
+        names = self._open[folder] = set(self._reserved.get(folder, ()))
+        return names
+
+
+def _within(folder: str, ancestor: str) -> bool:
+    return not ancestor or folder == ancestor or folder.startswith(ancestor + "/")
 
 
 class StateCache:

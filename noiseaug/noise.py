@@ -139,7 +139,7 @@ class EscapeStreams:
 
 
 def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
-                 channels: int | None, shared: bool, escapes: EscapeStreams | None) -> int:
+                 channels: int | None, shared: bool, escapes: EscapeStreams | list[bytearray] | None) -> int:
     """The exact table path for 8-bit images (see the module's docstring)."""
     law = _rounded_law(float(sigma), LUMP8)
     total = data.shape[-1] if data.ndim == 3 else 1
@@ -152,6 +152,8 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
         states = fresh_states(rng, 2)
         if states is not None:
             return _table_call(_kernel.add_table_noise, pixels.reshape(-1), rng, law, states, total, noised, shared)
+    if isinstance(escapes, list):  # states: only made where the compiled loops run
+        return _table_call(_kernel.add_table_noise, pixels.reshape(-1), rng, law, escapes, total, noised, shared)
     streams = escapes if escapes is not None else escape_stream(rng)
     if _compiled(rng, streams):
         return _table_call(_kernel.add_table_noise, pixels.reshape(-1), rng, law, streams, total, noised, shared)
@@ -159,11 +161,13 @@ def _noise_uint8(data: np.ndarray, sigma: float, rng: np.random.Generator,
 
 
 def _noise_int16(data: np.ndarray, sigma: float, rng: np.random.Generator,
-                 escapes: EscapeStreams) -> int:
+                 escapes: EscapeStreams | list[bytearray]) -> int:
     """The exact table path for 16-bit PCM: every value noised, clipped to int16."""
     law = _rounded_law(float(sigma), LUMP16)
     values = data.reshape(-1, 1)
     limits = (-32768, 32767)
+    if isinstance(escapes, list):  # as states: the compiled loops were checked when they were made
+        return _table_call(_kernel.add_table_noise_i16, values.reshape(-1), rng, law, escapes)
     if _compiled(rng, escapes):
         return _table_call(_kernel.add_table_noise_i16, values.reshape(-1), rng, law, escapes)
     return _table_noise_numpy(values, rng, law, escapes, 1, False, limits)
@@ -297,6 +301,22 @@ def escape_stream(rng: np.random.Generator) -> EscapeStreams:
     return EscapeStreams(second, last)
 
 
+def recording_escapes(rng: np.random.Generator) -> EscapeStreams | list[bytearray]:
+    """:func:`escape_stream` for every block of one recording.
+
+    Where the compiled loops run, the two streams are their SFC64 states
+    (each loop steps them in place, so the next block goes on where this one
+    stopped): the same words as the generators', without building them.
+    """
+    if _kernel is not None and kernel_problem() is None:
+        from .seeding import fresh_states
+
+        states = fresh_states(rng, 2)
+        if states is not None:
+            return states
+    return escape_stream(rng)
+
+
 def _table_noise_numpy(pixels: np.ndarray, rng: np.random.Generator, law: _Law, streams: EscapeStreams,
                        noised: int, shared: bool, limits: tuple[int, int]) -> int:
     """numpy twin of the compiled loops: same bits, same bytes, in bands of whole 64-bit words.
@@ -378,7 +398,7 @@ def noise_inplace(
     step: int = 1,
     channels: int | None = None,
     shared: bool = False,
-    escapes: EscapeStreams | None = None,
+    escapes: EscapeStreams | list[bytearray] | None = None,
 ) -> int:
     """Add clipped Gaussian noise to ``data`` in place; return how many values clipped.
 

@@ -27,7 +27,7 @@ from .discover import Candidate, Selection, WalkStats, walk
 from .errors import ClusterError, Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
 from .executors import check_executor, make_executor
 from .freshness import all_confirmed, nothing_to_do
-from .index import RunIndex, StateCache
+from .index import Claims, RunIndex, StateCache
 from .locations import Locations, open_locations
 from .manifest import (
     ManifestWriter,
@@ -313,14 +313,13 @@ def _jobs(source: Storage, cfg: Config, index: RunIndex, stats: WalkStats,
           reserved: set[str]) -> Iterator[tuple[Job, Candidate] | list[Outcome]]:
     """Jobs in walk order; an output clash becomes an error record instead."""
     selection = _selection(cfg)
-    for name in reserved:
-        index.claim(name)
+    claims = Claims(reserved)
     copies = range(cfg.copies)
     for cand in walk(source, selection, stats):
         outs = [cand.rel] if cand.kind == "other" else [output_rel(cand.rel, cfg.name, c) for c in copies]
         previous = index.prior(os.fsencode(cand.rel), len(outs)) if index.prior_count else ()
         job = Job(cand.rel, cand.kind, cand.size, previous, (cand.size, cand.mtime_ns))
-        clash = next((o for o in outs if not index.claim(o)), None)
+        clash = next((o for o in outs if not claims.claim(o)), None)
         if clash is not None:
             yield failed(job, cfg, f"output {clash} is already taken by another input "
                                    "or by noiseaug's own files")

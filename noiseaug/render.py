@@ -7,6 +7,7 @@ writes. Codecs are reached through ``image_io`` and ``audio_io`` only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -19,7 +20,7 @@ import numpy as np
 from . import seeding
 from .config import Config, SigmaSpec
 from .errors import DecodeError, WriteError
-from .noise import escape_stream, image_limits, image_sigma, noise_inplace
+from .noise import image_limits, image_sigma, noise_inplace, recording_escapes
 from .records import Job
 from .signals import checkpoint
 from .storage import Storage
@@ -80,25 +81,26 @@ def written_fields(encoded: Any) -> dict[str, Any]:
     return {"output_sha256": hashlib.sha256(encoded).hexdigest(), "output_bytes": len(memoryview(encoded).cast("B"))}
 
 
-def render(job: Job, source: Storage, data: bytes | None, copies: list[int], cfg: Config,
+def render(job: Job, source: Storage, data: bytes | BinaryIO | None, copies: list[int], cfg: Config,
            probe: Any = None) -> Iterator[Rendered]:
     """The noisy outputs of one input for the given copy indices.
 
     ``data`` holds the input's bytes for images and copied files; audio is
-    streamed from ``source``. ``probe`` is the image's header, when already read;
-    a label map is copied unchanged. Not a generator itself: the renderer it
+    streamed from the open file ``data`` (left open: the caller's), else from
+    ``source``. ``probe`` is the image's header, when already read; a label
+    map is copied unchanged. Not a generator itself: the renderer it
     returns holds the only other reference to ``data``, and drops it once
     decoded (on a 100-megapixel PNG, the compressed bytes are a third of the peak).
     """
     if job.kind == "image":
-        assert data is not None
+        assert isinstance(data, bytes)
         probe = probe if probe is not None else probe_image(job.rel, data, cfg)
         if probe.label is None:
             return _render_image(job.rel, data, copies, cfg, probe)
         return _render_label(job.rel, data)
     if job.kind == "audio":
-        return _render_audio(job.rel, source, copies, cfg)
-    assert data is not None
+        return _render_audio(job.rel, source, copies, cfg, None if isinstance(data, bytes) else data)
+    assert isinstance(data, bytes)
     return iter([Rendered(0, {}, _bytes_writer(data), data)])
 
 
@@ -189,11 +191,12 @@ def _dtype_name(dtype: np.dtype) -> str:
     return str(dtype)
 
 
-def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config) -> Iterator[Rendered]:
+def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config,
+                  opened: BinaryIO | None) -> Iterator[Rendered]:
     from . import audio_io
     from .audio_io import AudioError
 
-    with source.open(rel) as fh:
+    with contextlib.nullcontext(opened) if opened is not None else source.open(rel) as fh:
         size = fh.seek(0, os.SEEK_END)
         if size == 0:  # asked first: a libsndfile that failed may have closed the file
             raise DecodeError(rel, "empty file")
@@ -243,7 +246,7 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
             raise WriteError(rel, str(exc)) from None
         with out:
             try:
-                escapes = escape_stream(rng)  # one for the whole recording: blocks do not matter
+                escapes = recording_escapes(rng)  # one for the whole recording: blocks do not matter
                 for block in audio_io.blocks(snd, layout):
                     checkpoint()
                     clipped += noise_inplace(block, sigma * layout.full_scale, rng, lo=layout.lo,

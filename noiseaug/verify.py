@@ -209,7 +209,6 @@ class _Regenerator:
 
     def check(self, record: dict[str, Any], target: Any, out_rel: str) -> str | None:
         from .records import Job
-        from .render import render
         from .worker import read_source
 
         rel = rel_str(record, "input")
@@ -219,9 +218,18 @@ class _Regenerator:
             data, digest, _ = read_source(job, source)
         except OSError as exc:
             return f"input {record['input']}: cannot read: {exc.strerror or exc}"
-        if digest != record.get("input_sha256"):
-            return f"input {record['input']} changed since the run"
-        outputs = render(job, source, data, [int(record["copy"])], self.cfg)
+        try:
+            if digest != record.get("input_sha256"):
+                return f"input {record['input']} changed since the run"
+            return self._regenerate(record, target, out_rel, job, data)
+        finally:
+            if not isinstance(data, bytes):  # an open recording
+                data.close()
+
+    def _regenerate(self, record: dict[str, Any], target: Any, out_rel: str, job: Any, data: Any) -> str | None:
+        from .render import render
+
+        outputs = render(job, self.source, data, [int(record["copy"])], self.cfg)
         try:
             rendered = next(outputs)
             if rendered.fields.get("seed", record.get("seed")) != record.get("seed"):

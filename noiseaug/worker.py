@@ -14,7 +14,7 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from .config import Config
 from .errors import FileError, WriteError
@@ -59,7 +59,15 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
         fatal = exc.errno == errno.ECONNREFUSED  # a storage that cannot be reached: stop, not fail file after file
         return [Outcome(error_record(r, f"cannot read: {exc.strerror or exc}"), fatal=fatal)
                 for r in base_records(job, cfg)]
-    known = {"input_sha256": digest, "input_bytes": size}
+    try:
+        return _process(job, ctx, data, {"input_sha256": digest, "input_bytes": size})
+    finally:
+        if not isinstance(data, bytes):  # an open recording
+            data.close()
+
+
+def _process(job: Job, ctx: Context, data: bytes | BinaryIO | None, known: dict[str, Any]) -> list[Outcome]:
+    cfg, digest = ctx.config, known["input_sha256"]
     try:
         probe = probe_image(job.rel, data, cfg) if job.kind == "image" else None
     except FileError as exc:
@@ -134,11 +142,17 @@ def _blame_the_disk(fh: Any, out_rel: str, exc: Exception) -> None:
         raise WriteError(out_rel, "cannot write: No space left on device", errno.ENOSPC) from exc
 
 
-def read_source(job: Job, source: Storage) -> tuple[bytes | None, str, int]:
-    """Images and copied files are read whole (a codec needs them in memory); audio is only hashed."""
+def read_source(job: Job, source: Storage) -> tuple[bytes | BinaryIO, str, int]:
+    """Images and copied files are read whole (a codec needs them in memory); audio is hashed from
+    the file it is then decoded from (opened once): the caller closes it."""
     if job.kind == "audio":
-        digest, size = source.hash(job.rel)
-        return None, digest, size
+        fh = source.open(job.rel)
+        try:
+            digest, size = hash_stream(fh)
+        except BaseException:
+            fh.close()
+            raise
+        return fh, digest, size
     data = source.read(job.rel)
     return data, hashlib.sha256(data).hexdigest(), len(data)
 

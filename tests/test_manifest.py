@@ -318,3 +318,32 @@ def test_label_maps_left_alone_do_not_keep_a_rerun_from_the_quick_check(tmp_path
         noiseaug.run(src, out, workers=1)  # a changed label map: looked at again
     summary = noiseaug.run(src, out, workers=1, copy_other=True)  # label maps copied now: not a no-op
     assert summary.counts["label", "ok"] == 1
+
+
+def test_an_input_whose_output_is_noiseaugs_own_file_is_refused_in_its_folder_only(cli, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for folder in ["", "a/", "a/b/", "a/b/c/", "z/"]:  # depth first: a, a/b, a/b/c, back to a, then z
+        write_image(src / f"{folder}x.png", np.full((4, 4), 7, np.uint8))
+        (src / f"{folder}noiseaug-manifest.jsonl").write_text("not a manifest\n")
+    write_image(src / "a/0.png", np.full((4, 4), 9, np.uint8))  # "a" before and after its subfolder "a/b"
+    result = cli("run", src, out, "--copy-other", "--workers", 1, code=1)
+    assert isinstance(result.exception, SystemExit)  # a failed file, not a crash
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    failed = {r["input"]: r["error"] for r in recs if r["status"] == "error"}
+    assert failed == {"noiseaug-manifest.jsonl": "output noiseaug-manifest.jsonl is already taken by another "
+                                                 "input or by noiseaug's own files"}
+    assert sum(r["status"] == "ok" for r in recs) == 5 + 4 + 1
+    assert (out / "a/b/noiseaug-manifest.jsonl").read_text() == "not a manifest\n"
+
+
+def test_claims_refuse_a_name_taken_in_a_folder_left_and_come_back_to():
+    from noiseaug.index import Claims
+
+    claims = Claims({"m.jsonl", "sub/m.jsonl"})
+    assert not claims.claim("m.jsonl") and claims.claim("a/m.jsonl")
+    assert claims.claim("a/x") and claims.claim("a/b/x") and claims.claim("a/b/c/x")
+    assert not claims.claim("a/x")  # back in "a" from below it: its names are still known
+    assert claims.claim("a/y") and claims.claim("x") and not claims.claim("x")
+    assert not claims.claim("sub/m.jsonl") and claims.claim("sub/n.jsonl")  # "a" and below are left now
+    with pytest.raises(AssertionError):
+        claims.claim("a/b/z")
