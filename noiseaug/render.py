@@ -92,15 +92,16 @@ def render(job: Job, source: Storage, data: bytes | BinaryIO | None, copies: lis
     returns holds the only other reference to ``data``, and drops it once
     decoded (on a 100-megapixel PNG, the compressed bytes are a third of the peak).
     """
+    opened = data if hasattr(data, "read") else None  # an open recording
     if job.kind == "image":
-        assert isinstance(data, bytes)
+        assert data is not None and opened is None
         probe = probe if probe is not None else probe_image(job.rel, data, cfg)
         if probe.label is None:
             return _render_image(job.rel, data, copies, cfg, probe)
         return _render_label(job.rel, data)
     if job.kind == "audio":
-        return _render_audio(job.rel, source, copies, cfg, None if isinstance(data, bytes) else data)
-    assert isinstance(data, bytes)
+        return _render_audio(job.rel, source, copies, cfg, opened)
+    assert data is not None and opened is None
     return iter([Rendered(0, {}, _bytes_writer(data), data)])
 
 

@@ -223,7 +223,7 @@ class _Regenerator:
                 return f"input {record['input']} changed since the run"
             return self._regenerate(record, target, out_rel, job, data)
         finally:
-            if not isinstance(data, bytes):  # an open recording
+            if hasattr(data, "close"):  # an open recording
                 data.close()
 
     def _regenerate(self, record: dict[str, Any], target: Any, out_rel: str, job: Any, data: Any) -> str | None:

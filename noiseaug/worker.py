@@ -62,7 +62,7 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
     try:
         return _process(job, ctx, data, {"input_sha256": digest, "input_bytes": size})
     finally:
-        if not isinstance(data, bytes):  # an open recording
+        if hasattr(data, "close"):  # an open recording
             data.close()
 
 
