@@ -6,6 +6,7 @@ the endpoint and credentials in its environment as a user would set them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
+
+from noiseaug.storage.local import LocalStorage
 
 from conftest import random_images, records, tree
 
@@ -49,7 +52,8 @@ def s3(moto_endpoint, monkeypatch, request):
     for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "AWS_PROFILE"):
         monkeypatch.delenv(key, raising=False)
     client = boto3.client("s3", endpoint_url=url)
-    name = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]  # parametrized variants: buckets of their own
+    name = request.node.name.lower().replace("_", "-")[:33].strip("-") + "-" + digest
     buckets = (f"in-{name}", f"out-{name}")
     for bucket in buckets:
         client.create_bucket(Bucket=bucket)
@@ -217,10 +221,13 @@ def test_keys_with_dot_segments_are_refused(s3, tmp_path):
     assert "3 path(s) of INPUT could not be taken, counted as failed:" in loud.stderr
 
 
+@pytest.mark.parametrize("executor", [["--workers", "1"], ["--executor", "dask", "--workers", "2"]],
+                         ids=["pool", "dask"])
 def test_an_endpoint_that_goes_away_ends_the_run_with_one_message_and_a_manifest_to_continue(s3, slow_tree,
-                                                                                             slow_reference):
-    """Stop the S3 server mid-run: exit 1, one clear line; start it again (same port, same buckets): a re-run ends
-    as a clean run would."""
+                                                                                             slow_reference, executor):
+    """Stop the S3 server mid-run: exit 1, one clear line, a failed file at most per batch in flight (the rest are
+    not tried: each would wait out the backend's retries); start it again (same port, same buckets): a re-run
+    ends as a clean run would."""
     from moto.server import ThreadedMotoServer
 
     client, (_, out_bucket) = s3
@@ -229,11 +236,14 @@ def test_an_endpoint_that_goes_away_ends_the_run_with_one_message_and_a_manifest
     host, port = own.get_host_and_port()
     env = {**os.environ, "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_MAX_ATTEMPTS": "1"}
     target = f"s3://{out_bucket}/o"  # moto keeps its buckets in this process: both servers see them
-    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, target, "--workers", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, target, *executor],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         wait_for(lambda: any(k.startswith(".noiseaug-manifest.jsonl.segments/") for k in keys(client, out_bucket, "o")),
                  what="a manifest segment")
+    except BaseException:
+        proc.kill()
+        raise
     finally:
         own.stop()
     out, err = proc.communicate(timeout=120)
@@ -241,6 +251,8 @@ def test_an_endpoint_that_goes_away_ends_the_run_with_one_message_and_a_manifest
     assert "Traceback" not in err
     stops = [line for line in err.splitlines() if line.startswith("stopped:")]
     assert len(stops) == 1 and "cannot reach the storage" in stops[0], err
+    tried = {line.split(": ")[2] for line in err.splitlines() if line.startswith("noiseaug: failed: ")}
+    assert 0 < len(tried) <= 2 * int(executor[-1]), err  # batches in flight: one per pool worker, two per Dask worker
     result = json.loads(noiseaug("run", slow_tree, target, "--workers", "1", "--json").stdout)
     assert result["skipped"] > 0
     found = objects(client, out_bucket, "o")
@@ -350,6 +362,36 @@ def worker_pids(address: str) -> list[int]:
 
     with Client(address, timeout="30s") as client:
         return list(client.run(os.getpid).values())
+
+
+class _Unreachable(LocalStorage):
+    def read(self, rel: str) -> bytes:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_a_dask_task_stops_at_the_runs_stop_event_and_after_a_failure_the_next_file_would_share(dask_cluster,
+                                                                                                 tmp_path):
+    """run_batch, as a worker runs it: every file; none once the driver set the run's event; one when the
+    storage cannot be reached (the next file would wait out the same retries)."""
+    from distributed import Client, Event
+
+    from noiseaug.config import make_config
+    from noiseaug.executors.cluster import run_batch
+    from noiseaug.records import Job
+    from noiseaug.worker import Context
+
+    names = [f"x{i}.png" for i in range(6)]
+    src = random_images(tmp_path / "in", names, shape=(8, 8, 3))
+    jobs = [Job(n, "image", (src / n).stat().st_size) for n in names]
+    ctx = Context(LocalStorage(str(src)), LocalStorage(str(tmp_path / "out")), make_config(None))
+    _, address = dask_cluster
+    with Client(address, timeout="30s") as client:
+        assert len(run_batch(jobs, ctx, "noiseaug-stop-test-unset")) == 6
+        Event("noiseaug-stop-test-set", client=client).set()
+        assert run_batch(jobs, ctx, "noiseaug-stop-test-set") == []
+    down = Context(_Unreachable(str(src)), LocalStorage(str(tmp_path / "out2")), make_config(None))
+    [outcomes] = run_batch(jobs, down)
+    assert outcomes[0].fatal and "cannot read" in outcomes[0].record["error"]
 
 
 def test_a_dask_worker_killed_mid_run_costs_nothing(dask_cluster, slow_tree, slow_reference, tmp_path):
@@ -659,11 +701,16 @@ def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(not_a_sched
     (["s3://{out}/o10//"], "a URL with an empty, '.' or '..' segment is refused"),
     (["s3://{out}/s3?x=SECRETXYZ123"], "a query string or fragment ('?', '#') in a URL is not taken"),
     (["s3://SECRETXYZ123@{out}/o"], "s3://<redacted>@{out}/o: credentials in a URL are not taken"),
+    (["http://127.0.0.1:1/{out}/o"], "http:// is not a storage noiseaug reads and writes (it takes s3://, gs://"),
+    (["ftp://127.0.0.1:1/o"], "ftp://127.0.0.1:1/o: ftp:// is not a storage noiseaug reads and writes"),
+    (["--manifest", "hdfs://h/m.jsonl"], "hdfs:// is not a storage noiseaug reads and writes"),
+    (["s3://{out}/o", "--storage-option", "endpoint_url=SECRETXYZ123"], "(check --storage-option"),
+    (["s3://{out}/o", "--storage-option", "config_kwargs.retries=SECRETXYZ123"], "(check --storage-option"),
 ])
 def test_scale_out_usage_errors_are_one_line_and_exit_2(s3, tmp_path, args, message):
     _, (_, out_bucket) = s3
     src = random_images(tmp_path / "in", ["a.png"])
-    local_out = [] if any(a.startswith("s3:") for a in args[:1]) else [tmp_path / "out"]
+    local_out = [] if any(a.startswith("s3:") or "://" in a for a in args[:1]) else [tmp_path / "out"]
     argv = [src, *local_out, *[a.replace("{out}", out_bucket) for a in args]]
     result = noiseaug("run", *argv, check=2)
     message = message.replace("{out}", out_bucket)
@@ -746,6 +793,19 @@ def test_refused_credentials_at_the_start_are_usage_errors_later_storage_errors(
         assert isinstance(_failure(exc, "cannot take s3://b/o's lock", start=True), UsageError)
         assert isinstance(_failure(exc, "cannot upload s3://b/o/x"), StorageError)
     assert isinstance(_failure(OSError("Internal Error"), "cannot list s3://b/i", start=True), StorageError)
+
+
+def test_input_refused_as_the_run_starts_is_a_usage_error(monkeypatch):
+    """Listing INPUT with credentials the storage refuses (or options it cannot take) is the user's to fix."""
+    from noiseaug.errors import UsageError
+    from noiseaug.storage.remote import FsspecStorage
+
+    storage = FsspecStorage("memory://refused/in", {})
+    for exc in (PermissionError("The AWS Access Key Id you provided does not exist in our records."),
+                ValueError("Invalid endpoint: nowhere")):
+        monkeypatch.setattr(storage.fs, "ls", lambda *a, exc=exc, **k: (_ for _ in ()).throw(exc))
+        with pytest.raises(UsageError, match=str(exc).split(":")[0]):
+            storage.exists()
 
 
 def test_root_urls_are_checked_before_any_request():

@@ -27,6 +27,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from typing import Any, Iterator
 
 from ..config import redact_url as redact
@@ -41,6 +42,7 @@ PLUGIN_NAME = "noiseaug-worker-setup"
 IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: one running, one ready
 WORKERS_EVERY = 1.0  # seconds between questions to the scheduler about its workers
 TASK_BYTES, TASK_FILES = 4 << 20, 64  # a task's inputs: a few 1080p images, or many small files
+STOP_EVERY = 0.25  # seconds between a task's looks at the run's stop event (a round trip to the scheduler)
 
 # The LocalCluster noiseaug starts shares the machine with its driver (scheduler and nannies live there): the
 # bookkeeping meant for long-lived clusters, which takes CPU from the codecs, is turned down. A scheduler of
@@ -107,24 +109,45 @@ def setup_worker(kinds: tuple[str, ...]) -> None:
 _one_batch_at_a_time = threading.Lock()  # codec chatter is silenced per process (fd 2): one thread works at once
 
 
-def run_batch(jobs: list[Job], ctx: Context) -> list[list[Outcome]]:
-    """A Dask task: every file of a batch, each within ``--file-timeout``.
+def run_batch(jobs: list[Job], ctx: Context, stop: str | None = None) -> list[list[Outcome]]:
+    """A Dask task: the files of a batch in turn, each within ``--file-timeout``; the outcomes of those done.
 
+    It ends early when the driver sets the Dask event ``stop`` (a signal, or a
+    reason to stop the run: looked at before the first file and then every
+    STOP_EVERY seconds), and after a file whose failure the next file would
+    share (an unreachable storage, a full disk), as the pool's workers do.
     A worker with several threads runs one batch at a time: noiseaug's
     per-process settings (the silenced stderr, the temporary-file tag) are
     not for sharing, and its codecs are CPU-bound anyway.
     """
-    results = []
+    results: list[list[Outcome]] = []
+    asked = float("-inf")
     with _one_batch_at_a_time, held_devnull():
         set_temp_tag(ctx.temp_tag)
         for job in jobs:
+            if stop is not None and time.monotonic() - asked >= STOP_EVERY:
+                asked = time.monotonic()
+                if _is_set(stop):
+                    break
             try:
                 with deadline(ctx.config.file_timeout):
                     results.append(process_job(job, ctx))
             except TimedOut:
                 results.append(failed(job, ctx.config, f"took longer than --file-timeout "
                                                         f"{ctx.config.file_timeout:g} s; abandoned"))
+            if any(o.fatal for o in results[-1]):
+                break
     return results
+
+
+def _is_set(name: str) -> bool:
+    """Whether the driver has set this Dask event (False if the scheduler cannot say: the driver decides)."""
+    from distributed import Event
+
+    try:
+        return bool(Event(name).is_set())
+    except Exception:
+        return False
 
 
 def _quiet_logs() -> contextlib.ExitStack:
@@ -155,6 +178,8 @@ class DaskExecutor:
         self._config = dask.config.set(_local_cluster_config() if self._address is None else {})
         self._box: dict[str, Any] = {}  # what the connecting thread made, to close even if the run stopped first
         self._config.__enter__()
+        self._stop_event = f"noiseaug-stop-{uuid.uuid4().hex}"  # set: the run's tasks end after their current file
+        self._told = False
 
     def _start(self, stopper: Stopper) -> bool:
         """Connect (or start a LocalCluster) in a thread, watching the signal flags and a deadline: a port
@@ -200,6 +225,17 @@ class DaskExecutor:
 
     def stop(self) -> None:
         self._stopping = True
+        self._tell_tasks()
+
+    def _tell_tasks(self) -> None:
+        """Tasks in flight stop after the file they are on (the pool's workers do so between files)."""
+        if self._told or self._client is None:
+            return
+        self._told = True
+        from distributed import Event
+
+        with contextlib.suppress(Exception):
+            Event(self._stop_event, client=self._client).set()
 
     def _slots(self, now: bool = False) -> int:
         """Batches to keep in flight: a few per worker. Notes workers that went away (see ``lost_workers``).
@@ -243,6 +279,8 @@ class DaskExecutor:
         while not done.has_ready():
             if stopper.abandoning:
                 return None
+            if stopper.stopping and not self._told:
+                self._tell_tasks()
             if self._client.status in ("closing", "closed", "failed"):
                 raise self._lost(ConnectionError("closed"))
             time.sleep(0.01)
@@ -260,11 +298,11 @@ class DaskExecutor:
             future = self._submit(batch)
             pending[future] = batch
             done.add(future)
-        stopper.in_flight = sum(map(len, pending.values()))
+        stopper.in_flight = min(sum(map(len, pending.values())), max(1, len(self._seen)))  # a file per worker
 
     def _submit(self, batch: list[Job]) -> Any:
         try:
-            return self._client.submit(run_batch, batch, self._ctx, pure=False)
+            return self._client.submit(run_batch, batch, self._ctx, self._stop_event, pure=False)
         except Exception as exc:
             raise self._lost(exc) from None
 
@@ -309,6 +347,11 @@ class DaskExecutor:
     def close(self) -> None:
         if self._client is not None and self._client.status == "running":
             self._slots(now=True)  # a last look: did a worker go away since the last batch went out?
+            if self._told:  # a scheduler of yours keeps no event of this run
+                from distributed import Event
+
+                with contextlib.suppress(Exception):
+                    Event(self._stop_event, client=self._client).clear()
         thread = getattr(self, "_thread", None)
         if thread is not None and thread.is_alive():
             thread.join(1)  # still connecting (a signal came first): close what it makes, if it is done soon

@@ -37,6 +37,8 @@ from .local import Entry, hash_stream
 
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
           "adl": "azure"}
+CANONICAL = ("s3", "gs", "az", "file", "memory")  # as the error names them
+SCHEMES = (*EXTRAS, "file", "local", "memory")  # object storage, and local files or memory through fsspec
 SPOOL_BYTES = 64 << 20  # an output larger than this is spooled to a local temporary file, not held in memory
 STAMP_KEYS = ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "last_modified", "created")
 
@@ -56,6 +58,9 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
         raise UsageError(f"{redact_url(url)}: URLs need fsspec: pip install 'noiseaug[s3]' "
                          "(or [gcs], [azure])") from None
     scheme = url.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise UsageError(f"{redact_url(url)}: {scheme}:// is not a storage noiseaug reads and writes "
+                         f"(it takes {', '.join(s + '://' for s in SCHEMES if s in CANONICAL)} and local paths)")
     if scheme in ("file", "local"):
         options = {"auto_mkdir": True, **options}  # folders appear as objects' keys do
     try:
@@ -163,6 +168,8 @@ def _failure(exc: BaseException, what: str, *, start: bool = False) -> Exception
     if name in USAGE_FAILURES or "Parameter validation failed" in str(exc) or "Invalid bucket name" in str(exc) \
             or (start and denied(exc)):
         return UsageError(f"{what}: {_first_line(exc)}")
+    if start and isinstance(exc, (TypeError, ValueError, AttributeError)):  # a client its options cannot make
+        return UsageError(f"{what}: {_first_line(exc)} (check --storage-option and the backend's environment)")
     if unreachable(exc):
         return StorageError(f"{what}: cannot reach the storage: {_first_line(exc)}")
     return StorageError(f"{what}: {_first_line(exc)}")
@@ -237,7 +244,7 @@ class FsspecStorage:
         except PermissionError as exc:
             raise UsageError(f"{self.root}: access to its bucket is denied: {_first_line(exc)}") from None
         except Exception as exc:
-            raise _failure(exc, self.root) from None
+            raise _failure(exc, self.root, start=True) from None
 
     def fresh_stat(self, rel: str) -> tuple[int, int] | None:
         """(size, stamp) asked of the storage now, past every cache; None when there is no such object."""
@@ -254,13 +261,14 @@ class FsspecStorage:
         return path[len(self.base) + 1:] if path.startswith(self.base + "/") else path
 
     def exists(self) -> bool:
-        """Whether the prefix holds anything (asked directly: s3fs's own ``exists`` says False for any error)."""
+        """Whether the prefix holds anything (asked directly: s3fs's own ``exists`` says False for any error).
+        Asked as a run starts: refused credentials are the user's to fix (exit 2)."""
         try:
             return bool(self.fs.ls(self.base, detail=False))
         except FileNotFoundError:
             return False
         except Exception as exc:
-            raise _failure(exc, self.root) from None
+            raise _failure(exc, self.root, start=True) from None
 
     def walk(self) -> Iterator[Entry]:
         """Every object under the prefix, in the order a local walk gives (by path components), from one listing."""
@@ -544,6 +552,8 @@ class ObjectLock:
                 after = _etag(fs.info(self.path))
             except FileNotFoundError:
                 return {}, None
+            except Exception as exc:
+                raise _failure(exc, f"cannot read {self.storage.root}'s lock", start=True) from None
             if before == after:
                 break
         try:
