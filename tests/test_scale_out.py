@@ -337,14 +337,19 @@ while True:
 @pytest.fixture
 def dask_cluster(tmp_path, request):
     """A Dask LocalCluster of two worker processes in a process of its own (so a test can kill all of it);
-    a test marked ``worker_memory("250MB")`` gets workers whose nanny restarts them above that."""
+    a test marked ``worker_memory("250MB")`` gets workers whose nanny restarts them above that, one marked
+    ``worker_env(NAME=value)`` workers with that environment and no AWS_* variable of the test's."""
     import selectors
 
     marker = request.node.get_closest_marker("worker_memory")
+    env_marker = request.node.get_closest_marker("worker_env")
+    env = None
+    if env_marker:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | env_marker.kwargs
     log = tmp_path / "cluster.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, *(marker.args if marker else ())],
-                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True, env=env)
     with selectors.DefaultSelector() as sel:  # a cluster that cannot start must not hang the suite
         sel.register(proc.stdout, selectors.EVENT_READ)
         ready = sel.select(timeout=120)
@@ -409,6 +414,22 @@ def test_a_dask_worker_killed_mid_run_costs_nothing(dask_cluster, slow_tree, slo
     _, got = records(out / "noiseaug-manifest.jsonl")
     assert got == slow_reference["records"]  # every file recorded once, as a clean run records it
     assert not [p for p in out.rglob("*") if p.name.endswith(".noiseaug-tmp")]
+
+
+@pytest.mark.worker_env(AWS_ENDPOINT_URL="http://127.0.0.1:1", AWS_EC2_METADATA_DISABLED="true")
+def test_workers_without_credentials_stop_the_run_once_and_use_the_drivers_endpoint(dask_cluster, s3, tmp_path):
+    """Workers of a scheduler of yours with no credentials: one line that says so, not a failure per file.
+    With credentials given as options they write to the endpoint the driver checked, not their own."""
+    client, (_, out_bucket) = s3
+    _, address = dask_cluster
+    src = random_images(tmp_path / "in", [f"d{i % 2}/x{i}.png" for i in range(40)], shape=(16, 16, 3))
+    bare = noiseaug("run", src, f"s3://{out_bucket}/bare", "--scheduler", address, check=1)
+    stops = [line for line in bare.stderr.splitlines() if line.startswith("stopped:")]
+    assert len(stops) == 1 and "no credentials for the storage" in stops[0], bare.stderr
+    assert len([line for line in bare.stderr.splitlines() if line.startswith("noiseaug: failed: ")]) <= 4
+    keyed = ["--storage-option", "key=testing", "--storage-option", "secret=testing"]
+    noiseaug("run", src, f"s3://{out_bucket}/keyed", "--scheduler", address, *keyed)
+    assert len(outputs(objects(client, out_bucket, "keyed"))) == 40
 
 
 def test_a_lost_scheduler_ends_the_run_with_exit_1_and_a_manifest_to_continue(dask_cluster, slow_tree,

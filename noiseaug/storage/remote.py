@@ -63,6 +63,8 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
                          f"(it takes {', '.join(s + '://' for s in SCHEMES if s in CANONICAL)} and local paths)")
     if scheme in ("file", "local"):
         options = {"auto_mkdir": True, **options}  # folders appear as objects' keys do
+    if scheme in ("s3", "s3a"):
+        options = _pinned_endpoint(options)
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError:
@@ -76,6 +78,19 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     except TypeError as exc:
         raise UsageError(f"--storage-option not taken by {scheme}://: {_first_line(exc)}") from None
     return fs, path.rstrip("/")
+
+
+def _pinned_endpoint(options: dict[str, Any]) -> dict[str, Any]:
+    """The options with this process's S3 endpoint (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``) written in.
+
+    A Dask worker gets the file system with its options, and would otherwise
+    take the endpoint from its own environment: another one than the driver
+    checked, or AWS itself for a worker that has credentials and no endpoint.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint or "endpoint_url" in options or "endpoint_url" in (options.get("client_kwargs") or {}):
+        return options
+    return {**options, "endpoint_url": endpoint}
 
 
 def check_url(url: str) -> None:
@@ -192,6 +207,20 @@ def unreachable(exc: BaseException) -> bool:
         name = type(seen).__name__
         if name in ("EndpointConnectionError", "ClientConnectorError", "ConnectTimeoutError", "ConnectionRefusedError",
                     "ServerDisconnectedError", "ConnectionClosedError", "ConnectTimeout", "ReadTimeoutError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+NO_CREDENTIALS = "no credentials for the storage in this process (a Dask worker needs them in its own environment, " \
+                 "or give them with --storage-option)"
+
+
+def no_credentials(exc: BaseException) -> bool:
+    """Whether the backend found no credentials at all (every further request would fail the same way)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == "NoCredentialsError" or "Unable to locate credentials" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -361,6 +390,8 @@ class FsspecStorage:
             if unreachable(exc):  # fatal: the run stops, not file after file
                 raise WriteError(f"{self.root}/{rel}", f"cannot reach the storage: {_first_line(exc)}",
                                  errno.ECONNREFUSED) from None
+            if no_credentials(exc):
+                raise WriteError(f"{self.root}/{rel}", f"cannot upload: {NO_CREDENTIALS}", errno.ECONNREFUSED) from None
             raise WriteError(f"{self.root}/{rel}", f"cannot upload: {_first_line(exc)}") from None
         etag = reply.get("ETag") if isinstance(reply, dict) else None
         self._written[rel] = (size, stamp_of({"ETag": etag})) if etag else self._info_stat(path)
@@ -433,6 +464,8 @@ class FsspecStorage:
         except Exception as exc:
             if unreachable(exc):
                 raise Unreachable(f"{self.root}: cannot reach the storage: {_first_line(exc)}") from None
+            if no_credentials(exc):
+                raise Unreachable(f"{self.root}: {NO_CREDENTIALS}") from None
             raise OSError(getattr(exc, "errno", None) or 5, _first_line(exc)) from None
 
     # whole objects of noiseaug's own (the manifest, its segments and stat cache), through local files
