@@ -816,6 +816,13 @@ def test_refused_credentials_at_the_start_are_usage_errors_later_storage_errors(
     assert isinstance(_failure(OSError("Internal Error"), "cannot list s3://b/i", start=True), StorageError)
 
 
+def test_a_dry_run_refuses_an_output_bucket_the_run_would_refuse(s3, tmp_path):
+    src = random_images(tmp_path / "in", ["a.png"])
+    result = noiseaug("run", src, "s3://no-such-bucket-for-a-plan/o", "--dry-run", check=2)
+    assert result.stderr == "noiseaug: error: s3://no-such-bucket-for-a-plan/o: its bucket does not exist " \
+                            "(noiseaug creates no buckets)\n"
+
+
 def test_input_refused_as_the_run_starts_is_a_usage_error(monkeypatch):
     """Listing INPUT with credentials the storage refuses (or options it cannot take) is the user's to fix."""
     from noiseaug.errors import UsageError
