@@ -375,14 +375,18 @@ class _Unreachable(LocalStorage):
 
 
 def test_a_dask_task_stops_at_the_runs_stop_event_and_after_a_failure_the_next_file_would_share(dask_cluster,
-                                                                                                 tmp_path):
+                                                                                                 tmp_path,
+                                                                                                 monkeypatch):
     """run_batch, as a worker runs it: every file; none once the driver set the run's event; one when the
     storage cannot be reached (the next file would wait out the same retries)."""
     from distributed import Client, Event
 
     from noiseaug.config import make_config
+    from noiseaug.executors import cluster
     from noiseaug.executors.cluster import run_batch
     from noiseaug.records import Job
+
+    monkeypatch.setattr(cluster, "STOP_EVERY", 0.0)  # the event is asked before every file
     from noiseaug.worker import Context
 
     names = [f"x{i}.png" for i in range(6)]

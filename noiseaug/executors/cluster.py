@@ -113,15 +113,16 @@ def run_batch(jobs: list[Job], ctx: Context, stop: str | None = None) -> list[li
     """A Dask task: the files of a batch in turn, each within ``--file-timeout``; the outcomes of those done.
 
     It ends early when the driver sets the Dask event ``stop`` (a signal, or a
-    reason to stop the run: looked at before the first file and then every
-    STOP_EVERY seconds), and after a file whose failure the next file would
-    share (an unreachable storage, a full disk), as the pool's workers do.
+    reason to stop the run), looked at between files every STOP_EVERY seconds
+    (a task of one large file asks nothing), and after a file whose failure
+    the next file would share (an unreachable storage, a full disk), as the
+    pool's workers do.
     A worker with several threads runs one batch at a time: noiseaug's
     per-process settings (the silenced stderr, the temporary-file tag) are
     not for sharing, and its codecs are CPU-bound anyway.
     """
     results: list[list[Outcome]] = []
-    asked = float("-inf")
+    asked = time.monotonic()
     with _one_batch_at_a_time, held_devnull():
         set_temp_tag(ctx.temp_tag)
         for job in jobs:
