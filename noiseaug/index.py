@@ -135,6 +135,11 @@ class Claims:
         names.add(name)
         return True
 
+    def taken(self, rel: str) -> bool:
+        """Whether a name is taken, in a folder on the walk's path (claiming nothing)."""
+        folder, _, name = rel.rpartition("/")
+        return name in self._open.get(folder, ())
+
     def _enter(self, folder: str) -> set[str]:
         if folder in self._left:
             raise AssertionError(f"the walk came back to {folder!r} after leaving it")

@@ -319,7 +319,8 @@ def _jobs(source: Storage, cfg: Config, index: RunIndex, stats: WalkStats,
     for cand in walk(source, selection, stats):
         outs = [cand.rel] if cand.kind == "other" else [output_rel(cand.rel, cfg.name, c) for c in copies]
         previous = index.prior(os.fsencode(cand.rel), len(outs)) if index.prior_count else ()
-        job = Job(cand.rel, cand.kind, cand.size, previous, (cand.size, cand.mtime_ns))
+        job = Job(cand.rel, cand.kind, cand.size, previous, (cand.size, cand.mtime_ns),
+                  own_name_taken=cfg.copy_other and cand.kind == "image" and claims.taken(cand.rel))
         clash = next((o for o in outs if not claims.claim(o)), None)
         if clash is not None:
             yield failed(job, cfg, f"output {clash} is already taken by another input "

@@ -37,6 +37,7 @@ class Job:
     size: int
     prior: tuple[dict[str, Any] | None, ...] = ()
     stamp: tuple[int, int] | None = None  # the input's (size, mtime) when the walk saw it
+    own_name_taken: bool = False  # an earlier input's output has this name: no label map may be copied to it
 
 
 @dataclass

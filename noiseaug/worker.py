@@ -75,6 +75,9 @@ def _process(job: Job, ctx: Context, data: bytes | BinaryIO | None, known: dict[
     label = probe is not None and probe.label is not None
     if label and not cfg.copy_other:
         return [Outcome(None, not_taken="label map")]
+    if label and job.own_name_taken:
+        reason = f"output {job.rel} is already taken by another input (a label map is copied under its own name)"
+        return [Outcome(error_record({**r, **known}, reason)) for r in base_records(job, cfg, label)]
     base = [{**r, **known} for r in base_records(job, cfg, label)]
     outcomes: dict[int, Outcome] = {}
     todo = []

@@ -14,7 +14,7 @@ import pytest
 import noiseaug
 from noiseaug import noise
 
-from conftest import random_images, records, tree
+from conftest import random_images, records, tree, write_image
 
 
 @pytest.fixture
@@ -251,3 +251,20 @@ def test_a_manifest_whose_final_rewrite_fails_says_why_on_its_line(src, tmp_path
     assert line.endswith("(its final rewrite failed: cannot write: No space left on device; its appended records "
                          "are kept and a re-run continues from them)")
     assert summary.exit_code == 1
+
+
+def test_a_label_map_named_like_another_images_output_is_not_copied_over_it(cli, tmp_path):
+    from PIL import Image
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_image(src / "d/x.png", np.full((8, 8, 3), 90, np.uint8))
+    Image.fromarray(np.eye(8, dtype=np.uint8), "P").save(src / "d/x_n0.png")  # x.png's first output's name
+    Image.fromarray(np.eye(8, dtype=np.uint8), "P").save(src / "d/y.png")  # a label map of a name of its own
+    cli("run", src, out, "--workers", 1, "--copy-other", "--copies", 2, code=1)
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    by_input = {(r["input"], r["copy"]): r for r in recs}
+    assert by_input["d/x_n0.png", 0]["status"] == "error" and "already taken" in by_input["d/x_n0.png", 0]["error"]
+    assert by_input["d/x.png", 0]["status"] == by_input["d/x.png", 1]["status"] == by_input["d/y.png", 0]["status"]
+    assert by_input["d/y.png", 0]["kind"] == "label" and by_input["d/x.png", 0]["status"] == "ok"
+    checked = cli("verify", out / "noiseaug-manifest.jsonl", code=1)  # 1: a file failed in the run
+    assert "3 of 3 outputs" in checked.stderr  # d/x_n0.png holds x.png's noisy copy, as its record says
