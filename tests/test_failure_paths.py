@@ -268,3 +268,25 @@ def test_a_label_map_named_like_another_images_output_is_not_copied_over_it(cli,
     assert by_input["d/y.png", 0]["kind"] == "label" and by_input["d/x.png", 0]["status"] == "ok"
     checked = cli("verify", out / "noiseaug-manifest.jsonl", code=1)  # 1: a file failed in the run
     assert "3 of 3 outputs" in checked.stderr  # d/x_n0.png holds x.png's noisy copy, as its record says
+
+
+def test_a_pool_started_from_a_fork_server_stops_the_helpers_it_started(src, tmp_path):
+    """With a second thread running, the pool's workers come from a fork server (forking could hang them);
+    the fork server and resource tracker the run started are gone with it: no process, no descriptor."""
+    import threading
+    from multiprocessing import forkserver, resource_tracker
+
+    forkserver._forkserver._stop()  # as in a fresh process: none running yet
+    resource_tracker._resource_tracker._stop()
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        fds = sorted(os.listdir("/proc/self/fd"))
+        noiseaug.run(src, tmp_path / "out", workers=2)
+        assert forkserver._forkserver._forkserver_pid is None and resource_tracker._resource_tracker._pid is None
+        assert sorted(os.listdir("/proc/self/fd")) == fds
+    finally:
+        release.set()
+        thread.join()
+    assert records(tmp_path / "out" / "noiseaug-manifest.jsonl")[1][0]["status"] == "ok"
