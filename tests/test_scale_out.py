@@ -865,3 +865,16 @@ def test_dask_tasks_join_the_pools_batches_in_order():
     assert [j.rel for t in tasks for j in t] == [j.rel for b in small for j in b]
     large = [[Job(f"l{i}", "image", TASK_BYTES // 3 + 1)] for i in range(7)]
     assert [len(t) for t in _larger(iter(large))] == [3, 3, 1]
+
+
+def test_a_local_cluster_run_from_the_library_leaves_no_helper_process(tmp_path):
+    """The LocalCluster's workers come from multiprocessing's fork server: the run that started it stops it."""
+    from multiprocessing import forkserver
+
+    import noiseaug
+
+    forkserver._forkserver._stop()  # as in a fresh process
+    src = random_images(tmp_path / "in", ["a.png", "b.png"])
+    summary = noiseaug.run(src, tmp_path / "out", executor="dask", workers=2)
+    assert summary.total("ok") == 2
+    assert forkserver._forkserver._forkserver_pid is None

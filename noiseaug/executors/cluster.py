@@ -37,6 +37,7 @@ from ..signals import ABANDONED, Stopper, TimedOut, deadline
 from ..silence import held_devnull, quiet_loggers
 from ..storage.local import set_temp_tag
 from ..worker import Context, limit_threads, process_job
+from .pool import idle_helpers, stop_helpers
 
 PLUGIN_NAME = "noiseaug-worker-setup"
 IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: one running, one ready
@@ -181,6 +182,7 @@ class DaskExecutor:
         self._config.__enter__()
         self._stop_event = f"noiseaug-stop-{uuid.uuid4().hex}"  # set: the run's tasks end after their current file
         self._told = False
+        self._helpers = idle_helpers() if self._address is None else []  # a LocalCluster's fork server
 
     def _start(self, stopper: Stopper) -> bool:
         """Connect (or start a LocalCluster) in a thread, watching the signal flags and a deadline: a port
@@ -361,6 +363,7 @@ class DaskExecutor:
                 with contextlib.suppress(Exception):
                     thing.close()
         self._client = self._cluster = None
+        stop_helpers(self._helpers)
         with contextlib.suppress(Exception):
             self._config.__exit__(None, None, None)
         self._logs.close()

@@ -216,7 +216,7 @@ class ProcessPool:
     def __init__(self, context: Context, workers: int, file_timeout: float,
                  on_lost: Callable[[Job, int], None]) -> None:
         self._mp = multiprocessing.get_context(_start_method())
-        self._helpers = _helpers_idle()  # the fork server and resource tracker this pool starts, it stops
+        self._helpers = idle_helpers()  # the fork server and resource tracker this pool starts, it stops
         self._context = context
         self._timeout = file_timeout
         self._on_lost = on_lost
@@ -380,10 +380,10 @@ class ProcessPool:
                 worker.process.kill()
                 worker.process.join()
             worker.conn.close()
-        _stop_helpers(self._helpers)
+        stop_helpers(self._helpers)
 
 
-def _helpers_idle() -> list[Any]:
+def idle_helpers() -> list[Any]:
     """multiprocessing's fork server and resource tracker, those not running yet (a pool started from a
     fork server starts them, and they would outlive the run: two processes and their descriptors)."""
     from multiprocessing import forkserver, resource_tracker
@@ -393,7 +393,7 @@ def _helpers_idle() -> list[Any]:
             getattr(h, "_forkserver_pid", getattr(h, "_pid", None)) is None]
 
 
-def _stop_helpers(helpers: list[Any]) -> None:
+def stop_helpers(helpers: list[Any]) -> None:
     """Stop the helpers this pool started (private but long-standing ``_stop``; a failure leaves them be)."""
     for helper in helpers:
         with contextlib.suppress(Exception):
