@@ -40,6 +40,9 @@ from ..worker import Context, limit_threads, process_job
 from .pool import idle_helpers, stop_helpers
 
 PLUGIN_NAME = "noiseaug-worker-setup"
+# what the storage's libraries log about a connection noiseaug reports itself: asyncio's "Task exception was
+# never retrieved" with aiohttp's traceback when an endpoint goes away mid-upload
+STORAGE_LOGGERS = ("asyncio", "aiobotocore", "botocore", "s3fs", "fsspec")
 IN_FLIGHT_PER_WORKER = 2  # batches queued per worker: one running, one ready
 WORKERS_EVERY = 1.0  # seconds between questions to the scheduler about its workers
 TASK_BYTES, TASK_FILES = 4 << 20, 64  # a task's inputs: a few 1080p images, or many small files
@@ -88,7 +91,7 @@ def import_distributed() -> Any:
     return distributed
 
 
-def _worker_plugin(kinds: tuple[str, ...]) -> Any:
+def _worker_plugin(kinds: tuple[str, ...], own: bool) -> Any:
     from distributed import WorkerPlugin
 
     class WorkerSetup(WorkerPlugin):
@@ -96,6 +99,9 @@ def _worker_plugin(kinds: tuple[str, ...]) -> Any:
 
         def setup(self, worker: Any) -> None:
             setup_worker(kinds)
+            if own:  # a LocalCluster's workers print to the run's stderr: network chatter has no place there
+                for name in STORAGE_LOGGERS:
+                    logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
     return WorkerSetup()
 
@@ -202,7 +208,8 @@ class DaskExecutor:
         if "error" in box:
             raise box["error"]
         self._client, self._cluster = box["client"], box.get("cluster")
-        self._client.register_plugin(_worker_plugin(self._ctx.config.kinds), name=PLUGIN_NAME)
+        self._client.register_plugin(_worker_plugin(self._ctx.config.kinds, own=self._address is None),
+                                     name=PLUGIN_NAME)
         link = getattr(self._client, "dashboard_link", None) if _has_dashboard() or self._address else None
         if self._note is not None and link:
             self._note(f"Dask dashboard: {redact(link)}", always=True)
