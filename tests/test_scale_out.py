@@ -878,3 +878,27 @@ def test_a_local_cluster_run_from_the_library_leaves_no_helper_process(tmp_path)
     summary = noiseaug.run(src, tmp_path / "out", executor="dask", workers=2)
     assert summary.total("ok") == 2
     assert forkserver._forkserver._forkserver_pid is None
+
+
+def test_a_recording_the_storage_cannot_hand_over_is_a_failed_file_not_a_crash(s3, tmp_path):
+    """An option that breaks reading (here s3fs's block size) fails each file in one line, a streamed
+    recording as a whole object."""
+    import soundfile as sf
+
+    client, (in_bucket, _) = s3
+    src = random_images(tmp_path / "in", ["a.png"])
+    sf.write(src / "t.wav", np.zeros((800, 1), np.int16), 8000, subtype="PCM_16")
+    upload(client, in_bucket, "i", src)
+    result = noiseaug("run", f"s3://{in_bucket}/i", tmp_path / "out", "--workers", "2",
+                      "--storage-option", "default_block_size=abc", check=1)
+    assert "Traceback" not in result.stderr and "exited unexpectedly" not in result.stderr, result.stderr
+    _, recs = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
+    assert sorted(r["input"] for r in recs) == ["a.png", "t.wav"]
+    assert all(r["status"] == "error" and r["error"].startswith("cannot read: ") for r in recs)
+
+
+def test_an_upper_case_scheme_is_the_same_storage(s3, tmp_path):
+    client, (in_bucket, out_bucket) = s3
+    upload(client, in_bucket, "i", random_images(tmp_path / "in", ["a.png"]))
+    noiseaug("run", f"S3://{in_bucket}/i", f"S3://{out_bucket}/o", "--workers", "1")
+    assert "a.png" in objects(client, out_bucket, "o")

@@ -61,6 +61,7 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     if scheme not in SCHEMES:
         raise UsageError(f"{redact_url(url)}: {scheme}:// is not a storage noiseaug reads and writes "
                          f"(it takes {', '.join(s + '://' for s in SCHEMES if s in CANONICAL)} and local paths)")
+    url = scheme + url[len(scheme):]  # S3://… is s3://… (fsspec knows schemes in lower case only)
     if scheme in ("file", "local"):
         options = {"auto_mkdir": True, **options}  # folders appear as objects' keys do
     if scheme in ("s3", "s3a"):
@@ -332,17 +333,23 @@ class FsspecStorage:
         """A local temporary copy, seekable at file speed (libsndfile seeks back and forth)."""
         copy = tempfile.TemporaryFile(prefix="noiseaug-")
         try:
-            with self._call(self.fs.open, self.full(rel), "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    copy.write(chunk)
+            self._call(self._copy_to, rel, copy)
         except BaseException:
             copy.close()
             raise
         copy.seek(0)
         return copy  # type: ignore[return-value]
 
+    def _copy_to(self, rel: str, copy: BinaryIO) -> None:
+        with self.fs.open(self.full(rel), "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                copy.write(chunk)
+
     def hash(self, rel: str) -> tuple[str, int]:
-        with self._call(self.fs.open, self.full(rel), "rb") as fh:
+        return self._call(self._hash, rel)
+
+    def _hash(self, rel: str) -> tuple[str, int]:
+        with self.fs.open(self.full(rel), "rb") as fh:
             return hash_stream(fh)
 
     def stat(self, rel: str) -> tuple[int, int] | None:
