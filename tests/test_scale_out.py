@@ -470,6 +470,28 @@ def test_ctrl_c_on_dask_finishes_the_batches_in_flight(dask_cluster, slow_tree, 
     assert records(out / "noiseaug-manifest.jsonl")[1] == slow_reference["records"]
 
 
+def test_a_second_ctrl_c_on_dask_records_no_file_it_cannot_vouch_for(dask_cluster, slow_tree, slow_reference,
+                                                                       tmp_path):
+    """The driver does not know which files of a task in flight are done: it records none of them (rather than
+    all as abandoned), and the next run ends as a clean one."""
+    _, address = dask_cluster
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "noiseaug", "run", slow_tree, out, "--executor", "dask",
+                             "--scheduler", address], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(list(out.rglob("*.png"))) >= 1, what="the first output")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert "abandoning" in err and "Traceback" not in err
+    _, got = records(out / "noiseaug-manifest.jsonl")
+    assert len(got) < 30 and all(r["status"] == "ok" for r in got), err
+    noiseaug("run", slow_tree, out, "--executor", "dask", "--scheduler", address, "-q")
+    assert outputs(tree(out)) == slow_reference["files"]
+    assert records(out / "noiseaug-manifest.jsonl")[1] == slow_reference["records"]
+
+
 def test_shards_and_merge_work_on_urls(s3, slow_tree, slow_reference):
     client, (_, out_bucket) = s3
     target = f"s3://{out_bucket}/o"

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from ..config import redact_url as redact
 from ..errors import ClusterError, UsageError
 from ..records import Job, Outcome, failed
-from ..signals import ABANDONED, Stopper, TimedOut, deadline
+from ..signals import Stopper, TimedOut, deadline
 from ..silence import held_devnull, quiet_loggers
 from ..storage.local import set_temp_tag
 from ..worker import Context, limit_threads, process_job
@@ -348,11 +348,13 @@ class DaskExecutor:
         return ClusterError(f"the Dask scheduler refused the work: {redact(_first_line(exc))}")
 
     def _abandon(self, pending: dict[Any, list[Job]]) -> Iterator[tuple[Job, list[Outcome]]]:
-        for future, jobs in pending.items():
+        """A second signal: give up on the tasks in flight. Which of their files a worker is on, has done or
+        has not started, the driver does not know; none is recorded (the next run does them), rather than
+        every one as abandoned. Their workers stop after their current file (the stop event is set)."""
+        for future in pending:
             future.cancel()
-            for job in jobs:
-                yield job, failed(job, self._ctx.config, ABANDONED)
         pending.clear()
+        return iter(())
 
     def close(self) -> None:
         if self._client is not None and self._client.status == "running":
