@@ -38,7 +38,9 @@ SFC_GET_LOG_INFO = 0x1001
 SFC_SET_ADD_PEAK_CHUNK = 0x1050
 # libsndfile's parse log says "data : 264600 (should be 88170)" for a cut file, and for an
 # AIFF whose COMM chunk promises more frames than its SSND chunk holds, says so too
-_SHORT_CHUNK = re.compile(rb"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_SHORT_CHUNK = re.compile(rb"^\s*(data|SSND|Data Size|riff|Riff size)\s*:\s*(\d+)\s*\(should be (\d+)\)",
+                          re.MULTILINE)  # WAV, AIFF, AU; W64 and RF64 say it of the whole file (RIFF)
+_DECLARED_FRAMES = re.compile(rb"^\s*Frames\s*:\s*(\d+)\s*$", re.MULTILINE)  # RF64's ds64 chunk
 _SHORT_FRAMES = re.compile(rb"Frame count read from 'COMM' chunk \((\d+)\) not equal to frame count\s*"
                            rb"\*{3} calculated from length of 'SSND' chunk \((\d+)\)")
 _STREAMED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # written by streaming tools that never knew the length
@@ -101,7 +103,7 @@ def versions() -> dict[str, str]:
 def open_read(fh: BinaryIO) -> sf.SoundFile:
     """Open an input; refuse one whose header promises more samples than it holds.
 
-    libsndfile quietly shortens a cut WAV or AIFF to what is there; a dataset
+    libsndfile quietly shortens a cut WAV, AIFF, AU, W64 or RF64 to what is there; a dataset
     tool must not pass a truncated recording off as a good one.
     """
     try:
@@ -115,10 +117,12 @@ def open_read(fh: BinaryIO) -> sf.SoundFile:
     for chunk, declared, present in _SHORT_CHUNK.findall(text):
         if int(declared) > int(present) and int(declared) not in _STREAMED_SIZES:
             snd.close()
-            raise AudioError(f"truncated: the {chunk.decode()} chunk declares {int(declared)} bytes, "
+            name = {b"Data Size": "data", b"riff": "RIFF", b"Riff size": "RIFF"}.get(chunk, chunk.decode())
+            raise AudioError(f"truncated: the {name} chunk declares {int(declared)} bytes, "
                              f"the file holds {int(present)}")
-    for declared, present in _SHORT_FRAMES.findall(text):
-        if int(declared) > int(present):
+    shorts = _SHORT_FRAMES.findall(text) + [(n, snd.frames) for n in _DECLARED_FRAMES.findall(text)]
+    for declared, present in shorts:
+        if int(declared) > int(present) and int(declared) not in _STREAMED_SIZES:
             snd.close()
             raise AudioError(f"truncated: the header declares {int(declared)} frames, "
                              f"the file holds {int(present)}")

@@ -175,3 +175,19 @@ def test_silent_recording_under_snr_gets_sigma_zero_and_a_warning(cli, tmp_path)
     _, [rec] = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
     assert rec["status"] == "ok" and rec["sigma"] == 0 and rec["warning"].startswith("silent")
     assert (tmp_path / "out" / "quiet.wav").read_bytes() == (src / "quiet.wav").read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["AU", "RF64", "W64", "WAV", "AIFF"])
+def test_a_cut_recording_whose_header_declares_its_length_is_refused_as_truncated(cli, tmp_path, fmt):
+    """libsndfile reads what is there of a cut file; the header said more, so the file is not passed off as good."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / f"whole.{fmt.lower()}", tone(1.0, 2), RATE, format=fmt, subtype="PCM_16")
+    data = (src / f"whole.{fmt.lower()}").read_bytes()
+    for fraction in (0.05, 0.5, 0.999):
+        (src / f"cut{fraction}.{fmt.lower()}").write_bytes(data[: int(len(data) * fraction)])
+    cli("run", src, tmp_path / "out", "--workers", 1, code=1)
+    _, recs = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
+    status = {r["input"]: (r["status"], r.get("error", "")) for r in recs}
+    assert status.pop(f"whole.{fmt.lower()}") == ("ok", "")
+    assert len(status) == 3 and all(s == "error" and "truncated" in e for s, e in status.values()), status
