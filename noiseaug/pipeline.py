@@ -90,6 +90,7 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
     try:
         if cfg.dry_run:
             getattr(target, "check_writable", lambda: None)()  # a bucket the run would refuse: refused here too
+            home.prepare()  # and the manifest's (it only asks)
             home.pull(write=False)
             prior = _prior_manifest(manifest_path, cfg, shown)
             _plan(source, target, manifest_path, cfg, prior, summary, reporter)

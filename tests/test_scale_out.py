@@ -847,6 +847,9 @@ def test_a_dry_run_refuses_an_output_bucket_the_run_would_refuse(s3, tmp_path):
     result = noiseaug("run", src, "s3://no-such-bucket-for-a-plan/o", "--dry-run", check=2)
     assert result.stderr == "noiseaug: error: s3://no-such-bucket-for-a-plan/o: its bucket does not exist " \
                             "(noiseaug creates no buckets)\n"
+    manifest = noiseaug("run", src, tmp_path / "out", "--manifest", "s3://no-such-bucket-for-a-plan/m.jsonl",
+                        "--dry-run", check=2)
+    assert "its bucket does not exist" in manifest.stderr and not (tmp_path / "out").exists()
 
 
 def test_input_refused_as_the_run_starts_is_a_usage_error(monkeypatch):
