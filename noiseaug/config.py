@@ -249,10 +249,16 @@ def _storage_options(value: Any) -> tuple[tuple[str, Any], ...]:
             items.append((key.strip(), _option_value(key, text)))
     else:
         raise UsageError("--storage-option takes KEY=VALUE (in TOML: a table, storage_options = {key = value})")
+    for key, item in items:
+        if key.rpartition(".")[2] in BOOLEAN_OPTIONS and not isinstance(item, bool):
+            raise UsageError(f"--storage-option {key} takes true or false, not {item!r}")
     return tuple(items)
 
 
 SECRET_WORDS = ("key", "secret", "token", "password", "credential", "sas", "signature")
+# options the backends (s3fs, gcsfs, adlfs) take as yes/no: any other text would count as yes (anon=no: unsigned)
+BOOLEAN_OPTIONS = frozenset({"anon", "use_ssl", "requester_pays", "version_aware", "skip_instance_cache",
+                             "use_listings_cache", "cache_regions", "fixed_upload_size", "auto_mkdir"})
 
 
 def _option_value(key: str, text: str) -> Any:

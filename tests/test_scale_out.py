@@ -738,6 +738,7 @@ def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(not_a_sched
     (["--manifest", "hdfs://h/m.jsonl"], "hdfs:// is not a storage noiseaug reads and writes"),
     (["s3://{out}/o", "--storage-option", "endpoint_url=SECRETXYZ123"], "(check --storage-option"),
     (["s3://{out}/o", "--storage-option", "config_kwargs.retries=SECRETXYZ123"], "(check --storage-option"),
+    (["s3://{out}/o", "--storage-option", "anon=no"], "--storage-option anon takes true or false, not 'no'"),
 ])
 def test_scale_out_usage_errors_are_one_line_and_exit_2(s3, tmp_path, args, message):
     _, (_, out_bucket) = s3
