@@ -908,6 +908,21 @@ def test_a_recording_the_storage_cannot_hand_over_is_a_failed_file_not_a_crash(s
     assert all(r["status"] == "error" and r["error"].startswith("cannot read: ") for r in recs)
 
 
+def test_a_recording_read_short_of_its_size_is_a_failed_file(s3, tmp_path):
+    """An option that makes s3fs stop short (a negative block size) must not give a shorter recording an ok."""
+    import soundfile as sf
+
+    client, (in_bucket, _) = s3
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "t.wav", np.zeros((800, 1), np.int16), 8000, subtype="PCM_16")
+    upload(client, in_bucket, "i", src)
+    noiseaug("run", f"s3://{in_bucket}/i", tmp_path / "out", "--workers", "1",
+             "--storage-option", "default_block_size=-5", check=1)
+    [rec] = records(tmp_path / "out" / "noiseaug-manifest.jsonl")[1]
+    assert rec["status"] == "error" and rec["error"] == "cannot read: read 1639 bytes of an object of 1644"
+
+
 def test_an_upper_case_scheme_is_the_same_storage(s3, tmp_path):
     client, (in_bucket, out_bucket) = s3
     upload(client, in_bucket, "i", random_images(tmp_path / "in", ["a.png"]))

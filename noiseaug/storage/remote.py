@@ -342,8 +342,12 @@ class FsspecStorage:
 
     def _copy_to(self, rel: str, copy: BinaryIO) -> None:
         with self.fs.open(self.full(rel), "rb") as fh:
+            copied = 0
             while chunk := fh.read(1 << 22):
-                copy.write(chunk)
+                copied += copy.write(chunk)
+            size = getattr(fh, "size", None)  # what the store said the object holds, when it opened it
+            if isinstance(size, int) and copied != size:
+                raise OSError(errno.EIO, f"read {copied} bytes of an object of {size}")
 
     def hash(self, rel: str) -> tuple[str, int]:
         return self._call(self._hash, rel)
@@ -473,7 +477,8 @@ class FsspecStorage:
                 raise Unreachable(f"{self.root}: cannot reach the storage: {_first_line(exc)}") from None
             if no_credentials(exc):
                 raise Unreachable(f"{self.root}: {NO_CREDENTIALS}") from None
-            raise OSError(getattr(exc, "errno", None) or 5, _first_line(exc)) from None
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+            raise OSError(getattr(exc, "errno", None) or 5, text) from None
 
     # whole objects of noiseaug's own (the manifest, its segments and stat cache), through local files
     def fetch(self, rel: str, path: Path) -> bool:
