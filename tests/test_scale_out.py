@@ -739,6 +739,8 @@ def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(not_a_sched
     (["s3://{out}/o", "--storage-option", "endpoint_url=SECRETXYZ123"], "(check --storage-option"),
     (["s3://{out}/o", "--storage-option", "config_kwargs.retries=SECRETXYZ123"], "(check --storage-option"),
     (["s3://{out}/o", "--storage-option", "anon=no"], "--storage-option anon takes true or false, not 'no'"),
+    (["s3://{out}/o", "--storage-option", "endpoint_url=http://127.0.0.1:notaport"], "(check --storage-option"),
+    (["s3://{out}/o", "--storage-option", "config_kwargs.connect_timeout=abc"], "(check --storage-option"),
 ])
 def test_scale_out_usage_errors_are_one_line_and_exit_2(s3, tmp_path, args, message):
     _, (_, out_bucket) = s3

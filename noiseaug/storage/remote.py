@@ -184,11 +184,19 @@ def _failure(exc: BaseException, what: str, *, start: bool = False) -> Exception
     if name in USAGE_FAILURES or "Parameter validation failed" in str(exc) or "Invalid bucket name" in str(exc) \
             or (start and denied(exc)):
         return UsageError(f"{what}: {_first_line(exc)}")
-    if start and isinstance(exc, (TypeError, ValueError, AttributeError)):  # a client its options cannot make
+    if start and _misconfigured(exc):  # a client its options cannot make
         return UsageError(f"{what}: {_first_line(exc)} (check --storage-option and the backend's environment)")
     if unreachable(exc):
         return StorageError(f"{what}: cannot reach the storage: {_first_line(exc)}")
     return StorageError(f"{what}: {_first_line(exc)}")
+
+
+def _misconfigured(exc: BaseException) -> bool:
+    """An error of the options, not of the storage: a value of the wrong type (also when the HTTP client
+    met it), an endpoint that is not a URL."""
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, (TypeError, ValueError, AttributeError)) or type(exc).__name__ == "EndpointResolutionError" \
+        or (type(exc).__name__ == "HTTPClientError" and isinstance(cause, (TypeError, ValueError, AttributeError)))
 
 
 DENIALS = ("AccessDenied", "Forbidden", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken",
