@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import binascii
 import io
+import os
 import re
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
@@ -106,9 +107,12 @@ def open_read(fh: BinaryIO) -> sf.SoundFile:
     libsndfile quietly shortens a cut WAV, AIFF, AU, W64 or RF64 to what is there; a dataset
     tool must not pass a truncated recording off as a good one.
     """
+    native = _native(fh)
+    if isinstance(native, int):  # libsndfile gets a descriptor of its own, and closes it: 1.2.0 closed the
+        native = os.dup(native)  # caller's own on a failed open, whatever it was told
     try:
         with codec_stderr_silenced():
-            snd = sf.SoundFile(_native(fh), closefd=False)
+            snd = sf.SoundFile(native, closefd=isinstance(native, int))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(_one_line(exc)) from None
     log = sf._ffi.new("char[]", 16384)
