@@ -199,7 +199,7 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config,
 
     with contextlib.nullcontext(opened) if opened is not None else source.open(rel) as fh:
         size = fh.seek(0, os.SEEK_END)
-        if size == 0:  # asked first: a libsndfile that failed may have closed the file
+        if size == 0:  # said as such, not as whatever libsndfile makes of no bytes
             raise DecodeError(rel, "empty file")
         fh.seek(0)
         try:
