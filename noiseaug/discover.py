@@ -12,6 +12,7 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterator, NamedTuple
 
 from .storage import Entry, Storage
@@ -29,10 +30,12 @@ _KINDS = {**dict.fromkeys(IMAGE_EXTENSIONS, "image"), **dict.fromkeys(AUDIO_EXTE
 def kind_of(name: str) -> str:
     """'image', 'audio' or 'other', from a file name's extension (any case), as ``os.path.splitext`` sees it
     (a name that is only dots and a suffix, ``.png``, has none)."""
-    start, dot = name.rfind("/") + 1, name.rfind(".")
-    if dot <= start or not name[start:dot].lstrip("."):
+    dot = name.rfind(".")
+    kind = _KINDS.get(name[dot:]) or _KINDS.get(name[dot:].lower())  # most names: one lookup
+    if kind is None or dot == -1:
         return "other"
-    return _KINDS.get(name[dot:].lower(), "other")
+    start = name.rfind("/") + 1
+    return kind if dot > start and name[start:dot].lstrip(".") else "other"
 
 
 class Candidate(NamedTuple):
@@ -70,6 +73,13 @@ class Selection:
 
     def wants_kind(self, kind: str) -> bool:
         return kind in self.kinds or (kind == "other" and self.copy_other)
+
+    @cached_property
+    def by_kind_alone(self) -> frozenset[str] | None:
+        """The kinds taken, when nothing else decides (no globs, one shard): the walk's fast path."""
+        if self.include or self.exclude or self.shard[1] != 1:
+            return None
+        return frozenset(k for k in ("image", "audio", "other") if self.wants_kind(k))
 
     def matches(self, rel: str, hits: set[str] | None = None) -> bool:
         """Whether the globs take ``rel``; the patterns that match it are added to ``hits``."""
@@ -113,6 +123,14 @@ def walk(storage: Storage, selection: Selection, stats: WalkStats) -> Iterator[C
 def _candidate(entry: Entry, selection: Selection, stats: WalkStats) -> Candidate | None:
     rel = entry.rel.decode(*FS_ENCODING)
     kind = kind_of(rel)
+    if (kinds := selection.by_kind_alone) is not None:
+        if kind in kinds:
+            return Candidate(rel, kind, entry.size, entry.stamp)
+        if kind == "other":
+            stats.unsupported += 1
+        else:
+            stats.filtered += 1
+        return None
     matched = selection.matches(rel, stats.globs_hit)
     if kind == "other" and not selection.copy_other:
         stats.unsupported += 1

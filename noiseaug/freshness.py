@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .discover import FS_ENCODING, Selection, WalkStats, walk
+from .discover import Selection, WalkStats, walk
 from .records import LABEL, LEFT, OK, Job, copies_of, output_of, path_fields
 from .storage import Storage
 
@@ -66,7 +66,7 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
     counts: Counter = Counter()
     stats = WalkStats()
     seen = 0
-    listing: tuple[str, dict[str, tuple[int, int]]] = ("\0", {})  # one output folder's stats at a time
+    listing: tuple[bytes, dict[bytes, tuple[int, int]]] = (b"\0", {})  # one output folder's stats at a time
     copies = len(copies_of("image", cfg))
     leaves = not cfg.copy_other and cfg.palette_images == "labels"  # label maps left alone, as last time
     for cand, rows in cache.beside((c.rel, c) for c in walk(source, selection, stats)):
@@ -78,7 +78,7 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
         if len(rows) != (copies if cand.kind != "other" else 1) and not (len(rows) == 1 and rows[0][7] == LABEL):
             return None
         for _, _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
-            folder, _, name = output.decode(*FS_ENCODING).rpartition("/")
+            folder, _, name = output.rpartition(b"/")
             if folder != listing[0]:
                 listing = (folder, target.folder_stats(folder))
             if in_size != cand.size or in_mtime != cand.mtime_ns or listing[1].get(name) != (out_size, out_mtime):

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from conftest import records, tree, write_image
 
@@ -51,3 +52,42 @@ def test_odd_names_links_and_loops(cli, tmp_path):
     assert not any("secret" in p or p.startswith(("loop", "escape")) for p in produced)
     not_taken = json.loads(result.stdout)["not_taken"]
     assert not_taken["links"] == 4 and not_taken["special"] == 1
+
+
+def test_the_compiled_folder_listing_gives_what_the_python_one_gives(tmp_path, monkeypatch):
+    """The local walk lists folders in C where it was built (``_listing.c``) and in Python otherwise: the
+    same entries, in the same (unsigned byte) order, with the same kinds and stamps."""
+    from noiseaug.storage import local
+    if local._listing is None:
+        pytest.skip(f"no compiled listing beside {local.__file__} (no compiler at install time)")
+    root = os.fsencode(tmp_path / "in")
+    os.makedirs(root + b"/sub/deeper")
+    for name in [b"b.png", b"B.png", b"a\xff.png", b"a\xc3\xa9.wav", b"a.png", b"-x", b"sub/deeper/z.flac"]:
+        with open(root + b"/" + name, "wb") as fh:
+            fh.write(name * 3)
+    os.utime(root + b"/a.png", ns=(1, 1_234_567_891_234_567_891))
+    os.symlink(b"a.png", root + b"/link.png")
+    os.symlink(b"sub", root + b"/dirlink")
+    os.symlink(b"missing", root + b"/dangling.png")
+    os.mkfifo(root + b"/fifo.png")
+
+    compiled = local.list_folder(root)
+    names = [entry[0] for entry in compiled]
+    assert names == [b"-x", b"B.png", b"a.png", b"a\xc3\xa9.wav", b"a\xff.png", b"b.png", b"dangling.png",
+                     b"dirlink", b"fifo.png", b"link.png", b"sub"]  # unsigned bytes: 0xc3 and 0xff after ASCII
+    kinds = {entry[0]: entry[1] for entry in compiled}
+    assert kinds == {b"b.png": "file", b"B.png": "file", b"a\xff.png": "file", b"a\xc3\xa9.wav": "file",
+                     b"a.png": "file", b"-x": "file", b"sub": "dir", b"link.png": "link", b"dirlink": "link",
+                     b"dangling.png": "link", b"fifo.png": "special"}
+    st = os.lstat(root + b"/a.png")
+    assert (b"a.png", "file", st.st_size, st.st_mtime_ns) in compiled and st.st_mtime_ns == 1_234_567_891_234_567_891
+    compiled_walk = list(local._walk(root, b""))
+    with pytest.raises(FileNotFoundError):
+        local.list_folder(root + b"/nothing")
+
+    monkeypatch.setattr(local, "_listing", None)
+    assert local.list_folder(root) == compiled
+    assert list(local._walk(root, b"")) == compiled_walk
+    assert [e.rel for e in compiled_walk if e.kind == "file"][-1] == b"sub/deeper/z.flac"
+    with pytest.raises(FileNotFoundError):
+        local.list_folder(root + b"/nothing")

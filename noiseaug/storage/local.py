@@ -22,6 +22,13 @@ from typing import IO, Any, BinaryIO, Callable, Iterator, NamedTuple, NoReturn
 
 from ..errors import LockedError, UsageError, WriteError
 
+try:
+    from .. import _listing
+except ImportError:  # not built (no compiler at install time): list_folder does the same in Python
+    _listing = None
+if getattr(_listing, "VERSION", None) != 1:  # a build left over from older sources
+    _listing = None
+
 TMP_SUFFIX = ".noiseaug-tmp"
 HASH_CHUNK = 1 << 20
 READ_CHUNK = 1 << 30  # os.read's largest read is just under 2 GiB on Linux
@@ -319,18 +326,14 @@ class LocalStorage:
             return None
         return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
-    def folder_stats(self, folder: str) -> dict[str, tuple[int, int]]:
-        """(size, change stamp) of every regular file in one folder, from one listing (no link followed)."""
-        stats: dict[str, tuple[int, int]] = {}
+    def folder_stats(self, folder: bytes) -> dict[bytes, tuple[int, int]]:
+        """(size, change stamp) of every regular file in one folder (a relative path), by name, from one listing."""
+        root = os.fsencode(self.root)
         try:
-            with os.scandir(self.path(folder) if folder else self.root) as it:
-                for entry in it:
-                    if entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        stats[entry.name] = (st.st_size, st.st_mtime_ns)
+            entries = list_folder(os.path.join(root, folder) if folder else root)
         except OSError:
-            pass
-        return stats
+            return {}
+        return {name: (size, stamp) for name, kind, size, stamp in entries if kind == "file"}
 
     @contextmanager
     def write(self, rel: str) -> Iterator[BinaryIO]:
@@ -364,30 +367,44 @@ class LocalStorage:
 def _walk(root: bytes, prefix: bytes) -> Iterator[Entry]:
     path = os.path.join(root, prefix) if prefix else root
     try:
-        with os.scandir(path) as it:  # names and kinds only: a folder of a million files is listed whole
-            entries = sorted((entry.name, _kind(entry)) for entry in it)
+        entries = list_folder(path)  # a folder of a million files is listed whole: 200 bytes an entry
     except OSError as exc:
         yield Entry(prefix, "problem", problem=f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}")
         return
-    base = path if path.endswith(b"/") else path + b"/"
-    for name, kind in entries:
+    for name, kind, size, stamp in entries:
         rel = prefix + b"/" + name if prefix else name
-        if kind == "dir":
+        if kind == "file":
+            yield Entry(rel, kind, size, stamp)
+        elif kind == "dir":
             yield from _walk(root, rel)
-        elif kind == "file":
-            try:
-                st = os.lstat(base + name)
-            except OSError as exc:
-                yield Entry(rel, "problem", problem=f"{os.fsdecode(os.path.join(path, name))}: {exc.strerror}")
-                continue
-            if stat.S_ISREG(st.st_mode):
-                yield Entry(rel, "file", st.st_size, st.st_mtime_ns)
-            else:  # replaced since the listing
-                yield Entry(rel, "link" if stat.S_ISLNK(st.st_mode) else "special")
         elif kind.startswith("!"):
             yield Entry(rel, "problem", problem=f"{os.fsdecode(os.path.join(path, name))}: {kind[1:]}")
         else:
             yield Entry(rel, kind)
+
+
+def list_folder(path: bytes) -> list[tuple[bytes, str, int, int]]:
+    """One folder's entries sorted by name: (name, kind, size, mtime_ns), without following links.
+
+    ``kind`` is "file" (a regular file, with its size and stamp), "dir", "link", "special", or "!reason" when
+    the entry could not be examined. Compiled (``_listing.c``) where it was built; the same in Python otherwise.
+    """
+    if _listing is not None:
+        return _listing.folder(path)
+    with os.scandir(path) as it:
+        entries = sorted((entry.name, _kind(entry)) for entry in it)
+    base = path if path.endswith(b"/") else path + b"/"
+    return [_stamped(base, name) if kind == "file" else (name, kind, 0, 0) for name, kind in entries]
+
+
+def _stamped(base: bytes, name: bytes) -> tuple[bytes, str, int, int]:
+    try:
+        st = os.lstat(base + name)
+    except OSError as exc:
+        return name, f"!{exc.strerror}", 0, 0
+    if stat.S_ISREG(st.st_mode):
+        return name, "file", st.st_size, st.st_mtime_ns
+    return name, "dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "special", 0, 0
 
 
 def _kind(entry: os.DirEntry) -> str:

@@ -372,9 +372,9 @@ class FsspecStorage:
             return self.fresh_stat(rel)
         return self._list().get(rel)
 
-    def folder_stats(self, folder: str) -> dict[str, tuple[int, int]]:
-        prefix = f"{folder}/" if folder else ""
-        return {rel[len(prefix):]: st for rel, st in self._list().items()
+    def folder_stats(self, folder: bytes) -> dict[bytes, tuple[int, int]]:
+        prefix = f"{os.fsdecode(folder)}/" if folder else ""
+        return {os.fsencode(rel[len(prefix):]): st for rel, st in self._list().items()
                 if rel.startswith(prefix) and "/" not in rel[len(prefix):]}
 
     @contextmanager
