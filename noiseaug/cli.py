@@ -127,6 +127,7 @@ def run(
 
 def _sheet(output_dir: str, cfg: Any, count: int) -> Path | None:
     """Where --preview draws: OUTPUT/noiseaug-preview.png, for a local OUTPUT and manifest only."""
+    from .locations import PREVIEW_NAME
     from .storage.remote import is_url
 
     if count <= 0 or cfg.dry_run:
@@ -134,7 +135,7 @@ def _sheet(output_dir: str, cfg: Any, count: int) -> Path | None:
     if is_url(output_dir) or is_url(cfg.manifest):
         typer.echo("noiseaug: warning: no preview: --preview draws into a local OUTPUT only", err=True)
         return None
-    return Path(output_dir) / "noiseaug-preview.png"
+    return Path(output_dir) / PREVIEW_NAME
 
 
 def _run(input_dir: str, output_dir: str, cfg: Any, reporter: Any) -> Any:

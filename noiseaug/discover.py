@@ -12,7 +12,7 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Iterator, NamedTuple
 
 from .storage import Entry, Storage
@@ -45,6 +45,9 @@ class Candidate(NamedTuple):
     kind: str
     size: int
     mtime_ns: int
+
+
+_new_candidate = partial(tuple.__new__, Candidate)  # Candidate(...) without its Python-level __new__: per file
 
 
 @dataclass
@@ -107,10 +110,14 @@ def walk(storage: Storage, selection: Selection, stats: WalkStats) -> Iterator[C
     Runs lazily, so the pool can start on the first files while the walk goes
     on; counts what it passes over into ``stats``.
     """
+    kinds = selection.by_kind_alone
     for entry in storage.walk():
         if entry.kind == "file":
-            candidate = _candidate(entry, selection, stats)
-            if candidate is not None:
+            rel = entry.rel.decode(*FS_ENCODING)
+            kind = kind_of(rel)
+            if kinds is not None and kind in kinds:  # nothing but the kind decides: most runs, most files
+                yield _new_candidate((rel, kind, entry.size, entry.stamp))
+            elif (candidate := _candidate(rel, kind, entry, selection, stats)) is not None:
                 yield candidate
         elif entry.kind == "link":
             stats.links += 1
@@ -120,12 +127,8 @@ def walk(storage: Storage, selection: Selection, stats: WalkStats) -> Iterator[C
             stats.problems.append(entry.problem)
 
 
-def _candidate(entry: Entry, selection: Selection, stats: WalkStats) -> Candidate | None:
-    rel = entry.rel.decode(*FS_ENCODING)
-    kind = kind_of(rel)
-    if (kinds := selection.by_kind_alone) is not None:
-        if kind in kinds:
-            return Candidate(rel, kind, entry.size, entry.stamp)
+def _candidate(rel: str, kind: str, entry: Entry, selection: Selection, stats: WalkStats) -> Candidate | None:
+    if selection.by_kind_alone is not None:  # and the kind is not taken
         if kind == "other":
             stats.unsupported += 1
         else:
@@ -141,7 +144,7 @@ def _candidate(entry: Entry, selection: Selection, stats: WalkStats) -> Candidat
     if not selection.in_shard(rel):
         stats.other_shard += 1
         return None
-    return Candidate(rel=rel, kind=kind, size=entry.size, mtime_ns=entry.stamp)
+    return _new_candidate((rel, kind, entry.size, entry.stamp))
 
 
 def shard_of(relpath: bytes, count: int) -> int:

@@ -63,26 +63,28 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
         return None
     if noted is None or noted[:2] != [st.st_size, st.st_mtime_ns]:
         return None
-    counts: Counter = Counter()
+    skipped: Counter = Counter()  # outputs by kind
     stats = WalkStats()
     seen = 0
-    listing: tuple[bytes, dict[bytes, tuple[int, int]]] = (b"\0", {})  # one output folder's stats at a time
+    folder, outputs = b"\0", {}  # one output folder's stamps at a time: name -> (size, mtime)
     copies = len(copies_of("image", cfg))
     leaves = not cfg.copy_other and cfg.palette_images == "labels"  # label maps left alone, as last time
     for cand, rows in cache.beside((c.rel, c) for c in walk(source, selection, stats)):
-        if len(rows) == 1 and rows[0][7] == LEFT:
-            if not leaves or rows[0][2:4] != (cand.size, cand.mtime_ns):
+        if len(rows) == 1 and rows[0][6] == LEFT:
+            if not leaves or rows[0][1:3] != cand[2:]:
                 return None
             stats.labels += 1
             continue
-        if len(rows) != (copies if cand.kind != "other" else 1) and not (len(rows) == 1 and rows[0][7] == LABEL):
+        if len(rows) != (copies if cand.kind != "other" else 1) and not (len(rows) == 1 and rows[0][6] == LABEL):
             return None
-        for _, _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
-            folder, _, name = output.rpartition(b"/")
-            if folder != listing[0]:
-                listing = (folder, target.folder_stats(folder))
-            if in_size != cand.size or in_mtime != cand.mtime_ns or listing[1].get(name) != (out_size, out_mtime):
+        for _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
+            where, _, name = output.rpartition(b"/")
+            if where != folder:
+                folder, outputs = where, target.folder_stats(where)
+            if in_size != cand.size or in_mtime != cand.mtime_ns or outputs.get(name) != (out_size, out_mtime):
                 return None
-            counts[kind, "skipped"] += 1
+            skipped[kind] += 1
         seen += len(rows)
-    return (counts, stats) if seen == noted[2] and not stats.problems else None
+    if seen != noted[2] or stats.problems:
+        return None
+    return Counter({(kind, "skipped"): n for kind, n in skipped.items()}), stats

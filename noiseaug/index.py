@@ -30,7 +30,7 @@ CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever
 PENDING_ROWS = 512  # rows written together (one executemany) rather than one statement per file
 KEYS_VERSION = 1  # the stat cache's user_version: 1, paths keyed in the walk's order (0: plain paths)
 T = TypeVar("T")
-Row = tuple[bytes, int, int, int, bytes, int, int, str]
+Row = tuple[bytes, int, int, bytes, int, int, str]  # a stat cache row as beside() gives it
 
 
 def walk_key(rel: str) -> bytes:
@@ -204,13 +204,13 @@ class StateCache:
         return row == (*input_stat, *output_stat)
 
     def beside(self, walk: Iterator[tuple[str, T]]) -> Iterator[tuple[T, list[Row]]]:
-        """Each (path, item) of a walk, as the item and the rows of every copy of that path:
-        (key, copy, input size, input mtime, output, output size, output mtime, kind).
+        """Each (path, item) of a walk, as the item and the rows of every copy of that path, in copy order:
+        (key, input size, input mtime, output, output size, output mtime, kind).
 
         One pass over the cache's rows, in key order, beside the walk: no query per file.
         """
-        cursor = self.db.execute("SELECT rel, copy, input_size, input_mtime, output, output_size, output_mtime, "
-                                 "kind FROM stamps ORDER BY rel, copy")
+        cursor = self.db.execute("SELECT rel, input_size, input_mtime, output, output_size, output_mtime, kind "
+                                 "FROM stamps ORDER BY rel, copy")
         rows = itertools.chain.from_iterable(iter(lambda: cursor.fetchmany(1024), []))  # cheaper than row by row
         row = next(rows, None)
         for rel, item in walk:

@@ -30,7 +30,7 @@ class Locations:
     target: Storage
     home: Any  # LocalHome | RemoteHome
     manifest_shown: str  # the manifest as the user would name it, for messages and the summary
-    reserved: set[str]  # names under OUTPUT that are noiseaug's own (manifest, stat cache, index, lock)
+    reserved: set[str]  # names under OUTPUT that are noiseaug's own (manifest, stat cache, index, lock, preview)
 
     @property
     def local(self) -> bool:
@@ -46,6 +46,7 @@ def open_locations(input_dir: Any, output_dir: Any, cfg: Config) -> Locations:
     return _remote(input_dir, output_dir, cfg)
 
 
+PREVIEW_NAME = "noiseaug-preview.png"  # run --preview's picture, at OUTPUT's top: no input's output may take it
 URL_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "file", "memory")
 
 
@@ -67,7 +68,7 @@ def _local(input_dir: Path, output_dir: Path, cfg: Config) -> Locations:
     shown = cfg.manifest if cfg.manifest else default_path(output_dir, cfg.shard)
     target = LocalStorage(os.fsdecode(out_root))
     return Locations(LocalStorage(os.fsdecode(in_root)), target, LocalHome(manifest_path), os.fsdecode(shown),
-                     _reserved_local(manifest_path, out_root))
+                     _reserved_local(manifest_path, out_root) | {PREVIEW_NAME})
 
 
 def _check_manifest(manifest_path: Path, in_root: Path, cfg: Config) -> None:
@@ -140,7 +141,7 @@ def _with_manifest(source: Any, target: Any, cfg: Config, options: dict[str, Any
             _check_manifest(path, Path(source.root), cfg)
         home, shown = LocalHome(path), os.fsdecode(manifest or path)
         reserved = _reserved_local(path, Path(target.root)) if isinstance(target, LocalStorage) else set()
-    return Locations(source, target, home, shown, reserved)
+    return Locations(source, target, home, shown, reserved | {PREVIEW_NAME})
 
 
 def _reserved_remote(folder: str, name: str, target: Any) -> set[str]:

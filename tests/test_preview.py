@@ -12,7 +12,7 @@ import soundfile as sf
 
 from noiseaug.preview import preview, residual_display
 
-from conftest import read_image, write_image
+from conftest import read_image, records, write_image
 
 
 def photo(height: int, width: int, dtype=np.uint8, channels: int = 3) -> np.ndarray:
@@ -120,6 +120,23 @@ def test_run_preview_writes_a_contact_sheet(cli, tmp_path):
     sheet = read_image(tmp_path / "out" / "noiseaug-preview.png")
     assert sheet.ndim == 3 and sheet.shape[0] > 200 and sheet.shape[1] > 400
     assert "noiseaug-preview.png" in result.stderr and json.loads(result.stdout)["ok"] == 6
+
+
+def test_no_input_takes_the_preview_pictures_name(cli, tmp_path):
+    """--preview draws OUTPUT/noiseaug-preview.png: an input of that name at INPUT's top gets an error record,
+    with or without --preview (so that a later --preview overwrites nothing the manifest vouches for)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for rel in ["noiseaug-preview.png", "sub/noiseaug-preview.png", "a.png"]:
+        write_image(src / rel, photo(40, 50))
+    result = cli("run", src, out, "--workers", 1, "--json", code=1)
+    assert json.loads(result.stdout)["failed"] == 1
+    result = cli("run", src, out, "--workers", 1, "--preview", 2, code=1)
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert {r["input"]: r["status"] for r in recs} == {"a.png": "ok", "noiseaug-preview.png": "error",
+                                                       "sub/noiseaug-preview.png": "ok"}
+    assert "already taken by another input or by noiseaug's own files" in result.stderr
+    assert read_image(out / "noiseaug-preview.png").shape[1] > 2 * 50  # the picture, not a noisy copy
+    cli("verify", out / "noiseaug-manifest.jsonl", code=1)  # the failed file is listed; every ok output holds
 
 
 def test_preview_refuses_what_it_cannot_show(cli, tmp_path):

@@ -17,6 +17,7 @@ import secrets
 import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterator, NamedTuple, NoReturn
 
@@ -288,6 +289,9 @@ class Entry(NamedTuple):
     problem: str = ""
 
 
+_new_entry = partial(tuple.__new__, Entry)  # Entry(...) without its Python-level __new__: per file
+
+
 @dataclass
 class LocalStorage:
     """A folder on the local file system, as the pipeline uses INPUT and OUTPUT (:class:`~noiseaug.storage.Storage`)."""
@@ -374,7 +378,7 @@ def _walk(root: bytes, prefix: bytes) -> Iterator[Entry]:
     for name, kind, size, stamp in entries:
         rel = prefix + b"/" + name if prefix else name
         if kind == "file":
-            yield Entry(rel, kind, size, stamp)
+            yield _new_entry((rel, kind, size, stamp, ""))
         elif kind == "dir":
             yield from _walk(root, rel)
         elif kind.startswith("!"):
