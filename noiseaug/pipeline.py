@@ -26,6 +26,7 @@ from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import ClusterError, Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
 from .executors import check_executor, make_executor
+from .executors.pool import GUARD_HINT, importing_the_callers_script
 from .freshness import all_confirmed, nothing_to_do
 from .index import Claims, RunIndex, StateCache
 from .locations import Locations, open_locations
@@ -68,6 +69,8 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     :class:`Interrupted` after a clean stop on SIGINT; per-file failures are in
     the returned :class:`Summary` and the manifest.
     """
+    if importing_the_callers_script():  # one line from each worker, not a traceback (and not a second run)
+        raise SystemExit(f"noiseaug: not running: {GUARD_HINT}")
     cfg = config if isinstance(config, Config) else make_config(config, **options)
     reporter = reporter or Reporter()
     if not cfg.dry_run:

@@ -290,3 +290,28 @@ def test_a_pool_started_from_a_fork_server_stops_the_helpers_it_started(src, tmp
         release.set()
         thread.join()
     assert records(tmp_path / "out" / "noiseaug-manifest.jsonl")[1][0]["status"] == "ok"
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_calling_run_without_the_main_guard_gets_one_clear_error(src, tmp_path, guarded):
+    """Workers from a fork server import the calling script again: without `if __name__ == "__main__":` the
+    script's own run must not start again in each of them (a lock refused, tracebacks); the error says why."""
+    import subprocess
+
+    call = f"summary = noiseaug.run({str(src)!r}, {str(tmp_path / 'out')!r}, workers=2)\nprint(summary.exit_code)\n"
+    script = tmp_path / "augment.py"
+    script.write_text("import threading\nimport noiseaug\n"
+                      "threading.Thread(target=threading.Event().wait, daemon=True).start()  # not one thread\n"
+                      + ("if __name__ == '__main__':\n" + "".join(f"    {line}\n" for line in call.splitlines())
+                         if guarded else call))
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    if guarded:
+        assert (done.returncode, done.stdout) == (0, "0\n"), done.stderr
+        return
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        'needs `if __name__ == "__main__":` around the call when it runs other threads (numpy\'s BLAS threads '
+        "count, unless OPENBLAS_NUM_THREADS=1): its worker processes then start from a fork server, which "
+        "imports the script again")
+    assert "LockedError" not in done.stderr and done.stderr.count("Traceback") <= 1, done.stderr

@@ -206,6 +206,17 @@ class WorkerStartError(NoiseaugError):
     """Worker processes die before they can take any work."""
 
 
+GUARD_HINT = ("a script that calls noiseaug.run with workers above 1 needs `if __name__ == \"__main__\":` around "
+              "the call when it runs other threads (numpy's BLAS threads count, unless OPENBLAS_NUM_THREADS=1): "
+              "its worker processes then start from a fork server, which imports the script again")
+
+
+def importing_the_callers_script() -> bool:
+    """Whether this process is a new worker (or fork server) running its parent's script again: multiprocessing's
+    own test before it refuses to start a process (``spawn._check_not_importing_main``)."""
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
 class ProcessPool:
     """N worker processes fed with batches of jobs, one batch each at a time.
 
@@ -363,7 +374,8 @@ class ProcessPool:
         worker.process.join()
         self._failed_starts += 1
         if self._failed_starts > 3 * len(self._workers):
-            raise WorkerStartError(f"worker processes do not start ({why})")
+            hint = f"; {GUARD_HINT}" if self._mp.get_start_method() != "fork" else ""
+            raise WorkerStartError(f"worker processes do not start ({why}){hint}")
         worker.conn.close()
         self._workers[self._workers.index(worker)] = self._start()
 
