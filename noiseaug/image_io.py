@@ -289,10 +289,14 @@ def _webp_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) 
 def _bmp_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
     info_size = int.from_bytes(data[14:18], "little")
     bits = int.from_bytes(data[28:30] if info_size >= 40 else data[24:26], "little")
-    if bits <= 8:  # always through a colour table, even when Pillow shows a gray one as "L"
+    if bits == 8 and im.mode == "L":  # the identity gray ramp: BMP's only way to store a grayscale picture
+        return header  # noised as gray; OpenCV writes it back as 8 bits through the same ramp
+    if bits <= 8:  # any other colour table: a label map
         return replace(header, label="1-bit" if bits == 1 else "palette")
     if bits not in (24, 32):
         raise UnsupportedError(path, f"{bits}-bit BMP (only 24- and 32-bit true colour, or palettes as labels)")
+    if bits == 32 and im.mode != "RGBA":  # OpenCV reads it as 3 channels and would write 24 bits
+        raise UnsupportedError(path, "32-bit BMP without an alpha mask (its fourth byte would be dropped)")
     return header
 
 

@@ -227,6 +227,8 @@ def cases() -> list[Case]:
         # BMP
         Case("b_24.bmp", pillow(rgb8, "BMP")),
         Case("b_32.bmp", opencv(rgba8, ".bmp"), alpha=1),
+        Case("b_gray8.bmp", pillow(gray8, "BMP")),  # through the gray ramp: a grayscale picture
+        Case("b_32_no_alpha_mask.bmp", pillow(rgba8, "BMP"), expect="refused", reason="without an alpha mask"),
         Case("b_palette8.bmp", pillow(rgb8, "BMP", mode="P"), expect="label"),
         Case("b_1bit.bmp", pillow(mask, "BMP"), expect="label"),
         Case("b_16bit.bmp", bmp16, expect="refused", reason="16-bit BMP"),

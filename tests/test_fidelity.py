@@ -312,13 +312,41 @@ def test_lossless_and_12_bit_jpegs_are_refused(cli, dirs):
     assert "lossless.jpg: not supported: lossless JPEG" in result.stderr
 
 
-def test_an_8_bit_bmp_is_a_palette_image(cli, dirs):
+def test_an_8_bit_bmp_is_gray_through_the_gray_ramp_and_a_label_map_through_any_other_table(cli, dirs):
+    """BMP stores grayscale through a colour table: the identity gray ramp (what cv2.imwrite and Pillow write
+    for one channel) is a grayscale picture, noised and written back as 8 bits; another table is a label map."""
     import cv2
 
     src, out = dirs
-    (src / "m.bmp").write_bytes(cv2.imencode(".bmp", np.full((9, 9), 3, np.uint8))[1].tobytes())
+    (src / "gray_cv.bmp").write_bytes(cv2.imencode(".bmp", np.full((40, 50), 128, np.uint8))[1].tobytes())
+    Image.fromarray(np.full((40, 50), 128, np.uint8), "L").save(src / "gray_pil.bmp")
+    mask = Image.fromarray(np.eye(9, dtype=np.uint8) * 3, "P")
+    mask.putpalette([255 - v for v in range(256) for _ in range(3)])  # gray, but not the ramp: labels
+    mask.save(src / "m.bmp")
     result = cli("run", src, out, "--workers", 1, "--copy-other", "--json")
     assert json.loads(result.stdout)["files"]["label"]["ok"] == 1
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert {r["input"]: (r["kind"], r.get("channels")) for r in recs} == {
+        "gray_cv.bmp": ("image", 1), "gray_pil.bmp": ("image", 1), "m.bmp": ("label", None)}
+    for name in ("gray_cv.bmp", "gray_pil.bmp"):
+        data = (out / name).read_bytes()
+        assert int.from_bytes(data[28:30], "little") == 8  # still 8 bits a pixel
+        with Image.open(out / name) as im:
+            assert im.mode == "L"
+            residual = np.asarray(im, np.float64) - 128
+        assert abs(residual.std() - 10) < 0.5 and abs(residual.mean()) < 0.5
+    assert (out / "m.bmp").read_bytes() == (src / "m.bmp").read_bytes()
+
+
+def test_a_32_bit_bmp_without_an_alpha_mask_is_refused(cli, dirs):
+    """Pillow writes RGBA as 32-bit BI_RGB, whose fourth byte OpenCV drops: a 24-bit output would be a silently
+    different file; with an alpha mask (as OpenCV writes 4 channels) the fourth byte is alpha, kept."""
+    src, out = dirs
+    rgba = np.random.default_rng(3).integers(0, 256, (12, 10, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(src / "bi_rgb32.bmp")
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "bi_rgb32.bmp: not supported: 32-bit BMP without an alpha mask" in result.stderr
+    assert not (out / "bi_rgb32.bmp").exists()
 
 
 def test_preview_of_a_gray_alpha_png(cli, dirs, tmp_path):
