@@ -8,15 +8,22 @@ by content: the input's hash and the output's hash against the record.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .config import Config
 from .discover import Selection, WalkStats, walk
 from .records import LABEL, LEFT, OK, Job, copies_of, output_of, path_fields
-from .storage import Storage
+from .storage import LocalStorage, Storage
+from .storage.local import listing_digest
+
+FOLDERS_VERSION = 1  # of the noted folder shortcut: what its digests and totals hold
+NOT_DECIDING = ("workers", "executor", "scheduler", "dry_run", "file_timeout", "on_error")  # options the answer
+# of the quick check does not depend on (a re-run with another --workers is still a re-run with nothing to do)
 
 
 def confirmed(prior: dict[str, Any] | None, digest: str, target: Storage, out_rel: str, kind: str) -> bool:
@@ -46,7 +53,7 @@ def all_confirmed(job: Job, source: Storage, target: Storage, cfg: Config) -> bo
 
 
 def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config, cache: Any,
-                  selection: Selection) -> tuple[Counter, WalkStats] | None:
+                  selection: Selection, own: Iterable[str] = ()) -> tuple[Counter, WalkStats] | None:
     """A whole re-run by the quick check alone: (skipped outputs per kind, the walk's counts), or None.
 
     Holds only when the manifest is as the last run left it (size, mtime and
@@ -55,7 +62,45 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
     they are every record of the manifest (no failed or unreached record that
     a run would retry or flag). Anything else: None, and the run goes the
     long way, which finds the same answer for every file it could decide here.
+
+    On local folders, this check first looks for the shortcut a clean run left
+    (:func:`note_folders`): when every folder lists as it did then, the answer
+    is the one found then, without a step per file. ``own``: noiseaug's own
+    files under OUTPUT (manifest, stat cache, lock, preview), which change
+    without changing any output.
     """
+    noted = _noted_manifest(manifest, cache)
+    if noted is None:
+        return None
+    key = _folders_key(cfg, noted)
+    found = _same_folders(source, target, cache.folder_digests(key), _names(own))
+    return found if found is not None else _each_file(source, target, cfg, cache, selection, noted)
+
+
+def note_folders(source: Storage, target: Storage, manifest: Path, cfg: Config, cache: Any,
+                 selection: Selection, own: Iterable[str] = ()) -> bool:
+    """After a clean run on local folders: run the quick check once, and if it holds, note every folder's
+    listing digest (INPUT's, and OUTPUT's folders of outputs) with its answer, for the next run's shortcut."""
+    noted = _noted_manifest(manifest, cache)
+    if noted is None or not isinstance(source, LocalStorage) or not isinstance(target, LocalStorage):
+        return False
+    source.digests, outputs = {}, {}
+    try:
+        found = _each_file(source, target, cfg, cache, selection, noted, (outputs, _names(own)))
+        inputs = source.digests
+    finally:
+        source.digests = None
+    if found is None:
+        return False
+    counts, stats = found
+    totals = {"skipped": {kind: n for (kind, _), n in counts.items()},
+              "walk": {**dataclasses.asdict(stats), "globs_hit": sorted(stats.globs_hit)}}
+    cache.note_folders(_folders_key(cfg, noted), inputs, outputs, totals)
+    return True
+
+
+def _noted_manifest(manifest: Path, cache: Any) -> list[int] | None:
+    """The manifest's [size, mtime, records] noted in the cache, if the manifest still has that size and mtime."""
     noted = cache.manifest_stamp()
     try:
         st = os.stat(manifest)
@@ -63,10 +108,51 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
         return None
     if noted is None or noted[:2] != [st.st_size, st.st_mtime_ns]:
         return None
+    return noted
+
+
+def _folders_key(cfg: Config, noted: list[int]) -> str:
+    """What the folder shortcut was noted under: the manifest as noted, and the options that decide the answer."""
+    options = {k: v for k, v in cfg.to_dict().items() if k not in NOT_DECIDING}
+    return json.dumps([FOLDERS_VERSION, noted, options], sort_keys=True)
+
+
+def _names(own: Iterable[str]) -> set[tuple[bytes, bytes]]:
+    return {tuple(os.fsencode(rel).rpartition(b"/")[::2]) for rel in own}  # type: ignore[misc]
+
+
+def _outputs_digest(outputs: dict[bytes, tuple[int, int]], folder: bytes, own: set[tuple[bytes, bytes]]) -> bytes:
+    return listing_digest([(name, st) for name, st in outputs.items() if (folder, name) not in own])
+
+
+def _same_folders(source: Storage, target: Storage, noted: Any,
+                  own: set[tuple[bytes, bytes]]) -> tuple[Counter, WalkStats] | None:
+    """The answer noted with the folder digests, when every folder of INPUT and every noted folder of OUTPUT
+    lists as it did (names, kinds, sizes, stamps): one listing a folder, no step per file in Python."""
+    if noted is None or not isinstance(source, LocalStorage) or not isinstance(target, LocalStorage):
+        return None
+    inputs, outputs, totals = noted
+    for folder, digest in source.folder_digests():  # a folder added or gone changes its parent's listing
+        if digest is None or inputs.get(folder) != digest:
+            return None
+    for folder, digest in outputs.items():
+        if _outputs_digest(target.folder_stats(folder), folder, own) != digest:
+            return None
+    walk = totals["walk"]
+    stats = WalkStats(**{**walk, "globs_hit": set(walk["globs_hit"])})
+    return Counter({(kind, "skipped"): n for kind, n in totals["skipped"].items()}), stats
+
+
+def _each_file(source: Storage, target: Storage, cfg: Config, cache: Any, selection: Selection, noted: list[int],
+               noting: tuple[dict[bytes, bytes], set[tuple[bytes, bytes]]] | None = None,
+               ) -> tuple[Counter, WalkStats] | None:
+    """The quick check file by file (see :func:`nothing_to_do`); ``noting``: where to put the digest of each
+    output folder it lists, and noiseaug's own names to leave out of them."""
     skipped: Counter = Counter()  # outputs by kind
     stats = WalkStats()
     seen = 0
-    folder, outputs = b"\0", {}  # one output folder's stamps at a time: name -> (size, mtime)
+    folder, outputs = b"\0", {}  # the current output folder's stamps: name -> (size, mtime)
+    listed: dict[bytes, dict[bytes, tuple[int, int]]] = {}  # those of the output folders on the walk's path
     copies = len(copies_of("image", cfg))
     leaves = not cfg.copy_other and cfg.palette_images == "labels"  # label maps left alone, as last time
     for cand, rows in cache.beside((c.rel, c) for c in walk(source, selection, stats)):
@@ -79,8 +165,13 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
             return None
         for _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
             where, _, name = output.rpartition(b"/")
-            if where != folder:
-                folder, outputs = where, target.folder_stats(where)
+            if where != folder:  # listed once, even when the walk comes back from a subfolder
+                folder, outputs = where, listed.get(where)
+                if outputs is None:
+                    listed = {f: v for f, v in listed.items() if not f or where.startswith(f + b"/")}
+                    outputs = listed[where] = target.folder_stats(where)
+                    if noting is not None:
+                        noting[0][where] = _outputs_digest(outputs, where, noting[1])
             if in_size != cand.size or in_mtime != cand.mtime_ns or outputs.get(name) != (out_size, out_mtime):
                 return None
             skipped[kind] += 1

@@ -192,6 +192,8 @@ class StateCache:
                    "input_mtime INTEGER, output BLOB, output_size INTEGER, output_mtime INTEGER, kind TEXT, "
                    "PRIMARY KEY (rel, copy)) WITHOUT ROWID")
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
+        db.execute("CREATE TABLE IF NOT EXISTS folders (side INTEGER, folder BLOB, digest BLOB, "
+                   "PRIMARY KEY (side, folder)) WITHOUT ROWID")
         if db.execute("PRAGMA user_version").fetchone()[0] != KEYS_VERSION:
             _rekey(db)
         return db
@@ -264,6 +266,30 @@ class StateCache:
         value = [st.st_size, st.st_mtime_ns, records]
         if self.manifest_stamp() != value:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('manifest', ?)", (json.dumps(value),))
+
+    def folder_digests(self, key: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], Any] | None:
+        """The folder digests a clean run noted under ``key`` (:func:`~noiseaug.freshness.note_folders`):
+        (INPUT's folders, OUTPUT's folders, the quick check's answer then), or None."""
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'folders'").fetchone()
+            noted = json.loads(row[0]) if row else None
+            if noted is None or noted.get("key") != key:
+                return None
+            sides: tuple[dict[bytes, bytes], dict[bytes, bytes]] = ({}, {})
+            for side, folder, digest in self.db.execute("SELECT side, folder, digest FROM folders"):
+                sides[side][bytes(folder)] = bytes(digest)
+        except (sqlite3.DatabaseError, ValueError, KeyError, IndexError, TypeError):  # an older or damaged cache
+            return None
+        return sides[0], sides[1], noted.get("totals")
+
+    def note_folders(self, key: str, inputs: dict[bytes, bytes], outputs: dict[bytes, bytes], totals: Any) -> None:
+        """Replace the folder digests (see :meth:`folder_digests`)."""
+        self._write_pending()
+        self.db.execute("DELETE FROM folders")
+        self.db.executemany("INSERT INTO folders VALUES (?, ?, ?)",
+                            [(0, f, d) for f, d in inputs.items()] + [(1, f, d) for f, d in outputs.items()])
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('folders', ?)",
+                        (json.dumps({"key": key, "totals": totals}),))
 
     def save(self) -> None:
         """Commit what this run confirmed (a run with nothing to do changes nothing)."""

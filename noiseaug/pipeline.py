@@ -27,7 +27,7 @@ from .discover import Candidate, Selection, WalkStats, walk
 from .errors import ClusterError, Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
 from .executors import check_executor, make_executor
 from .executors.pool import GUARD_HINT, importing_the_callers_script
-from .freshness import all_confirmed, nothing_to_do
+from .freshness import all_confirmed, note_folders, nothing_to_do
 from .index import Claims, RunIndex, StateCache
 from .locations import Locations, open_locations
 from .manifest import (
@@ -44,7 +44,7 @@ from .records import LABEL, LEFT, SCHEME, Job, Outcome, carried, copies_of, fail
 from .report import Reporter, Summary
 from .signals import Stopper
 from .silence import quiet_loggers
-from .storage import OutputLock, Storage
+from .storage import LocalStorage, OutputLock, Storage
 from .storage.local import atomic_file, set_temp_tag
 
 if TYPE_CHECKING:  # the worker's side (numpy, the codecs) is imported once there is work: not for a no-op run
@@ -110,7 +110,7 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
             if cfg.overwrite:
                 summary.removed = _remove_stale(manifest_path, source, target, cfg)
             if prior is None or getattr(reporter, "verbose", False) or not _nothing_to_do(
-                    source, target, manifest_path, cfg, summary):
+                    source, target, manifest_path, cfg, summary, where.reserved | {name}):
                 _Run(source, target, home, cfg, prior, summary, reporter, where.reserved, lock).execute(stopper)
             if stopper.abandoning:
                 lock.release(clean=False)  # files were abandoned: the next run sweeps
@@ -137,12 +137,13 @@ def _left_alone(job: Job, source: Storage, cfg: Config) -> bool:
         return False  # the run will record why
 
 
-def _nothing_to_do(source: Storage, target: Storage, manifest_path: Path, cfg: Config, summary: Summary) -> bool:
+def _nothing_to_do(source: Storage, target: Storage, manifest_path: Path, cfg: Config, summary: Summary,
+                   own: set[str]) -> bool:
     """rsync's quick check for the whole run: when every file matches the stat cache, the summary says so and
     the run ends here, having read neither the manifest nor any file (see :func:`freshness.nothing_to_do`)."""
     cache = StateCache(state_path(manifest_path), readonly=True)
     try:
-        found = nothing_to_do(source, target, manifest_path, cfg, cache, _selection(cfg))
+        found = nothing_to_do(source, target, manifest_path, cfg, cache, _selection(cfg), own)
     finally:
         cache.save()
     if found is None:
@@ -475,6 +476,21 @@ class _Run:
                 self.stop = True
         self.index.add(rel_bytes(rec), rec["copy"], text)
 
+    def _clean(self) -> bool:
+        """Whether the run ended with every file done and recorded: the state a re-run finds nothing to do in."""
+        summary = self.summary
+        return (self.walk_done and not self.stop and not summary.stopped and not summary.failed and not summary.dry_run
+                and not getattr(self.lock, "lost", False) and isinstance(self.target, LocalStorage))
+
+    def _note_folders(self) -> None:
+        """The quick check, once, as the next run would make it; when it holds, its folder shortcut is noted."""
+        cache = StateCache(state_path(self.writer.path))
+        try:
+            note_folders(self.source, self.target, self.writer.path, self.cfg, cache, _selection(self.cfg),
+                         self.reserved)
+        finally:
+            cache.save()
+
     def _finish(self) -> None:
         try:
             self.writer.close()
@@ -487,6 +503,8 @@ class _Run:
                 self.home.published()
             self.cache.note_manifest(self.writer.path, records)
             self.cache.save()
+            if self._clean():
+                self._note_folders()
             if not getattr(self.lock, "lost", False):
                 self.home.saved()
         except (WriteError, StorageError, OSError) as exc:

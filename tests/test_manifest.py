@@ -241,16 +241,36 @@ def test_a_run_with_nothing_to_do_reads_neither_manifest_nor_files(src, tmp_path
 
 
 @contextlib.contextmanager
-def _quick_only(monkeypatch):
-    """Within it, a run that does not end at the whole-run quick check fails."""
-    from noiseaug import pipeline
+def _quick_only(monkeypatch, shortcut: bool = False):
+    """Within it, a run that does not end at the whole-run quick check fails; the check goes file by file
+    unless ``shortcut`` (then it may take the folder shortcut a clean run left)."""
+    from noiseaug import freshness, pipeline
 
     def no_index(*args, **kwargs):
         raise AssertionError("the long way was taken")
 
     with monkeypatch.context() as patch:
         patch.setattr(pipeline, "RunIndex", no_index)
+        if not shortcut:
+            patch.setattr(freshness, "_same_folders", lambda *args: None)
         yield
+
+
+@contextlib.contextmanager
+def _shortcuts(monkeypatch):
+    """Within it, what the folder shortcut answered, run by run (None: it did not hold)."""
+    from noiseaug import freshness
+
+    answers: list = []
+    real = freshness._same_folders
+
+    def spy(*args):
+        answers.append(real(*args))
+        return answers[-1]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(freshness, "_same_folders", spy)
+        yield answers
 
 
 def test_the_quick_check_reads_the_stat_cache_in_the_walks_order(tmp_path, monkeypatch):
@@ -347,3 +367,94 @@ def test_claims_refuse_a_name_taken_in_a_folder_left_and_come_back_to():
     assert not claims.claim("sub/m.jsonl") and claims.claim("sub/n.jsonl")  # "a" and below are left now
     with pytest.raises(AssertionError):
         claims.claim("a/b/z")
+
+
+def _shortcut_tree(root):
+    from PIL import Image
+
+    for rel in ["a.png", "one/b.png", "one/deeper/c.png", "two/d.png"]:
+        write_image(root / rel, np.full((8, 8, 3), 60, np.uint8))
+    (root / "one" / "notes.txt").write_text("not taken\n")
+    Image.fromarray(np.eye(8, dtype=np.uint8)).convert("P").save(root / "two" / "mask.png")
+    os.symlink("a.png", root / "link.png")
+
+
+def test_a_clean_run_leaves_a_folder_shortcut_that_a_rerun_takes_with_the_same_answer(tmp_path, monkeypatch):
+    """A re-run after a clean run lists each folder once and steps through no file in Python: its answer (counts,
+    label maps, files passed over) is the one the file-by-file check gives."""
+    import noiseaug
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _shortcut_tree(src)
+    noiseaug.run(src, out, workers=1, copies=2)
+    with _quick_only(monkeypatch, shortcut=True), _shortcuts(monkeypatch) as answers:
+        summary = noiseaug.run(src, out, workers=1, copies=2)
+    assert answers[0] is not None  # the shortcut held
+    assert summary.up_to_date and summary.total("skipped") == 8 and summary.walk.labels == 1
+    assert (summary.walk.unsupported, summary.walk.links) == (1, 1)
+    with _quick_only(monkeypatch):
+        per_file = noiseaug.run(src, out, workers=1, copies=2)
+    assert (per_file.counts, per_file.walk) == (summary.counts, summary.walk)
+    (out / ".noiseaug.lock").touch()  # noiseaug's own files change without changing an output
+    os.utime(out / ".noiseaug-manifest.jsonl.state", ns=(5, 5))
+    with _quick_only(monkeypatch, shortcut=True), _shortcuts(monkeypatch) as answers:
+        noiseaug.run(src, out, workers=1, copies=2)
+    assert answers[0] is not None
+
+
+def _change(kind, src, out):
+    if kind == "input touched":
+        os.utime(src / "one" / "b.png", ns=(7, 7))
+    elif kind == "output rewritten":
+        with open(out / "one" / "deeper" / "c_n1.png", "ab") as fh:
+            fh.write(b"\0")
+    elif kind == "output removed":
+        (out / "two" / "d_n0.png").unlink()
+    elif kind == "file added":
+        write_image(src / "two" / "e.png", np.full((8, 8, 3), 70, np.uint8))
+    elif kind == "other file added":
+        (src / "one" / "deeper" / "readme.md").write_text("x\n")
+    elif kind == "folder added":
+        (src / "three").mkdir()
+    elif kind == "input removed":
+        (src / "one" / "deeper" / "c.png").unlink()
+
+
+@pytest.mark.parametrize("kind, ok", [("input touched", 0), ("output rewritten", 1), ("output removed", 1),
+                                      ("file added", 2), ("other file added", 0), ("folder added", 0),
+                                      ("input removed", 0)])
+def test_any_change_in_any_folder_defeats_the_shortcut_and_the_run_finds_it(tmp_path, monkeypatch, kind, ok):
+    import noiseaug
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _shortcut_tree(src)
+    noiseaug.run(src, out, workers=1, copies=2)
+    _change(kind, src, out)
+    with _shortcuts(monkeypatch) as answers:
+        summary = noiseaug.run(src, out, workers=1, copies=2)
+    assert answers == [None]
+    assert summary.total("ok") == ok and summary.failed == 0
+    assert summary.gone == (["one/deeper/c.png"] if kind == "input removed" else [])
+    noiseaug.verify(out / "noiseaug-manifest.jsonl")
+
+
+def test_the_shortcut_is_noted_only_after_a_clean_run_and_only_for_its_options(tmp_path, monkeypatch):
+    import sqlite3
+
+    import noiseaug
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _shortcut_tree(src)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    noiseaug.run(src, out, workers=1)
+    state = out / ".noiseaug-manifest.jsonl.state"
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        assert db.execute("SELECT count(*) FROM folders").fetchone() == (0,)  # a file failed: no shortcut
+    (src / "broken.png").unlink()
+    noiseaug.run(src, out, workers=1)
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        assert db.execute("SELECT count(*) FROM folders WHERE side = 0").fetchone() == (4,)  # '', one, deeper, two
+    with _shortcuts(monkeypatch) as answers:
+        noiseaug.run(src, out, workers=1, kinds=["image"], include=["*.png"])  # other options: not this shortcut
+        noiseaug.run(src, out, workers=2)  # --workers does not change the answer
+    assert answers[0] is None and answers[1] is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import marshal
 import os
 import secrets
 import stat
@@ -298,6 +299,7 @@ class LocalStorage:
 
     root: str
     _known: set[str] = field(default_factory=set, repr=False, compare=False)  # folders known to exist
+    digests: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)  # see walk()
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
@@ -310,8 +312,26 @@ class LocalStorage:
             raise UsageError(f"cannot create OUTPUT {self.root}: {exc.strerror}") from None
 
     def walk(self) -> Iterator[Entry]:
-        """Every name under the root, sorted, without following links; files with size and change stamp."""
-        yield from _walk(os.fsencode(self.root), b"")
+        """Every name under the root, sorted, without following links; files with size and change stamp.
+
+        With ``digests`` a dict, each folder's :func:`listing_digest` goes there as the walk lists it.
+        """
+        yield from _walk(os.fsencode(self.root), b"", self.digests)
+
+    def folder_digests(self) -> Iterator[tuple[bytes, bytes | None]]:
+        """(folder, :func:`listing_digest`) of every folder under the root, the root first, as a walk lists
+        them (None for one that cannot be listed): the quick check by folders, without a tuple per file."""
+        root = os.fsencode(self.root)
+        folders = [b""]
+        while folders:
+            prefix = folders.pop()
+            try:
+                entries = list_folder(os.path.join(root, prefix) if prefix else root)
+            except OSError:
+                yield prefix, None
+                continue
+            yield prefix, listing_digest(entries)
+            folders.extend(reversed([prefix + b"/" + e[0] if prefix else e[0] for e in entries if e[1] == "dir"]))
 
     def read(self, rel: str) -> bytes:
         return read_input(self.path(rel))
@@ -368,23 +388,30 @@ class LocalStorage:
         self._known.clear()
 
 
-def _walk(root: bytes, prefix: bytes) -> Iterator[Entry]:
+def _walk(root: bytes, prefix: bytes, digests: dict[bytes, bytes] | None = None) -> Iterator[Entry]:
     path = os.path.join(root, prefix) if prefix else root
     try:
         entries = list_folder(path)  # a folder of a million files is listed whole: 200 bytes an entry
     except OSError as exc:
         yield Entry(prefix, "problem", problem=f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}")
         return
+    if digests is not None:
+        digests[prefix] = listing_digest(entries)
     for name, kind, size, stamp in entries:
         rel = prefix + b"/" + name if prefix else name
         if kind == "file":
             yield _new_entry((rel, kind, size, stamp, ""))
         elif kind == "dir":
-            yield from _walk(root, rel)
+            yield from _walk(root, rel, digests)
         elif kind.startswith("!"):
             yield Entry(rel, "problem", problem=f"{os.fsdecode(os.path.join(path, name))}: {kind[1:]}")
         else:
             yield Entry(rel, kind)
+
+
+def listing_digest(entries: Any) -> bytes:
+    """What identifies a folder's listing (names, kinds, sizes and stamps) as :func:`list_folder` gives it."""
+    return hashlib.blake2b(marshal.dumps(entries), digest_size=16).digest()
 
 
 def list_folder(path: bytes) -> list[tuple[bytes, str, int, int]]:
