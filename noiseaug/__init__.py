@@ -20,7 +20,7 @@ _EXPORTS = {
     "run": "pipeline", "Reporter": "report",
     "Config": "config", "make_config": "config",
     "Summary": "report",
-    "verify": "verify",
+    "verify": "verification",  # not a module named verify: importing it would hide this function
     "NoiseaugError": "errors", "UsageError": "errors", "FileError": "errors",
     "ManifestError": "errors", "Interrupted": "errors",
 }
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .noise import add_noise, image_sigma
     from .pipeline import run
     from .report import Reporter, Summary
-    from .verify import verify
+    from .verification import verify
 
 
 def __getattr__(name: str) -> object:

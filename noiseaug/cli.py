@@ -219,7 +219,7 @@ def verify(
 ) -> None:
     """Check every output in MANIFEST against its recorded hash (exit 1 on any mismatch)."""
     from .config import make_config
-    from .verify import verify as verify_manifest
+    from .verification import verify as verify_manifest
 
     try:
         options = make_config(storage_options=storage_options or None).storage_kwargs()

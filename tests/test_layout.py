@@ -30,3 +30,19 @@ def test_codecs_are_imported_only_behind_image_io_and_audio_io():
             if any(n.split(".")[0] in codecs for n in names) and path.name not in allowed:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert not found, found
+
+
+def test_the_library_names_stay_what_they_are_once_every_module_is_imported():
+    """A submodule named like an export (noiseaug/verify.py and noiseaug.verify) would replace the export on the
+    package as soon as anything imported it: noiseaug.verify(...) would call a module."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import noiseaug
+
+    for module in pkgutil.walk_packages(noiseaug.__path__, "noiseaug."):
+        if module.name.rpartition(".")[2] not in ("__main__", "cluster", "remote"):  # optional extras aside
+            importlib.import_module(module.name)
+    for name in noiseaug.__all__:
+        assert not inspect.ismodule(getattr(noiseaug, name)), name
