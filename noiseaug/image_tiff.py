@@ -75,7 +75,7 @@ def probe(data: bytes, path: str, max_pixels: int) -> tuple[TiffLayout | None, s
     except (UnsupportedError, TooLargeError):
         raise
     except Exception as exc:  # tifffile's own errors and what malformed files make it raise
-        raise DecodeError(path, f"cannot decode as TIFF ({_one_line(exc)})") from None
+        raise DecodeError(path, f"cannot decode as TIFF ({_malformed(exc)})") from None
     if not pages:
         raise DecodeError(path, "cannot decode as TIFF (no image in the file)")
     labels = [p for p in pages if isinstance(p, str)]
@@ -240,6 +240,14 @@ def _compare(data: bytes, layout: TiffLayout, path: str) -> None:
                                              f"of page {index} (it wrote {getattr(got, name)})")
     if len(written) != len(layout.pages):
         raise UnsupportedError(path, f"the TIFF writer wrote {len(written)} pages of {len(layout.pages)}")
+
+
+def _malformed(exc: Exception) -> str:
+    """Why tifffile gave up, in the file's terms: its own messages as they are, Python's (a comparison of a
+    tuple with an int, a missing key) as what they mean for the file."""
+    if isinstance(exc, (TypeError, AttributeError, IndexError, KeyError, ZeroDivisionError, OverflowError)):
+        return "malformed tags or structure"
+    return _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -224,6 +224,8 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
 
     if not Path(os.path.abspath(output)).parent.is_dir():
         raise ManifestError(f"-o {os.fsdecode(output)}: its folder does not exist")
+    if output.exists() and any(p.exists() and os.path.samefile(output, p) for p in paths):
+        raise ManifestError(f"-o {os.fsdecode(output)} is one of the manifests to merge; write the result elsewhere")
     manifests = [load(p) for p in paths]
     first = manifests[0]
     job = {k: v for k, v in first.run.get("options", {}).items() if k in JOB_OPTIONS and k != "shard"}

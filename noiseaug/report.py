@@ -204,7 +204,7 @@ class Summary:
         return ", ".join(f"{n} {what}" for n, what in parts if n)
 
     def _warnings(self) -> list[str]:
-        lines = [f"warning: {option} matched no file" for option in self.unmatched]
+        lines = [f"noiseaug: warning: {option} matched no file" for option in self.unmatched]
         if self.removed:
             lines.append(f"removed {self.removed} output(s) of the previous run that this run does not produce "
                          "(--overwrite)")

@@ -66,6 +66,12 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
             data.close()
 
 
+def ends_batch(outcomes: list[Outcome], config: Config) -> bool:
+    """Whether a worker stops its batch after these outcomes: a failure the next file would share (a full disk,
+    an unreachable storage), or any failure under --on-error fail (the run stops at it: the rest is not tried)."""
+    return any(o.fatal or (config.on_error == "fail" and o.status == "error") for o in outcomes)
+
+
 def _process(job: Job, ctx: Context, data: bytes | BinaryIO | None, known: dict[str, Any]) -> list[Outcome]:
     cfg, digest = ctx.config, known["input_sha256"]
     try:

@@ -375,3 +375,20 @@ def test_dry_run_knows_a_label_map_is_left_alone(cli, dirs):
     assert "would process: photo.png" in result.stderr
     plan = json.loads(result.stdout)
     assert plan["plan"]["image"]["process"] == 1 and plan["not_taken"]["labels"] == 1
+
+
+def test_a_tiff_the_reader_chokes_on_says_so_in_the_files_terms(cli, dirs, monkeypatch):
+    """A malformed TIFF can make tifffile raise Python's own errors (a tuple compared with an int): the record
+    says the file is malformed, not what Python said."""
+    import noiseaug
+    from noiseaug import image_tiff
+
+    src, out = dirs
+    tifffile.imwrite(src / "bent.tif", np.zeros((8, 8), np.uint8))
+
+    def choke(*args, **kwargs):
+        raise TypeError("'>' not supported between instances of 'tuple' and 'int'")
+
+    monkeypatch.setattr(image_tiff.tifffile, "TiffFile", choke)
+    summary = noiseaug.run(src, out, workers=1)
+    assert summary.failures == [("bent.tif", "bent.tif", "cannot decode as TIFF (malformed tags or structure)")]

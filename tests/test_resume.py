@@ -153,3 +153,8 @@ def test_merge_into_a_missing_folder_is_a_usage_error(cli, dataset, tmp_path):
     cli("run", dataset, tmp_path / "a", "--shard", "0/2", "--workers", 1, "--include", "c0/*")
     shard = next((tmp_path / "a").glob("noiseaug-manifest.shard-*"))
     assert "does not exist" in cli("merge", shard, "-o", tmp_path / "nope" / "m.jsonl", code=2).stderr
+    before = shard.read_bytes()
+    os.symlink(shard, tmp_path / "alias.jsonl")
+    for target in (shard, tmp_path / "alias.jsonl"):  # the result over one of its own inputs: refused
+        assert "is one of the manifests to merge" in cli("merge", shard, "-o", target, code=2).stderr
+    assert shard.read_bytes() == before

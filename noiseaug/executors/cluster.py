@@ -36,7 +36,7 @@ from ..records import Job, Outcome, failed
 from ..signals import Stopper, TimedOut, deadline
 from ..silence import held_devnull, quiet_loggers
 from ..storage.local import set_temp_tag
-from ..worker import Context, limit_threads, process_job
+from ..worker import Context, ends_batch, limit_threads, process_job
 from .pool import idle_helpers, stop_helpers
 
 PLUGIN_NAME = "noiseaug-worker-setup"
@@ -143,7 +143,7 @@ def run_batch(jobs: list[Job], ctx: Context, stop: str | None = None) -> list[li
             except TimedOut:
                 results.append(failed(job, ctx.config, f"took longer than --file-timeout "
                                                         f"{ctx.config.file_timeout:g} s; abandoned"))
-            if any(o.fatal for o in results[-1]):
+            if ends_batch(results[-1], ctx.config):
                 break
     return results
 

@@ -39,7 +39,7 @@ from ..records import Job, Outcome, failed
 from ..signals import ABANDONED, Stopper
 from ..silence import held_devnull
 from ..storage.local import set_temp_tag
-from ..worker import Context, limit_threads, process_job
+from ..worker import Context, ends_batch, limit_threads, process_job
 
 Outcomes = list[Outcome]
 REPORT_EVERY = 0.1  # seconds: how long a worker holds finished files' records before sending them
@@ -135,12 +135,12 @@ def _serve_batch(conn: Connection, slot: Any, context: Context, batch: list[Job]
         outcomes = process_job(job, context)
         slot[FINISHED] = index + 1
         done.append((index, outcomes))
-        fatal = any(o.fatal for o in outcomes)
-        if fatal or time.monotonic() - sent >= REPORT_EVERY:
+        last = ends_batch(outcomes, context.config)
+        if last or time.monotonic() - sent >= REPORT_EVERY:
             conn.send(("files", done))
             done, sent = [], time.monotonic()
-        if fatal:
-            break  # a full disk fails the next file too: leave the rest to the parent's verdict
+        if last:
+            break  # a full disk fails the next file too, --on-error fail stops: the rest is the parent's to decide
     return done
 
 
