@@ -25,8 +25,7 @@ from . import __version__
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import ClusterError, Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
-from .executors import check_executor, make_executor
-from .executors.pool import GUARD_HINT, importing_the_callers_script
+from .executors import GUARD_HINT, check_executor, importing_the_callers_script, make_executor
 from .freshness import all_confirmed, note_folders, nothing_to_do
 from .index import Claims, RunIndex, StateCache
 from .locations import Locations, open_locations

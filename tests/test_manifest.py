@@ -240,6 +240,21 @@ def test_a_run_with_nothing_to_do_reads_neither_manifest_nor_files(src, tmp_path
     assert summary.gone == ["b/x.png"]
 
 
+def test_a_run_with_nothing_to_do_imports_no_codec_numpy_or_worker(cli, src, tmp_path):
+    """Its start-up is most of its time: the modules that only the work needs stay unimported."""
+    import subprocess
+    import sys
+
+    cli("run", src, tmp_path / "out", "--workers", 1)
+    code = ("import sys, runpy\nsys.argv = ['noiseaug', 'run', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('noiseaug', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(sorted(m for m in ('numpy', 'cv2', 'PIL', 'soundfile', 'tifffile', 'multiprocessing', "
+            "'noiseaug.worker', 'noiseaug.executors.pool') if m in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out"), "--workers", "2"],
+                          capture_output=True, text=True, check=True)
+    assert "up to date" in done.stderr and done.stdout == "\n", done.stdout
+
+
 @contextlib.contextmanager
 def _quick_only(monkeypatch, shortcut: bool = False):
     """Within it, a run that does not end at the whole-run quick check fails; the check goes file by file

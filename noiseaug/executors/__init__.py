@@ -10,6 +10,7 @@ not know which executor runs: :func:`make_executor` picks it from the options.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from ..config import Config
@@ -18,6 +19,19 @@ from ..signals import Stopper
 
 if TYPE_CHECKING:
     from ..worker import Context
+
+
+GUARD_HINT = ("a script that calls noiseaug.run with workers above 1 needs `if __name__ == \"__main__\":` around "
+              "the call when it runs other threads (numpy's BLAS threads count, unless OPENBLAS_NUM_THREADS=1): "
+              "its worker processes then start from a fork server, which imports the script again")
+
+
+def importing_the_callers_script() -> bool:
+    """Whether this process is a new worker (or fork server) running its parent's script again: multiprocessing's
+    own test before it refuses to start a process (``spawn._check_not_importing_main``). Without multiprocessing
+    imported, no: a run with nothing to do does not import it."""
+    mp = sys.modules.get("multiprocessing")
+    return mp is not None and bool(getattr(mp.current_process(), "_inheriting", False))
 
 
 class Executor(Protocol):

@@ -40,6 +40,7 @@ from ..signals import ABANDONED, Stopper
 from ..silence import held_devnull
 from ..storage.local import set_temp_tag
 from ..worker import Context, ends_batch, limit_threads, process_job
+from . import GUARD_HINT
 
 Outcomes = list[Outcome]
 REPORT_EVERY = 0.1  # seconds: how long a worker holds finished files' records before sending them
@@ -204,17 +205,6 @@ def _one_thread() -> bool:
 
 class WorkerStartError(NoiseaugError):
     """Worker processes die before they can take any work."""
-
-
-GUARD_HINT = ("a script that calls noiseaug.run with workers above 1 needs `if __name__ == \"__main__\":` around "
-              "the call when it runs other threads (numpy's BLAS threads count, unless OPENBLAS_NUM_THREADS=1): "
-              "its worker processes then start from a fork server, which imports the script again")
-
-
-def importing_the_callers_script() -> bool:
-    """Whether this process is a new worker (or fork server) running its parent's script again: multiprocessing's
-    own test before it refuses to start a process (``spawn._check_not_importing_main``)."""
-    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 class ProcessPool:
