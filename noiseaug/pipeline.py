@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import platform
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -483,12 +484,13 @@ class _Run:
 
     def _note_folders(self) -> None:
         """The quick check, once, as the next run would make it; when it holds, its folder shortcut is noted."""
-        cache = StateCache(state_path(self.writer.path))
-        try:
-            note_folders(self.source, self.target, self.writer.path, self.cfg, cache, _selection(self.cfg),
-                         self.reserved)
-        finally:
-            cache.save()
+        with contextlib.suppress(sqlite3.Error, OSError):  # a shortcut, not a record: without it, a step per file
+            cache = StateCache(state_path(self.writer.path))
+            try:
+                note_folders(self.source, self.target, self.writer.path, self.cfg, cache, _selection(self.cfg),
+                             self.reserved)
+            finally:
+                cache.save()
 
     def _finish(self) -> None:
         try:
