@@ -2,8 +2,8 @@
  *
  * os.scandir + sorted + os.lstat cost about 4 us a file from Python, most of it in building DirEntry and
  * stat_result objects; the system calls themselves (getdents, fstatat) are under 1 us. A re-run with nothing
- * to do is that walk (and one of OUTPUT's folders) and little else, so it is done here: readdir and fstatat
- * without the GIL, then one tuple per entry. Optional, like _kernel: storage/local.py has the same walk in
+ * to do is that walk (and a stamp of each output) and little else, so it is done here: readdir and fstatat
+ * without the GIL, then one tuple per entry; and lstat for one output. Optional, like _kernel: storage/local.py has the same walk in
  * Python, and a test holds the two to the same answers.
  */
 #define PY_SSIZE_T_CLEAN
@@ -145,17 +145,34 @@ static PyObject *folder(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* One regular file's (size, mtime_ns), without following a link; None for anything else or nothing. */
+static PyObject *stamp(PyObject *self, PyObject *args) {
+    PyObject *path_bytes;
+    if (!PyArg_ParseTuple(args, "O&:stamp", PyUnicode_FSConverter, &path_bytes)) return NULL;
+    struct stat st;
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = lstat(PyBytes_AS_STRING(path_bytes), &st);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (failed != 0 || !S_ISREG(st.st_mode)) Py_RETURN_NONE;
+    return Py_BuildValue("(L L)", (long long)st.st_size,
+                         (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec);
+}
+
 static PyMethodDef methods[] = {
     {"folder", folder, METH_VARARGS,
      "folder(path) -> [(name, kind, size, mtime_ns)], sorted by name; kind 'file', 'dir', 'link', 'special' or "
      "'!reason' (the entry could not be examined); size and mtime_ns of regular files (no link followed), else 0"},
+    {"stamp", stamp, METH_VARARGS,
+     "stamp(path) -> (size, mtime_ns) of a regular file (no link followed), or None for anything else"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_listing",
                                     "noiseaug's folder listing for the local walk", -1, methods};
 
-#define LISTING_VERSION 1
+#define LISTING_VERSION 2
 
 PyMODINIT_FUNC PyInit__listing(void) {
     static const char *names[4] = {"file", "dir", "link", "special"};

@@ -19,7 +19,6 @@ from .config import Config
 from .discover import Selection, WalkStats, walk
 from .records import LABEL, LEFT, OK, Job, copies_of, output_of, path_fields
 from .storage import LocalStorage, Storage
-from .storage.local import listing_digest
 
 FOLDERS_VERSION = 1  # of the noted folder shortcut: what its digests and totals hold
 NOT_DECIDING = ("workers", "executor", "scheduler", "dry_run", "file_timeout", "on_error")  # options the answer
@@ -70,7 +69,7 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
     without changing any output.
     """
     noted = _noted_manifest(manifest, cache)
-    if noted is None:
+    if noted is None or noted[3:] != [source.root, target.root]:  # a moved INPUT or OUTPUT: the record says
         return None
     key = _folders_key(cfg, noted)
     found = _same_folders(source, target, cache.folder_digests(key), _names(own))
@@ -99,8 +98,9 @@ def note_folders(source: Storage, target: Storage, manifest: Path, cfg: Config, 
     return True
 
 
-def _noted_manifest(manifest: Path, cache: Any) -> list[int] | None:
-    """The manifest's [size, mtime, records] noted in the cache, if the manifest still has that size and mtime."""
+def _noted_manifest(manifest: Path, cache: Any) -> list[Any] | None:
+    """The manifest's [size, mtime, records, INPUT, OUTPUT] noted in the cache, if it still has that size and
+    mtime."""
     noted = cache.manifest_stamp()
     try:
         st = os.stat(manifest)
@@ -121,8 +121,9 @@ def _names(own: Iterable[str]) -> set[tuple[bytes, bytes]]:
     return {tuple(os.fsencode(rel).rpartition(b"/")[::2]) for rel in own}  # type: ignore[misc]
 
 
-def _outputs_digest(outputs: dict[bytes, tuple[int, int]], folder: bytes, own: set[tuple[bytes, bytes]]) -> bytes:
-    return listing_digest([(name, st) for name, st in outputs.items() if (folder, name) not in own])
+def _outputs_digest(target: LocalStorage, folder: bytes, own: set[tuple[bytes, bytes]]) -> bytes | None:
+    """An output folder's listing digest, noiseaug's own files left out (they change without an output)."""
+    return target.folder_digest(folder, (name for where, name in own if where == folder))
 
 
 def _same_folders(source: Storage, target: Storage, noted: Any,
@@ -136,7 +137,7 @@ def _same_folders(source: Storage, target: Storage, noted: Any,
         if digest is None or inputs.get(folder) != digest:
             return None
     for folder, digest in outputs.items():
-        if _outputs_digest(target.folder_stats(folder), folder, own) != digest:
+        if _outputs_digest(target, folder, own) != digest:
             return None
     walk = totals["walk"]
     stats = WalkStats(**{**walk, "globs_hit": set(walk["globs_hit"])})
@@ -151,8 +152,7 @@ def _each_file(source: Storage, target: Storage, cfg: Config, cache: Any, select
     skipped: Counter = Counter()  # outputs by kind
     stats = WalkStats()
     seen = 0
-    folder, outputs = b"\0", {}  # the current output folder's stamps: name -> (size, mtime)
-    listed: dict[bytes, dict[bytes, tuple[int, int]]] = {}  # those of the output folders on the walk's path
+    folder, outputs = b"\0", {}  # the current output folder's stamps: name -> (size, mtime), by get()
     copies = len(copies_of("image", cfg))
     leaves = not cfg.copy_other and cfg.palette_images == "labels"  # label maps left alone, as last time
     for cand, rows in cache.beside((c.rel, c) for c in walk(source, selection, stats)):
@@ -165,13 +165,10 @@ def _each_file(source: Storage, target: Storage, cfg: Config, cache: Any, select
             return None
         for _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
             where, _, name = output.rpartition(b"/")
-            if where != folder:  # listed once, even when the walk comes back from a subfolder
-                folder, outputs = where, listed.get(where)
-                if outputs is None:
-                    listed = {f: v for f, v in listed.items() if not f or where.startswith(f + b"/")}
-                    outputs = listed[where] = target.folder_stats(where)
-                    if noting is not None:
-                        noting[0][where] = _outputs_digest(outputs, where, noting[1])
+            if where != folder:
+                folder, outputs = where, target.folder_stats(where)
+                if noting is not None and where not in noting[0]:
+                    noting[0][where] = _outputs_digest(target, where, noting[1])
             if in_size != cand.size or in_mtime != cand.mtime_ns or outputs.get(name) != (out_size, out_mtime):
                 return None
             skipped[kind] += 1

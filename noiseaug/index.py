@@ -252,18 +252,19 @@ class StateCache:
                             "excluded.output_mtime, excluded.kind)", self._pending)
         self._pending.clear()
 
-    def manifest_stamp(self) -> list[int] | None:
-        """[size, mtime_ns, records] of the manifest as the last run left it."""
+    def manifest_stamp(self) -> list[Any] | None:
+        """[size, mtime_ns, records, INPUT, OUTPUT] of the manifest as the last run left it (a cache from before
+        the roots were noted has the first three)."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'manifest'").fetchone()
         return json.loads(row[0]) if row else None
 
-    def note_manifest(self, path: Path, records: int) -> None:
-        """Remember the manifest's stamp and record count (written only when they changed)."""
+    def note_manifest(self, path: Path, records: int, roots: tuple[str, str]) -> None:
+        """Remember the manifest's stamp, record count and roots (written only when they changed)."""
         try:
             st = os.stat(path)
         except OSError:
             return
-        value = [st.st_size, st.st_mtime_ns, records]
+        value = [st.st_size, st.st_mtime_ns, records, *roots]
         if self.manifest_stamp() != value:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('manifest', ?)", (json.dumps(value),))
 

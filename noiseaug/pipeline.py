@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # the worker's side (numpy, the codecs) is imported once ther
 # would leave one worker idle at the end of a run while another finishes.
 BATCH_BYTES = 1 << 18
 BATCH_FILES = 64
+ROOTS = ("input_root", "output_root")  # where the run record says INPUT and OUTPUT are
 
 
 def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
@@ -426,8 +427,8 @@ class _Run:
         for outcome in outcomes:
             if outcome.record is None:  # a label map, left alone without --copy-other
                 self.summary.walk.labels += 1
-                if job is not None and job.stamp is not None:  # so that a quick check knows it for one
-                    self.cache.set(job.rel, 0, job.stamp, (0, 0), "", LEFT)
+                if job is not None:
+                    self._left_alone(job)
             else:
                 self._take(job, outcome, stat_confirmed)
         if job is not None:
@@ -441,6 +442,17 @@ class _Run:
                                                             "files not started were not attempted")
             self.stop = True
         return self.stop
+
+    def _left_alone(self, job: Job) -> None:
+        """A label map left alone has no record: one that was an image last time loses its old ones (their
+        output, of the picture it was, is left in place, as a failed file's is)."""
+        for copy, previous in enumerate(job.prior):
+            if previous is not None:
+                self.index.add(os.fsencode(job.rel), copy, "")
+            if copy and job.stamp is not None:
+                self.cache.set(job.rel, copy, job.stamp, None)
+        if job.stamp is not None:  # so that a quick check knows it for one
+            self.cache.set(job.rel, 0, job.stamp, (0, 0), "", LEFT)
 
     def _take(self, job: Job | None, outcome: Outcome, stat_confirmed: bool) -> None:
         rec = outcome.record
@@ -499,10 +511,10 @@ class _Run:
             self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
         try:
             records = _finish(self.writer, self.prior, self.index, self.torn[0], self.walk_done, self.summary,
-                              self.source)
+                              self.source, self.target)
             if not getattr(self.lock, "lost", False):  # OUTPUT is another run's now: leave its manifest alone
                 self.home.published()
-            self.cache.note_manifest(self.writer.path, records)
+            self.cache.note_manifest(self.writer.path, records, (self.source.root, self.target.root))
             self.cache.save()
             if self._clean():
                 self._note_folders()
@@ -532,42 +544,46 @@ def unchanged(job: Job, cand: Candidate, cache: StateCache, target: Storage, cfg
 
 
 def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunIndex, torn: bool, walk_done: bool,
-            summary: Summary, source: Storage) -> int:
+            summary: Summary, source: Storage, target: Storage) -> int:
     """Rewrite the manifest sorted, streaming from the index, keeping what this run did not reach.
 
     Previous records of inputs this run never saw are kept (they may lie
     outside this run's selection); when the walk went through to the end and
     such an input is gone, its records are flagged ``"input_missing": true``
-    (their outputs are left alone). A run that changed no record leaves the
-    manifest as it is (a torn last line aside), its run record included.
+    (their outputs are left alone), and dropped once their outputs are gone
+    too. A run that changed no record and found INPUT and OUTPUT where the run
+    record says leaves the manifest as it is (a torn last line aside).
     Returns how many file records the manifest holds.
     """
-    changed = prior is None or writer.written > 0 or any(
-        differs for _, differs in _final_lines(index, walk_done, [], source))  # a first pass reads only
+    moved = prior is not None and [prior.get(k) for k in ROOTS] != [writer.run[k] for k in ROOTS]
+    changed = prior is None or writer.written > 0 or moved or any(
+        differs for _, differs in _final_lines(index, walk_done, [], source, target))  # a first pass reads only
     if not (changed or torn):
         return index.prior_count
     head = writer.run if changed else prior
     count = 0
     with atomic_file(os.fsdecode(writer.path), durable=True) as fh:
         fh.write((dumps(head) + "\n").encode("utf-8"))
-        for text, _ in _final_lines(index, walk_done, summary.gone, source):
+        for text, _ in _final_lines(index, walk_done, summary.gone, source, target):
             if text:
                 fh.write(text.encode("utf-8") + b"\n")
                 count += 1
     return count
 
 
-def _final_lines(index: RunIndex, walk_done: bool, gone: list[str], source: Storage) -> Iterator[tuple[str, bool]]:
+def _final_lines(index: RunIndex, walk_done: bool, gone: list[str], source: Storage,
+                 target: Storage) -> Iterator[tuple[str, bool]]:
     """Each final record's line, sorted, and whether it differs from the previous manifest's."""
     for current, previous in index.final():
         if current is not None:
             yield current, current != previous
             continue
         record = json.loads(previous)
-        if walk_done and record.get("status") == "error" and source.stat(rel_str(record)) is None:
-            yield "", True  # a failure of a file that is gone: nothing to keep, nothing to verify
+        missing = walk_done and source.stat(rel_str(record)) is None
+        if missing and (record.get("status") == "error" or target.stat(rel_str(record, "output")) is None):
+            yield "", True  # nothing to keep, nothing to verify: a failure, or an output gone with its input
             continue
-        if walk_done and "input_missing" not in record and source.stat(rel_str(record)) is None:
+        if missing and "input_missing" not in record:
             record["input_missing"] = True
             if record.get("copy", 0) == 0:
                 gone.append(rel_str(record))

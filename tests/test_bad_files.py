@@ -44,7 +44,7 @@ def test_bad_files_are_recorded_and_good_files_done(cli, tmp_path):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_on_error_fail_stops_early_with_a_valid_manifest(cli, tmp_path, workers):
     """The first failure stops the run: with a pool, the worker that met it does not go on through its batch
-    (64 small files), and the other stops between files."""
+    (64 small files; the other worker may have done any number of files before the failure was seen)."""
     src = tmp_path / "in"
     (src).mkdir()
     (src / "a_bad.png").write_bytes(b"nope")
@@ -53,7 +53,7 @@ def test_on_error_fail_stops_early_with_a_valid_manifest(cli, tmp_path, workers)
     cli("run", src, tmp_path / "out", "--on-error", "fail", "--workers", workers, code=1)
     _, recs = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
     assert recs[0]["input"] == "a_bad.png" and recs[0]["status"] == "error"
-    assert len(recs) < 64 and not any(r["input"] < "b063.png" for r in recs[1:])  # none of a_bad.png's batch
+    assert not any(r["input"] < "b063.png" for r in recs[1:])  # none of a_bad.png's batch
 
 
 def test_failure_lines_escape_control_characters_and_name_no_descriptors(cli, tmp_path):

@@ -450,7 +450,7 @@ def test_any_change_in_any_folder_defeats_the_shortcut_and_the_run_finds_it(tmp_
     assert answers == [None]
     assert summary.total("ok") == ok and summary.failed == 0
     assert summary.gone == (["one/deeper/c.png"] if kind == "input removed" else [])
-    noiseaug.verify(out / "noiseaug-manifest.jsonl")
+    assert noiseaug.verify(out / "noiseaug-manifest.jsonl", regenerate=True).exit_code == 0
 
 
 def test_the_shortcut_is_noted_only_after_a_clean_run_and_only_for_its_options(tmp_path, monkeypatch):
@@ -473,3 +473,58 @@ def test_the_shortcut_is_noted_only_after_a_clean_run_and_only_for_its_options(t
         noiseaug.run(src, out, workers=1, kinds=["image"], include=["*.png"])  # other options: not this shortcut
         noiseaug.run(src, out, workers=2)  # --workers does not change the answer
     assert answers[0] is None and answers[1] is not None
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_an_image_become_a_label_map_loses_its_records(tmp_path, copies):
+    """Left alone, a label map has no record: the records of the picture it was go (a fresh run has none),
+    and the manifest verifies, by hash and by regeneration."""
+    from PIL import Image
+
+    import noiseaug
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_image(src / "y.png", np.full((8, 8, 3), 90, np.uint8))
+    write_image(src / "z.png", np.full((8, 8, 3), 30, np.uint8))
+    noiseaug.run(src, out, workers=1, copies=copies)
+    Image.fromarray(np.eye(8, dtype=np.uint8)).convert("P").save(src / "y.png")
+    summary = noiseaug.run(src, out, workers=1, copies=copies)
+    assert summary.walk.labels == 1 and summary.failed == 0
+    assert [r["input"] for r in records(out / "noiseaug-manifest.jsonl")[1]] == ["z.png"] * copies
+    assert noiseaug.verify(out / "noiseaug-manifest.jsonl", regenerate=True).exit_code == 0
+    again = noiseaug.run(src, out, workers=1, copies=copies)
+    assert again.up_to_date and again.walk.labels == 1
+
+
+def test_a_gone_inputs_record_goes_once_its_output_is_gone_too(tmp_path):
+    import noiseaug
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a.png", "b.png"):
+        write_image(src / "d" / name, np.full((8, 8, 3), 90, np.uint8))
+    noiseaug.run(src, out, workers=1)
+    (src / "d" / "a.png").unlink()
+    assert noiseaug.run(src, out, workers=1).gone == ["d/a.png"]  # flagged, its output kept
+    assert [r.get("input_missing") for r in records(out / "noiseaug-manifest.jsonl")[1]] == [True, None]
+    (out / "d" / "a.png").unlink()
+    summary = noiseaug.run(src, out, workers=1)
+    assert [r["input"] for r in records(out / "noiseaug-manifest.jsonl")[1]] == ["d/b.png"]
+    assert noiseaug.verify(out / "noiseaug-manifest.jsonl").exit_code == 0
+    assert noiseaug.run(src, out, workers=1).up_to_date and summary.gone == []
+
+
+def test_a_rerun_after_input_or_output_moved_points_the_manifest_at_them(tmp_path):
+    """Nothing to redo, but the run record's roots must follow, or verify looks in the old places."""
+    import noiseaug
+
+    src, out, manifest = tmp_path / "in", tmp_path / "out", tmp_path / "m" / "m.jsonl"
+    manifest.parent.mkdir()
+    write_image(src / "a.png", np.full((8, 8, 3), 90, np.uint8))
+    noiseaug.run(src, out, workers=1, manifest=manifest)
+    out.rename(tmp_path / "out2")
+    src.rename(tmp_path / "in2")
+    noiseaug.run(tmp_path / "in2", tmp_path / "out2", workers=1, manifest=manifest)
+    run, _ = records(manifest)
+    assert (run["input_root"], run["output_root"]) == (str(tmp_path / "in2"), str(tmp_path / "out2"))
+    assert noiseaug.verify(manifest, regenerate=True).exit_code == 0
+    assert noiseaug.run(tmp_path / "in2", tmp_path / "out2", workers=1, manifest=manifest).up_to_date

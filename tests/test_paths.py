@@ -84,9 +84,13 @@ def test_the_compiled_folder_listing_gives_what_the_python_one_gives(tmp_path, m
     compiled_walk = list(local._walk(root, b""))
     with pytest.raises(FileNotFoundError):
         local.list_folder(root + b"/nothing")
+    names = [b"a.png", b"a\xff.png", b"link.png", b"sub", b"fifo.png", b"dangling.png", b"nothing"]
+    stamps = [local.stamp(root + b"/" + name) for name in names]
+    assert stamps[0] == (st.st_size, st.st_mtime_ns) and stamps[1] and stamps[2:] == [None] * 5
 
     monkeypatch.setattr(local, "_listing", None)
     assert local.list_folder(root) == compiled
+    assert [local.stamp(root + b"/" + name) for name in names] == stamps
     assert list(local._walk(root, b"")) == compiled_walk
     assert [e.rel for e in compiled_walk if e.kind == "file"][-1] == b"sub/deeper/z.flac"
     with pytest.raises(FileNotFoundError):

@@ -33,7 +33,7 @@ class Storage(Protocol):
 
     def stat(self, rel: str) -> tuple[int, int] | None: ...
 
-    def folder_stats(self, folder: bytes) -> dict[bytes, tuple[int, int]]: ...  # by file name
+    def folder_stats(self, folder: bytes) -> Any: ...  # (size, stamp) by file name: anything with a dict's get
 
     def write(self, rel: str) -> ContextManager[BinaryIO]: ...
 

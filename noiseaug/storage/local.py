@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Iterator, NamedTuple, NoReturn
+from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, NoReturn
 
 from ..errors import LockedError, UsageError, WriteError
 
@@ -28,7 +28,7 @@ try:
     from .. import _listing
 except ImportError:  # not built (no compiler at install time): list_folder does the same in Python
     _listing = None
-if getattr(_listing, "VERSION", None) != 1:  # a build left over from older sources
+if getattr(_listing, "VERSION", None) != 2:  # a build left over from older sources
     _listing = None
 
 TMP_SUFFIX = ".noiseaug-tmp"
@@ -350,14 +350,22 @@ class LocalStorage:
             return None
         return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
-    def folder_stats(self, folder: bytes) -> dict[bytes, tuple[int, int]]:
-        """(size, change stamp) of every regular file in one folder (a relative path), by name, from one listing."""
+    def folder_stats(self, folder: bytes) -> FolderStamps:
+        """(size, change stamp) of the regular files in one folder (a relative path), by name: each looked up
+        when asked for, so that no listing of a large folder is held."""
+        root = os.fsencode(self.root)
+        return FolderStamps(os.path.join(root, folder, b"") if folder else os.path.join(root, b""))
+
+    def folder_digest(self, folder: bytes, leave_out: Iterable[bytes] = ()) -> bytes | None:
+        """The :func:`listing_digest` of one folder (a relative path) without the names ``leave_out``; None if it
+        cannot be listed."""
         root = os.fsencode(self.root)
         try:
             entries = list_folder(os.path.join(root, folder) if folder else root)
         except OSError:
-            return {}
-        return {name: (size, stamp) for name, kind, size, stamp in entries if kind == "file"}
+            return None
+        skip = set(leave_out)
+        return listing_digest([e for e in entries if e[0] not in skip] if skip else entries)
 
     @contextmanager
     def write(self, rel: str) -> Iterator[BinaryIO]:
@@ -407,6 +415,27 @@ def _walk(root: bytes, prefix: bytes, digests: dict[bytes, bytes] | None = None)
             yield Entry(rel, "problem", problem=f"{os.fsdecode(os.path.join(path, name))}: {kind[1:]}")
         else:
             yield Entry(rel, kind)
+
+
+class FolderStamps:
+    """A folder's files' (size, mtime_ns), looked up one name at a time (``get``, as a dict's)."""
+
+    def __init__(self, base: bytes) -> None:
+        self.base = base  # the folder's path, ending with a separator
+
+    def get(self, name: bytes) -> tuple[int, int] | None:
+        return stamp(self.base + name)
+
+
+def stamp(path: bytes) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a regular file, without following a link; None for anything else or nothing."""
+    if _listing is not None:
+        return _listing.stamp(path)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
 def listing_digest(entries: Any) -> bytes:
