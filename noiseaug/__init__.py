@@ -22,14 +22,14 @@ _EXPORTS = {
     "Summary": "report",
     "verify": "verification",  # not a module named verify: importing it would hide this function
     "NoiseaugError": "errors", "UsageError": "errors", "FileError": "errors",
-    "ManifestError": "errors", "Interrupted": "errors",
+    "ManifestError": "errors", "Interrupted": "errors", "WorkerStartError": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from .config import Config, make_config
-    from .errors import FileError, Interrupted, ManifestError, NoiseaugError, UsageError
+    from .errors import FileError, Interrupted, ManifestError, NoiseaugError, UsageError, WorkerStartError
     from .noise import add_noise, image_sigma
     from .pipeline import run
     from .report import Reporter, Summary

@@ -87,6 +87,10 @@ class ClusterError(NoiseaugError):
     """The Dask cluster cannot be reached, or was lost during the run (the manifest keeps what was done)."""
 
 
+class WorkerStartError(NoiseaugError):
+    """Worker processes die before they can take any work (a script without the main guard, a broken install)."""
+
+
 class StorageError(NoiseaugError):
     """INPUT or OUTPUT's storage cannot be reached or refuses the run's requests (object storage)."""
 

@@ -214,7 +214,7 @@ def test_workers_that_hang_while_starting_end_the_run_with_one_error(src_small, 
               "pool.init_worker = lambda context: time.sleep(3600)\n"
               "try:\n"
               f"    noiseaug.run({str(src_small)!r}, {str(tmp_path / 'out')!r}, workers=2)\n"
-              "except pool.WorkerStartError as exc:\n"
+              "except noiseaug.WorkerStartError as exc:  # exported: a caller catches it by name\n"
               "    print(exc)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "worker processes do not start (one hung for 0.3 s while starting)" in result.stdout, result.stderr

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator
 
-from ..errors import NoiseaugError
+from ..errors import WorkerStartError
 from ..records import Job, Outcome, failed
 from ..signals import ABANDONED, Stopper
 from ..silence import held_devnull
@@ -167,7 +167,7 @@ class _Worker:
         return self.slot[STARTED] if self.batch and self.culprit() is not None else None
 
 
-def _death(exitcode: int | None) -> str:
+def _death(exitcode: int | None, doing: str = " reading this file") -> str:
     if exitcode is not None and exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
@@ -175,8 +175,8 @@ def _death(exitcode: int | None) -> str:
             name = f"signal {-exitcode}"
         hint = {"SIGKILL": " (out of memory?)", "SIGSEGV": " (a crash in a codec)",
                 "SIGBUS": " (a crash in a codec)", "SIGABRT": " (a codec aborted)"}.get(name, "")
-        return f"the worker process reading this file was killed by {name}{hint}"
-    return f"the worker process reading this file exited unexpectedly (code {exitcode})"
+        return f"the worker process{doing} was killed by {name}{hint}"
+    return f"the worker process{doing} exited unexpectedly (code {exitcode})"
 
 
 def _start_method() -> str:
@@ -201,10 +201,6 @@ def _one_thread() -> bool:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return threading.active_count() == 1
-
-
-class WorkerStartError(NoiseaugError):
-    """Worker processes die before they can take any work."""
 
 
 class ProcessPool:
@@ -326,7 +322,7 @@ class ProcessPool:
                 continue
             if not worker.batch:  # still starting
                 if not worker.process.is_alive():
-                    self._restart_unstarted(worker, _death(worker.process.exitcode))
+                    self._restart_unstarted(worker, _death(worker.process.exitcode, " starting"))
                 elif time.monotonic() - worker.born > START_SECONDS:
                     worker.process.kill()
                     self._restart_unstarted(worker, f"one hung for {START_SECONDS:g} s while starting")
