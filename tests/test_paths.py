@@ -54,6 +54,13 @@ def test_odd_names_links_and_loops(cli, tmp_path):
     assert not_taken["links"] == 4 and not_taken["special"] == 1
 
 
+def _entries(listing) -> list[tuple]:
+    """A packed listing as (name, kind, size, stamp) tuples."""
+    from noiseaug.storage.local import KIND_NAMES
+
+    return [(name, KIND_NAMES.get(kind, "!"), size, stamp) for name, kind, size, stamp in zip(*listing)]
+
+
 def test_the_compiled_folder_listing_gives_what_the_python_one_gives(tmp_path, monkeypatch):
     """The local walk lists folders in C where it was built (``_listing.c``) and in Python otherwise: the
     same entries, in the same (unsigned byte) order, with the same kinds and stamps."""
@@ -71,7 +78,7 @@ def test_the_compiled_folder_listing_gives_what_the_python_one_gives(tmp_path, m
     os.symlink(b"missing", root + b"/dangling.png")
     os.mkfifo(root + b"/fifo.png")
 
-    compiled = local.list_folder(root)
+    compiled = _entries(local.list_folder(root))
     names = [entry[0] for entry in compiled]
     assert names == [b"-x", b"B.png", b"a.png", b"a\xc3\xa9.wav", b"a\xff.png", b"b.png", b"dangling.png",
                      b"dirlink", b"fifo.png", b"link.png", b"sub"]  # unsigned bytes: 0xc3 and 0xff after ASCII
@@ -81,7 +88,9 @@ def test_the_compiled_folder_listing_gives_what_the_python_one_gives(tmp_path, m
                      b"dangling.png": "link", b"fifo.png": "special"}
     st = os.lstat(root + b"/a.png")
     assert (b"a.png", "file", st.st_size, st.st_mtime_ns) in compiled and st.st_mtime_ns == 1_234_567_891_234_567_891
+    assert all(entry[2:] == (0, 0) for entry in compiled if entry[1] != "file")
     compiled_walk = list(local._walk(root, b""))
+    compiled_digest = local.listing_digest(local.list_folder(root), [b"fifo.png"])
     with pytest.raises(FileNotFoundError):
         local.list_folder(root + b"/nothing")
     names = [b"a.png", b"a\xff.png", b"link.png", b"sub", b"fifo.png", b"dangling.png", b"nothing"]
@@ -89,7 +98,9 @@ def test_the_compiled_folder_listing_gives_what_the_python_one_gives(tmp_path, m
     assert stamps[0] == (st.st_size, st.st_mtime_ns) and stamps[1] and stamps[2:] == [None] * 5
 
     monkeypatch.setattr(local, "_listing", None)
-    assert local.list_folder(root) == compiled
+    assert _entries(local.list_folder(root)) == compiled
+    assert local.listing_digest(local.list_folder(root), [b"fifo.png"]) == compiled_digest
+    assert local.listing_digest(local.list_folder(root)) != compiled_digest
     assert [local.stamp(root + b"/" + name) for name in names] == stamps
     assert list(local._walk(root, b"")) == compiled_walk
     assert [e.rel for e in compiled_walk if e.kind == "file"][-1] == b"sub/deeper/z.flac"

@@ -10,9 +10,9 @@ OUTPUT even if someone planted a link there.
 
 from __future__ import annotations
 
+import array
 import errno
 import hashlib
-import marshal
 import os
 import secrets
 import stat
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, NoReturn
+from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, NoReturn, Sequence
 
 from ..errors import LockedError, UsageError, WriteError
 
@@ -28,7 +28,7 @@ try:
     from .. import _listing
 except ImportError:  # not built (no compiler at install time): list_folder does the same in Python
     _listing = None
-if getattr(_listing, "VERSION", None) != 2:  # a build left over from older sources
+if getattr(_listing, "VERSION", None) != 3:  # a build left over from older sources
     _listing = None
 
 TMP_SUFFIX = ".noiseaug-tmp"
@@ -326,12 +326,13 @@ class LocalStorage:
         while folders:
             prefix = folders.pop()
             try:
-                entries = list_folder(os.path.join(root, prefix) if prefix else root)
+                listing = list_folder(os.path.join(root, prefix) if prefix else root)
             except OSError:
                 yield prefix, None
                 continue
-            yield prefix, listing_digest(entries)
-            folders.extend(reversed([prefix + b"/" + e[0] if prefix else e[0] for e in entries if e[1] == "dir"]))
+            yield prefix, listing_digest(listing)
+            subfolders = [name for name, kind in zip(listing.names, listing.kinds) if kind == DIR]
+            folders.extend(reversed([prefix + b"/" + name for name in subfolders] if prefix else subfolders))
 
     def read(self, rel: str) -> bytes:
         return read_input(self.path(rel))
@@ -361,11 +362,9 @@ class LocalStorage:
         cannot be listed."""
         root = os.fsencode(self.root)
         try:
-            entries = list_folder(os.path.join(root, folder) if folder else root)
+            return listing_digest(list_folder(os.path.join(root, folder) if folder else root), leave_out)
         except OSError:
             return None
-        skip = set(leave_out)
-        return listing_digest([e for e in entries if e[0] not in skip] if skip else entries)
 
     @contextmanager
     def write(self, rel: str) -> Iterator[BinaryIO]:
@@ -399,22 +398,24 @@ class LocalStorage:
 def _walk(root: bytes, prefix: bytes, digests: dict[bytes, bytes] | None = None) -> Iterator[Entry]:
     path = os.path.join(root, prefix) if prefix else root
     try:
-        entries = list_folder(path)  # a folder of a million files is listed whole: 200 bytes an entry
+        listing = list_folder(path)  # a folder of a million files is listed whole: 75 bytes an entry
     except OSError as exc:
         yield Entry(prefix, "problem", problem=f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}")
         return
     if digests is not None:
-        digests[prefix] = listing_digest(entries)
-    for name, kind, size, stamp in entries:
+        digests[prefix] = listing_digest(listing)
+    names, kinds, sizes, stamps = listing
+    for i, name in enumerate(names):
         rel = prefix + b"/" + name if prefix else name
-        if kind == "file":
-            yield _new_entry((rel, kind, size, stamp, ""))
-        elif kind == "dir":
+        kind = kinds[i]
+        if kind == FILE:
+            yield _new_entry((rel, "file", sizes[i], stamps[i], ""))
+        elif kind == DIR:
             yield from _walk(root, rel, digests)
-        elif kind.startswith("!"):
-            yield Entry(rel, "problem", problem=f"{os.fsdecode(os.path.join(path, name))}: {kind[1:]}")
+        elif kind == PROBLEM:
+            yield Entry(rel, "problem", problem=f"{os.fsdecode(os.path.join(path, name))}: {os.strerror(sizes[i])}")
         else:
-            yield Entry(rel, kind)
+            yield Entry(rel, KIND_NAMES[kind])
 
 
 class FolderStamps:
@@ -438,42 +439,66 @@ def stamp(path: bytes) -> tuple[int, int] | None:
     return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
-def listing_digest(entries: Any) -> bytes:
-    """What identifies a folder's listing (names, kinds, sizes and stamps) as :func:`list_folder` gives it."""
-    return hashlib.blake2b(marshal.dumps(entries), digest_size=16).digest()
+class Listing(NamedTuple):
+    """One folder's entries sorted by name, packed (a folder of a million files is held whole while walked)."""
+
+    names: list[bytes]
+    kinds: bytes  # a byte each: FILE, DIR, LINK, SPECIAL, or PROBLEM (could not be examined)
+    sizes: Sequence[int]  # of regular files, else 0 (a PROBLEM's errno)
+    stamps: Sequence[int]  # mtime_ns of regular files, else 0
 
 
-def list_folder(path: bytes) -> list[tuple[bytes, str, int, int]]:
-    """One folder's entries sorted by name: (name, kind, size, mtime_ns), without following links.
+FILE, DIR, LINK, SPECIAL, PROBLEM = b"fdls!"
+KIND_NAMES = {FILE: "file", DIR: "dir", LINK: "link", SPECIAL: "special"}
 
-    ``kind`` is "file" (a regular file, with its size and stamp), "dir", "link", "special", or "!reason" when
-    the entry could not be examined. Compiled (``_listing.c``) where it was built; the same in Python otherwise.
+
+def listing_digest(listing: Listing, leave_out: Iterable[bytes] = ()) -> bytes:
+    """What identifies a folder's listing (names, kinds, sizes and stamps), without the names ``leave_out``."""
+    names, kinds, sizes, stamps = listing
+    skip = set(leave_out)
+    if skip:
+        kept = [i for i, name in enumerate(names) if name not in skip]
+        names, kinds = [names[i] for i in kept], bytes(kinds[i] for i in kept)
+        sizes, stamps = array.array("q", (sizes[i] for i in kept)), array.array("q", (stamps[i] for i in kept))
+    digest = hashlib.blake2b(len(names).to_bytes(8, "little"), digest_size=16)
+    for part in (b"\0".join(names), kinds, bytes(sizes), bytes(stamps)):
+        digest.update(part)
+    return digest.digest()
+
+
+def list_folder(path: bytes) -> Listing:
+    """One folder's entries sorted by name, without following links (see :class:`Listing`).
+
+    Compiled (``_listing.c``) where it was built; the same in Python otherwise.
     """
     if _listing is not None:
-        return _listing.folder(path)
+        names, kinds, sizes, stamps = _listing.folder(path)
+        return Listing(names, kinds, memoryview(sizes).cast("q"), memoryview(stamps).cast("q"))
     with os.scandir(path) as it:
-        entries = sorted((entry.name, _kind(entry)) for entry in it)
+        found = sorted((entry.name, *_kind(entry)) for entry in it)
     base = path if path.endswith(b"/") else path + b"/"
-    return [_stamped(base, name) if kind == "file" else (name, kind, 0, 0) for name, kind in entries]
+    rows = [_stamped(base, name) if kind == FILE else (name, kind, error, 0) for name, kind, error in found]
+    return Listing([r[0] for r in rows], bytes(r[1] for r in rows), array.array("q", (r[2] for r in rows)),
+                   array.array("q", (r[3] for r in rows)))
 
 
-def _stamped(base: bytes, name: bytes) -> tuple[bytes, str, int, int]:
+def _stamped(base: bytes, name: bytes) -> tuple[bytes, int, int, int]:
     try:
         st = os.lstat(base + name)
     except OSError as exc:
-        return name, f"!{exc.strerror}", 0, 0
+        return name, PROBLEM, exc.errno or 0, 0
     if stat.S_ISREG(st.st_mode):
-        return name, "file", st.st_size, st.st_mtime_ns
-    return name, "dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "special", 0, 0
+        return name, FILE, st.st_size, st.st_mtime_ns
+    return name, DIR if stat.S_ISDIR(st.st_mode) else LINK if stat.S_ISLNK(st.st_mode) else SPECIAL, 0, 0
 
 
-def _kind(entry: os.DirEntry) -> str:
-    """"file", "dir", "link" or "special", from the listing where it says (else one lstat); "!why" on an error."""
+def _kind(entry: os.DirEntry) -> tuple[int, int]:
+    """(kind, errno): from the listing where it says (else one lstat); PROBLEM and the errno on an error."""
     try:
         if entry.is_symlink():
-            return "link"
+            return LINK, 0
         if entry.is_dir(follow_symlinks=False):
-            return "dir"
-        return "file" if entry.is_file(follow_symlinks=False) else "special"
+            return DIR, 0
+        return (FILE if entry.is_file(follow_symlinks=False) else SPECIAL), 0
     except OSError as exc:
-        return f"!{exc.strerror}"
+        return PROBLEM, exc.errno or 0
