@@ -345,11 +345,7 @@ class LocalStorage:
 
     def stat(self, rel: str) -> tuple[int, int] | None:
         """(size, change stamp) of a regular file, None for anything else or nothing."""
-        try:
-            st = os.lstat(self.path(rel))
-        except OSError:
-            return None
-        return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+        return stamp(os.fsencode(self.path(rel)))
 
     def folder_stats(self, folder: bytes) -> FolderStamps:
         """(size, change stamp) of the regular files in one folder (a relative path), by name: each looked up
