@@ -14,12 +14,40 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__
 from .config import MAX_PIXELS
 from .errors import FileError, Interrupted, NoiseaugError
 
+_CLICK = {c.__name__: c for c in typer.BadParameter.__mro__}  # the exception classes of typer's own click
+
+
+class _OneLineErrors(TyperGroup):
+    """A mistake on the command line (an unknown option or command, a missing argument, a value of the wrong
+    type) as one line, like noiseaug's own refusals, instead of click's usage block; the same exit code, 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK["UsageError"] as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `noiseaug` alone: the help, as asked
+                exc.show()
+            else:
+                path = ["noiseaug", *exc.ctx.command_path.split()[1:]] if exc.ctx is not None else ["noiseaug"]
+                where = f" (see '{' '.join(path)} --help')"
+                typer.echo(f"noiseaug: error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except _CLICK["ClickException"] as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
