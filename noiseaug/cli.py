@@ -304,6 +304,8 @@ def preview_command(
 
     if output.suffix.lower() != ".png":
         raise _fail(f"-o {output}: previews are PNG pictures; name the file *.png", 2) from None
+    if not output.absolute().parent.is_dir():
+        raise _fail(f"-o {output}: folder {output.absolute().parent} does not exist", 2) from None
     if channel_noise not in ("per-channel", "shared"):
         raise _fail(f"--channel-noise takes per-channel or shared, not {channel_noise!r}", 2) from None
     try:

@@ -147,6 +147,8 @@ def test_preview_refuses_what_it_cannot_show(cli, tmp_path):
     write_image(tmp_path / "ok.png", photo(10, 10))
     cli("preview", tmp_path / "ok.png", "-o", tmp_path / "p.png", "--image-sigma", "-3", code=2)
     assert cv2.imread(str(tmp_path / "p.png")) is None
+    nowhere = cli("preview", tmp_path / "ok.png", "-o", tmp_path / "no" / "p.png", code=2).stderr
+    assert nowhere.strip().endswith("no does not exist") and len(nowhere.splitlines()) == 1
 
 
 def test_the_noisy_panel_is_what_run_writes(tmp_path):
