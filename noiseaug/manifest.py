@@ -50,6 +50,12 @@ def rel_str(record: dict[str, Any], key: str = "input") -> str:
     return os.fsdecode(rel_bytes(record, key))
 
 
+def recorded_root(run: dict[str, Any], key: str) -> str | None:
+    """INPUT or OUTPUT (``input_root``, ``output_root``) as a run record names it, a path that is not UTF-8
+    from its ``_raw`` twin; None when the record has none."""
+    return rel_str(run, key) if isinstance(run.get(key), str) else None
+
+
 def sort_key(record: dict[str, Any]) -> tuple[bytes, int]:
     return rel_bytes(record), int(record.get("copy", 0))
 
@@ -239,7 +245,7 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
                 raise ManifestError(f"{where} was made with {key.replace('_', '-')}={options.get(key)!r}, "
                                     f"{os.fsdecode(first.path)} with {value!r}: not shards of one run")
         for root in ("input_root", "output_root"):
-            if m.run.get(root) != first.run.get(root):
+            if recorded_root(m.run, root) != recorded_root(first.run, root):
                 raise ManifestError(f"{where} has {root} {m.run.get(root)!r}, {os.fsdecode(first.path)} has "
                                     f"{first.run.get(root)!r}: not shards of one run")
         shards.add(str(options.get("shard", "0/1")))
@@ -261,7 +267,7 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
                                          "--allow-missing to join what is there")
             notes.append(f"shards {named} are missing from the merge")
     options = {**first.run.get("options", {}), "shard": "0/1"}
-    recorded = first.run.get("output_root")
+    recorded = recorded_root(first.run, "output_root")
     names, target = shown or ([os.fsdecode(p) for p in paths], os.path.abspath(output))
     folder = target.rpartition("/")[0] if "://" in target else os.fsdecode(Path(target).parent)
     if not (isinstance(recorded, str) and folder == recorded):

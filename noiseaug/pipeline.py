@@ -36,11 +36,24 @@ from .manifest import (
     read_lines,
     read_records,
     read_run,
+    recorded_root,
     rel_bytes,
     rel_str,
     state_path,
 )
-from .records import LABEL, LEFT, SCHEME, Job, Outcome, carried, copies_of, failed, output_of, output_rel
+from .records import (
+    LABEL,
+    LEFT,
+    SCHEME,
+    Job,
+    Outcome,
+    carried,
+    copies_of,
+    failed,
+    output_of,
+    output_rel,
+    path_fields,
+)
 from .report import Reporter, Summary
 from .signals import Stopper
 from .silence import quiet_loggers
@@ -249,7 +262,7 @@ def _prior_manifest(path: Path, cfg: Config, shown: Path) -> dict[str, Any] | No
             f"scheme ({run.get('seeding')}); use --overwrite to redo everything, or another OUTPUT")
     old = run.get("options", {})
     defaults = Config().job_options()  # options newer than the manifest had their default then
-    for key, value in cfg.job_options().items():
+    for key, value in _utf8(cfg.job_options()).items():  # as the run record keeps them
         if old.get(key, defaults[key]) != value:
             raise OptionsChangedError(
                 f"{os.fsdecode(shown)} was made with --{key.replace('_', '-')} {_show(old.get(key))}, "
@@ -300,16 +313,22 @@ def library_versions(kinds: tuple[str, ...] = ("image", "audio")) -> dict[str, s
     return versions
 
 
+def _utf8(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as UTF-8 text: a path that is not (--manifest) shown with its odd bytes as \\xNN."""
+    return {k: os.fsencode(v).decode("utf-8", "backslashreplace") if isinstance(v, str) else v
+            for k, v in options.items()}
+
+
 def run_record(cfg: Config, in_root: str, out_root: str) -> dict[str, Any]:
     """The manifest's first line: what ran, with what, on what."""
     return {
         "type": "run",
         "tool": "noiseaug",
         "version": __version__,
-        "options": cfg.to_dict(),
+        "options": _utf8(cfg.to_dict()),
         "seed": cfg.seed,
-        "input_root": in_root,
-        "output_root": out_root,
+        **path_fields("input_root", in_root),  # a path that is not UTF-8 kept whole in a _raw twin, as a file's
+        **path_fields("output_root", out_root),
         "seeding": SCHEME,
         "versions": library_versions(cfg.kinds),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -555,7 +574,8 @@ def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunInde
     record says leaves the manifest as it is (a torn last line aside).
     Returns how many file records the manifest holds.
     """
-    moved = prior is not None and [prior.get(k) for k in ROOTS] != [writer.run[k] for k in ROOTS]
+    moved = prior is not None and [recorded_root(prior, k) for k in ROOTS] != [recorded_root(writer.run, k)
+                                                                                for k in ROOTS]
     changed = prior is None or writer.written > 0 or moved or any(
         differs for _, differs in _final_lines(index, walk_done, [], source, target))  # a first pass reads only
     if not (changed or torn):

@@ -12,7 +12,7 @@ from typing import Any
 from . import __version__, seeding
 from .config import REDACTED, redact_url
 from .errors import ManifestError, NoiseaugError, UsageError
-from .manifest import load, rel_str, safe_rel, sort_key
+from .manifest import load, recorded_root, rel_str, safe_rel, sort_key
 from .report import printable
 from .storage import LocalStorage
 from .storage.local import hash_stream
@@ -73,8 +73,8 @@ def _output_root(given: str | None, run: dict[str, Any], manifest: str) -> str:
     (so a copied or moved OUTPUT verifies itself), else the recorded OUTPUT."""
     if given is not None:
         return given
-    recorded = run.get("output_root")
-    if run.get("options", {}).get("manifest") is None or not isinstance(recorded, str):
+    recorded = recorded_root(run, "output_root")
+    if run.get("options", {}).get("manifest") is None or recorded is None:
         return manifest.rstrip("/").rpartition("/")[0] if is_url(manifest) else os.fsdecode(Path(manifest).parent)
     return recorded
 
@@ -193,8 +193,8 @@ class _Regenerator:
             self.cfg = make_config(**options)
         except UsageError as exc:
             raise ManifestError(f"the manifest's options are not valid here: {exc}") from None
-        recorded = run.get("input_root")
-        root = input_root or (recorded if isinstance(recorded, str) and REDACTED not in recorded else None)
+        recorded = recorded_root(run, "input_root")
+        root = input_root or (recorded if recorded is not None and REDACTED not in recorded else None)
         if root is None or not (is_url(root) or Path(root).is_dir()):
             raise UsageError("--regenerate needs the inputs: pass --input-root DIR")
         self.source = open_root(root, storage_options)

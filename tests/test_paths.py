@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,22 @@ def test_the_compiled_folder_listing_gives_what_the_python_one_gives(tmp_path, m
     assert [e.rel for e in compiled_walk if e.kind == "file"][-1] == b"sub/deeper/z.flac"
     with pytest.raises(FileNotFoundError):
         local.list_folder(root + b"/nothing")
+
+
+def test_input_and_output_roots_whose_names_are_not_utf8(cli, tmp_path):
+    """The roots are recorded losslessly, as file names are (an escaped name and a base64 `_raw` twin): the
+    manifest stays UTF-8 JSON, verify finds both roots, and a re-run is up to date."""
+    base = os.fsencode(tmp_path)
+    src, out = base + b"/in\xff", base + b"/o\xfeut"
+    write_image(Path(os.fsdecode(src + b"/a.png")), np.full((6, 6), 80, np.uint8))
+    manifest = os.fsdecode(out + b"/noiseaug-manifest.jsonl")
+    for _ in range(2):
+        cli("run", os.fsdecode(src), os.fsdecode(out), "--workers", 1)
+    text = Path(manifest).read_bytes().decode("utf-8")  # strict: every byte UTF-8
+    run = json.loads(text.splitlines()[0])
+    assert run["input_root"].endswith("in\\xff") and run["output_root"].endswith("o\\xfeut")
+    from noiseaug.manifest import recorded_root
+
+    assert (os.fsencode(recorded_root(run, "input_root")), os.fsencode(recorded_root(run, "output_root"))) == (src, out)
+    assert "1 of 1 outputs" in cli("verify", manifest, "--regenerate").stderr  # found, and regenerated
+    assert "up to date" in cli("run", os.fsdecode(src), os.fsdecode(out), "--workers", 1).stderr
