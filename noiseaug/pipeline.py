@@ -20,7 +20,7 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import __version__
 from .config import Config, make_config
@@ -530,7 +530,7 @@ class _Run:
             self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
         try:
             records = _finish(self.writer, self.prior, self.index, self.torn[0], self.walk_done, self.summary,
-                              self.source, self.target)
+                              self.source, self.target, lambda rel, copy: self.cache.set(rel, copy, (0, 0), None))
             if not getattr(self.lock, "lost", False):  # OUTPUT is another run's now: leave its manifest alone
                 self.home.published()
             self.cache.note_manifest(self.writer.path, records, (self.source.root, self.target.root))
@@ -563,16 +563,18 @@ def unchanged(job: Job, cand: Candidate, cache: StateCache, target: Storage, cfg
 
 
 def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunIndex, torn: bool, walk_done: bool,
-            summary: Summary, source: Storage, target: Storage) -> int:
+            summary: Summary, source: Storage, target: Storage, forget: Callable[[str, int], None]) -> int:
     """Rewrite the manifest sorted, streaming from the index, keeping what this run did not reach.
 
     Previous records of inputs this run never saw are kept (they may lie
     outside this run's selection); when the walk went through to the end and
     such an input is gone, its records are flagged ``"input_missing": true``
     (their outputs are left alone), and dropped once their outputs are gone
-    too. A run that changed no record and found INPUT and OUTPUT where the run
-    record says leaves the manifest as it is (a torn last line aside).
-    Returns how many file records the manifest holds.
+    too; ``forget`` drops their stat-cache rows, so that an input that comes
+    back is looked at again (its record loses the flag). A run that changed no
+    record and found INPUT and OUTPUT where the run record says leaves the
+    manifest as it is (a torn last line aside). Returns how many file records
+    the manifest holds.
     """
     moved = prior is not None and [recorded_root(prior, k) for k in ROOTS] != [recorded_root(writer.run, k)
                                                                                 for k in ROOTS]
@@ -584,15 +586,15 @@ def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunInde
     count = 0
     with atomic_file(os.fsdecode(writer.path), durable=True) as fh:
         fh.write((dumps(head) + "\n").encode("utf-8"))
-        for text, _ in _final_lines(index, walk_done, summary.gone, source, target):
+        for text, _ in _final_lines(index, walk_done, summary.gone, source, target, forget):
             if text:
                 fh.write(text.encode("utf-8") + b"\n")
                 count += 1
     return count
 
 
-def _final_lines(index: RunIndex, walk_done: bool, gone: list[str], source: Storage,
-                 target: Storage) -> Iterator[tuple[str, bool]]:
+def _final_lines(index: RunIndex, walk_done: bool, gone: list[str], source: Storage, target: Storage,
+                 forget: Callable[[str, int], None] | None = None) -> Iterator[tuple[str, bool]]:
     """Each final record's line, sorted, and whether it differs from the previous manifest's."""
     for current, previous in index.final():
         if current is not None:
@@ -600,6 +602,8 @@ def _final_lines(index: RunIndex, walk_done: bool, gone: list[str], source: Stor
             continue
         record = json.loads(previous)
         missing = walk_done and source.stat(rel_str(record)) is None
+        if missing and forget is not None:
+            forget(rel_str(record), record.get("copy", 0))
         if missing and (record.get("status") == "error" or target.stat(rel_str(record, "output")) is None):
             yield "", True  # nothing to keep, nothing to verify: a failure, or an output gone with its input
             continue

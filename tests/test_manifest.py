@@ -528,3 +528,22 @@ def test_a_rerun_after_input_or_output_moved_points_the_manifest_at_them(tmp_pat
     assert (run["input_root"], run["output_root"]) == (str(tmp_path / "in2"), str(tmp_path / "out2"))
     assert noiseaug.verify(manifest, regenerate=True).exit_code == 0
     assert noiseaug.run(tmp_path / "in2", tmp_path / "out2", workers=1, manifest=manifest).up_to_date
+
+
+def test_an_input_that_comes_back_as_it_was_loses_its_flag(tmp_path, monkeypatch):
+    """Gone (flagged input_missing), then back with the same size and mtime (mv away and back): the quick
+    check must not call it up to date, or the flag stays for ever; the records end as a fresh run's."""
+    import noiseaug
+
+    src, out, fresh = tmp_path / "in", tmp_path / "out", tmp_path / "fresh"
+    for name in ("a.png", "b.png"):
+        write_image(src / "d" / name, np.full((8, 8, 3), 90, np.uint8))
+    noiseaug.run(src, out, workers=1, copies=2)
+    (src / "d" / "a.png").rename(tmp_path / "away.png")
+    assert noiseaug.run(src, out, workers=1, copies=2).gone == ["d/a.png"]
+    (tmp_path / "away.png").rename(src / "d" / "a.png")
+    noiseaug.run(src, out, workers=1, copies=2)
+    noiseaug.run(src, fresh, workers=1, copies=2)
+    assert records(out / "noiseaug-manifest.jsonl")[1] == records(fresh / "noiseaug-manifest.jsonl")[1]
+    with _quick_only(monkeypatch, shortcut=True):
+        assert noiseaug.run(src, out, workers=1, copies=2).up_to_date
