@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -547,3 +548,22 @@ def test_an_input_that_comes_back_as_it_was_loses_its_flag(tmp_path, monkeypatch
     assert records(out / "noiseaug-manifest.jsonl")[1] == records(fresh / "noiseaug-manifest.jsonl")[1]
     with _quick_only(monkeypatch, shortcut=True):
         assert noiseaug.run(src, out, workers=1, copies=2).up_to_date
+
+
+def test_overwrite_clears_the_way_when_a_folder_became_a_file(cli, tmp_path):
+    """dd.png/ (a folder) gone and dd.png (a file) in its place: the old output folder is in the new output's
+    way (one error a run); --overwrite removes the old outputs and the folders they leave empty."""
+    import noiseaug
+
+    src, out, fresh = tmp_path / "in", tmp_path / "out", tmp_path / "fresh"
+    write_image(src / "dd.png" / "x" / "y.png", np.full((8, 8, 3), 90, np.uint8))
+    write_image(src / "z.png", np.full((8, 8, 3), 40, np.uint8))
+    noiseaug.run(src, out, workers=1)
+    shutil.rmtree(src / "dd.png")
+    write_image(src / "dd.png", np.full((8, 8, 3), 60, np.uint8))
+    summary = noiseaug.run(src, out, workers=1)
+    assert summary.failed == 1 and summary.gone == ["dd.png/x/y.png"]
+    assert noiseaug.run(src, out, workers=1, overwrite=True).failed == 0
+    noiseaug.run(src, fresh, workers=1)
+    assert records(out / "noiseaug-manifest.jsonl")[1] == records(fresh / "noiseaug-manifest.jsonl")[1]
+    assert (out / "dd.png").read_bytes() == (fresh / "dd.png").read_bytes()

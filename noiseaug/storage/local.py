@@ -375,7 +375,16 @@ class LocalStorage:
         return put_file(os.path.join(folder, os.path.basename(rel)), data, before_rename)
 
     def remove(self, rel: str) -> None:
+        """Remove an output; the folders it leaves empty go too (up to the root): they came with it."""
         os.unlink(self.path(rel))
+        folder = os.path.dirname(rel)
+        while folder:
+            try:
+                os.rmdir(self.path(folder))
+            except OSError:  # not empty (or not ours to remove): the folders above are not empty either
+                break
+            self._known.clear()
+            folder = os.path.dirname(folder)
 
     def lock(self, name: str) -> OutputLock:
         return OutputLock(Path(self.root) / name)
