@@ -529,7 +529,8 @@ class _Run:
         except OSError as exc:
             self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
         try:
-            records = _finish(self.writer, self.prior, self.index, self.torn[0], self.walk_done, self.summary,
+            seen_all = self.walk_done and not self.summary.walk.problems  # an unlistable folder's files are not gone
+            records = _finish(self.writer, self.prior, self.index, self.torn[0], seen_all, self.summary,
                               self.source, self.target, lambda rel, copy: self.cache.set(rel, copy, (0, 0), None))
             if not getattr(self.lock, "lost", False):  # OUTPUT is another run's now: leave its manifest alone
                 self.home.published()

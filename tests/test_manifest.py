@@ -567,3 +567,29 @@ def test_overwrite_clears_the_way_when_a_folder_became_a_file(cli, tmp_path):
     noiseaug.run(src, fresh, workers=1)
     assert records(out / "noiseaug-manifest.jsonl")[1] == records(fresh / "noiseaug-manifest.jsonl")[1]
     assert (out / "dd.png").read_bytes() == (fresh / "dd.png").read_bytes()
+
+
+def test_files_of_a_folder_that_cannot_be_listed_are_not_gone(tmp_path, monkeypatch):
+    """A folder the walk cannot list (permissions, here simulated) is a problem of this run, not a deletion:
+    its files' records stay as they were, unflagged."""
+    import noiseaug
+    from noiseaug.storage import local
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for rel in ("locked/a.png", "open/b.png"):
+        write_image(src / rel, np.full((8, 8, 3), 90, np.uint8))
+    noiseaug.run(src, out, workers=1)
+    before = records(out / "noiseaug-manifest.jsonl")[1]
+    real = local.list_folder
+
+    def refuse(path):
+        if path.endswith(b"/locked"):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    real_stamp = local.stamp
+    monkeypatch.setattr(local, "list_folder", refuse)
+    monkeypatch.setattr(local, "stamp", lambda path: None if b"/locked/" in path else real_stamp(path))
+    summary = noiseaug.run(src, out, workers=1)
+    assert summary.failed == 1 and summary.gone == []
+    assert records(out / "noiseaug-manifest.jsonl")[1] == before
