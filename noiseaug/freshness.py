@@ -68,7 +68,7 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
     files under OUTPUT (manifest, stat cache, lock, preview), which change
     without changing any output.
     """
-    noted = _noted_manifest(manifest, cache)
+    noted = noted_manifest(manifest, cache)
     if noted is None or noted[3:] != [source.root, target.root]:  # a moved INPUT or OUTPUT: the record says
         return None
     key = _folders_key(cfg, noted)
@@ -80,7 +80,7 @@ def note_folders(source: Storage, target: Storage, manifest: Path, cfg: Config, 
                  selection: Selection, own: Iterable[str] = ()) -> bool:
     """After a clean run on local folders: run the quick check once, and if it holds, note every folder's
     listing digest (INPUT's, and OUTPUT's folders of outputs) with its answer, for the next run's shortcut."""
-    noted = _noted_manifest(manifest, cache)
+    noted = noted_manifest(manifest, cache)
     if noted is None or not isinstance(source, LocalStorage) or not isinstance(target, LocalStorage):
         return False
     source.digests, outputs = {}, {}
@@ -98,7 +98,7 @@ def note_folders(source: Storage, target: Storage, manifest: Path, cfg: Config, 
     return True
 
 
-def _noted_manifest(manifest: Path, cache: Any) -> list[Any] | None:
+def noted_manifest(manifest: Path, cache: Any) -> list[Any] | None:
     """The manifest's [size, mtime, records, INPUT, OUTPUT] noted in the cache, if it still has that size and
     mtime."""
     noted = cache.manifest_stamp()

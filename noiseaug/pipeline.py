@@ -10,6 +10,7 @@ at the end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import importlib
 import itertools
@@ -27,7 +28,7 @@ from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
 from .errors import ClusterError, Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
 from .executors import GUARD_HINT, check_executor, importing_the_callers_script, make_executor
-from .freshness import all_confirmed, note_folders, nothing_to_do
+from .freshness import all_confirmed, note_folders, noted_manifest, nothing_to_do
 from .index import Claims, RunIndex, StateCache
 from .locations import Locations, open_locations
 from .manifest import (
@@ -44,9 +45,11 @@ from .manifest import (
 from .records import (
     LABEL,
     LEFT,
+    OK,
     SCHEME,
     Job,
     Outcome,
+    base_record,
     carried,
     copies_of,
     failed,
@@ -337,14 +340,13 @@ def run_record(cfg: Config, in_root: str, out_root: str) -> dict[str, Any]:
 
 def _jobs(source: Storage, cfg: Config, index: RunIndex, stats: WalkStats,
           reserved: set[str]) -> Iterator[tuple[Job, Candidate] | list[Outcome]]:
-    """Jobs in walk order; an output clash becomes an error record instead."""
+    """Jobs in walk order (without their previous records); an output clash becomes an error record instead."""
     selection = _selection(cfg)
     claims = Claims(reserved)
     copies = range(cfg.copies)
     for cand in walk(source, selection, stats):
         outs = [cand.rel] if cand.kind == "other" else [output_rel(cand.rel, cfg.name, c) for c in copies]
-        previous = index.prior(os.fsencode(cand.rel), len(outs)) if index.prior_count else ()
-        job = Job(cand.rel, cand.kind, cand.size, previous, (cand.size, cand.mtime_ns),
+        job = Job(cand.rel, cand.kind, cand.size, (), (cand.size, cand.mtime_ns),  # previous records: see jobs()
                   own_name_taken=cfg.copy_other and cand.kind == "image" and claims.taken(cand.rel))
         clash = next((o for o in outs if not claims.claim(o)), None)
         if clash is not None:
@@ -382,6 +384,8 @@ class _Run:
         self.reserved = reserved | {lock_name(cfg.shard)}
         self.lock = lock
         self.walk_done = self.stop = False
+        noted = noted_manifest(manifest_path, self.cache) if prior is not None else None
+        self.trusted = noted is not None and noted[3:] == [source.root, target.root]  # see _alike
 
     def execute(self, stopper: Stopper) -> None:
         """Process every job through the executor the options pick; then rewrite the manifest."""
@@ -422,14 +426,24 @@ class _Run:
 
     def jobs(self) -> Iterator[Job]:
         """The jobs still to do, in walk order; what is up to date by size and mtime is collected at once."""
-        for item in _jobs(self.source, self.cfg, self.index, self.summary.walk, self.reserved):
+        items = _jobs(self.source, self.cfg, self.index, self.summary.walk, self.reserved)
+        paired = self.cache.beside((i[0].rel if isinstance(i, tuple) else "", i) for i in items) \
+            if self.trusted else ((i, None) for i in items)
+        for item, rows in paired:
             if isinstance(item, list):
                 if self.collect(None, item):
                     return
                 continue
             job, cand = item
             self.reporter.discovered(cand)
-            kept = unchanged(job, cand, self.cache, self.target, self.cfg)
+            kept = self._alike(job, cand, rows) if rows else None
+            if kept is not None:
+                job = dataclasses.replace(job, prior=tuple({"status": OK} for _ in kept))  # kept as they are
+            else:
+                if self.index.prior_count:
+                    count = 1 if cand.kind == "other" else self.cfg.copies
+                    job = dataclasses.replace(job, prior=self.index.prior(os.fsencode(cand.rel), count))
+                kept = unchanged(job, cand, self.cache, self.target, self.cfg)
             if kept is not None:
                 if self.collect(job, kept, stat_confirmed=True):
                     return
@@ -437,6 +451,23 @@ class _Run:
             yield job
         self.walk_done = True
         self.summary.unmatched = _selection(self.cfg).unmatched(self.summary.walk.globs_hit)
+
+    def _alike(self, job: Job, cand: Candidate, rows: list[Any]) -> list[Outcome] | None:
+        """Outcomes that keep the previous records, when the stat cache's rows for this input (read beside the
+        walk) still match its stamp and its outputs': rsync's quick check with no record read. Only while the
+        cache is the one this manifest was noted with (``trusted``), where a row stands for an ``ok`` record."""
+        kind = rows[0][6]
+        if kind == LEFT or len(rows) != len(copies_of(kind, self.cfg)):
+            return None
+        outcomes = []
+        for copy, (_, in_size, in_mtime, output, out_size, out_mtime, _) in enumerate(rows):
+            record = base_record(job, copy, self.cfg, kind)
+            rel = output_of(job, copy, self.cfg, kind)
+            if (in_size, in_mtime) != job.stamp or os.fsencode(rel) != output or \
+                    self.target.stat(rel) != (out_size, out_mtime):
+                return None
+            outcomes.append(Outcome(record, skipped=True))
+        return outcomes
 
     def collect(self, job: Job | None, outcomes: list[Outcome], stat_confirmed: bool = False) -> bool:
         """Take a job's outcomes; True when the run must stop.

@@ -593,3 +593,27 @@ def test_files_of_a_folder_that_cannot_be_listed_are_not_gone(tmp_path, monkeypa
     summary = noiseaug.run(src, out, workers=1)
     assert summary.failed == 1 and summary.gone == []
     assert records(out / "noiseaug-manifest.jsonl")[1] == before
+
+
+def test_the_long_way_reads_no_previous_record_of_a_file_the_stat_cache_vouches_for(tmp_path, monkeypatch):
+    """One input of many changed: the run reads the previous records of that one only (the others are
+    confirmed by their cache rows beside the walk), and ends with the records a fresh run writes."""
+    from PIL import Image
+
+    import noiseaug
+    from noiseaug.index import RunIndex
+
+    src, out, fresh = tmp_path / "in", tmp_path / "out", tmp_path / "fresh"
+    for i in range(12):
+        write_image(src / f"d{i % 3}" / f"{i:02d}.png", np.full((8, 8, 3), 10 * i, np.uint8))
+    Image.fromarray(np.eye(8, dtype=np.uint8)).convert("P").save(src / "d0" / "mask.png")
+    (src / "d1" / "notes.txt").write_text("copied\n")
+    noiseaug.run(src, out, workers=1, copies=2, copy_other=True)
+    write_image(src / "d2" / "05.png", np.full((8, 8, 3), 99, np.uint8))  # changed: read, redone
+    asked = []
+    real = RunIndex.prior
+    monkeypatch.setattr(RunIndex, "prior", lambda self, key, copies: asked.append(key) or real(self, key, copies))
+    summary = noiseaug.run(src, out, workers=1, copies=2, copy_other=True)
+    assert asked == [b"d2/05.png"] and summary.total("ok") == 2 and summary.total("skipped") == 24
+    noiseaug.run(src, fresh, workers=1, copies=2, copy_other=True)
+    assert records(out / "noiseaug-manifest.jsonl")[1] == records(fresh / "noiseaug-manifest.jsonl")[1]
