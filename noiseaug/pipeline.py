@@ -338,7 +338,7 @@ def run_record(cfg: Config, in_root: str, out_root: str) -> dict[str, Any]:
     }
 
 
-def _jobs(source: Storage, cfg: Config, index: RunIndex, stats: WalkStats,
+def _jobs(source: Storage, cfg: Config, stats: WalkStats,
           reserved: set[str]) -> Iterator[tuple[Job, Candidate] | list[Outcome]]:
     """Jobs in walk order (without their previous records); an output clash becomes an error record instead."""
     selection = _selection(cfg)
@@ -346,7 +346,7 @@ def _jobs(source: Storage, cfg: Config, index: RunIndex, stats: WalkStats,
     copies = range(cfg.copies)
     for cand in walk(source, selection, stats):
         outs = [cand.rel] if cand.kind == "other" else [output_rel(cand.rel, cfg.name, c) for c in copies]
-        job = Job(cand.rel, cand.kind, cand.size, (), (cand.size, cand.mtime_ns),  # previous records: see jobs()
+        job = Job(cand.rel, cand.kind, cand.size, (), (cand.size, cand.mtime_ns),  # previous records: _with_prior
                   own_name_taken=cfg.copy_other and cand.kind == "image" and claims.taken(cand.rel))
         clash = next((o for o in outs if not claims.claim(o)), None)
         if clash is not None:
@@ -354,6 +354,14 @@ def _jobs(source: Storage, cfg: Config, index: RunIndex, stats: WalkStats,
                                    "or by noiseaug's own files")
             continue
         yield job, cand
+
+
+def _with_prior(job: Job, index: RunIndex, cfg: Config) -> Job:
+    """The job with the previous records of its copies, from the index (None where there is none)."""
+    if not index.prior_count:
+        return job
+    count = 1 if job.kind == "other" else cfg.copies
+    return dataclasses.replace(job, prior=index.prior(os.fsencode(job.rel), count))
 
 
 def _selection(cfg: Config) -> Selection:
@@ -426,7 +434,7 @@ class _Run:
 
     def jobs(self) -> Iterator[Job]:
         """The jobs still to do, in walk order; what is up to date by size and mtime is collected at once."""
-        items = _jobs(self.source, self.cfg, self.index, self.summary.walk, self.reserved)
+        items = _jobs(self.source, self.cfg, self.summary.walk, self.reserved)
         paired = self.cache.beside((i[0].rel if isinstance(i, tuple) else "", i) for i in items) \
             if self.trusted else ((i, None) for i in items)
         for item, rows in paired:
@@ -440,9 +448,7 @@ class _Run:
             if kept is not None:
                 job = dataclasses.replace(job, prior=tuple({"status": OK} for _ in kept))  # kept as they are
             else:
-                if self.index.prior_count:
-                    count = 1 if cand.kind == "other" else self.cfg.copies
-                    job = dataclasses.replace(job, prior=self.index.prior(os.fsencode(cand.rel), count))
+                job = _with_prior(job, self.index, self.cfg)
                 kept = unchanged(job, cand, self.cache, self.target, self.cfg)
             if kept is not None:
                 if self.collect(job, kept, stat_confirmed=True):
@@ -672,12 +678,13 @@ def _plan(source: Storage, target: Storage, manifest_path: Path, cfg: Config, pr
         index = RunIndex(Path(tmp) / manifest_path.name)
         if prior is not None:
             index.load_prior(read_lines(manifest_path))
-        for item in _jobs(source, cfg, index, summary.walk, set()):
+        for item in _jobs(source, cfg, summary.walk, set()):
             if isinstance(item, list):
                 for outcome in item:
                     summary.add(outcome.record)
                 continue
             job, cand = item
+            job = _with_prior(job, index, cfg)
             fresh = unchanged(job, cand, cache, target, cfg) is not None or all_confirmed(job, source, target, cfg)
             action = "skip" if fresh else "label" if _left_alone(job, source, cfg) else "process"
             reporter.planned(job, action)
