@@ -501,9 +501,10 @@ class _Run:
 
     def _left_alone(self, job: Job) -> None:
         """A label map left alone has no record: one that was an image last time loses its old ones (their
-        output, of the picture it was, is left in place, as a failed file's is)."""
+        output, of the picture it was, is left in place, as a failed file's is). One copied last time
+        (--copy-other then, not now) keeps its record, as any file outside a run's selection does."""
         for copy, previous in enumerate(job.prior):
-            if previous is not None:
+            if previous is not None and previous.get("kind") != LABEL:
                 self.index.add(os.fsencode(job.rel), copy, "")
             if copy and job.stamp is not None:
                 self.cache.set(job.rel, copy, job.stamp, None)

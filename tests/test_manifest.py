@@ -617,3 +617,26 @@ def test_the_long_way_reads_no_previous_record_of_a_file_the_stat_cache_vouches_
     assert asked == [b"d2/05.png"] and summary.total("ok") == 2 and summary.total("skipped") == 24
     noiseaug.run(src, fresh, workers=1, copies=2, copy_other=True)
     assert records(out / "noiseaug-manifest.jsonl")[1] == records(fresh / "noiseaug-manifest.jsonl")[1]
+
+
+def test_a_copied_label_map_keeps_its_record_when_copy_other_is_dropped_with_or_without_the_cache(tmp_path):
+    """--copy-other is a selection option: without it a copied label map is outside the selection and its
+    record stays, whether the stat cache vouches for it or the run looks at the file again."""
+    import shutil as sh
+
+    from PIL import Image
+
+    import noiseaug
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_image(src / "a.png", np.full((8, 8, 3), 90, np.uint8))
+    Image.fromarray(np.eye(8, dtype=np.uint8)).convert("P").save(src / "mask.png")
+    noiseaug.run(src, out, workers=1, copy_other=True)
+    sh.copytree(out, tmp_path / "bare")
+    (tmp_path / "bare" / ".noiseaug-manifest.jsonl.state").unlink()
+    write_image(src / "a.png", np.full((8, 8, 3), 70, np.uint8))  # some work to do
+    for where in (out, tmp_path / "bare"):
+        noiseaug.run(src, where, workers=1)
+    kept = records(out / "noiseaug-manifest.jsonl")[1]
+    assert [(r["input"], r["kind"]) for r in kept] == [("a.png", "image"), ("mask.png", "label")]
+    assert records(tmp_path / "bare" / "noiseaug-manifest.jsonl")[1] == kept
