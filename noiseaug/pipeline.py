@@ -60,7 +60,7 @@ from .records import (
 from .report import Reporter, Summary
 from .signals import Stopper
 from .silence import quiet_loggers
-from .storage import LocalStorage, OutputLock, Storage
+from .storage import OutputLock, Storage
 from .storage.local import atomic_file, set_temp_tag
 
 if TYPE_CHECKING:  # the worker's side (numpy, the codecs) is imported once there is work: not for a no-op run
@@ -436,7 +436,7 @@ class _Run:
         """The jobs still to do, in walk order; what is up to date by size and mtime is collected at once."""
         items = _jobs(self.source, self.cfg, self.summary.walk, self.reserved)
         paired = self.cache.beside((i[0].rel if isinstance(i, tuple) else "", i) for i in items) \
-            if self.trusted else ((i, None) for i in items)
+            if self.trusted else ((i, None) for i in items)  # an output clash ("") wants no row: it is a failure
         for item, rows in paired:
             if isinstance(item, list):
                 if self.collect(None, item):
@@ -444,7 +444,7 @@ class _Run:
                 continue
             job, cand = item
             self.reporter.discovered(cand)
-            kept = self._alike(job, cand, rows) if rows else None
+            kept = self._alike(job, rows) if rows else None
             if kept is not None:
                 job = dataclasses.replace(job, prior=tuple({"status": OK} for _ in kept))  # kept as they are
             else:
@@ -458,22 +458,19 @@ class _Run:
         self.walk_done = True
         self.summary.unmatched = _selection(self.cfg).unmatched(self.summary.walk.globs_hit)
 
-    def _alike(self, job: Job, cand: Candidate, rows: list[Any]) -> list[Outcome] | None:
+    def _alike(self, job: Job, rows: list[Any]) -> list[Outcome] | None:
         """Outcomes that keep the previous records, when the stat cache's rows for this input (read beside the
         walk) still match its stamp and its outputs': rsync's quick check with no record read. Only while the
         cache is the one this manifest was noted with (``trusted``), where a row stands for an ``ok`` record."""
         kind = rows[0][6]
         if kind == LEFT or len(rows) != len(copies_of(kind, self.cfg)):
             return None
-        outcomes = []
         for copy, (_, in_size, in_mtime, output, out_size, out_mtime, _) in enumerate(rows):
-            record = base_record(job, copy, self.cfg, kind)
             rel = output_of(job, copy, self.cfg, kind)
             if (in_size, in_mtime) != job.stamp or os.fsencode(rel) != output or \
                     self.target.stat(rel) != (out_size, out_mtime):
                 return None
-            outcomes.append(Outcome(record, skipped=True))
-        return outcomes
+        return [Outcome(base_record(job, copy, self.cfg, kind), skipped=True) for copy in range(len(rows))]
 
     def collect(self, job: Job | None, outcomes: list[Outcome], stat_confirmed: bool = False) -> bool:
         """Take a job's outcomes; True when the run must stop.
@@ -549,7 +546,7 @@ class _Run:
         """Whether the run ended with every file done and recorded: the state a re-run finds nothing to do in."""
         summary = self.summary
         return (self.walk_done and not self.stop and not summary.stopped and not summary.failed and not summary.dry_run
-                and not getattr(self.lock, "lost", False) and isinstance(self.target, LocalStorage))
+                and not getattr(self.lock, "lost", False))
 
     def _note_folders(self) -> None:
         """The quick check, once, as the next run would make it; when it holds, its folder shortcut is noted."""
