@@ -242,6 +242,16 @@ class Unreachable(OSError):
         super().__init__(errno.ECONNREFUSED, text)
 
 
+class _FolderOf:
+    """One folder of a listing: (size, stamp) by name, looked up one name at a time (``get``, as a dict's)."""
+
+    def __init__(self, listing: dict[str, tuple[int, int]], prefix: str) -> None:
+        self.listing, self.prefix = listing, prefix
+
+    def get(self, name: bytes) -> tuple[int, int] | None:
+        return self.listing.get(self.prefix + os.fsdecode(name))
+
+
 class FsspecStorage:
     """A prefix of an fsspec file system, as the pipeline uses INPUT and OUTPUT (:class:`~noiseaug.storage.Storage`)."""
 
@@ -372,10 +382,10 @@ class FsspecStorage:
             return self.fresh_stat(rel)
         return self._list().get(rel)
 
-    def folder_stats(self, folder: bytes) -> dict[bytes, tuple[int, int]]:
-        prefix = f"{os.fsdecode(folder)}/" if folder else ""
-        return {os.fsencode(rel[len(prefix):]): st for rel, st in self._list().items()
-                if rel.startswith(prefix) and "/" not in rel[len(prefix):]}
+    def folder_stats(self, folder: bytes) -> _FolderOf:
+        """(size, stamp) of the objects in one folder, by name, from the run's one listing (no pass over the
+        whole listing per folder: a run's quick check asks for every folder of outputs)."""
+        return _FolderOf(self._list(), f"{os.fsdecode(folder)}/" if folder else "")
 
     @contextmanager
     def write(self, rel: str) -> Iterator[BinaryIO]:
