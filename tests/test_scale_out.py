@@ -134,6 +134,28 @@ def test_a_rerun_on_s3_lists_once_and_does_nothing(s3):
         {k: v for k, v in before.items() if k != ".noiseaug.lock"}
 
 
+def test_an_s3_output_with_a_local_manifest_reruns_by_the_quick_check(s3, tmp_path, monkeypatch):
+    """OUTPUT in a bucket, the manifest local: a re-run ends at the quick check, the outputs' stamps taken from
+    the run's one listing of OUTPUT; an output deleted from the bucket is seen there and made again."""
+    import noiseaug
+    from noiseaug import pipeline
+
+    client, (_, out_bucket) = s3
+    out, manifest = f"s3://{out_bucket}/o", tmp_path / "m.jsonl"
+    noiseaug.run(SAMPLE, out, workers=1, manifest=manifest)
+
+    def no_index(*args, **kwargs):
+        raise AssertionError("the long way was taken")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "RunIndex", no_index)
+        assert noiseaug.run(SAMPLE, out, workers=1, manifest=manifest).up_to_date
+    gone = sorted(k for k in objects(client, out_bucket, "o") if k.endswith(".png"))[0]
+    client.delete_object(Bucket=out_bucket, Key=f"o/{gone}")
+    assert noiseaug.run(SAMPLE, out, workers=1, manifest=manifest).total("ok") == 1
+    assert gone in objects(client, out_bucket, "o")
+
+
 @pytest.fixture(scope="module")
 def slow_tree(tmp_path_factory) -> Path:
     """Images big enough (random 640x640 PNGs) that a run is still going a second or two after it starts."""
