@@ -126,6 +126,16 @@ def _outputs_digest(target: LocalStorage, folder: bytes, own: set[tuple[bytes, b
     return target.folder_digest(folder, (name for where, name in own if where == folder))
 
 
+def _output_stamps(target: Storage, folder: bytes,
+                   noting: tuple[dict[bytes, bytes], set[tuple[bytes, bytes]]] | None) -> Any:
+    """An output folder's stamps by name; when noting, from the one listing whose digest is noted."""
+    if noting is None or folder in noting[0]:
+        return target.folder_stats(folder)
+    assert isinstance(target, LocalStorage)  # note_folders is for local folders
+    noting[0][folder], stamps = target.listed_folder(folder, (name for where, name in noting[1] if where == folder))
+    return stamps
+
+
 def _same_folders(source: Storage, target: Storage, noted: Any,
                   own: set[tuple[bytes, bytes]]) -> tuple[Counter, WalkStats] | None:
     """The answer noted with the folder digests, when every folder of INPUT and every noted folder of OUTPUT
@@ -166,9 +176,7 @@ def _each_file(source: Storage, target: Storage, cfg: Config, cache: Any, select
         for _, in_size, in_mtime, output, out_size, out_mtime, kind in rows:
             where, _, name = output.rpartition(b"/")
             if where != folder:
-                folder, outputs = where, target.folder_stats(where)
-                if noting is not None and where not in noting[0]:
-                    noting[0][where] = _outputs_digest(target, where, noting[1])
+                folder, outputs = where, _output_stamps(target, where, noting)
             if in_size != cand.size or in_mtime != cand.mtime_ns or outputs.get(name) != (out_size, out_mtime):
                 return None
             skipped[kind] += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
@@ -139,6 +140,9 @@ def read_lines(path: Path, torn: list[bool] | None = None) -> Iterator[tuple[dic
                 yield record, line.rstrip(b"\n").decode("utf-8")
 
 
+FLUSH_SECONDS = 0.1  # appended records reach the file at least this often (a killed run's last ones redone)
+
+
 class ManifestWriter:
     """Appends records to the manifest while a run goes on.
 
@@ -153,6 +157,7 @@ class ManifestWriter:
         self.append = append
         self.written = 0
         self._fh: IO[str] | None = None
+        self._flushed = 0.0
 
     def write(self, record: dict[str, Any]) -> None:
         self.write_text(dumps(record))
@@ -167,8 +172,11 @@ class ManifestWriter:
             if not self.append:
                 self._fh.write(dumps(self.run) + "\n")
         self._fh.write(text + "\n")
-        self._fh.flush()
         self.written += 1
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_SECONDS:  # a system call per record was a parent's largest cost
+            self._fh.flush()
+            self._flushed = now
 
     def close(self) -> None:
         if self._fh is not None:

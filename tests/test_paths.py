@@ -97,12 +97,14 @@ def test_the_compiled_folder_listing_gives_what_the_python_one_gives(tmp_path, m
     names = [b"a.png", b"a\xff.png", b"link.png", b"sub", b"fifo.png", b"dangling.png", b"nothing"]
     stamps = [local.stamp(root + b"/" + name) for name in names]
     assert stamps[0] == (st.st_size, st.st_mtime_ns) and stamps[1] and stamps[2:] == [None] * 5
+    _listed_stamps_agree(local, root, names + [b"-", b"-x", b"B.png", b"b.png", b"dirlink", b"zz", b"0"])
 
     monkeypatch.setattr(local, "_listing", None)
     assert _entries(local.list_folder(root)) == compiled
     assert local.listing_digest(local.list_folder(root), [b"fifo.png"]) == compiled_digest
     assert local.listing_digest(local.list_folder(root)) != compiled_digest
     assert [local.stamp(root + b"/" + name) for name in names] == stamps
+    _listed_stamps_agree(local, root, names + [b"-", b"-x", b"B.png", b"b.png", b"dirlink", b"zz", b"0"])
     assert list(local._walk(root, b"")) == compiled_walk
     assert [e.rel for e in compiled_walk if e.kind == "file"][-1] == b"sub/deeper/z.flac"
     with pytest.raises(FileNotFoundError):
@@ -126,3 +128,14 @@ def test_input_and_output_roots_whose_names_are_not_utf8(cli, tmp_path):
     assert (os.fsencode(recorded_root(run, "input_root")), os.fsencode(recorded_root(run, "output_root"))) == (src, out)
     assert "1 of 1 outputs" in cli("verify", manifest, "--regenerate").stderr  # found, and regenerated
     assert "up to date" in cli("run", os.fsdecode(src), os.fsdecode(out), "--workers", 1).stderr
+
+
+def _listed_stamps_agree(local, root: bytes, names: list[bytes]) -> None:
+    """A folder's stamps looked up in its listing (the folder shortcut's noting) are lstat's, name by name;
+    the listing's digest is the folder's."""
+    storage = local.LocalStorage(os.fsdecode(root))
+    digest, listed = storage.listed_folder(b"", [b"fifo.png"])
+    assert digest == storage.folder_digest(b"", [b"fifo.png"]) == local.listing_digest(local.list_folder(root),
+                                                                                        [b"fifo.png"])
+    assert [listed.get(name) for name in names] == [local.stamp(root + b"/" + name) for name in names]
+    assert storage.listed_folder(b"nothing")[0] is None and storage.listed_folder(b"nothing")[1].get(b"a") is None

@@ -11,6 +11,7 @@ OUTPUT even if someone planted a link there.
 from __future__ import annotations
 
 import array
+import bisect
 import errno
 import hashlib
 import os
@@ -356,11 +357,18 @@ class LocalStorage:
     def folder_digest(self, folder: bytes, leave_out: Iterable[bytes] = ()) -> bytes | None:
         """The :func:`listing_digest` of one folder (a relative path) without the names ``leave_out``; None if it
         cannot be listed."""
+        return self.listed_folder(folder, leave_out)[0]
+
+    def listed_folder(self, folder: bytes, leave_out: Iterable[bytes] = ()) -> tuple[bytes | None, ListedStamps]:
+        """One listing of a folder, for both its digest (see :meth:`folder_digest`) and its files' stamps (as
+        :meth:`folder_stats` gives them, without a system call per name); (None, no files) if it cannot be
+        listed."""
         root = os.fsencode(self.root)
         try:
-            return listing_digest(list_folder(os.path.join(root, folder) if folder else root), leave_out)
+            listing = list_folder(os.path.join(root, folder) if folder else root)
         except OSError:
-            return None
+            return None, ListedStamps(Listing([], b"", (), ()))
+        return listing_digest(listing, leave_out), ListedStamps(listing)
 
     @contextmanager
     def write(self, rel: str) -> Iterator[BinaryIO]:
@@ -431,6 +439,21 @@ class FolderStamps:
 
     def get(self, name: bytes) -> tuple[int, int] | None:
         return stamp(self.base + name)
+
+
+class ListedStamps:
+    """A folder's files' (size, mtime_ns) from its listing, looked up by name (``get``, as a dict's): names are
+    found by bisection in the listing's sorted names, so nothing more than the listing is held."""
+
+    def __init__(self, listing: Listing) -> None:
+        self.listing = listing
+
+    def get(self, name: bytes) -> tuple[int, int] | None:
+        names, kinds, sizes, stamps = self.listing
+        i = bisect.bisect_left(names, name)
+        if i == len(names) or names[i] != name or kinds[i] != FILE:
+            return None
+        return sizes[i], stamps[i]
 
 
 def stamp(path: bytes) -> tuple[int, int] | None:
