@@ -16,6 +16,7 @@ pass beside the walk, without a query per file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -28,9 +29,18 @@ from .manifest import sort_key
 
 CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever the dataset
 PENDING_ROWS = 512  # rows written together (one executemany) rather than one statement per file
-KEYS_VERSION = 1  # the stat cache's user_version: 1, paths keyed in the walk's order (0: plain paths)
+KEYS_VERSION = 2  # the stat cache's user_version: 2, rows name their record's hashes; 1, paths keyed in the
+#                  walk's order (0: plain paths)
 T = TypeVar("T")
 Row = tuple[bytes, int, int, bytes, int, int, str]  # a stat cache row as beside() gives it
+
+
+def record_sums(record: dict[str, Any]) -> bytes:
+    """What ties a stat cache row to the record it confirmed: a digest of the record's input and output hashes.
+    A row vouches for a record only with these, so a manifest put back from a backup, or merged again, is
+    not taken at its word on stamps that confirmed other records."""
+    both = f"{record.get('input_sha256', '')} {record.get('output_sha256', '')}".encode("ascii", "replace")
+    return hashlib.blake2b(both, digest_size=8).digest()
 
 
 def walk_key(rel: str) -> bytes:
@@ -190,7 +200,7 @@ class StateCache:
         db = _connect(Path(":memory:") if readonly else self.path)
         db.execute("CREATE TABLE IF NOT EXISTS stamps (rel BLOB, copy INTEGER, input_size INTEGER, "
                    "input_mtime INTEGER, output BLOB, output_size INTEGER, output_mtime INTEGER, kind TEXT, "
-                   "PRIMARY KEY (rel, copy)) WITHOUT ROWID")
+                   "sums BLOB, PRIMARY KEY (rel, copy)) WITHOUT ROWID")
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
         db.execute("CREATE TABLE IF NOT EXISTS folders (side INTEGER, folder BLOB, digest BLOB, "
                    "PRIMARY KEY (side, folder)) WITHOUT ROWID")
@@ -198,12 +208,14 @@ class StateCache:
             _rekey(db)
         return db
 
-    def matches(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None) -> bool:
+    def matches(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None,
+                record: dict[str, Any]) -> bool:
+        """Whether the row of this output confirmed ``record`` when input and output had these stamps."""
         if output_stat is None:
             return False
-        row = self.db.execute("SELECT input_size, input_mtime, output_size, output_mtime FROM stamps "
+        row = self.db.execute("SELECT input_size, input_mtime, output_size, output_mtime, sums FROM stamps "
                               "WHERE rel = ? AND copy = ?", (walk_key(rel), copy)).fetchone()
-        return row == (*input_stat, *output_stat)
+        return row == (*input_stat, *output_stat, record_sums(record))
 
     def beside(self, walk: Iterator[tuple[str, T]]) -> Iterator[tuple[T, list[Row]]]:
         """Each (path, item) of a walk, as the item and the rows of every copy of that path, in copy order:
@@ -226,8 +238,9 @@ class StateCache:
             yield item, mine
 
     def set(self, rel: str, copy: int, input_stat: tuple[int, int], output_stat: tuple[int, int] | None,
-            output: str = "", kind: str = "") -> None:
-        """Remember (or forget) one output's stamps; what is already there is not written again.
+            output: str = "", kind: str = "", sums: bytes | None = None) -> None:
+        """Remember (or forget) one output's stamps, with its record's :func:`record_sums`; what is already
+        there is not written again.
 
         Written in groups: a path set here is not looked up again in the same run (the walk gives each once).
         """
@@ -236,20 +249,20 @@ class StateCache:
             self._write_pending()
             self.db.execute("DELETE FROM stamps WHERE rel = ? AND copy = ?", key)
             return
-        self._pending.append((*key, *input_stat, os.fsencode(output), *output_stat, kind))
+        self._pending.append((*key, *input_stat, os.fsencode(output), *output_stat, kind, sums))
         if len(self._pending) >= PENDING_ROWS:
             self._write_pending()
 
     def _write_pending(self) -> None:
         if not self._pending:
             return
-        self.db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rel, copy) DO UPDATE SET "
-                            "input_size = excluded.input_size, input_mtime = excluded.input_mtime, "
+        self.db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rel, copy) DO UPDATE "
+                            "SET input_size = excluded.input_size, input_mtime = excluded.input_mtime, "
                             "output = excluded.output, output_size = excluded.output_size, "
-                            "output_mtime = excluded.output_mtime, kind = excluded.kind "
-                            "WHERE (input_size, input_mtime, output, output_size, output_mtime, kind) IS NOT "
+                            "output_mtime = excluded.output_mtime, kind = excluded.kind, sums = excluded.sums "
+                            "WHERE (input_size, input_mtime, output, output_size, output_mtime, kind, sums) IS NOT "
                             "(excluded.input_size, excluded.input_mtime, excluded.output, excluded.output_size, "
-                            "excluded.output_mtime, excluded.kind)", self._pending)
+                            "excluded.output_mtime, excluded.kind, excluded.sums)", self._pending)
         self._pending.clear()
 
     def manifest_stamp(self) -> list[Any] | None:
@@ -301,11 +314,16 @@ class StateCache:
 
 
 def _rekey(db: sqlite3.Connection) -> None:
-    """A stat cache from before KEYS_VERSION (or a new one): its rows keyed the walk's way."""
+    """A stat cache from before KEYS_VERSION (or a new one): its rows keyed the walk's way; rows from before
+    their records' sums were kept have none, and vouch for no record (content decides, once)."""
     db.execute("BEGIN")
-    rows = db.execute("SELECT * FROM stamps").fetchall()
-    db.execute("DELETE FROM stamps")
-    db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    if "sums" not in [column[1] for column in db.execute("PRAGMA table_info(stamps)")]:
+        db.execute("ALTER TABLE stamps ADD COLUMN sums BLOB")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    rows = db.execute("SELECT * FROM stamps").fetchall() if version == 0 else []
+    if rows:
+        db.execute("DELETE FROM stamps")
+    db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    ((bytes(r[0]).replace(b"/", b"\0"), *r[1:]) for r in rows))
     db.execute(f"PRAGMA user_version = {KEYS_VERSION}")
     db.execute("COMMIT")

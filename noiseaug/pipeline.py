@@ -29,7 +29,7 @@ from .discover import Candidate, Selection, WalkStats, walk
 from .errors import ClusterError, Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
 from .executors import GUARD_HINT, check_executor, importing_the_callers_script, make_executor
 from .freshness import all_confirmed, note_folders, noted_manifest, nothing_to_do
-from .index import Claims, RunIndex, StateCache
+from .index import Claims, RunIndex, StateCache, record_sums
 from .locations import Locations, open_locations
 from .manifest import (
     ManifestWriter,
@@ -526,7 +526,8 @@ class _Run:
         if not stat_confirmed and job is not None and job.stamp is not None:
             good = rec["status"] == "ok"
             out_stat = (outcome.out_stat or self.target.stat(rel_str(rec, "output"))) if good else None
-            self.cache.set(job.rel, rec["copy"], job.stamp, out_stat, rel_str(rec, "output"), rec["kind"])
+            self.cache.set(job.rel, rec["copy"], job.stamp, out_stat, rel_str(rec, "output"), rec["kind"],
+                           record_sums(rec))
 
     def _record(self, rec: dict[str, Any], skipped: bool) -> None:
         text = dumps(rec)  # serialised once: for the appended manifest and for the index
@@ -593,7 +594,7 @@ def unchanged(job: Job, cand: Candidate, cache: StateCache, target: Storage, cfg
         return None
     for record in job.prior:
         out_stat = target.stat(rel_str(record, "output"))
-        if not cache.matches(job.rel, record["copy"], (cand.size, cand.mtime_ns), out_stat):
+        if not cache.matches(job.rel, record["copy"], (cand.size, cand.mtime_ns), out_stat, record):
             return None
     return [carried(r) for r in job.prior]
 

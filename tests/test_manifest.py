@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -316,9 +317,11 @@ def test_a_stat_cache_keyed_the_old_way_is_rekeyed_and_then_quick_again(src, tmp
     db = sqlite3.connect(out / ".noiseaug-manifest.jsonl.state", isolation_level=None)
     rows = db.execute("SELECT * FROM stamps").fetchall()
     assert any(b"\0" in r[0] for r in rows)  # b/x.png, keyed the walk's way
-    db.execute("DELETE FROM stamps")
+    db.execute("DROP TABLE stamps")  # as the first caches had it: plain paths, no record sums
+    db.execute("CREATE TABLE stamps (rel BLOB, copy INTEGER, input_size INTEGER, input_mtime INTEGER, output BLOB, "
+               "output_size INTEGER, output_mtime INTEGER, kind TEXT, PRIMARY KEY (rel, copy)) WITHOUT ROWID")
     db.executemany("INSERT INTO stamps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   [(r[0].replace(b"\0", b"/"), *r[1:]) for r in rows])
+                   [(r[0].replace(b"\0", b"/"), *r[1:8]) for r in rows])
     db.execute("PRAGMA user_version = 0")
     db.close()
     from noiseaug.storage import LocalStorage
@@ -640,3 +643,35 @@ def test_a_copied_label_map_keeps_its_record_when_copy_other_is_dropped_with_or_
     kept = records(out / "noiseaug-manifest.jsonl")[1]
     assert [(r["input"], r["kind"]) for r in kept] == [("a.png", "image"), ("mask.png", "label")]
     assert records(tmp_path / "bare" / "noiseaug-manifest.jsonl")[1] == kept
+
+
+@pytest.mark.parametrize("how", ["backup", "merge"])
+def test_a_manifest_put_back_is_not_taken_at_the_stat_caches_word(cli, tmp_path, how):
+    """The stat cache's rows confirmed the records they were written with: an older manifest put back (from
+    a backup, or a merge of old shard manifests run again) must not have its stale records carried on the
+    rows' stamps; the changed input is redone and verify holds."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_image(src / "a.png", np.full((16, 16, 3), 100, np.uint8))
+    write_image(src / "b.png", np.full((16, 16, 3), 50, np.uint8))
+    manifest = out / "noiseaug-manifest.jsonl"
+    if how == "backup":
+        cli("run", src, out, "-q")
+        old = manifest.read_bytes()
+    else:
+        cli("run", src, out, "-q", "--shard", "0/2")
+        cli("run", src, out, "-q", "--shard", "1/2")
+        shards = sorted(out.glob("noiseaug-manifest.shard-*.jsonl"))
+        cli("merge", *shards, "-o", manifest)
+    write_image(src / "a.png", np.full((16, 16, 3), 30, np.uint8))
+    first = json.loads(cli("run", src, out, "--json").stdout)
+    assert first["ok"] == 1 and first["skipped"] == 1  # a.png redone, its stamps noted with its new record
+    if how == "backup":
+        manifest.write_bytes(old)
+    else:
+        cli("merge", *shards, "-o", manifest)
+    again = json.loads(cli("run", src, out, "--json").stdout)
+    assert again["up_to_date"] is False and again["skipped"] == 1, again  # a.png's record is not a.png's now
+    cli("verify", manifest)
+    _, recs = records(manifest)
+    (a,) = [r for r in recs if r["input"] == "a.png"]
+    assert a["input_sha256"] == hashlib.sha256((src / "a.png").read_bytes()).hexdigest()
