@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
 from .discover import FS_ENCODING
-from .manifest import sort_key
+from .manifest import OWN_NAMES, sort_key
 
 CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever the dataset
 PENDING_ROWS = 512  # rows written together (one executemany) rather than one statement per file
@@ -140,7 +140,7 @@ class Claims:
         names = self._open.get(folder)
         if names is None:
             names = self._enter(folder)
-        if name in names:
+        if name in names or (not folder and OWN_NAMES.fullmatch(name)):
             return False
         names.add(name)
         return True
@@ -148,7 +148,7 @@ class Claims:
     def taken(self, rel: str) -> bool:
         """Whether a name is taken, in a folder on the walk's path (claiming nothing)."""
         folder, _, name = rel.rpartition("/")
-        return name in self._open.get(folder, ())
+        return name in self._open.get(folder, ()) or (not folder and OWN_NAMES.fullmatch(name) is not None)
 
     def _enter(self, folder: str) -> set[str]:
         if folder in self._left:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,11 @@ from .errors import ManifestError, MissingShardsError
 from .storage.local import atomic_write, open_no_follow
 
 MANIFEST_NAME = "noiseaug-manifest.jsonl"
+# Every name noiseaug writes at OUTPUT's top, for any run or shard: manifests, their stat caches (and SQLite's
+# journal beside them) and run indexes, locks, the preview. No input's output may take one, whichever shard
+# the run is (a shard run copying an input named like another shard's manifest would write over it).
+OWN_NAMES = re.compile(r"\.?noiseaug-manifest(\.shard-\d+-of-\d+)?\.jsonl(\.state|\.index)?(-journal|-wal|-shm)?"
+                       r"|\.noiseaug(\.shard-\d+-of-\d+)?\.lock|noiseaug-preview\.png")
 
 
 def default_path(output_root: Path, shard: tuple[int, int]) -> Path:

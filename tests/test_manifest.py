@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,6 +374,33 @@ def test_an_input_whose_output_is_noiseaugs_own_file_is_refused_in_its_folder_on
                                                  "input or by noiseaug's own files"}
     assert sum(r["status"] == "ok" for r in recs) == 5 + 4 + 1
     assert (out / "a/b/noiseaug-manifest.jsonl").read_text() == "not a manifest\n"
+
+
+@pytest.mark.parametrize("shard", ["0/2", "1/2"])
+def test_a_shard_run_copies_no_input_over_any_runs_own_files(cli, tmp_path, shard):
+    """A shard run's own names and every other run's (shards, the unsharded manifest, caches, locks) are
+    noiseaug's at OUTPUT's top: an input named like one fails instead of being copied over it."""
+    from noiseaug.manifest import state_path
+    from noiseaug.pipeline import lock_name
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_image(src / "a.png", np.full((4, 4), 7, np.uint8))
+    own = ["noiseaug-manifest.jsonl", "noiseaug-manifest.shard-0-of-2.jsonl", "noiseaug-manifest.shard-1-of-2.jsonl",
+           "noiseaug-manifest.shard-4-of-9.jsonl", state_path(Path("noiseaug-manifest.shard-1-of-2.jsonl")).name,
+           ".noiseaug-manifest.jsonl.index", lock_name((0, 1)), lock_name((0, 2)), lock_name((1, 2))]
+    for name in own + ["noiseaug-manifest.jsonl.txt", "sub/noiseaug-manifest.shard-0-of-2.jsonl"]:
+        (src / name).parent.mkdir(exist_ok=True)
+        (src / name).write_text("junk\n")
+    cli("run", src, out, "--copy-other", "--shard", shard, "--workers", 1, code=None)
+    index, count = (int(x) for x in shard.split("/"))
+    manifest = out / f"noiseaug-manifest.shard-{index}-of-{count}.jsonl"
+    _, recs = records(manifest)  # still a manifest: not written over by an input
+    failed = {r["input"] for r in recs if r["status"] == "error"}
+    taken = {r["input"] for r in recs}
+    assert failed == taken & set(own) and failed, (failed, taken)
+    assert all((out / name).read_bytes() != b"junk\n" for name in own if (out / name).exists())
+    checked = cli("verify", manifest, code=1)  # 1: the refused inputs failed in the run; every output matches
+    assert f"{len(taken) - len(failed)} of {len(taken) - len(failed)} outputs" in checked.stderr, checked.stderr
 
 
 def test_claims_refuse_a_name_taken_in_a_folder_left_and_come_back_to():
