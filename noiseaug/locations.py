@@ -85,7 +85,8 @@ def _check_manifest(manifest_path: Path, in_root: Path, cfg: Config) -> None:
 def _reserved_local(manifest_path: Path, out_root: Path) -> set[str]:
     from .manifest import state_path
 
-    names = (manifest_path, state_path(manifest_path), manifest_path.with_name(f".{manifest_path.name}.index"))
+    names = (manifest_path, state_path(manifest_path), manifest_path.with_name(f".{manifest_path.name}.index"),
+             manifest_path.with_name(f".{manifest_path.name}.lock"))  # see pipeline._manifest_lock
     return {os.path.relpath(p, out_root) for p in names}
 
 

@@ -32,7 +32,9 @@ from .freshness import all_confirmed, note_folders, noted_manifest, nothing_to_d
 from .index import Claims, RunIndex, StateCache, record_sums
 from .locations import Locations, open_locations
 from .manifest import (
+    MANIFEST_NAMES,
     ManifestWriter,
+    default_path,
     dumps,
     read_lines,
     read_records,
@@ -61,7 +63,7 @@ from .report import Reporter, Summary
 from .signals import Stopper
 from .silence import quiet_loggers
 from .storage import OutputLock, Storage
-from .storage.local import atomic_file, set_temp_tag
+from .storage.local import LocalStorage, atomic_file, set_temp_tag
 
 if TYPE_CHECKING:  # the worker's side (numpy, the codecs) is imported once there is work: not for a no-op run
     from .worker import Context
@@ -104,6 +106,7 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
     source, target, home, shown = where.source, where.target, where.home, where.manifest_shown
     manifest_path = home.path
     prior = None if home.remote else _prior_manifest(manifest_path, cfg, shown)
+    _check_other_manifests(target, manifest_path, cfg)
     summary = Summary(source.root, target.root, shown, dry_run=cfg.dry_run)
     started = time.perf_counter()
     stopper = Stopper()
@@ -118,7 +121,7 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
         target.prepare()
         home.prepare()
         name = lock_name(cfg.shard)
-        with stopper, _take_lock(target, name, target.root) as lock:
+        with stopper, _take_lock(target, name, target.root) as lock, _manifest_lock(home, target, cfg):
             home.pull()
             prior = _prior_manifest(manifest_path, cfg, shown)
             set_temp_tag(temp_tag(cfg.shard))
@@ -186,6 +189,28 @@ def _take_lock(target: Storage, name: str, shown: str | os.PathLike) -> Iterator
         lock.release(clean=False)
         raise
     lock.release(clean=True)
+
+
+@contextlib.contextmanager
+def _manifest_lock(home: Any, target: Storage, cfg: Config) -> Iterator[None]:
+    """A manifest given with --manifest is locked beside itself too: two runs into different OUTPUTs must
+    not write one manifest (nor its stat cache). A manifest named as OUTPUT's for this shard takes that
+    folder's run lock; the default manifest in OUTPUT has OUTPUT's lock already."""
+    path = home.path
+    default = default_path(path.parent, cfg.shard) == path
+    lock_path = path.parent / lock_name(cfg.shard) if default else path.with_name(f".{path.name}.lock")
+    if home.remote or (isinstance(target, LocalStorage) and lock_path == Path(target.root) / lock_name(cfg.shard)):
+        yield
+        return
+    lock = OutputLock(lock_path, f"the manifest {os.fsdecode(path)}; wait for it or pick another --manifest")
+    try:
+        lock.__enter__()
+    except OSError as exc:
+        raise UsageError(f"cannot lock the manifest {os.fsdecode(path)}: {exc.strerror}") from None
+    try:
+        yield
+    finally:
+        lock.release(clean=True)
 
 
 def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Config) -> int:
@@ -263,14 +288,51 @@ def _prior_manifest(path: Path, cfg: Config, shown: Path) -> dict[str, Any] | No
         raise OptionsChangedError(
             f"{os.fsdecode(shown)} was made by noiseaug {run.get('version')} with another noise "
             f"scheme ({run.get('seeding')}); use --overwrite to redo everything, or another OUTPUT")
+    changed = _changed_option(run, cfg)
+    if changed:
+        raise OptionsChangedError(f"{os.fsdecode(shown)} was made with {changed}; use --overwrite to redo "
+                                  "everything, or another OUTPUT")
+    return run
+
+
+def _changed_option(run: dict[str, Any], cfg: Config, skip: tuple[str, ...] = ()) -> str | None:
+    """The first option (but ``skip``) that decides outputs and differs from a run record's, as "--key old, not
+    new"; None when they all agree."""
     old = run.get("options", {})
     defaults = Config().job_options()  # options newer than the manifest had their default then
     for key, value in _utf8(cfg.job_options()).items():  # as the run record keeps them
-        if old.get(key, defaults[key]) != value:
-            raise OptionsChangedError(
-                f"{os.fsdecode(shown)} was made with --{key.replace('_', '-')} {_show(old.get(key))}, "
-                f"not {_show(value)}; use --overwrite to redo everything, or another OUTPUT")
-    return run
+        if key not in skip and old.get(key, defaults[key]) != value:
+            return f"--{key.replace('_', '-')} {_show(old.get(key))}, not {_show(value)}"
+    return None
+
+
+def _check_other_manifests(target: Storage, manifest_path: Path, cfg: Config) -> None:
+    """A manifest at OUTPUT's top other than this run's (--manifest elsewhere, another shard's, the unsharded
+    one) made with other options: refused as the run's own would be (SPEC §2), its outputs would be written
+    over. A shard of the same job agrees but for --shard; another shard of as many shards has other files;
+    a manifest that cannot be read binds nothing."""
+    if cfg.overwrite or not isinstance(target, LocalStorage):
+        return
+    mine = os.path.realpath(manifest_path)
+    try:
+        found = sorted((entry.name, m.groups()) for entry in os.scandir(target.root)
+                       if (m := MANIFEST_NAMES.fullmatch(entry.name)))
+    except OSError:
+        return
+    for name, (index, count) in found:
+        path = Path(target.root) / name
+        if count is not None and int(count) == cfg.shard[1] != 1 and int(index) != cfg.shard[0]:
+            continue  # another shard of as many: its files are never this run's
+        if os.path.realpath(path) == mine or _stillborn(path):
+            continue
+        try:
+            run = read_run(path)
+        except ManifestError:
+            continue
+        changed = "another noise scheme" if run.get("seeding") != SCHEME else _changed_option(run, cfg, ("shard",))
+        if changed:
+            raise OptionsChangedError(f"{os.fsdecode(path)} in OUTPUT was made with {changed}; its outputs would "
+                                      "be written over: use --overwrite, or another OUTPUT")
 
 
 def _stillborn(path: Path) -> bool:
@@ -503,6 +565,8 @@ class _Run:
         for copy, previous in enumerate(job.prior):
             if previous is not None and previous.get("kind") != LABEL:
                 self.index.add(os.fsencode(job.rel), copy, "")
+                if job.rel not in self.summary.now_labels[-1:]:
+                    self.summary.now_labels.append(job.rel)
             if copy and job.stamp is not None:
                 self.cache.set(job.rel, copy, job.stamp, None)
         if job.stamp is not None:  # so that a quick check knows it for one

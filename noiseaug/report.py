@@ -55,6 +55,7 @@ class Summary:
     walk: WalkStats = field(default_factory=WalkStats)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (input, output, reason), one per output
     gone: list[str] = field(default_factory=list)  # inputs in the old manifest, now missing
+    now_labels: list[str] = field(default_factory=list)  # noised last time, label maps left alone now: records dropped
     clipped_sum: Counter = field(default_factory=Counter)  # kind -> sum of clipped fractions (running: no list)
     clipped_count: Counter = field(default_factory=Counter)  # kind -> outputs with a clipped fraction
     kind_bytes: Counter = field(default_factory=Counter)  # (kind, "in"|"out") -> bytes
@@ -99,7 +100,7 @@ class Summary:
         if self.dry_run:
             return sum(n for (_, action), n in self.planned.items() if action == "process") == 0
         return (not self.interrupted and not self.stopped and self.total("ok") == 0
-                and self.failed == 0 and self.total("skipped") > 0)
+                and self.failed == 0 and self.total("skipped") > 0 and not self.now_labels)
 
     @property
     def exit_code(self) -> int:
@@ -127,6 +128,7 @@ class Summary:
             "failures": [{"input": i, "output": o, "error": e} for i, o, e in self.failures],
             "problems": list(self.walk.problems),
             "gone": list(self.gone),
+            "now_labels": list(self.now_labels),
             "unmatched_globs": list(self.unmatched),
             "removed": self.removed,
         }
@@ -155,6 +157,12 @@ class Summary:
             shown = ", ".join(printable(g) for g in self.gone[:5]) + (", ..." if len(self.gone) > 5 else "")
             lines.append(f"{len(self.gone)} input(s) of the previous run are gone ({shown}); "
                          "their outputs were left alone and their records flagged input_missing")
+        if self.now_labels:
+            shown = ", ".join(printable(g) for g in self.now_labels[:5]) + (", ..." if len(self.now_labels) > 5
+                                                                             else "")
+            lines.append(f"{len(self.now_labels)} input(s) noised last time are label maps now ({shown}): left "
+                         "alone without --copy-other and their records dropped; the outputs made from what they "
+                         "were stay (--overwrite removes them)")
         if self.walk.problems:
             lines.append(f"{len(self.walk.problems)} path(s) of INPUT could not be taken, counted as failed:")
         for problem in self.walk.problems:

@@ -522,6 +522,8 @@ def test_an_image_become_a_label_map_loses_its_records(tmp_path, copies):
     Image.fromarray(np.eye(8, dtype=np.uint8)).convert("P").save(src / "y.png")
     summary = noiseaug.run(src, out, workers=1, copies=copies)
     assert summary.walk.labels == 1 and summary.failed == 0
+    assert not summary.up_to_date and summary.now_labels == ["y.png"]  # a change, said as such
+    assert "label maps now (y.png)" in summary.text() and summary.to_dict()["now_labels"] == ["y.png"]
     assert [r["input"] for r in records(out / "noiseaug-manifest.jsonl")[1]] == ["z.png"] * copies
     assert noiseaug.verify(out / "noiseaug-manifest.jsonl", regenerate=True).exit_code == 0
     again = noiseaug.run(src, out, workers=1, copies=copies)

@@ -110,6 +110,57 @@ def test_a_held_lock_is_refused(cli, src, tmp_path):
     assert (out / "a.png").exists()
 
 
+@pytest.mark.parametrize("elsewhere", [["--manifest", "{ms}/m.jsonl"], ["--shard", "0/2"], ["--shard", "1/2"]])
+def test_a_manifest_in_output_from_other_options_is_refused_whichever_manifest_the_run_writes(cli, src, tmp_path,
+                                                                                            elsewhere):
+    """SPEC §2 refuses a manifest in OUTPUT made with other options: the run's own (see above), and as much
+    another at OUTPUT's top (the unsharded one, another shard's) when the run writes its manifest elsewhere
+    or is a shard: its outputs would be written over."""
+    out, ms = tmp_path / "out", tmp_path / "ms"
+    ms.mkdir()
+    write_image(src / "b.png", np.full((8, 8), 99, np.uint8))
+    cli("run", src, out, "--workers", 1)
+    before = tree(out)
+    args = [a.format(ms=ms) for a in elsewhere]
+    result = refused(cli, "run", src, out, *args, "--seed", 3, "--workers", 1, says="--seed 0, not 3")
+    assert "noiseaug-manifest.jsonl in OUTPUT" in result.stderr and "--overwrite" in result.stderr
+    assert tree(out) == before and not (ms / "m.jsonl").exists()
+    cli("run", src, out, *args, "--workers", 1)  # the same job: a shard of it, or its manifest elsewhere
+    cli("verify", out / "noiseaug-manifest.jsonl")
+    cli("run", src, out, *args, "--seed", 3, "--overwrite", "--workers", 1)  # said: written over
+    assert tree(out)["a.png"] != before["a.png"] or tree(out)["b.png"] != before["b.png"]
+
+
+def test_shards_of_one_job_and_their_merge_bind_no_option_but_shard(cli, src, tmp_path):
+    out = tmp_path / "out"
+    write_image(src / "b.png", np.full((8, 8), 99, np.uint8))
+    for shard in ("0/2", "1/2"):
+        cli("run", src, out, "--shard", shard, "--image-sigma", 5, "--workers", 1)
+    refused(cli, "run", src, out, "--shard", "0/3", "--workers", 1, says="--image-sigma 5, not 10")
+    cli("run", src, out, "--shard", "0/3", "--image-sigma", 5, "--workers", 1)
+    cli("merge", *sorted(out.glob("noiseaug-manifest.shard-*-of-2.jsonl")), "-o", out / "noiseaug-manifest.jsonl")
+    cli("run", src, out, "--image-sigma", 5, "--workers", 1)
+
+
+@pytest.mark.parametrize("how", ["named", "default-named"])
+def test_a_manifest_another_run_is_writing_is_refused(cli, src, tmp_path, how):
+    """Two runs into different OUTPUTs with one --manifest would write one manifest (and its stat cache): the
+    second is refused, as a second run into one OUTPUT is. A manifest named as an OUTPUT's own takes that
+    OUTPUT's lock."""
+    other = tmp_path / "other"
+    other.mkdir()
+    manifest, lock = ((other / "m.jsonl", other / ".m.jsonl.lock") if how == "named" else
+                      (other / "noiseaug-manifest.jsonl", other / ".noiseaug.lock"))
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        result = refused(cli, "run", src, tmp_path / "out", "--manifest", manifest, "--workers", 1,
+                         says="another noiseaug run")
+        assert f"the manifest {manifest}" in result.stderr
+        assert not (tmp_path / "out" / "a.png").exists() and not manifest.exists()
+    cli("run", src, tmp_path / "out", "--manifest", manifest, "--workers", 1)
+    cli("verify", manifest)
+
+
 def test_missing_input_is_refused(cli, tmp_path):
     refused(cli, "run", tmp_path / "nope", tmp_path / "out", says="not a folder")
 

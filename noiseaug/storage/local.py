@@ -240,8 +240,9 @@ class OutputLock:
     (``dirty``).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, what: str | None = None) -> None:
         self.path = path
+        self.what = what  # what the lock keeps for its run, in the refusal: OUTPUT (its folder) by default
         self.dirty = False
         self._fh: IO[str] | None = None
 
@@ -255,8 +256,8 @@ class OutputLock:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise LockedError(f"another noiseaug run ({holder}) is writing to "
-                              f"{os.fsdecode(self.path.parent)}; wait for it or pick another OUTPUT") from None
+            what = self.what or f"{os.fsdecode(self.path.parent)}; wait for it or pick another OUTPUT"
+            raise LockedError(f"another noiseaug run ({holder}) is writing to {what}") from None
         fh.seek(0)
         self.dirty = fh.read().strip() not in ("", "clean")
         self._rewrite(fh, f"running, pid {os.getpid()}")
