@@ -8,8 +8,9 @@ is done here, in :mod:`noiseaug.noise`, before libsndfile sees the samples.
 
 Two libsndfile habits would make identical runs give different bytes: a PEAK
 chunk with a wall-clock time stamp in FLOAT/DOUBLE WAVs (turned off with
-``SFC_SET_ADD_PEAK_CHUNK``), and Ogg stream serial numbers drawn from the
-clock (rewritten here from the file's seed, with the page checksums redone).
+``SFC_SET_ADD_PEAK_CHUNK``; RF64 ignores that, and its time stamp is
+zeroed), and Ogg stream serial numbers drawn from the clock (rewritten here
+from the file's seed, with the page checksums redone).
 """
 
 from __future__ import annotations
@@ -206,6 +207,31 @@ def open_write(fh: BinaryIO, layout: Layout, metadata: dict[str, str]) -> sf.Sou
         except (sf.LibsndfileError, RuntimeError):
             pass  # this container cannot hold that string; libsndfile says which it supports
     return out
+
+
+def clear_peak_time(fh: BinaryIO) -> None:
+    """Set the time stamp of an RF64 file's PEAK chunk to 0.
+
+    libsndfile 1.2 writes a PEAK chunk into FLOAT and DOUBLE RF64 files
+    whatever ``SFC_SET_ADD_PEAK_CHUNK`` says (it refuses the command for
+    RF64), with the clock time in it: zeroed, identical runs give identical
+    bytes. Only the chunks before the samples are read.
+    """
+    fh.seek(0)
+    if fh.read(12)[8:12] != b"WAVE":
+        return
+    pos = 12
+    while True:
+        fh.seek(pos)
+        header = fh.read(8)
+        if len(header) < 8 or header[:4] == b"data":
+            return
+        size = int.from_bytes(header[4:], "little")
+        if header[:4] == b"PEAK" and size >= 8:
+            fh.seek(pos + 12)  # after the chunk's id, size and version
+            fh.write(bytes(4))
+            return
+        pos += 8 + size + (size & 1)
 
 
 def set_ogg_serials(data: bytes, seed: int) -> bytes:

@@ -92,6 +92,7 @@ class ImageHeader:
     progressive: bool = False  # a progressive JPEG
     ascii: bool = False  # a plain (ASCII) PNM
     profiled: bool = True  # may carry a colour profile (a plain PNG cannot: decoded without looking for one)
+    carried: bytes = b""  # header bytes the output gets back: PNG gamma/colour/density chunks, JPEG density
 
 
 @dataclass
@@ -182,6 +183,8 @@ def _no_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) ->
 def _png_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
     depth, colour_type = data[24], data[25]
     chunks = _png_chunk_types(data)
+    if chunks & set(_PNG_CARRIED):
+        header = replace(header, carried=_png_carried(data))
     if b"acTL" in chunks:
         raise UnsupportedError(path, f"animated PNG ({getattr(im, 'n_frames', '?')} frames)")
     if colour_type == 3:
@@ -205,9 +208,57 @@ def _plain_png(data: bytes) -> ImageHeader | None:
         return None
     if data[24] not in (8, 16) or data[25] not in _PNG_CHANNELS:
         return None
-    if _png_chunk_types(data) & {b"tRNS", b"acTL", b"eXIf", b"iCCP", b"PLTE"}:
+    if _png_chunk_types(data) & {b"tRNS", b"acTL", b"eXIf", b"iCCP", b"PLTE", *_PNG_CARRIED}:
         return None
     return _plain_png_header(data[16:26])
+
+
+_PNG_CARRIED = (b"gAMA", b"cHRM", b"sRGB", b"pHYs")  # how to show the pixels, and their density: OpenCV drops them
+
+
+def _png_carried(data: bytes) -> bytes:
+    """The input's gamma, chromaticity, sRGB intent and pixel density chunks, whole, as they come before the
+    image data (the output gets them back right after its IHDR)."""
+    kept, pos = [], 8
+    while pos + 12 <= len(data):
+        size, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            break
+        if kind in _PNG_CARRIED and pos + 12 + size <= len(data):
+            kept.append(data[pos:pos + 12 + size])
+        pos += 12 + size
+    return b"".join(kept)
+
+
+_JFIF_DEFAULT = b"\0\0\1\0\1"  # no unit, 1:1: what OpenCV's writer says
+
+
+def _jfif_density(data: bytes) -> bytes:
+    """A JPEG's JFIF density (unit, horizontal, vertical: five bytes) when it says more than OpenCV writes."""
+    if data[2:4] == b"\xff\xe0" and data[6:11] == b"JFIF\0" and len(data) >= 18 and data[13:18] != _JFIF_DEFAULT:
+        return data[13:18]
+    return b""
+
+
+def _carry_back(encoded: bytes | np.ndarray, header: ImageHeader, fmt: str) -> bytes | np.ndarray:
+    """The output with the input's ``carried`` header bytes (see :class:`ImageHeader`) put back."""
+    out = bytes(encoded)
+    if fmt == "png" and out[12:16] == b"IHDR":
+        chunks = header.carried if header.icc is None else _without_srgb(header.carried)  # not both (PNG spec)
+        return out[:33] + chunks + out[33:]
+    if fmt == "jpeg" and out[2:4] == b"\xff\xe0" and out[6:11] == b"JFIF\0":
+        return out[:13] + header.carried + out[18:]
+    return encoded
+
+
+def _without_srgb(chunks: bytes) -> bytes:
+    kept, pos = [], 0
+    while pos + 12 <= len(chunks):
+        size = int.from_bytes(chunks[pos:pos + 4], "big")
+        if chunks[pos + 4:pos + 8] != b"sRGB":
+            kept.append(chunks[pos:pos + 12 + size])
+        pos += 12 + size
+    return b"".join(kept)
 
 
 @functools.lru_cache(maxsize=64)  # a dataset's small PNGs mostly share one IHDR; headers are immutable
@@ -266,6 +317,9 @@ def _check_signature(data: bytes, fmt: str, path: str) -> None:
 def _jpeg_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
     if im.mode not in ("L", "RGB"):
         raise UnsupportedError(path, f"{im.mode} JPEG (only gray and YCbCr colour JPEGs)")
+    if im.mode == "RGB" and im.info.get("adobe_transform") == 0:
+        raise UnsupportedError(path, "JPEG stored as RGB (Adobe transform 0): the writer would store it as YCbCr")
+    header = replace(header, carried=_jfif_density(data))
     progressive = bool(im.info.get("progressive") or im.info.get("progression"))
     if im.mode == "L":
         return replace(header, progressive=progressive)
@@ -556,7 +610,8 @@ def encode(picture: Picture, path: str, options: WriteOptions) -> bytes | np.nda
     if fmt == "png" and header.gray_alpha:
         import imagecodecs  # OpenCV writes 1, 3 or 4 channels only
 
-        return imagecodecs.png_encode(pixels, level=options.png_compression)
+        encoded = imagecodecs.png_encode(pixels, level=options.png_compression)
+        return _carry_back(encoded, header, fmt) if header.carried else encoded
     if fmt == "webp" and header.lossless and pixels.ndim == 3 and pixels.shape[2] == 4:
         return _webp_lossless_exact(pixels, header)
     params: list[int] = []
@@ -575,7 +630,7 @@ def encode(picture: Picture, path: str, options: WriteOptions) -> bytes | np.nda
         ok, encoded = _encode_with_profile(ext, pixels, params, header.icc if fmt in ICC_FORMATS else None)
     if not ok:
         raise WriteError(path, f"OpenCV cannot write {pixels.dtype} {pixels.shape} as {fmt.upper()}")
-    return encoded
+    return _carry_back(encoded, header, fmt) if header.carried else encoded
 
 
 def _webp_lossless_exact(bgra: np.ndarray, header: ImageHeader) -> bytes:

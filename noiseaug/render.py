@@ -262,5 +262,7 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
             fh.seek(0)
             fh.write(fixed)
             fh.truncate()
+        elif layout.format == "RF64" and layout.subtype in ("FLOAT", "DOUBLE"):
+            audio_io.clear_peak_time(fh)
         return {"frames": frames, "clipped_fraction": clipped / max(1, frames * layout.channels)}
     return write

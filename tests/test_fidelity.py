@@ -302,6 +302,57 @@ def test_lossless_webp_with_alpha_is_exact_under_transparent_pixels(cli, dirs):
         assert np.array_equal(np.asarray(im), rgba)
 
 
+def _png_with(pixels: np.ndarray, mode: str | None, chunks: list[tuple[bytes, bytes]], **save) -> bytes:
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    (Image.fromarray(pixels, mode) if mode else Image.fromarray(pixels)).save(buffer, "PNG", **save)
+    data = buffer.getvalue()
+    extra = b"".join(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+                     for kind, body in chunks)
+    return data[:33] + extra + data[33:]
+
+
+def test_png_gamma_colour_and_density_and_jpeg_density_are_kept(cli, dirs):
+    """OpenCV's writers drop how to show the pixels (PNG gAMA, cHRM, sRGB) and their density (PNG pHYs, the
+    JPEG's JFIF density): the outputs get them back, valid (CRCs checked by Pillow), reproducibly."""
+    src, out = dirs
+    rng = np.random.default_rng(5)
+    rgb, gray_alpha = rng.integers(0, 256, (12, 10, 3), np.uint8), rng.integers(0, 256, (12, 10, 2), np.uint8)
+    gamma = (b"gAMA", (45455).to_bytes(4, "big"))
+    chrm = (b"cHRM", b"".join(v.to_bytes(4, "big") for v in (31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)))
+    (src / "g.png").write_bytes(_png_with(rgb, "RGB", [gamma, chrm, (b"sRGB", b"\0")], dpi=(300, 300)))
+    (src / "la.png").write_bytes(_png_with(gray_alpha, "LA", [gamma], dpi=(72, 72)))  # imagecodecs' writer
+    (src / "w.png").write_bytes(_png_with(rgb[..., 0].astype(np.uint16) * 257, None, [gamma], dpi=(600, 600)))
+    Image.fromarray(rgb).save(src / "j.jpg", dpi=(300, 300), quality=90)
+    Image.fromarray(rgb).save(src / "plain.jpg", quality=90)
+    _run(cli, src, out)
+    for name in ("g.png", "la.png", "w.png", "j.jpg", "plain.jpg"):
+        with Image.open(src / name) as a, Image.open(out / name) as b:
+            assert {k: b.info.get(k) for k in ("dpi", "gamma", "srgb", "jfif_density", "jfif_unit")} == \
+                   {k: a.info.get(k) for k in ("dpi", "gamma", "srgb", "jfif_density", "jfif_unit")}, name
+            assert b.size == a.size and b.mode == a.mode
+            b.verify()  # every chunk's CRC
+    with Image.open(out / "g.png") as im:
+        assert im.info["dpi"][0] == pytest.approx(300, abs=0.01) and im.info["gamma"] == 0.45455
+        assert abs(np.asarray(im, float) - rgb).std() > 5  # noised, decodable
+    assert (out / "plain.jpg").read_bytes()[13:18] == b"\0\0\1\0\1"
+    assert cli("verify", "--regenerate", out / "noiseaug-manifest.jsonl").exit_code == 0
+
+
+def test_an_rgb_jpeg_is_refused_as_an_rgb_tiff_is(cli, dirs):
+    import imagecodecs
+
+    src, out = dirs
+    rgb = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    (src / "rgb.jpg").write_bytes(imagecodecs.jpeg8_encode(rgb, level=95, colorspace="RGB", outcolorspace="RGB"))
+    Image.fromarray(rgb).save(src / "ycc.jpg", quality=95)
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "rgb.jpg: not supported: JPEG stored as RGB (Adobe transform 0)" in result.stderr
+    assert (out / "ycc.jpg").exists() and not (out / "rgb.jpg").exists()
+
+
 def test_lossless_and_12_bit_jpegs_are_refused(cli, dirs):
     import imagecodecs
 
