@@ -241,6 +241,7 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
 
     def write(fh: BinaryIO) -> dict[str, Any]:
         clipped = frames = 0
+        loudest = 0.0  # of a float recording, whose full scale is 1: louder samples are clipped to it
         try:
             out = audio_io.open_write(fh, layout, metadata)
         except AudioError as exc:
@@ -250,6 +251,8 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
                 escapes = recording_escapes(rng)  # one for the whole recording: blocks do not matter
                 for block in audio_io.blocks(snd, layout):
                     checkpoint()
+                    if not layout.integer and block.size:
+                        loudest = max(loudest, float(np.abs(block).max()))
                     clipped += noise_inplace(block, sigma * layout.full_scale, rng, lo=layout.lo,
                                              hi=layout.hi, step=layout.step, escapes=escapes)
                     out.write(block)
@@ -264,5 +267,9 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
             fh.truncate()
         elif layout.format == "RF64" and layout.subtype in ("FLOAT", "DOUBLE"):
             audio_io.clear_peak_time(fh)
-        return {"frames": frames, "clipped_fraction": clipped / max(1, frames * layout.channels)}
+        done: dict[str, Any] = {"frames": frames, "clipped_fraction": clipped / max(1, frames * layout.channels)}
+        if loudest > 1.0:  # SPEC §3 clips float audio to [-1, 1]: said, as a silent file's sigma of 0 is
+            done["warning"] = (f"float samples beyond full scale (up to {loudest:.4g}) were clipped to [-1, 1]: "
+                               "the output is not the input's level")
+        return done
     return write

@@ -195,3 +195,20 @@ def test_a_cut_recording_whose_header_declares_its_length_is_refused_as_truncate
     status = {r["input"]: (r["status"], r.get("error", "")) for r in recs}
     assert status.pop(f"whole.{fmt.lower()}") == ("ok", "")
     assert len(status) == 3 and all(s == "error" and "truncated" in e for s, e in status.values()), status
+
+
+def test_float_audio_beyond_full_scale_is_clipped_and_said(cli, tmp_path):
+    """SPEC §3 clips FLOAT and DOUBLE audio to [-1, 1]: a recording louder than that loses its level, which
+    the record and stderr say (a silent change marked ok without a word would not be)."""
+    loud = np.clip(tone(0.5, 1, amplitude=1.0) * 1.5, -1.5, 1.5)
+    files = {"loud.wav": (loud, dict(samplerate=RATE, subtype="DOUBLE")),
+             "fine.wav": (tone(0.5, 1, amplitude=0.9), dict(samplerate=RATE, subtype="FLOAT"))}
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, (signal, kwargs) in files.items():
+        sf.write(src / name, signal, **kwargs)
+    result = cli("run", src, tmp_path / "out", "--workers", 1)
+    assert "loud.wav: float samples beyond full scale (up to 1.5) were clipped" in result.stderr
+    recs = {r["input"]: r for r in records(tmp_path / "out" / "noiseaug-manifest.jsonl")[1]}
+    assert "clipped to [-1, 1]" in recs["loud.wav"]["warning"] and "warning" not in recs["fine.wav"]
+    assert recs["loud.wav"]["clipped_fraction"] > 0.2 and np.abs(sf.read(tmp_path / "out" / "loud.wav")[0]).max() <= 1
