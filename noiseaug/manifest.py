@@ -25,10 +25,10 @@ from .errors import ManifestError, MissingShardsError
 from .storage.local import atomic_write, open_no_follow
 
 MANIFEST_NAME = "noiseaug-manifest.jsonl"
+MANIFEST_NAMES = re.compile(r"noiseaug-manifest(?:\.shard-(\d+)-of-(\d+))?\.jsonl")  # a run's or a shard's, in OUTPUT
 # Every name noiseaug writes at OUTPUT's top, for any run or shard: manifests, their stat caches (and SQLite's
 # journal beside them) and run indexes, locks, the preview. No input's output may take one, whichever shard
 # the run is (a shard run copying an input named like another shard's manifest would write over it).
-MANIFEST_NAMES = re.compile(r"noiseaug-manifest(?:\.shard-(\d+)-of-(\d+))?\.jsonl")  # a run's or a shard's, in OUTPUT
 OWN_NAMES = re.compile(r"\.?noiseaug-manifest(\.shard-\d+-of-\d+)?\.jsonl(\.state|\.index)?(-journal|-wal|-shm)?"
                        r"|\.noiseaug(\.shard-\d+-of-\d+)?\.lock|noiseaug-preview\.png")
 

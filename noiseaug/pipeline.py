@@ -34,7 +34,6 @@ from .locations import Locations, open_locations
 from .manifest import (
     MANIFEST_NAMES,
     ManifestWriter,
-    default_path,
     dumps,
     read_lines,
     read_records,
@@ -194,11 +193,13 @@ def _take_lock(target: Storage, name: str, shown: str | os.PathLike) -> Iterator
 @contextlib.contextmanager
 def _manifest_lock(home: Any, target: Storage, cfg: Config) -> Iterator[None]:
     """A manifest given with --manifest is locked beside itself too: two runs into different OUTPUTs must
-    not write one manifest (nor its stat cache). A manifest named as OUTPUT's for this shard takes that
-    folder's run lock; the default manifest in OUTPUT has OUTPUT's lock already."""
+    not write one manifest (nor its stat cache). The lock is named after the manifest alone, whichever run
+    writes it: one named as a run's or a shard's manifest takes that run's lock in its folder (the default
+    manifest in OUTPUT is under OUTPUT's lock already), any other ``.NAME.lock``."""
     path = home.path
-    default = default_path(path.parent, cfg.shard) == path
-    lock_path = path.parent / lock_name(cfg.shard) if default else path.with_name(f".{path.name}.lock")
+    own = MANIFEST_NAMES.fullmatch(path.name)
+    shard = (int(own[1]), int(own[2])) if own and own[1] else (0, 1)
+    lock_path = path.parent / (lock_name(shard) if own else f".{path.name}.lock")
     if home.remote or (isinstance(target, LocalStorage) and lock_path == Path(target.root) / lock_name(cfg.shard)):
         yield
         return

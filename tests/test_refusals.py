@@ -142,7 +142,7 @@ def test_shards_of_one_job_and_their_merge_bind_no_option_but_shard(cli, src, tm
     cli("run", src, out, "--image-sigma", 5, "--workers", 1)
 
 
-@pytest.mark.parametrize("how", ["named", "default-named"])
+@pytest.mark.parametrize("how", ["named", "default-named", "default-named, from a shard"])
 def test_a_manifest_another_run_is_writing_is_refused(cli, src, tmp_path, how):
     """Two runs into different OUTPUTs with one --manifest would write one manifest (and its stat cache): the
     second is refused, as a second run into one OUTPUT is. A manifest named as an OUTPUT's own takes that
@@ -153,7 +153,8 @@ def test_a_manifest_another_run_is_writing_is_refused(cli, src, tmp_path, how):
                       (other / "noiseaug-manifest.jsonl", other / ".noiseaug.lock"))
     with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        result = refused(cli, "run", src, tmp_path / "out", "--manifest", manifest, "--workers", 1,
+        shard = ["--shard", "0/2"] if "shard" in how else []  # the lock is the manifest's, whoever writes it
+        result = refused(cli, "run", src, tmp_path / "out", "--manifest", manifest, *shard, "--workers", 1,
                          says="another noiseaug run")
         assert f"the manifest {manifest}" in result.stderr
         assert not (tmp_path / "out" / "a.png").exists() and not manifest.exists()
