@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import UsageError
 from .manifest import state_path
 
 if TYPE_CHECKING:
@@ -88,7 +89,10 @@ class RemoteHome:
 
     def prepare(self) -> None:
         """Before any work: the manifest's bucket must exist (a run must not find out at its end)."""
-        self.storage.check_writable()
+        try:
+            self.storage.check_writable()
+        except UsageError as exc:
+            raise UsageError(f"--manifest {exc}") from None
 
     def pull(self, *, write: bool = True) -> None:
         """Fetch the manifest, add the segments a killed run left, fetch the stat cache.

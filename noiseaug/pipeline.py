@@ -117,8 +117,8 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
             prior = _prior_manifest(manifest_path, cfg, shown)
             _plan(source, target, manifest_path, cfg, prior, summary, reporter)
             return summary
+        home.prepare()  # the manifest's bucket first: a refusal leaves no OUTPUT folder behind
         target.prepare()
-        home.prepare()
         name = lock_name(cfg.shard)
         with stopper, _take_lock(target, name, target.root) as lock, _manifest_lock(home, target, cfg):
             home.pull()

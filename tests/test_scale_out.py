@@ -282,6 +282,70 @@ def test_an_endpoint_that_goes_away_ends_the_run_with_one_message_and_a_manifest
     assert file_records(found["noiseaug-manifest.jsonl"]) == slow_reference["records"]
 
 
+FAILED_UPLOAD = """
+import os
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+host, port = server.get_host_and_port()
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                  AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_MAX_ATTEMPTS="1", AWS_EC2_METADATA_DISABLED="true")
+import boto3
+boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="bkt")
+from noiseaug.storage.remote import FsspecStorage
+storage = FsspecStorage("s3://bkt/o", {"default_block_size": 5 << 20})  # parts go up as the output is written
+
+class Source:
+    reads = 0
+    def read(self, n):
+        self.reads += 1
+        if self.reads == 1:
+            return bytes(n)
+        server.stop()  # the endpoint goes away mid-upload: the abort fails too
+        raise OSError("the output could not be read")
+
+try:
+    storage._upload_large(storage.full("big.bin"), Source())
+except OSError as exc:
+    print("failed:", exc, flush=True)
+"""
+
+
+def test_a_multipart_upload_that_fails_with_the_endpoint_gone_does_not_hang_the_exit(tmp_path):
+    """A large output's upload fails and its abort fails too (the endpoint is down): the process still ends
+    (fsspec's file used to retry its last part at the interpreter's exit, for as long as the endpoint stayed
+    down: a run printed its summary and never exited)."""
+    script = tmp_path / "failed_upload.py"
+    script.write_text(FAILED_UPLOAD)
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=90, env=env)
+    assert done.returncode == 0 and "failed: the output could not be read" in done.stdout, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_whole_output_sweep_spares_young_uploads_while_a_shard_of_it_runs(s3):
+    """Shards take locks of their own, so a shard may run beside a whole-OUTPUT run: that run's sweep of a
+    killed run's multipart uploads must then spare young ones (moto dates every upload 2010, so the lock
+    reading is checked here against real lock objects; the age rule is the shards' own)."""
+    from noiseaug.storage.remote import FsspecStorage
+
+    client, (_, out_bucket) = s3
+    storage = FsspecStorage(f"s3://{out_bucket}/o", {})
+
+    def lock(name: str, state: str, expires: float) -> None:
+        body = {"state": state, "host": "another-machine", "pid": 4242, "expires": expires}
+        client.put_object(Bucket=out_bucket, Key=f"o/{name}", Body=json.dumps(body).encode())
+
+    assert not storage._shards_running(out_bucket, "o/")
+    lock(".noiseaug.shard-0-of-2.lock", "clean", time.time() + 600)
+    lock(".noiseaug.shard-1-of-2.lock", "running", time.time() - 3600)  # a killed shard's: its lease ran out
+    lock(".noiseaug.lock", "running", time.time() + 600)  # the whole-OUTPUT run's own is not a shard's
+    assert not storage._shards_running(out_bucket, "o/")
+    lock(".noiseaug.shard-1-of-2.lock", "running", time.time() + 600)
+    assert storage._shards_running(out_bucket, "o/")
+    assert not storage._shards_running(out_bucket, "elsewhere/")
+
+
 SECRET = "S3cr3t-noiseaug-7f1d2c"
 
 
@@ -557,10 +621,13 @@ def test_readme_recipe_an_existing_scheduler(dask_cluster, tmp_path):
     random_images(tmp_path / "data" / "clean", ["a.png", "b/c.png"])
     script = readme_block("sh", "## On a cluster")
     assert "--scheduler tcp://10.0.0.5:8786" in script
-    subprocess.run(["bash", "-ec", script.replace("tcp://10.0.0.5:8786", address)], cwd=tmp_path, check=True,
-                   env=recipe_env(), capture_output=True)
+    done = subprocess.run(["bash", "-ec", script.replace("tcp://10.0.0.5:8786", address)], cwd=tmp_path, check=True,
+                          env=recipe_env(), capture_output=True, text=True)
     _, got = records(tmp_path / "data" / "noisy" / "noiseaug-manifest.jsonl")
     assert [r["status"] for r in got] == ["ok", "ok"]
+    import importlib.util
+    if importlib.util.find_spec("bokeh") is None:  # a scheduler without a dashboard: no made-up link to one
+        assert "Dask dashboard" not in done.stderr, done.stderr
 
 
 SLURM_STAND_IN = '''
@@ -746,7 +813,7 @@ def test_ctrl_c_while_connecting_to_a_silent_scheduler_stops_at_once(not_a_sched
     (["s3:/bucket/out"], "OUTPUT 's3:/bucket/out' looks like a URL with a slash missing"),
     (["s3://"], "s3://: names no bucket"),
     (["s3://bad!name/o"], "Invalid bucket name"),
-    (["--manifest", "s3://no-such-bucket/m.jsonl"], "s3://no-such-bucket: its bucket does not exist"),
+    (["--manifest", "s3://no-such-bucket/m.jsonl"], "--manifest s3://no-such-bucket: its bucket does not exist"),
     (["s3://{out}/o", "--storage-option", "bogus=1"], "--storage-option not taken by the file system"),
     (["s3://{out}/x/../y"], "s3://{out}/x/../y: a URL with an empty, '.' or '..' segment is refused"),
     (["s3://{out}//y"], "a URL with an empty, '.' or '..' segment is refused"),
@@ -860,6 +927,9 @@ def test_a_dry_run_refuses_an_output_bucket_the_run_would_refuse(s3, tmp_path):
     manifest = noiseaug("run", src, tmp_path / "out", "--manifest", "s3://no-such-bucket-for-a-plan/m.jsonl",
                         "--dry-run", check=2)
     assert "its bucket does not exist" in manifest.stderr and not (tmp_path / "out").exists()
+    refused = noiseaug("run", src, tmp_path / "out", "--manifest", "s3://no-such-bucket-for-a-plan/m.jsonl", check=2)
+    assert "--manifest s3://no-such-bucket-for-a-plan: its bucket" in refused.stderr  # which bucket, said
+    assert not (tmp_path / "out").exists()  # refused before anything is written: no OUTPUT folder either
 
 
 def test_input_refused_as_the_run_starts_is_a_usage_error(monkeypatch):

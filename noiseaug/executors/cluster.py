@@ -210,10 +210,26 @@ class DaskExecutor:
         self._client, self._cluster = box["client"], box.get("cluster")
         self._client.register_plugin(_worker_plugin(self._ctx.config.kinds, own=self._address is None),
                                      name=PLUGIN_NAME)
-        link = getattr(self._client, "dashboard_link", None) if _has_dashboard() or self._address else None
+        link = getattr(self._client, "dashboard_link", None) if self._serves_dashboard() else None
         if self._note is not None and link:
             self._note(f"Dask dashboard: {redact(link)}", always=True)
         return True
+
+    def _serves_dashboard(self) -> bool:
+        """Whether the scheduler serves a dashboard: ours when bokeh is here; another's when bokeh is there
+        (its HTTP server runs without, and a link to its /status would answer 404)."""
+        if not self._address:
+            return _has_dashboard()
+
+        def bokeh_here() -> bool:  # runs on the scheduler, sent by value: noiseaug need not be installed there
+            import importlib.util
+
+            return importlib.util.find_spec("bokeh") is not None
+
+        try:
+            return bool(self._client.run_on_scheduler(bokeh_here))
+        except Exception:  # a link is a courtesy: no answer, no link
+            return False
 
     def _connect(self, box: dict[str, Any]) -> None:
         import distributed

@@ -431,10 +431,10 @@ class FsspecStorage:
         try:
             while chunk := fh.read(1 << 24):
                 out.write(chunk)
+            out.close()
         except BaseException:
-            out.discard() if hasattr(out, "discard") else None
+            _abandon(out)
             raise
-        out.close()
         return None
 
     def _info_stat(self, path: str) -> tuple[int, int]:
@@ -453,16 +453,18 @@ class FsspecStorage:
     def sweep(self, tag: str, folder: str | None = None, pid: int | None = None) -> int:
         """Abort the incomplete multipart uploads a killed run left under the prefix (S3; others have none).
 
-        A whole-OUTPUT run (tag ``run``) holds the only lock: every upload under the prefix is a leftover.
-        A shard's sweep spares uploads younger than a day, which may be another shard's, still live.
+        A whole-OUTPUT run (tag ``run``) aborts every upload under the prefix, unless a shard's lock says that
+        shard is running (shards take locks of their own). A shard's sweep, or one beside a running shard,
+        spares uploads younger than a day, which may be another run's, still live.
         """
         if folder is not None or not hasattr(self.fs, "call_s3"):
             return 0
         bucket, _, prefix = self.base.partition("/")
-        oldest = time.time() - (0 if tag == "run" else 86400)
+        prefix = prefix + "/" if prefix else ""
         removed = 0
         try:
-            for upload in self._uploads(bucket, prefix + "/" if prefix else ""):
+            oldest = time.time() - (0 if tag == "run" and not self._shards_running(bucket, prefix) else 86400)
+            for upload in self._uploads(bucket, prefix):
                 if upload["Initiated"].timestamp() <= oldest:
                     self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
                                     UploadId=upload["UploadId"])
@@ -470,6 +472,19 @@ class FsspecStorage:
         except Exception as exc:
             raise _failure(exc, f"cannot clean up {self.root}'s unfinished uploads") from None
         return removed
+
+    def _shards_running(self, bucket: str, prefix: str) -> bool:
+        """Whether a shard's lock under the prefix says its run is live (shards take locks of their own, so one
+        may run beside a whole-OUTPUT run): its uploads in flight are not a killed run's."""
+        page = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix + ".noiseaug.shard-")
+        for item in page.get("Contents", []):
+            try:
+                body = json.loads(self.fs.cat_file(f"{bucket}/{item['Key']}"))
+            except (ValueError, OSError):
+                return True  # cannot tell: spare
+            if isinstance(body, dict) and body.get("state") == "running" and _live(body):
+                return True
+        return False
 
     def _uploads(self, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
         marker: dict[str, str] = {}
@@ -546,6 +561,19 @@ class FsspecStorage:
             return []
         except Exception as exc:
             raise _failure(exc, f"cannot list {self.root}/{rel}") from None
+
+
+def _abandon(out: Any) -> None:
+    """Abort a failed multipart upload as far as the storage lets (a storage that is down leaves it to the next
+    run's sweep), and close the file without a last upload: fsspec's ``__del__`` would try one, at the
+    interpreter's exit, and wait for as long as the endpoint stays down."""
+    try:
+        if hasattr(out, "discard"):
+            out.discard()
+    except Exception:
+        pass
+    finally:
+        out.closed = True
 
 
 class ObjectLock:
