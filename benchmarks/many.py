@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/many.py --million DIR     # 1,000,000 PNGs of 16x16 (made once): not in CI
     .venv/bin/python benchmarks/many.py --growth 20000,200000   # parent peak RSS at each size, bytes per file
     .venv/bin/python benchmarks/many.py --profile 4000   # cProfile of one in-process run (make profile)
+    .venv/bin/python benchmarks/many.py --instructions 200   # user-space instructions per file (valgrind)
 
 Sets: N PNGs of 32x32 in ten folders, M one-second 16 kHz mono PCM_16 WAVs.
 For each set, INTERLEAVED rounds of: the codec floor (decode + re-encode in a
@@ -189,6 +190,49 @@ def profile(count: int) -> None:
     stats.sort_stats("cumulative").print_stats(25)
 
 
+def _harness(kind: str, src: Path, count: int, mode: str) -> None:
+    """One process: 20 files each way to warm up, then ``count`` files the ``mode`` way (for valgrind)."""
+    from noiseaug.config import Config
+    from noiseaug.records import Job
+    from noiseaug.silence import held_devnull
+    from noiseaug.storage.local import LocalStorage
+    from noiseaug.worker import Context, limit_threads, process_job
+
+    files = sorted(p for p in src.rglob("*") if p.is_file())[:count + 20]
+    rels = [str(p.relative_to(src)) for p in files]
+    limit_threads(("image",))
+    with tempfile.TemporaryDirectory(prefix="noiseaug-instructions-") as out:
+        for folder in {os.path.dirname(rel) for rel in rels}:
+            os.makedirs(os.path.join(out, folder), exist_ok=True)
+        ctx = Context(LocalStorage(str(src)), LocalStorage(out), Config(workers=1), "run", os.getpid())
+        jobs = [Job(rel, "image" if kind == "png" else "audio", p.stat().st_size) for p, rel in zip(files, rels)]
+        with held_devnull(stderr=True):
+            for i, (job, path) in enumerate(zip(jobs, files)):
+                if i < 20 or mode == "noiseaug":
+                    process_job(job, ctx)
+                if i < 20 or mode == "floor":
+                    _floor_one((str(path), os.path.join(out, job.rel)))
+
+
+def instructions(count: int) -> None:
+    """User-space instructions per file, noiseaug's worker path beside the floor's, in one process: counted by
+    valgrind (callgrind), so a shared, noisy machine does not move them (system calls are not counted)."""
+    with tempfile.TemporaryDirectory(prefix="noiseaug-instructions-") as tmp:
+        make_pngs(Path(tmp) / "png", count + 20, 32)
+        make_wavs(Path(tmp) / "wav", count + 20)
+        for kind in ("png", "wav"):
+            counted = {}
+            for mode in ("floor", "noiseaug"):
+                for n in (0, count):
+                    run = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", PYTHON,
+                                          __file__, "--harness", kind, str(Path(tmp) / kind), str(n), mode],
+                                         capture_output=True, text=True, check=True)
+                    counted[mode, n] = int(run.stderr.rsplit("Collected : ", 1)[1].split()[0])
+            floor_, ours = ((counted[m, count] - counted[m, 0]) / count for m in ("floor", "noiseaug"))
+            print(f"{kind}: floor {floor_ / 1e6:.2f} M instructions a file, noiseaug {ours / 1e6:.2f} M "
+                  f"({ours / floor_:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -201,7 +245,17 @@ def main() -> None:
     parser.add_argument("--growth", help="only the parent's peak RSS over sets of these sizes (16x16 PNGs), "
                                          "e.g. 20000,200000, and the growth per file between the first and last")
     parser.add_argument("--profile", type=int, metavar="N", help="only a cProfile of one in-process run over N PNGs")
+    parser.add_argument("--instructions", type=int, metavar="N", help="only user-space instructions per file over "
+                                                                      "N PNGs and N WAVs, beside the floor's "
+                                                                      "(valgrind)")
+    parser.add_argument("--harness", nargs=4, help=argparse.SUPPRESS)  # KIND SRC N MODE: one counted process
     args = parser.parse_args()
+    if args.harness:
+        _harness(args.harness[0], Path(args.harness[1]), int(args.harness[2]), args.harness[3])
+        return
+    if args.instructions:
+        instructions(args.instructions)
+        return
     if args.million:
         million(args.million, args.workers)
         return
