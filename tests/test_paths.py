@@ -139,3 +139,24 @@ def _listed_stamps_agree(local, root: bytes, names: list[bytes]) -> None:
                                                                                         [b"fifo.png"])
     assert [listed.get(name) for name in names] == [local.stamp(root + b"/" + name) for name in names]
     assert storage.listed_folder(b"nothing")[0] is None and storage.listed_folder(b"nothing")[1].get(b"a") is None
+
+
+def test_a_folder_link_planted_in_output_or_input_is_not_followed_by_the_quick_check_or_verify(cli, tmp_path):
+    """An output folder replaced by a link to a copy elsewhere: the outputs behind it are not OUTPUT's (a
+    write there is refused), so a re-run does not call them up to date and verify does not pass through the
+    link. An input folder replaced by a link is not walked: its inputs are gone, not silently kept."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_image(src / "deep/x/a.png", np.full((8, 8, 3), 100, np.uint8))
+    write_image(src / "b.png", np.full((8, 8, 3), 50, np.uint8))
+    cli("run", src, out, "--workers", 1)
+    os.rename(out / "deep/x", tmp_path / "copy")
+    os.symlink(tmp_path / "copy", out / "deep/x")
+    checked = cli("verify", out / "noiseaug-manifest.jsonl", code=1)
+    assert "deep/x/a.png: cannot read: reached through a symbolic link" in checked.stderr
+    again = cli("run", src, out, "--workers", 1, "--json", code=1)  # the folder shortcut, then file by file
+    assert json.loads(again.stdout)["up_to_date"] is False
+    assert "refusing to write through it" in again.stderr and (tmp_path / "copy/a.png").exists()
+    os.rename(src / "deep", tmp_path / "inputs")
+    os.symlink(tmp_path / "inputs", src / "deep")
+    cli("run", src, out, "--workers", 1)  # its failed record is dropped: the input is gone, not there behind a link
+    assert [r["input"] for r in records(out / "noiseaug-manifest.jsonl")[1]] == ["b.png"]

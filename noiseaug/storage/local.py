@@ -301,6 +301,7 @@ class LocalStorage:
 
     root: str
     _known: set[str] = field(default_factory=set, repr=False, compare=False)  # folders known to exist
+    _linked: dict[bytes, bool] = field(default_factory=dict, repr=False, compare=False)  # see _behind_link
     digests: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)  # see walk()
 
     def path(self, rel: str) -> str:
@@ -337,23 +338,45 @@ class LocalStorage:
             folders.extend(reversed([prefix + b"/" + name for name in subfolders] if prefix else subfolders))
 
     def read(self, rel: str) -> bytes:
-        return read_input(self.path(rel))
+        return read_input(self._unlinked(rel))
 
     def open(self, rel: str) -> BinaryIO:
-        return open_input(self.path(rel))
+        return open_input(self._unlinked(rel))
 
     def hash(self, rel: str) -> tuple[str, int]:
-        return hash_file(self.path(rel))
+        return hash_file(self._unlinked(rel))
+
+    def _unlinked(self, rel: str) -> str:
+        """The path of a file under the root, refused (as a link is) when a folder on the way is a link."""
+        if self._behind_link(os.fsencode(os.path.dirname(rel))):
+            raise OSError(errno.ELOOP, "reached through a symbolic link to a folder (not followed)")
+        return self.path(rel)
 
     def stat(self, rel: str) -> tuple[int, int] | None:
-        """(size, change stamp) of a regular file, None for anything else or nothing."""
+        """(size, change stamp) of a regular file, None for anything else or nothing (or a file reached through
+        a linked folder: see :meth:`_behind_link`)."""
+        if self._behind_link(os.fsencode(os.path.dirname(rel))):
+            return None
         return stamp(os.fsencode(self.path(rel)))
 
-    def folder_stats(self, folder: bytes) -> FolderStamps:
+    def folder_stats(self, folder: bytes) -> FolderStamps | dict[bytes, tuple[int, int]]:
         """(size, change stamp) of the regular files in one folder (a relative path), by name: each looked up
-        when asked for, so that no listing of a large folder is held."""
+        when asked for, so that no listing of a large folder is held (none behind a linked folder)."""
+        if self._behind_link(folder):
+            return {}
         root = os.fsencode(self.root)
         return FolderStamps(os.path.join(root, folder, b"") if folder else os.path.join(root, b""))
+
+    def _behind_link(self, folder: bytes) -> bool:
+        """Whether a folder under the root (a relative path) is reached through a symbolic link: what is there
+        is not under the root (a walk does not follow links, a write refuses them), so it is no file of it.
+        One ``realpath`` per folder and run."""
+        linked = self._linked.get(folder)
+        if linked is None:
+            root = os.fsencode(self.root)
+            real = os.path.realpath(os.path.join(root, folder))
+            linked = self._linked[folder] = bool(folder) and real != os.path.join(os.path.realpath(root), folder)
+        return linked
 
     def folder_digest(self, folder: bytes, leave_out: Iterable[bytes] = ()) -> bytes | None:
         """The :func:`listing_digest` of one folder (a relative path) without the names ``leave_out``; None if it
@@ -366,6 +389,8 @@ class LocalStorage:
         listed."""
         root = os.fsencode(self.root)
         try:
+            if self._behind_link(folder):
+                raise OSError(errno.ELOOP, "a linked folder")
             listing = list_folder(os.path.join(root, folder) if folder else root)
         except OSError:
             return None, ListedStamps(Listing([], b"", (), ()))
@@ -405,8 +430,9 @@ class LocalStorage:
         return sweep_folder(self.path(folder), tag, pid)
 
     def forget(self) -> None:
-        """Forget the folders known to exist (a new run may find them deleted)."""
+        """Forget the folders known to exist (a new run may find them deleted), and which were links."""
         self._known.clear()
+        self._linked.clear()
 
 
 def _walk(root: bytes, prefix: bytes, digests: dict[bytes, bytes] | None = None) -> Iterator[Entry]:
