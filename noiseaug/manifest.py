@@ -284,8 +284,8 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
     options = {**first.run.get("options", {}), "shard": "0/1"}
     recorded = recorded_root(first.run, "output_root")
     names, target = shown or ([os.fsdecode(p) for p in paths], os.path.abspath(output))
-    folder = target.rpartition("/")[0] if "://" in target else os.fsdecode(Path(target).parent)
-    if not (isinstance(recorded, str) and folder == recorded):
+    folder = target.rpartition("/")[0] if "://" in target else os.path.realpath(Path(target).parent)
+    if not (isinstance(recorded, str) and folder in (recorded, os.path.realpath(recorded))):
         options["manifest"] = target  # not in OUTPUT: verify must look at OUTPUT itself
     run = {**first.run, "options": options, "merged_from": names}
     write_sorted(output, run, files.values())

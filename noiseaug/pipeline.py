@@ -105,7 +105,8 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
     source, target, home, shown = where.source, where.target, where.home, where.manifest_shown
     manifest_path = home.path
     prior = None if home.remote else _prior_manifest(manifest_path, cfg, shown)
-    _check_other_manifests(target, manifest_path, cfg)
+    if prior is None:  # a run continuing its own manifest was let in by it (--overwrite decided, once)
+        _check_other_manifests(target, manifest_path, cfg)
     summary = Summary(source.root, target.root, shown, dry_run=cfg.dry_run)
     started = time.perf_counter()
     stopper = Stopper()
@@ -308,10 +309,11 @@ def _changed_option(run: dict[str, Any], cfg: Config, skip: tuple[str, ...] = ()
 
 
 def _check_other_manifests(target: Storage, manifest_path: Path, cfg: Config) -> None:
-    """A manifest at OUTPUT's top other than this run's (--manifest elsewhere, another shard's, the unsharded
-    one) made with other options: refused as the run's own would be (SPEC §2), its outputs would be written
-    over. A shard of the same job agrees but for --shard; another shard of as many shards has other files;
-    a manifest that cannot be read binds nothing."""
+    """A run starting a manifest of its own, beside one at OUTPUT's top (--manifest elsewhere, another
+    shard's, the unsharded one) made with other options: refused as the run's own would be (SPEC §2), its
+    outputs would be written over. A shard of the same job agrees but for --shard; another shard of as many
+    shards has other files; a manifest that cannot be read binds nothing. Once a run has a manifest of its
+    own (say after --overwrite), that manifest decides, as for any run."""
     if cfg.overwrite or not isinstance(target, LocalStorage):
         return
     mine = os.path.realpath(manifest_path)
@@ -385,13 +387,17 @@ def _utf8(options: dict[str, Any]) -> dict[str, Any]:
             for k, v in options.items()}
 
 
-def run_record(cfg: Config, in_root: str, out_root: str) -> dict[str, Any]:
-    """The manifest's first line: what ran, with what, on what."""
+def run_record(cfg: Config, in_root: str, out_root: str, manifest_in_output: bool = False) -> dict[str, Any]:
+    """The manifest's first line: what ran, with what, on what. A --manifest that is OUTPUT's top folder's
+    anyway is recorded as none, so that a copied or moved OUTPUT verifies itself (see verification)."""
+    options = _utf8(cfg.to_dict())
+    if manifest_in_output:
+        options["manifest"] = None
     return {
         "type": "run",
         "tool": "noiseaug",
         "version": __version__,
-        "options": _utf8(cfg.to_dict()),
+        "options": options,
         "seed": cfg.seed,
         **path_fields("input_root", in_root),  # a path that is not UTF-8 kept whole in a _raw twin, as a file's
         **path_fields("output_root", out_root),
@@ -444,7 +450,10 @@ class _Run:
         self.source, self.target, self.cfg, self.prior, self.home = source, target, cfg, prior, home
         self.summary, self.reporter = summary, reporter
         manifest_path = home.path
-        self.writer = ManifestWriter(manifest_path, run_record(cfg, source.root, target.root), append=prior is not None)
+        in_output = isinstance(target, LocalStorage) and not home.remote and \
+            os.path.realpath(manifest_path.parent) == os.path.realpath(target.root)
+        self.writer = ManifestWriter(manifest_path, run_record(cfg, source.root, target.root, in_output),
+                                     append=prior is not None)
         if prior is None:
             home.fresh()
         self.cache = StateCache(state_path(manifest_path))

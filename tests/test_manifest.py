@@ -197,11 +197,24 @@ def test_a_planted_directory_link_in_output_is_refused(cli, src, tmp_path):
     assert "c/d/e.png" in result.stderr
 
 
-def test_verify_checks_a_copied_output_folder_itself(cli, src, tmp_path):
+@pytest.mark.parametrize("how", ["default", "--manifest into OUTPUT", "merged through a link"])
+def test_verify_checks_a_copied_output_folder_itself(cli, src, tmp_path, monkeypatch, how):
+    """A manifest in OUTPUT's top folder verifies the folder it is in, however it got there: by default, by a
+    --manifest naming that place (relative, as typed), or merged there through a linked path."""
     import shutil
 
     out = tmp_path / "out"
-    cli("run", src, out, "--workers", 1)
+    monkeypatch.chdir(tmp_path)
+    if how == "default":
+        cli("run", src, out, "--workers", 1)
+    elif how == "--manifest into OUTPUT":
+        out.mkdir()
+        cli("run", src, out, "--manifest", "out/noiseaug-manifest.jsonl", "--workers", 1)
+    else:
+        os.symlink(out, tmp_path / "link")
+        for shard in ("0/2", "1/2"):
+            cli("run", src, "link", "--shard", shard, "--workers", 1)
+        cli("merge", *sorted(out.glob("noiseaug-manifest.shard-*")), "-o", "link/noiseaug-manifest.jsonl")
     backup = tmp_path / "backup"
     shutil.copytree(out, backup)
     (backup / "a.png").write_bytes(b"damaged")

@@ -142,6 +142,19 @@ def test_shards_of_one_job_and_their_merge_bind_no_option_but_shard(cli, src, tm
     cli("run", src, out, "--image-sigma", 5, "--workers", 1)
 
 
+def test_after_overwrite_the_runs_own_manifest_decides_not_a_stale_one_beside_it(cli, src, tmp_path):
+    """A shard's manifest made with other options blocks a new unsharded run until --overwrite; after that,
+    the unsharded run has a manifest of its own, which decides: plain re-runs go on (a stale sibling does
+    not block them for good)."""
+    out = tmp_path / "out"
+    write_image(src / "b.png", np.full((8, 8), 99, np.uint8))
+    cli("run", src, out, "--shard", "0/2", "--image-sigma", 5, "--workers", 1)
+    refused(cli, "run", src, out, "--workers", 1, says="--image-sigma 5, not 10")
+    cli("run", src, out, "--overwrite", "--workers", 1)
+    assert "up to date" in cli("run", src, out, "--workers", 1).stderr
+    cli("run", src, out, "--workers", 1, "--dry-run")
+
+
 @pytest.mark.parametrize("how", ["named", "default-named", "default-named, from a shard"])
 def test_a_manifest_another_run_is_writing_is_refused(cli, src, tmp_path, how):
     """Two runs into different OUTPUTs with one --manifest would write one manifest (and its stat cache): the
