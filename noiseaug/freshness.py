@@ -13,7 +13,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .config import Config
 from .discover import Selection, WalkStats, walk
@@ -123,7 +123,12 @@ def _names(own: Iterable[str]) -> set[tuple[bytes, bytes]]:
 
 def _outputs_digest(target: LocalStorage, folder: bytes, own: set[tuple[bytes, bytes]]) -> bytes | None:
     """An output folder's listing digest, noiseaug's own files left out (they change without an output)."""
-    return target.folder_digest(folder, (name for where, name in own if where == folder))
+    return target.folder_digest(folder, _own_in(own, folder))
+
+
+def _own_in(own: set[tuple[bytes, bytes]], folder: bytes) -> Iterator[bytes]:
+    """noiseaug's own names in one output folder (left out of its digest)."""
+    return (name for where, name in own if where == folder)
 
 
 def _output_stamps(target: Storage, folder: bytes,
@@ -132,7 +137,7 @@ def _output_stamps(target: Storage, folder: bytes,
     if noting is None or folder in noting[0]:
         return target.folder_stats(folder)
     assert isinstance(target, LocalStorage)  # note_folders is for local folders
-    noting[0][folder], stamps = target.listed_folder(folder, (name for where, name in noting[1] if where == folder))
+    noting[0][folder], stamps = target.listed_folder(folder, _own_in(noting[1], folder))
     return stamps
 
 
