@@ -68,6 +68,7 @@ class Summary:
     planned_bytes: Counter = field(default_factory=Counter)
     unmatched: list[str] = field(default_factory=list)  # --include/--exclude patterns that matched nothing
     removed: int = 0  # --overwrite: outputs of the previous run that this run does not produce, removed
+    warned: int = 0  # outputs written with a warning in their record (said on stderr as they were written)
     manifest_failed: str | None = None  # why the manifest's final rewrite (or upload) failed: it is not as the run ends
 
     def add(self, record: dict[str, Any], skipped: bool = False) -> None:
@@ -85,6 +86,7 @@ class Summary:
                 self.clipped_sum[kind] += fraction
                 self.clipped_count[kind] += 1
                 self.clipped_max[kind] = max(self.clipped_max.get(kind, 0.0), fraction)
+            self.warned += "warning" in record
         elif status == "error":
             self.failures.append((record["input"], record.get("output", ""), record.get("error", "failed")))
 
@@ -131,6 +133,7 @@ class Summary:
             "now_labels": list(self.now_labels),
             "unmatched_globs": list(self.unmatched),
             "removed": self.removed,
+            "warnings": self.warned,
         }
         if self.dry_run:
             out["plan"] = {k: {a: self.planned[k, a] for a in ("process", "skip")} for k in kinds}
@@ -213,6 +216,9 @@ class Summary:
 
     def _warnings(self) -> list[str]:
         lines = [f"noiseaug: warning: {option} matched no file" for option in self.unmatched]
+        if self.warned:
+            lines.append(f"noiseaug: warning: {self.warned} output(s) written with a warning: see the \"warning\" "
+                         "field of their records")
         if self.removed:
             lines.append(f"removed {self.removed} output(s) of the previous run that this run does not produce "
                          "(--overwrite)")

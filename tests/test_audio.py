@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import wave
@@ -212,3 +213,6 @@ def test_float_audio_beyond_full_scale_is_clipped_and_said(cli, tmp_path):
     recs = {r["input"]: r for r in records(tmp_path / "out" / "noiseaug-manifest.jsonl")[1]}
     assert "clipped to [-1, 1]" in recs["loud.wav"]["warning"] and "warning" not in recs["fine.wav"]
     assert recs["loud.wav"]["clipped_fraction"] > 0.2 and np.abs(sf.read(tmp_path / "out" / "loud.wav")[0]).max() <= 1
+    assert "1 output(s) written with a warning" in result.stderr
+    again = cli("run", src, tmp_path / "again", "--workers", 1, "--json")  # counted in --json too (one object)
+    assert json.loads(again.stdout)["warnings"] == 1
