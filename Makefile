@@ -29,6 +29,7 @@ test-min:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/many.py
 
 bench-many: $(STAMP)
 	$(BIN)/python benchmarks/many.py
