@@ -575,7 +575,7 @@ class _Run:
         for copy, previous in enumerate(job.prior):
             if previous is not None and previous.get("kind") != LABEL:
                 self.index.add(os.fsencode(job.rel), copy, "")
-                if job.rel not in self.summary.now_labels[-1:]:
+                if job.rel != self.summary.now_labels.last:  # once for all its copies
                     self.summary.now_labels.append(job.rel)
             if copy and job.stamp is not None:
                 self.cache.set(job.rel, copy, job.stamp, None)

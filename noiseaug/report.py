@@ -13,6 +13,27 @@ if TYPE_CHECKING:
     from .records import Job, Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
+LISTED = 1000  # entries a summary keeps of each list (failures, gone inputs, ...): every one is in the manifest
+
+
+class Listed(list):  # type: ignore[type-arg]
+    """A list that keeps its first LISTED entries and counts them all: a summary's memory does not grow with the
+    dataset, even when a million files fail. ``total`` is how many were appended, ``last`` the last of them."""
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.total = len(self)
+        self.last = self[-1] if self else None
+
+    def append(self, item: Any) -> None:
+        self.total += 1
+        self.last = item
+        if len(self) < LISTED:
+            super().append(item)
+
+    @property
+    def unlisted(self) -> int:
+        return self.total - len(self)
 
 
 class Reporter:
@@ -53,9 +74,9 @@ class Summary:
     bytes_out: int = 0
     seconds: float = 0.0
     walk: WalkStats = field(default_factory=WalkStats)
-    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (input, output, reason), one per output
-    gone: list[str] = field(default_factory=list)  # inputs in the old manifest, now missing
-    now_labels: list[str] = field(default_factory=list)  # noised last time, label maps left alone now: records dropped
+    failures: Listed = field(default_factory=Listed)  # (input, output, reason), one per output
+    gone: Listed = field(default_factory=Listed)  # inputs in the old manifest, now missing
+    now_labels: Listed = field(default_factory=Listed)  # noised last time, label maps left alone now: records dropped
     clipped_sum: Counter = field(default_factory=Counter)  # kind -> sum of clipped fractions (running: no list)
     clipped_count: Counter = field(default_factory=Counter)  # kind -> outputs with a clipped fraction
     kind_bytes: Counter = field(default_factory=Counter)  # (kind, "in"|"out") -> bytes
@@ -134,6 +155,8 @@ class Summary:
             "unmatched_globs": list(self.unmatched),
             "removed": self.removed,
             "warnings": self.warned,
+            "not_listed": {"failures": self.failures.unlisted, "gone": self.gone.unlisted,
+                           "now_labels": self.now_labels.unlisted},
         }
         if self.dry_run:
             out["plan"] = {k: {a: self.planned[k, a] for a in ("process", "skip")} for k in kinds}
@@ -157,13 +180,13 @@ class Summary:
             lines.append("not taken: " + not_taken)
         lines.extend(self._warnings())
         if self.gone:
-            shown = ", ".join(printable(g) for g in self.gone[:5]) + (", ..." if len(self.gone) > 5 else "")
-            lines.append(f"{len(self.gone)} input(s) of the previous run are gone ({shown}); "
+            shown = ", ".join(printable(g) for g in self.gone[:5]) + (", ..." if self.gone.total > 5 else "")
+            lines.append(f"{self.gone.total} input(s) of the previous run are gone ({shown}); "
                          "their outputs were left alone and their records flagged input_missing")
         if self.now_labels:
-            shown = ", ".join(printable(g) for g in self.now_labels[:5]) + (", ..." if len(self.now_labels) > 5
+            shown = ", ".join(printable(g) for g in self.now_labels[:5]) + (", ..." if self.now_labels.total > 5
                                                                              else "")
-            lines.append(f"{len(self.now_labels)} input(s) noised last time are label maps now ({shown}): left "
+            lines.append(f"{self.now_labels.total} input(s) noised last time are label maps now ({shown}): left "
                          "alone without --copy-other and their records dropped; the outputs made from what they "
                          "were stay (--overwrite removes them)")
         if self.walk.problems:
@@ -173,8 +196,9 @@ class Summary:
         said = list(dict.fromkeys((path, reason) for path, _, reason in self.failures))  # one line per input and reason
         for path, reason in said[:20]:
             lines.append(f"failed: {printable(path)}: {reason}")
-        if len(said) > 20:
-            lines.append(f"... and {len(said) - 20} more failures, each in the manifest with its reason")
+        more = max(0, len(said) - 20) + self.failures.unlisted
+        if more:
+            lines.append(f"... and {more} more failures, each in the manifest with its reason")
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.interrupted:

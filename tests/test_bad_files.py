@@ -121,6 +121,29 @@ def test_json_failures_name_each_output_and_the_summary_each_input_once(cli, tmp
     assert len(summary) == 1
 
 
+def test_a_summary_lists_a_bounded_number_of_failures_and_gone_inputs_and_counts_them_all(tmp_path, monkeypatch):
+    """A million failing files must not grow the parent's memory: the summary keeps the first LISTED of each
+    list, says how many it left out, and every one of them still has its record in the manifest."""
+    import noiseaug
+    from noiseaug import report
+
+    monkeypatch.setattr(report, "LISTED", 3)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(7):
+        (src / f"bad{i}.png").write_bytes(b"")
+        write_image(src / f"good{i}.png", np.full((4, 4, 3), 100, np.uint8))
+    summary = noiseaug.run(src, out, workers=1)
+    assert summary.failed == 7 and len(summary.failures) == 3 and summary.to_dict()["not_listed"]["failures"] == 4
+    assert "... and 4 more failures, each in the manifest with its reason" in summary.text()
+    assert sum(r["status"] == "error" for r in records(out / "noiseaug-manifest.jsonl")[1]) == 7
+    for i in range(7):
+        (src / f"good{i}.png").unlink()
+    summary = noiseaug.run(src, out, workers=1)
+    assert summary.gone == ["good0.png", "good1.png", "good2.png"] and summary.gone.total == 7
+    assert summary.to_dict()["not_listed"]["gone"] == 4 and "7 input(s) of the previous run are gone" in summary.text()
+
+
 def test_an_undecodable_name_is_shown_the_same_way_live_and_in_the_summary(cli, tmp_path):
     import os
 
