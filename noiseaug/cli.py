@@ -221,12 +221,12 @@ def _ignore_signals() -> None:
 
 
 def _contact_sheet(summary: Any, target: Path, count: int, quiet: bool) -> None:
-    from .manifest import load
+    from .manifest import read_records
     from .preview import contact_sheet
 
     try:
-        manifest = load(Path(summary.manifest))
-        contact_sheet(list(manifest.files.values()), summary.input_root, summary.output_root, count, target)
+        contact_sheet(lambda: read_records(Path(summary.manifest)), summary.input_root, summary.output_root, count,
+                      target)
     except NoiseaugError as exc:
         typer.echo(f"noiseaug: warning: no preview: {exc}", err=True)
         return
@@ -252,11 +252,10 @@ def verify(
     try:
         options = make_config(storage_options=storage_options or None).storage_kwargs()
         report = verify_manifest(manifest, regenerate=regenerate, output_root=output_root,
-                                 input_root=input_root, storage_options=options)
+                                 input_root=input_root, storage_options=options,
+                                 said=lambda line: typer.echo(line, err=True))  # as found
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code) from None
-    for line in report.lines():
-        typer.echo(line, err=True)
     if not quiet:
         typer.echo(report.text(), err=True)
     if json_out:
@@ -274,7 +273,7 @@ def merge(
 ) -> None:
     """Join the manifests of shards (--shard I/N) into one manifest; exit 1 when a shard is missing."""
     from .config import make_config, redact_url
-    from .manifest import merge_anywhere
+    from .merging import merge_anywhere
 
     try:
         options = make_config(storage_options=storage_options or None).storage_kwargs()

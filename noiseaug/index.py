@@ -22,10 +22,11 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from .discover import FS_ENCODING
-from .manifest import OWN_NAMES, sort_key
+from .errors import ManifestError
+from .manifest import OWN_NAMES, read_lines, sort_key
 
 CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever the dataset
 PENDING_ROWS = 512  # rows written together (one executemany) rather than one statement per file
@@ -115,6 +116,57 @@ class RunIndex:
         self.db.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+class RecordSpool:
+    """The last file record of each (input, copy) in some manifests, gathered in a temporary SQLite file and
+    read back sorted: ``verify`` and ``merge`` of a million-file manifest in bounded memory (as Python dicts
+    its records would take gigabytes). Within one manifest a later record of an output wins, as in a run."""
+
+    def __init__(self, folder: str) -> None:
+        self.db = _connect(Path(folder) / ".noiseaug-records.sqlite")
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.execute("CREATE TABLE last (key BLOB, copy INTEGER, source INTEGER, record TEXT, "
+                        "PRIMARY KEY (key, copy, source)) WITHOUT ROWID")
+        self.db.execute("BEGIN")
+        self._pending: list[tuple[bytes, int, int, str]] = []
+
+    def add(self, key: bytes, copy: int, source: int, text: str) -> None:
+        """Manifest number ``source``'s record of one output (its line, as written)."""
+        self._pending.append((key, copy, source, text))
+        if len(self._pending) >= PENDING_ROWS:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO last VALUES (?, ?, ?, ?)", self._pending)
+        self._pending.clear()
+
+    def outputs(self) -> Iterator[list[str]]:
+        """For each output in (input bytes, copy) order, its record in each manifest that has one."""
+        self._write_pending()
+        rows = self.db.execute("SELECT key, copy, record FROM last ORDER BY key, copy, source")
+        for _, group in itertools.groupby(rows, key=lambda row: (row[0], row[1])):
+            yield [row[2] for row in group]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def spool_manifest(spool: RecordSpool, path: Path, source: int,
+                   check: Callable[[dict[str, Any]], None] | None = None) -> bool:
+    """Add the file records of manifest number ``source`` to ``spool`` (``check`` sees each first); returns
+    whether its last line was cut off (a run killed while writing it)."""
+    torn = [False]
+    for number, (record, line) in enumerate(read_lines(path, torn), 2):
+        try:
+            key, copy = sort_key(record)
+        except (KeyError, ValueError, TypeError):
+            raise ManifestError(f"{os.fsdecode(path)}:{number}: file record without input or copy") from None
+        if check is not None:
+            check(record)
+        spool.add(key, copy, source, line)
+    return torn[0]
 
 
 class Claims:

@@ -17,12 +17,11 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from .errors import ManifestError, MissingShardsError
-from .storage.local import atomic_write, open_no_follow
+from .errors import ManifestError
+from .storage.local import atomic_file, open_no_follow
 
 MANIFEST_NAME = "noiseaug-manifest.jsonl"
 MANIFEST_NAMES = re.compile(r"noiseaug-manifest(?:\.shard-(\d+)-of-(\d+))?\.jsonl")  # a run's or a shard's, in OUTPUT
@@ -77,29 +76,6 @@ def safe_rel(record: dict[str, Any], key: str, where: str) -> str:
     if not rel or rel.startswith("/") or ".." in rel.split("/") or "\0" in rel:
         raise ManifestError(f"{where}: refusing {key} path {rel!r}: it is absolute or climbs out of its root")
     return rel
-
-
-@dataclass
-class Manifest:
-    """A manifest read back: its run record and the last record of each output."""
-
-    path: Path
-    run: dict[str, Any]
-    files: dict[tuple[bytes, int], dict[str, Any]] = field(default_factory=dict)
-    torn: bool = False  # the last line was cut off (a run killed while writing it)
-
-
-def load(path: Path) -> Manifest:
-    """Read a whole manifest; later records of the same (input, copy) win."""
-    run = read_run(path)
-    torn = [False]
-    files: dict[tuple[bytes, int], dict[str, Any]] = {}
-    for number, record in enumerate(read_records(path, torn), 2):
-        try:
-            files[sort_key(record)] = record
-        except (KeyError, ValueError, TypeError):
-            raise ManifestError(f"{os.fsdecode(path)}:{number}: file record without input or copy") from None
-    return Manifest(Path(path), run, files, torn[0])
 
 
 def read_run(path: Path) -> dict[str, Any]:
@@ -210,136 +186,36 @@ def cut_torn_tail(path: Path) -> None:
         fh.truncate(0)
 
 
-def render(run: dict[str, Any], records: Iterable[dict[str, Any]]) -> bytes:
-    """A whole manifest's bytes: the run record, then file records sorted by (input, copy)."""
-    lines = [dumps(run)] + [dumps(r) for r in sorted(records, key=sort_key)]
-    return ("\n".join(lines) + "\n").encode("utf-8")
+class _Unchanged(Exception):
+    """The file already holds exactly what was to be written: nothing is replaced."""
 
 
-def write_sorted(path: Path, run: dict[str, Any], records: Iterable[dict[str, Any]]) -> None:
-    """Atomically write a whole manifest, unless the file already holds exactly that."""
-    data = render(run, records)
+def write_lines(path: Path, lines: Iterable[str]) -> int:
+    """Atomically write a manifest's lines, streaming, unless the file already holds exactly those (its
+    mtime then stays); returns how many lines there are."""
     try:
-        if not path.is_symlink() and path.read_bytes() == data:
-            return
+        old = None if path.is_symlink() else open(path, "rb")  # noqa: SIM115 (closed below)
     except OSError:
+        old = None
+    count = 0
+    try:
+        with atomic_file(os.fsdecode(path), durable=True) as fh:
+            same = old is not None
+            for line in lines:
+                data = line.encode("utf-8") + b"\n"
+                fh.write(data)
+                count += 1
+                same = same and old is not None and old.read(len(data)) == data
+            if same and old is not None and not old.read(1):
+                raise _Unchanged
+    except _Unchanged:
         pass
-    atomic_write(os.fsdecode(path), data, durable=True)
+    finally:
+        if old is not None:
+            old.close()
+    return count
 
 
 def state_path(manifest: Path) -> Path:
     """The stat cache kept beside a manifest (see :class:`StatCache`)."""
     return manifest.with_name(f".{manifest.name}.state")
-
-
-def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
-          shown: tuple[list[str], str] | None = None) -> tuple[int, list[str]]:
-    """Join shard manifests into one; returns the record count and notes.
-
-    Refuses manifests made with different options (the shard aside), records
-    that disagree about the same output, and unsafe paths. The result's file
-    records equal those of the same run done unsharded. ``shown``: the names
-    the user gave (URLs fetched to ``paths``, to be uploaded from ``output``).
-    """
-    from .config import JOB_OPTIONS
-
-    if not Path(os.path.abspath(output)).parent.is_dir():
-        raise ManifestError(f"-o {os.fsdecode(output)}: its folder does not exist")
-    if output.exists() and any(p.exists() and os.path.samefile(output, p) for p in paths):
-        raise ManifestError(f"-o {os.fsdecode(output)} is one of the manifests to merge; write the result elsewhere")
-    manifests = [load(p) for p in paths]
-    first = manifests[0]
-    job = {k: v for k, v in first.run.get("options", {}).items() if k in JOB_OPTIONS and k != "shard"}
-    files: dict[tuple[bytes, int], dict[str, Any]] = {}
-    shards: set[str] = set()
-    for m in manifests:
-        where = os.fsdecode(m.path)
-        options = m.run.get("options", {})
-        for key, value in job.items():
-            if options.get(key) != value:
-                raise ManifestError(f"{where} was made with {key.replace('_', '-')}={options.get(key)!r}, "
-                                    f"{os.fsdecode(first.path)} with {value!r}: not shards of one run")
-        for root in ("input_root", "output_root"):
-            if recorded_root(m.run, root) != recorded_root(first.run, root):
-                raise ManifestError(f"{where} has {root} {m.run.get(root)!r}, {os.fsdecode(first.path)} has "
-                                    f"{first.run.get(root)!r}: not shards of one run")
-        shards.add(str(options.get("shard", "0/1")))
-        for key, record in m.files.items():
-            safe_rel(record, "input", where)
-            safe_rel(record, "output", where)
-            if key in files and files[key] != record:
-                raise ManifestError(f"{where} and another manifest disagree about {record['output']!r}")
-            files[key] = record
-    notes = []
-    counts = {s.split("/")[1] for s in shards if "/" in s}
-    if len(counts) == 1:
-        count = int(counts.pop())
-        missing = sorted(set(range(count)) - {int(s.split("/")[0]) for s in shards})
-        if missing:
-            named = ", ".join(f"{i}/{count}" for i in missing)
-            if not allow_missing:
-                raise MissingShardsError(f"shards {named} are missing: merge their manifests too, or pass "
-                                         "--allow-missing to join what is there")
-            notes.append(f"shards {named} are missing from the merge")
-    options = {**first.run.get("options", {}), "shard": "0/1"}
-    recorded = recorded_root(first.run, "output_root")
-    names, target = shown or ([os.fsdecode(p) for p in paths], os.path.abspath(output))
-    folder = target.rpartition("/")[0] if "://" in target else os.path.realpath(Path(target).parent)
-    if not (isinstance(recorded, str) and folder in (recorded, os.path.realpath(recorded))):
-        options["manifest"] = target  # not in OUTPUT: verify must look at OUTPUT itself
-    run = {**first.run, "options": options, "merged_from": names}
-    write_sorted(output, run, files.values())
-    return len(files), notes
-
-
-def merge_anywhere(manifests: list[str], output: str, *, allow_missing: bool,
-                   options: dict[str, Any]) -> tuple[int, list[str], int]:
-    """:func:`merge` where manifests and the result may be URLs: fetched, merged locally, uploaded.
-
-    Returns the records written, the notes, and how many manifests were named (a URL pattern counts as
-    the manifests it matches)."""
-    import tempfile
-
-    from .config import redact_url
-    from .storage.remote import FsspecStorage, is_url, split_object_url
-
-    if not any(is_url(m) for m in [*manifests, output]):
-        return (*merge([Path(m) for m in manifests], Path(output), allow_missing=allow_missing), len(manifests))
-    manifests = [found for name in manifests for found in _expand_url_glob(name, options)]
-    with tempfile.TemporaryDirectory(prefix="noiseaug-merge-") as spool:
-        local = []
-        for number, name in enumerate(manifests):
-            local.append(Path(name) if not is_url(name) else Path(spool) / f"{number}.jsonl")
-            if is_url(name):
-                folder, base = split_object_url(name)
-                if not FsspecStorage(folder, options).fetch(base, local[-1]):
-                    raise ManifestError(f"{redact_url(name)}: no such manifest")
-        result = Path(spool) / "merged.jsonl" if is_url(output) else Path(output)
-        shown = ([redact_url(m) for m in manifests], redact_url(output) if is_url(output) else os.path.abspath(output))
-        count, notes = merge(local, result, allow_missing=allow_missing, shown=shown)
-        if is_url(output):
-            folder, base = split_object_url(output)
-            FsspecStorage(folder, options).upload(result, base)
-    return count, notes, len(manifests)
-
-
-def _expand_url_glob(name: str, options: dict[str, Any]) -> list[str]:
-    """A URL whose last segment has ``*`` or ``[...]`` (no shell expands those), as the sorted URLs it matches."""
-    from .config import redact_url
-    from .storage.remote import FsspecStorage, _first_line, is_url, split_object_url
-
-    if not is_url(name):
-        return [name]
-    folder, base = split_object_url(name)
-    if not any(c in base for c in "*["):
-        return [name]
-    storage = FsspecStorage(folder, options)
-    try:
-        found = sorted(storage.rel_of(p) for p in storage.fs.glob(storage.full(base)))
-    except FileNotFoundError:  # no such bucket: nothing matches
-        found = []
-    except Exception as exc:
-        raise ManifestError(f"{redact_url(name)}: cannot list: {_first_line(exc)}") from None
-    if not found:
-        raise ManifestError(f"{redact_url(name)}: no manifest matches")
-    return [f"{folder}/{rel}" for rel in found]

@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -384,22 +384,28 @@ def _draw_time_axis(canvas: np.ndarray, box: tuple[int, int, int, int], seconds:
 # ---- contact sheet of a run ------------------------------------------------------------------
 
 
-def contact_sheet(records: list[dict[str, Any]], input_root: str, output_root: str, count: int,
+def _shown(record: dict[str, Any]) -> bool:
+    return record.get("status") == "ok" and record.get("kind") in ("image", "audio")
+
+
+def contact_sheet(records: Callable[[], Iterable[dict[str, Any]]], input_root: str, output_root: str, count: int,
                   output: str | os.PathLike) -> Layout:
-    """``count`` evenly chosen outputs of a run, each beside its input."""
+    """``count`` evenly chosen outputs of a run, each beside its input. ``records`` gives the run's records
+    afresh each time it is called: they are read twice (to count, then to pick), never held all at once."""
     from .manifest import rel_str
 
-    done = [r for r in records if r.get("status") == "ok" and r.get("kind") in ("image", "audio")]
-    if not done or count <= 0:
+    total = sum(1 for r in records() if _shown(r))
+    if not total or count <= 0:
         raise UsageError("no image or recording was written: nothing to show")
-    picks = [done[int(i * len(done) / min(count, len(done)))] for i in range(min(count, len(done)))]
+    wanted = {int(i * total / min(count, total)) for i in range(min(count, total))}
+    picks = [r for i, r in enumerate(r for r in records() if _shown(r)) if i in wanted]
     thumb = 220
     cols = 2
     cell_w, cell_h = thumb, thumb + 24
     pair_w = cols * cell_w + PAD
     per_row = max(1, 1200 // (pair_w + PAD * 2))
     rows = math.ceil(len(picks) / per_row)
-    layout = Layout(width=PAD + per_row * (pair_w + 2 * PAD), title=f"noiseaug: {len(picks)} of {len(done)} outputs")
+    layout = Layout(width=PAD + per_row * (pair_w + 2 * PAD), title=f"noiseaug: {len(picks)} of {total} outputs")
     layout.height = 40 + rows * (cell_h + LABEL_H + PAD) + PAD
     canvas = _canvas(layout.width, layout.height)
     _text(canvas, layout.title + " (input | output)", PAD, 26, layout.width - 2 * PAD, 0.6)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__, seeding
 from .config import REDACTED, redact_url
 from .errors import ManifestError, NoiseaugError, UsageError
-from .manifest import load, recorded_root, rel_str, safe_rel, sort_key
-from .report import printable
+from .index import RecordSpool, spool_manifest
+from .manifest import read_run, recorded_root, rel_str, safe_rel
+from .report import Listed, printable
 from .storage import LocalStorage
 from .storage.local import hash_stream
 from .storage.remote import is_url
@@ -21,30 +23,43 @@ from .storage.remote import is_url
 
 @dataclass
 class VerifyReport:
-    """What verify found: one entry per output that does not match."""
+    """What verify found: one entry per output that does not match (the first LISTED of them, and how many in
+    all: a million missing outputs do not fill the memory); ``said`` gets each problem's line as it is found."""
 
     manifest: str
     output_root: str
     checked: int = 0
     not_checked: int = 0  # error records: there is no output to check
-    mismatches: list[tuple[str, str]] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason) of files that failed in the run
+    mismatches: Listed = field(default_factory=Listed)  # (output, reason)
+    failed: Listed = field(default_factory=Listed)  # (input, reason) of files that failed in the run
     notes: list[str] = field(default_factory=list)
     torn: bool = False  # the manifest's last line was cut off: one record could not be read
     pending: int = 0  # segments of records a run on object storage left beside the manifest: it did not finish
     inputs_gone: int = 0  # --regenerate: outputs of inputs flagged input_missing, checked by their hash alone
+    said: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def mismatch(self, output: str, reason: str) -> None:
+        self.mismatches.append((output, reason))
+        if self.said is not None:
+            self.said(_mismatch_line(output, reason))
+
+    def failure(self, input_: str, reason: str) -> None:
+        self.failed.append((input_, reason))
+        if self.said is not None:
+            self.said(_failed_line(input_, reason))
 
     @property
     def exit_code(self) -> int:
         return 1 if self.mismatches or self.torn or self.failed or self.pending else 0
 
     def lines(self) -> list[str]:
-        return ([f"noiseaug: mismatch: {printable(path)}: {reason}" for path, reason in self.mismatches]
-                + [f"noiseaug: failed in the run: {printable(path)}: {reason}" for path, reason in self.failed])
+        """The problems listed (see ``said`` for all of them as they are found)."""
+        return ([_mismatch_line(path, reason) for path, reason in self.mismatches]
+                + [_failed_line(path, reason) for path, reason in self.failed])
 
     def text(self) -> str:
         lines = list(self.notes)
-        good = self.checked - len(self.mismatches)
+        good = self.checked - self.mismatches.total
         lines.append(f"{good} of {self.checked} outputs in {self.output_root} match {self.manifest}"
                      + (f"; {self.not_checked} failed in the run and have no output" if self.not_checked else ""))
         if self.inputs_gone:
@@ -61,11 +76,20 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         return {"manifest": self.manifest, "output_root": self.output_root, "checked": self.checked,
                 "not_checked": self.not_checked,
-                "matching": self.checked - len(self.mismatches), "exit_code": self.exit_code,
+                "matching": self.checked - self.mismatches.total, "exit_code": self.exit_code,
                 "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches], "torn": self.torn,
                 "pending_segments": self.pending, "inputs_gone": self.inputs_gone,
                 "failed": [{"input": p, "reason": r} for p, r in self.failed],
+                "not_listed": {"mismatches": self.mismatches.unlisted, "failed": self.failed.unlisted},
                 "notes": self.notes}
+
+
+def _mismatch_line(output: str, reason: str) -> str:
+    return f"noiseaug: mismatch: {printable(output)}: {reason}"
+
+
+def _failed_line(input_: str, reason: str) -> str:
+    return f"noiseaug: failed in the run: {printable(input_)}: {reason}"
 
 
 def _output_root(given: str | None, run: dict[str, Any], manifest: str) -> str:
@@ -113,8 +137,10 @@ def _fetch(manifest: str, options: dict[str, Any], spool: str) -> tuple[Path, in
 def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
            output_root: str | os.PathLike | None = None,
            input_root: str | os.PathLike | None = None,
-           storage_options: dict[str, Any] | None = None) -> VerifyReport:
-    """Check every output of a manifest; with ``regenerate``, rebuild and compare.
+           storage_options: dict[str, Any] | None = None,
+           said: Callable[[str], None] | None = None) -> VerifyReport:
+    """Check every output of a manifest; with ``regenerate``, rebuild and compare. ``said`` gets each
+    problem's line as it is found (the report lists the first LISTED of each kind).
 
     Outputs are looked for under ``output_root``, by default the recorded
     OUTPUT if it exists, else the manifest's own folder; inputs (for
@@ -123,35 +149,37 @@ def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
     go to its file system).
     """
     options = storage_options or {}
-    with tempfile.TemporaryDirectory(prefix="noiseaug-verify-") as spool:
-        path, pending = _fetch(os.fsdecode(manifest), options, spool)
-        report = _verify(path, redact_url(os.fsdecode(manifest)), regenerate, output_root, input_root, options)
-        report.pending = pending
+    with tempfile.TemporaryDirectory(prefix="noiseaug-verify-") as spool_folder:
+        path, pending = _fetch(os.fsdecode(manifest), options, spool_folder)
+        where, run = redact_url(os.fsdecode(manifest)), read_run(path)
+        spool = RecordSpool(spool_folder)
+        try:
+            torn = spool_manifest(spool, path, 0, lambda r: (safe_rel(r, "input", where), safe_rel(r, "output", where)))
+            report = _verify(run, where, spool, regenerate, output_root, input_root, options, said)
+        finally:
+            spool.close()
+        report.torn, report.pending = torn, pending
         return report
 
 
-def _verify(path: Path, where: str, regenerate: bool, output_root: Any, input_root: Any,
-            options: dict[str, Any]) -> VerifyReport:
-    m = load(path)
-    records = sorted(m.files.values(), key=sort_key)
-    for record in records:
-        safe_rel(record, "input", where)
-        safe_rel(record, "output", where)
-    out_root = _output_root(os.fsdecode(output_root) if output_root else None, m.run, where)
+def _verify(run: dict[str, Any], where: str, spool: RecordSpool, regenerate: bool, output_root: Any,
+            input_root: Any, options: dict[str, Any], said: Callable[[str], None] | None) -> VerifyReport:
+    """Check each output of the manifest whose run record is ``run`` and whose file records ``spool`` holds
+    (every path already checked safe)."""
+    out_root = _output_root(os.fsdecode(output_root) if output_root else None, run, where)
     target = open_root(out_root, options)
-    report = VerifyReport(where, target.root)
-    if m.torn:
-        report.torn = True
-    if m.run.get("seeding") != seeding.SCHEME and regenerate:
-        raise ManifestError(f"{where} was made with another noise scheme ({m.run.get('seeding')}) than this "
+    report = VerifyReport(where, target.root, said=said)
+    if run.get("seeding") != seeding.SCHEME and regenerate:
+        raise ManifestError(f"{where} was made with another noise scheme ({run.get('seeding')}) than this "
                             f"noiseaug {__version__} implements; --regenerate cannot rebuild its outputs "
                             "(the hash check without it still works)")
-    regen = _Regenerator(m.run, os.fsdecode(input_root) if input_root else None, report, options) \
+    regen = _Regenerator(run, os.fsdecode(input_root) if input_root else None, report, options) \
         if regenerate else None
-    for record in records:
+    for texts in spool.outputs():
+        record = json.loads(texts[-1])
         if record.get("status") not in ("ok", "skipped"):
             report.not_checked += 1
-            report.failed.append((record.get("input", "?"), record.get("error", "failed")))
+            report.failure(record.get("input", "?"), record.get("error", "failed"))
             continue
         report.checked += 1
         out_rel = safe_rel(record, "output", where)
@@ -161,7 +189,7 @@ def _verify(path: Path, where: str, regenerate: bool, output_root: Any, input_ro
         elif problem is None and regen is not None:
             problem = regen.check(record, target, out_rel)
         if problem is not None:
-            report.mismatches.append((record["output"], problem))
+            report.mismatch(record["output"], problem)
     return report
 
 

@@ -35,7 +35,7 @@ def test_append_after_a_torn_last_line_starts_a_new_record(cli, src, tmp_path):
 
 def test_appended_records_survive_a_kill_before_the_sorted_rewrite(cli, src, tmp_path):
     """What a run killed after appending (before its rewrite) leaves must load, and resume."""
-    from noiseaug.manifest import ManifestWriter, load
+    from noiseaug.manifest import ManifestWriter, read_records
 
     out = tmp_path / "out"
     cli("run", src, out, "--workers", 1, "--include", "a/*")
@@ -45,7 +45,7 @@ def test_appended_records_survive_a_kill_before_the_sorted_rewrite(cli, src, tmp
     writer = ManifestWriter(manifest, run, append=True)  # the next run appends, and is killed too
     writer.write({**recs[0], "input": "b/three.png", "output": "b/three.png"})
     writer.close()
-    assert len(load(manifest).files) == 3
+    assert len({(r["input"], r["copy"]) for r in read_records(manifest)}) == 3  # the torn tail left out
     cli("run", src, out, "--workers", 1)
     assert len(records(manifest)[1]) == 4
 

@@ -122,6 +122,54 @@ def test_verify_passes_then_names_a_flipped_byte(cli, src, tmp_path):
     assert {m["output"] for m in json.loads(result.stdout)["mismatches"]} == {"a.png", "b/x.png"}
 
 
+def test_verify_says_each_problem_as_found_lists_a_bounded_number_and_reads_the_last_record(
+        cli, src, tmp_path, monkeypatch):
+    """A manifest of a million outputs is checked in bounded memory: its records are spooled to disk and read
+    back sorted, the report lists the first LISTED problems and counts the rest, and the command line says
+    every one as it is found. A later record of one output wins, as it does for a run reading its manifest."""
+    import noiseaug
+    from noiseaug import report
+
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    manifest = out / "noiseaug-manifest.jsonl"
+    for rel in ("a.png", "b/a.jpg", "b/x.png"):
+        (out / rel).unlink()
+    monkeypatch.setattr(report, "LISTED", 2)
+    said: list[str] = []
+    result = noiseaug.verify(manifest, said=said.append)
+    assert len(result.mismatches) == 2 and result.to_dict()["not_listed"]["mismatches"] == 1
+    assert said == [f"noiseaug: mismatch: {rel}: missing" for rel in ("a.png", "b/a.jpg", "b/x.png")]
+    assert "1 of 4 outputs" in result.text() and result.exit_code == 1
+    monkeypatch.undo()
+    stderr = cli("verify", manifest, code=1).stderr
+    assert [line for line in stderr.splitlines() if "mismatch" in line] == said
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    stale = json.loads(lines[-1])
+    later = {**stale, "output_sha256": "0" * 64}
+    manifest.write_text("\n".join([*lines, json.dumps(later)]) + "\n", encoding="utf-8")
+    assert f"mismatch: {stale['output']}: content differs" in cli("verify", manifest, code=1).stderr
+
+
+def test_merge_refuses_shards_that_disagree_about_an_output(cli, src, tmp_path):
+    out = tmp_path / "out"
+    for i in range(2):
+        cli("run", src, out, "--shard", f"{i}/2", "--workers", 1)
+    first, second = sorted(out.glob("noiseaug-manifest.shard-*-of-2.jsonl"))
+    lines = first.read_text(encoding="utf-8").splitlines()
+    taken, theirs = json.loads(lines[1]), records(second)[1]
+    second.write_text(second.read_text(encoding="utf-8") + json.dumps({**taken, "seed": "1" * 32}) + "\n",
+                      encoding="utf-8")
+    result = cli("merge", first, second, "-o", tmp_path / "merged.jsonl", code=2)
+    assert f"disagree about {taken['output']!r}" in result.stderr and not (tmp_path / "merged.jsonl").exists()
+    second.write_text(second.read_text(encoding="utf-8") + json.dumps(dict(reversed(taken.items()))) + "\n",
+                      encoding="utf-8")  # the same record, its fields in another order: they agree
+    cli("merge", first, second, "-o", tmp_path / "merged.jsonl")  # a later record in one manifest wins there
+    merged = (tmp_path / "merged.jsonl").read_text(encoding="utf-8").splitlines()[1:]
+    assert merged == sorted(lines[1:] + second.read_text(encoding="utf-8").splitlines()[1:1 + len(theirs)],
+                            key=lambda line: json.loads(line)["input"].encode())
+
+
 @pytest.mark.parametrize("bad", ["/etc/passwd", "../escape.png", "a/../../x.png"])
 def test_verify_refuses_paths_outside_the_roots(cli, src, tmp_path, bad):
     out = tmp_path / "out"
