@@ -153,9 +153,12 @@ def _quiet_pillow() -> Iterator[None]:
 def read_header(data: bytes, fmt: str, path: str = "") -> ImageHeader:
     """Probe the header with Pillow (and the format's own header bytes).
 
-    Raises :class:`UnsupportedError` for a layout noiseaug cannot keep;
-    layouts Pillow cannot parse fall back to OpenCV alone. A plain PNG (the
-    common small file) is read from its IHDR alone, without Pillow.
+    Raises :class:`UnsupportedError` for a layout noiseaug cannot keep, and
+    :class:`DecodeError` for a header Pillow cannot parse: without it
+    nothing says whether the file is a label map, has other pictures or keeps
+    an alpha colour, and OpenCV alone would decode it whole, past
+    --max-pixels. A plain PNG (the common small file) is read from its IHDR
+    alone, without Pillow.
     """
     if fmt == "png":
         plain = _plain_png(data)
@@ -172,8 +175,10 @@ def read_header(data: bytes, fmt: str, path: str = "") -> ImageHeader:
                 return _FORMAT_CHECKS.get(im.format, _no_check)(data, im, header, path)  # what it is, whatever its name
     except UnsupportedError:
         raise
-    except Exception:  # Pillow could not parse it; OpenCV gets the last word
-        return ImageHeader(None, None, 1, False, lossless)
+    except Exception as exc:  # Pillow could not parse it: its layout cannot be checked, so it is not guessed
+        said = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc).splitlines()[0] if str(exc) else "")
+        raise DecodeError(path, f"cannot decode its header ({said or type(exc).__name__}): a damaged file, or a "
+                                "variant whose layout cannot be checked") from None
 
 
 def _no_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:

@@ -353,6 +353,33 @@ def test_an_rgb_jpeg_is_refused_as_an_rgb_tiff_is(cli, dirs):
     assert (out / "ycc.jpg").exists() and not (out / "rgb.jpg").exists()
 
 
+def test_a_header_pillow_cannot_read_is_refused_not_guessed_by_opencv(cli, dirs):
+    """A PNG with a damaged ancillary chunk (libpng skips it, Pillow refuses the file) or with an XMP too large
+    for Pillow: OpenCV alone would decode a palette mask as RGB, mark it ok, and decode a huge one whole past
+    --max-pixels. Without Pillow's header nothing can be checked, so the file gets a one-line error."""
+    import struct
+    import zlib
+
+    src, out = dirs
+    mask = Image.fromarray((np.arange(256, dtype=np.uint8).reshape(16, 16) // 32), "P")
+    mask.putpalette([(i * 37) % 256 for i in range(768)])
+    plain = io.BytesIO()
+    mask.save(plain, "PNG")
+    data = plain.getvalue()
+    body = b"Comment\0hello"
+    (src / "crc.png").write_bytes(data[:33] + struct.pack(">I", len(body)) + b"tEXt" + body + b"\0\0\0\0" + data[33:])
+    xmp = b"XML:com.adobe.xmp\0\1\0\0\0" + zlib.compress(b"<x:xmpmeta/>" + b" " * (2 << 20))
+    (src / "xmp.png").write_bytes(data[:33] + struct.pack(">I", len(xmp)) + b"iTXt" + xmp
+                                  + struct.pack(">I", zlib.crc32(b"iTXt" + xmp)) + data[33:])
+    (src / "mask.png").write_bytes(data)
+    result = cli("run", src, out, "--workers", 1, "--copy-other", code=1)
+    recs = {r["input"]: r for r in records(out / "noiseaug-manifest.jsonl")[1]}
+    assert recs["mask.png"]["kind"] == "label" and recs["mask.png"]["status"] == "ok"
+    for name in ("crc.png", "xmp.png"):
+        assert recs[name]["status"] == "error" and recs[name]["error"].startswith("cannot decode its header (")
+        assert not (out / name).exists() and f"{name}: cannot decode its header" in result.stderr
+
+
 def test_lossless_and_12_bit_jpegs_are_refused(cli, dirs):
     import imagecodecs
 
