@@ -324,7 +324,12 @@ def _jpeg_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) 
         raise UnsupportedError(path, f"{im.mode} JPEG (only gray and YCbCr colour JPEGs)")
     if im.mode == "RGB" and im.info.get("adobe_transform") == 0:
         raise UnsupportedError(path, "JPEG stored as RGB (Adobe transform 0): the writer would store it as YCbCr")
-    header = replace(header, carried=_jfif_density(data))
+    if im.mode == "RGB" and _rgb_by_component_ids(im):
+        raise UnsupportedError(path, "JPEG stored as RGB (components named R, G, B): the writer would store it as "
+                                     "YCbCr")
+    icc = im.info.get("icc_profile")  # Pillow's: OpenCV takes an MPF segment for a colour profile
+    header = replace(header, carried=_jfif_density(data), profiled=False,
+                     icc=np.frombuffer(icc, dtype=np.uint8) if icc else None)
     progressive = bool(im.info.get("progressive") or im.info.get("progression"))
     if im.mode == "L":
         return replace(header, progressive=progressive)
@@ -336,6 +341,22 @@ def _jpeg_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) 
         raise UnsupportedError(path, f"JPEG chroma sampling {factors} (the writer keeps "
                                      f"{', '.join(JPEG_SAMPLING.values())})")
     return replace(header, subsampling=sampling, progressive=progressive)
+
+
+def _rgb_by_component_ids(im: "Image.Image") -> bool:
+    """Whether libjpeg decodes this 3-component JPEG as RGB because of its component ids ('R', 'G', 'B'),
+    which it consults only when neither a JFIF nor an Adobe marker says what the colour space is."""
+    ids = [x[0] if isinstance(x[0], int) else x[0][:1] for x in getattr(im, "layer", [])]  # int, or 1 byte
+    return "jfif" not in im.info and "adobe" not in im.info and ids in ([82, 71, 66], [b"R", b"G", b"B"])
+
+
+def _mpo_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
+    """A JPEG with an MPF segment (camera MPO, stereo pair, gain-map photo): one picture is a JPEG."""
+    pictures = getattr(im, "n_frames", 1)
+    if pictures > 1:
+        raise UnsupportedError(path, f"JPEG holding {pictures} pictures (MPO: a stereo pair, a gain map or a "
+                                     "preview): only the first would be kept")
+    return _jpeg_check(data, im, header, path)
 
 
 def _webp_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -> ImageHeader:
@@ -384,8 +405,8 @@ def _pnm_maxval(data: bytes) -> int | None:
         return None
 
 
-_FORMAT_CHECKS = {"PNG": _png_check, "JPEG": _jpeg_check, "WEBP": _webp_check, "BMP": _bmp_check,
-                  "PPM": _pnm_check}
+_FORMAT_CHECKS = {"PNG": _png_check, "JPEG": _jpeg_check, "MPO": _mpo_check, "WEBP": _webp_check,
+                  "BMP": _bmp_check, "PPM": _pnm_check}
 
 
 def available_memory() -> int | None:

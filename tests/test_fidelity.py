@@ -380,6 +380,50 @@ def test_a_header_pillow_cannot_read_is_refused_not_guessed_by_opencv(cli, dirs)
         assert not (out / name).exists() and f"{name}: cannot decode its header" in result.stderr
 
 
+def test_an_rgb_jpeg_named_by_its_component_ids_and_a_multi_picture_jpeg_are_refused(cli, dirs):
+    """libjpeg decodes a JPEG without JFIF or Adobe marker whose components are named R, G, B as RGB; a JPEG
+    with an MPF segment (MPO) may hold more pictures than the first. Neither can be written back as it is."""
+    src, out = dirs
+    rgb = np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=95, keep_rgb=True)
+    data = buffer.getvalue()
+    adobe = data.find(b"\xff\xee")
+    (src / "rgb_ids.jpg").write_bytes(data[:adobe] + data[adobe + 2 + int.from_bytes(data[adobe + 2:adobe + 4], "big"):])
+    Image.fromarray(rgb).save(src / "pair.jpg", "MPO", save_all=True, append_images=[Image.fromarray(rgb[::-1])])
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "rgb_ids.jpg: not supported: JPEG stored as RGB (components named R, G, B)" in result.stderr
+    assert "pair.jpg: not supported: JPEG holding 2 pictures (MPO" in result.stderr
+    assert not (out / "rgb_ids.jpg").exists() and not (out / "pair.jpg").exists()
+
+
+def test_a_jpeg_with_an_mpf_segment_keeps_its_own_colour_profile(cli, dirs):
+    """OpenCV took a JPEG's MPF segment (multi-picture index) for a colour profile and embedded it, alone or
+    glued to the real one: a corrupt profile in an ok output. The profile is the ICC_PROFILE segments' now."""
+    import struct
+
+    from PIL import ImageCms
+
+    src, out = dirs
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = np.random.default_rng(6).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "MPO", save_all=True, append_images=[Image.fromarray(rgb[::-1])],
+                              quality=95, subsampling=0, progressive=True, icc_profile=icc)
+    data = bytearray(buffer.getvalue())
+    count = data.find(struct.pack("<H", 0xB001) if data[data.find(b"MPF\0") + 4] == ord("I")
+                      else struct.pack(">H", 0xB001))
+    data[count + 8:count + 12] = (1).to_bytes(4, "little" if data[data.find(b"MPF\0") + 4] == ord("I") else "big")
+    (src / "one.jpg").write_bytes(bytes(data[:data.find(b"\xff\xd9\xff\xd8") + 2]))  # one picture, one entry
+    with Image.open(src / "one.jpg") as im:
+        assert getattr(im, "n_frames", 1) == 1 and im.info["icc_profile"] == icc and "mp" in im.info
+    cli("run", src, out, "--workers", 1)
+    rec = records(out / "noiseaug-manifest.jsonl")[1][0]
+    assert rec["status"] == "ok" and rec["subsampling"] == "4:4:4"
+    with Image.open(out / "one.jpg") as im:
+        assert im.info.get("progressive") and im.info.get("icc_profile") == icc
+
+
 def test_lossless_and_12_bit_jpegs_are_refused(cli, dirs):
     import imagecodecs
 
