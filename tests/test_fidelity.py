@@ -389,7 +389,8 @@ def test_an_rgb_jpeg_named_by_its_component_ids_and_a_multi_picture_jpeg_are_ref
     Image.fromarray(rgb).save(buffer, "JPEG", quality=95, keep_rgb=True)
     data = buffer.getvalue()
     adobe = data.find(b"\xff\xee")
-    (src / "rgb_ids.jpg").write_bytes(data[:adobe] + data[adobe + 2 + int.from_bytes(data[adobe + 2:adobe + 4], "big"):])
+    after = adobe + 2 + int.from_bytes(data[adobe + 2:adobe + 4], "big")
+    (src / "rgb_ids.jpg").write_bytes(data[:adobe] + data[after:])  # the Adobe marker cut out
     Image.fromarray(rgb).save(src / "pair.jpg", "MPO", save_all=True, append_images=[Image.fromarray(rgb[::-1])])
     result = cli("run", src, out, "--workers", 1, code=1)
     assert "rgb_ids.jpg: not supported: JPEG stored as RGB (components named R, G, B)" in result.stderr
