@@ -189,7 +189,7 @@ def rms(snd: sf.SoundFile, layout: Layout) -> float:
         values = block.astype(np.float64) / layout.full_scale if layout.integer else block
         total += float(np.dot(values.ravel(), values.ravel()))
         count += block.size
-    return (total / count) ** 0.5 if count else 0.0
+    return (total / count) ** 0.5 if count else 0.0  # a NaN or infinity is refused by the writer
 
 
 def open_write(fh: BinaryIO, layout: Layout, metadata: dict[str, str]) -> sf.SoundFile:

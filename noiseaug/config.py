@@ -73,6 +73,9 @@ class SigmaSpec:
         return fmt(self.low) if not self.is_range else f"{fmt(self.low)}:{fmt(self.high)}"
 
 
+MAX_SNR_DB = 1000.0  # beyond it, σ over- or underflows a double: no real noise level, and arithmetic errors
+
+
 @dataclass(frozen=True)
 class Config:
     """Every option of ``noiseaug run`` that the engine needs (SPEC §2)."""
@@ -413,7 +416,11 @@ def _sigmas(given: dict[str, Any]) -> tuple[SigmaSpec, SigmaSpec | None, SigmaSp
     if image_sigma.low < 0:
         raise UsageError(f"--image-sigma must not be negative, not {given['image_sigma']!r}")
     if "audio_snr_db" in given:
-        return image_sigma, None, SigmaSpec.parse(given["audio_snr_db"], "--audio-snr-db")
+        snr = SigmaSpec.parse(given["audio_snr_db"], "--audio-snr-db")
+        if max(abs(snr.low), abs(snr.high)) > MAX_SNR_DB:
+            raise UsageError(f"--audio-snr-db must lie within ±{MAX_SNR_DB:g} dB (a factor of 10^{MAX_SNR_DB / 20:g} "
+                             f"in level), not {given['audio_snr_db']!r}")
+        return image_sigma, None, snr
     if "audio_sigma" not in given:
         return image_sigma, _default("audio_sigma"), None
     audio_sigma = SigmaSpec.parse(given["audio_sigma"], "--audio-sigma")

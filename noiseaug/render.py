@@ -234,6 +234,15 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config,
                                in_memory=size <= AUDIO_IN_MEMORY)
 
 
+def _peak(rel: str, block: np.ndarray) -> float:
+    """The largest magnitude of a float block; a NaN or infinite sample refuses the file (images are refused
+    for the same reason): noise cannot be added to it, and it would go into the output as it is."""
+    peak = float(np.abs(block).max())
+    if not math.isfinite(peak):
+        raise DecodeError(rel, "float samples that are not finite (NaN or infinity)")
+    return peak
+
+
 def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sigma: float,
                   rng: np.random.Generator, seed: int) -> Callable[[BinaryIO], dict[str, Any]]:
     from . import audio_io
@@ -252,7 +261,7 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
                 for block in audio_io.blocks(snd, layout):
                     checkpoint()
                     if not layout.integer and block.size:
-                        loudest = max(loudest, float(np.abs(block).max()))
+                        loudest = max(loudest, _peak(rel, block))
                     clipped += noise_inplace(block, sigma * layout.full_scale, rng, lo=layout.lo,
                                              hi=layout.hi, step=layout.step, escapes=escapes)
                     out.write(block)

@@ -198,6 +198,31 @@ def test_a_cut_recording_whose_header_declares_its_length_is_refused_as_truncate
     assert len(status) == 3 and all(s == "error" and "truncated" in e for s, e in status.values()), status
 
 
+@pytest.mark.parametrize("mode", [[], ["--audio-snr-db", "20"]])
+def test_float_audio_with_a_nan_or_infinite_sample_is_refused_not_passed_through(cli, tmp_path, mode):
+    """A NaN went into the output as it was (marked ok); with --audio-snr-db one infinite sample made sigma
+    infinite and the record unwritable: a traceback, every run. Refused as such images are."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, bad in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        signal = tone(0.5, 1, amplitude=0.5)
+        signal[100] = bad
+        sf.write(src / name, signal, RATE, subtype="FLOAT")
+    sf.write(src / "fine.wav", tone(0.5, 1, amplitude=0.5), RATE, subtype="FLOAT")
+    result = cli("run", src, tmp_path / "out", "--workers", 1, *mode, code=1)
+    recs = {r["input"]: r for r in records(tmp_path / "out" / "noiseaug-manifest.jsonl")[1]}
+    assert recs["fine.wav"]["status"] == "ok" and "Traceback" not in result.stderr
+    for name in ("nan.wav", "inf.wav"):
+        assert recs[name]["status"] == "error" and "not finite (NaN or infinity)" in recs[name]["error"]
+        assert not (tmp_path / "out" / name).exists()
+
+
+def test_an_snr_beyond_what_a_double_holds_is_refused_before_anything_runs(cli, tmp_path):
+    (tmp_path / "in").mkdir()
+    result = cli("run", tmp_path / "in", tmp_path / "out", "--audio-snr-db=7000", code=2)
+    assert "--audio-snr-db must lie within" in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_float_audio_beyond_full_scale_is_clipped_and_said(cli, tmp_path):
     """SPEC §3 clips FLOAT and DOUBLE audio to [-1, 1]: a recording louder than that loses its level, which
     the record and stderr say (a silent change marked ok without a word would not be)."""
