@@ -35,8 +35,8 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
     with tempfile.TemporaryDirectory(prefix="noiseaug-merge-") as folder:
         spool = RecordSpool(folder)
         try:
-            first, shards = _gather(paths, spool)
-            notes = _missing_shards(shards, allow_missing)
+            first, shards, torn = _gather(paths, spool)
+            notes = _missing_shards(shards, allow_missing) + _torn(torn, allow_missing)
             run = _merged_run(first, paths, output, shown)
             count = write_lines(output, itertools.chain([dumps(run)], _agreed(spool.outputs())))
         finally:
@@ -44,14 +44,15 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
     return count - 1, notes
 
 
-def _gather(paths: list[Path], spool: RecordSpool) -> tuple[dict[str, Any], set[str]]:
+def _gather(paths: list[Path], spool: RecordSpool) -> tuple[dict[str, Any], set[str], list[str]]:
     """Every manifest's records into ``spool``, after checking that they are shards of one run; the first's
-    run record and the shards named."""
+    run record, the shards named, and the manifests whose last line is cut off."""
     from .config import JOB_OPTIONS
 
     first = read_run(paths[0])
     job = {k: v for k, v in first.get("options", {}).items() if k in JOB_OPTIONS and k != "shard"}
     shards: set[str] = set()
+    torn = []
     for number, path in enumerate(paths):
         where, run = os.fsdecode(path), read_run(path)
         options = run.get("options", {})
@@ -64,9 +65,22 @@ def _gather(paths: list[Path], spool: RecordSpool) -> tuple[dict[str, Any], set[
                 raise ManifestError(f"{where} has {root} {run.get(root)!r}, {os.fsdecode(paths[0])} has "
                                     f"{first.get(root)!r}: not shards of one run")
         shards.add(str(options.get("shard", "0/1")))
-        spool_manifest(spool, path, number, lambda r, where=where: (safe_rel(r, "input", where),
-                                                                   safe_rel(r, "output", where)))
-    return first, shards
+        if spool_manifest(spool, path, number, lambda r, where=where: (safe_rel(r, "input", where),
+                                                                      safe_rel(r, "output", where))):
+            torn.append(where)
+    return first, shards, torn
+
+
+def _torn(torn: list[str], allow_missing: bool) -> list[str]:
+    """A shard manifest whose last line is cut off is a shard whose run was killed: not all there."""
+    if not torn:
+        return []
+    said = (f"{', '.join(torn)}: the last line is cut off (its run was killed while writing it): that shard is "
+            "not complete")
+    if not allow_missing:
+        raise MissingShardsError(f"{said}; run it again to complete it, or pass --allow-missing to join what is "
+                                 "there")
+    return [said]
 
 
 def _agreed(outputs: Iterator[list[str]]) -> Iterator[str]:

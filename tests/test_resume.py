@@ -107,6 +107,12 @@ def test_shards_merged_equal_the_unsharded_manifest(cli, dataset, clean, tmp_pat
     assert "shards 2/3 are missing" in result.stderr and not (tmp_path / "partial.jsonl").exists()
     result = cli("merge", *shard_manifests[:2], "-o", tmp_path / "partial.jsonl", "--allow-missing")
     assert "2/3" in result.stderr and len(records(tmp_path / "partial.jsonl")[1]) == sum(sizes[:2])
+    data = shard_manifests[0].read_bytes()
+    shard_manifests[0].write_bytes(data[:-20])  # what a shard killed while appending leaves
+    result = cli("merge", *shard_manifests, "-o", tmp_path / "torn.jsonl", code=1)
+    assert "the last line is cut off" in result.stderr and not (tmp_path / "torn.jsonl").exists()
+    result = cli("merge", *shard_manifests, "-o", tmp_path / "torn.jsonl", "--allow-missing")
+    assert "not complete" in result.stderr and len(records(tmp_path / "torn.jsonl")[1]) == sum(sizes) - 1
 
 
 def test_merge_refuses_manifests_of_different_runs(cli, dataset, tmp_path):
