@@ -95,6 +95,11 @@ class StorageError(NoiseaugError):
     """INPUT or OUTPUT's storage cannot be reached or refuses the run's requests (object storage)."""
 
 
+class IndexFailedError(NoiseaugError):
+    """The run's own SQLite files beside the manifest (its index, the stat cache) cannot be written or read: a
+    full disk, or something else in their place. The manifest keeps what was done; the next run goes on."""
+
+
 class Interrupted(NoiseaugError):
     """The run was stopped by SIGINT or SIGTERM after a clean shutdown.
 

@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from . import __version__
 from .config import Config, make_config
 from .discover import Candidate, Selection, WalkStats, walk
-from .errors import ClusterError, Interrupted, ManifestError, OptionsChangedError, StorageError, UsageError, WriteError
+from .errors import (
+    ClusterError,
+    IndexFailedError,
+    Interrupted,
+    ManifestError,
+    OptionsChangedError,
+    StorageError,
+    UsageError,
+    WriteError,
+)
 from .executors import GUARD_HINT, check_executor, importing_the_callers_script, make_executor
 from .freshness import all_confirmed, note_folders, noted_manifest, nothing_to_do
 from .index import Claims, RunIndex, StateCache, record_sums
@@ -97,6 +106,9 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     try:
         with quiet_loggers("asyncio", "aiobotocore", "botocore", "s3fs", "fsspec"):
             return _run_at(where, cfg, reporter)
+    except sqlite3.Error as exc:  # the index or stat cache beside the manifest: one line, not a traceback
+        raise IndexFailedError(f"the run's index beside the manifest failed ({exc}): the manifest keeps what was "
+                               "done; free the space (or remove what is in the way) and run again") from None
     finally:
         where.home.close()
 

@@ -117,6 +117,23 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(cli, src, tmp_path)
     assert result.stderr.startswith("noiseaug: error: cannot write to OUTPUT") and result.stderr.count("\n") == 1
 
 
+def test_a_stat_cache_that_cannot_be_opened_is_one_line_and_the_next_run_goes_on(cli, src, tmp_path):
+    """Something in the way of the stat cache (a folder where its file goes; a full disk fails the same
+    calls) gave a SQLite traceback: one line and exit 1 now, and once it is out of the way the run goes on."""
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    state = out / ".noiseaug-manifest.jsonl.state"
+    state.unlink()
+    state.mkdir()
+    (src / "a" / "new.png").write_bytes((src / "a" / "one.png").read_bytes())
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "Traceback" not in result.stderr and "the run's index beside the manifest failed" in result.stderr
+    state.rmdir()
+    cli("run", src, out, "--workers", 1)
+    assert cli("verify", out / "noiseaug-manifest.jsonl").exit_code == 0
+    assert (out / "a" / "new.png").exists()
+
+
 def test_a_second_run_in_the_same_process_after_output_was_deleted(src, tmp_path):
     out = tmp_path / "out"
     noiseaug.run(src, out, workers=1)
