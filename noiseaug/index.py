@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from .discover import FS_ENCODING
-from .errors import ManifestError
+from .errors import IndexFailedError, ManifestError
 from .manifest import OWN_NAMES, read_lines, sort_key
 
 CACHE_PAGES = -4096  # SQLite's page cache, in KiB when negative: 4 MiB whatever the dataset
@@ -151,6 +151,21 @@ class RecordSpool:
 
     def close(self) -> None:
         self.db.close()
+
+
+@contextlib.contextmanager
+def spooled(folder: str) -> Iterator[RecordSpool]:
+    """A :class:`RecordSpool` in ``folder``, closed at the end; a SQLite failure (a full temporary disk) is one
+    :class:`IndexFailedError`."""
+    try:
+        spool = RecordSpool(folder)
+        try:
+            yield spool
+        finally:
+            spool.close()
+    except sqlite3.Error as exc:
+        raise IndexFailedError(f"cannot gather the manifest's records in a temporary file in {folder} ({exc}): "
+                               "free space there, or point TMPDIR elsewhere") from None
 
 
 def spool_manifest(spool: RecordSpool, path: Path, source: int,

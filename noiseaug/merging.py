@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ManifestError, MissingShardsError
-from .index import RecordSpool, spool_manifest
+from .index import RecordSpool, spool_manifest, spooled
 from .manifest import dumps, read_run, recorded_root, safe_rel, write_lines
 
 
@@ -32,15 +32,11 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
         raise ManifestError(f"-o {os.fsdecode(output)}: its folder does not exist")
     if output.exists() and any(p.exists() and os.path.samefile(output, p) for p in paths):
         raise ManifestError(f"-o {os.fsdecode(output)} is one of the manifests to merge; write the result elsewhere")
-    with tempfile.TemporaryDirectory(prefix="noiseaug-merge-") as folder:
-        spool = RecordSpool(folder)
-        try:
-            first, shards, torn = _gather(paths, spool)
-            notes = _missing_shards(shards, allow_missing) + _torn(torn, allow_missing)
-            run = _merged_run(first, paths, output, shown)
-            count = write_lines(output, itertools.chain([dumps(run)], _agreed(spool.outputs())))
-        finally:
-            spool.close()
+    with tempfile.TemporaryDirectory(prefix="noiseaug-merge-") as folder, spooled(folder) as spool:
+        first, shards, torn = _gather(paths, spool)
+        notes = _missing_shards(shards, allow_missing) + _torn(torn, allow_missing)
+        run = _merged_run(first, paths, output, shown)
+        count = write_lines(output, itertools.chain([dumps(run)], _agreed(spool.outputs())))
     return count - 1, notes
 
 

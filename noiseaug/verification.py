@@ -13,7 +13,7 @@ from typing import Any, Callable
 from . import __version__, seeding
 from .config import REDACTED, redact_url
 from .errors import ManifestError, NoiseaugError, UsageError
-from .index import RecordSpool, spool_manifest
+from .index import RecordSpool, spool_manifest, spooled
 from .manifest import read_run, recorded_root, rel_str, safe_rel
 from .report import Listed, printable
 from .storage import LocalStorage
@@ -152,12 +152,9 @@ def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
     with tempfile.TemporaryDirectory(prefix="noiseaug-verify-") as spool_folder:
         path, pending = _fetch(os.fsdecode(manifest), options, spool_folder)
         where, run = redact_url(os.fsdecode(manifest)), read_run(path)
-        spool = RecordSpool(spool_folder)
-        try:
+        with spooled(spool_folder) as spool:
             torn = spool_manifest(spool, path, 0, lambda r: (safe_rel(r, "input", where), safe_rel(r, "output", where)))
             report = _verify(run, where, spool, regenerate, output_root, input_root, options, said)
-        finally:
-            spool.close()
         report.torn, report.pending = torn, pending
         return report
 
