@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -55,8 +56,22 @@ class Reporter:
         """The run is over."""
 
 
+def shown(text: str) -> str:
+    """A file system string as valid UTF-8 text: bytes that are not UTF-8 (held as surrogates) as ``\\xNN``,
+    the way the manifest shows such names (``--json`` must stay UTF-8 that any parser reads)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def printable(text: str) -> str:
-    """A file name made safe for one terminal line: control characters escaped."""
+    """A file name made safe for one terminal line: undecodable bytes as ``\\xNN``, control characters
+    escaped."""
+    text = shown(text)
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -135,7 +150,7 @@ class Summary:
         kinds = sorted({k for k, _ in self.counts} | {k for k, _ in self.planned})
         per_kind = {k: {s: self.counts[k, s] for s in ("ok", "skipped", "error")} for k in kinds}
         out: dict[str, Any] = {
-            "input": self.input_root, "output": self.output_root, "manifest": self.manifest,
+            "input": shown(self.input_root), "output": shown(self.output_root), "manifest": shown(self.manifest),
             "exit_code": self.exit_code, "interrupted": self.interrupted,
             "dry_run": self.dry_run, "up_to_date": self.up_to_date, "stopped": self.stopped,
             "files": per_kind,
@@ -148,11 +163,11 @@ class Summary:
             "not_taken": {"unsupported": self.walk.unsupported, "filtered": self.walk.filtered,
                           "other_shard": self.walk.other_shard, "links": self.walk.links,
                           "special": self.walk.special, "labels": self.walk.labels},
-            "failures": [{"input": i, "output": o, "error": e} for i, o, e in self.failures],
-            "problems": list(self.walk.problems),
-            "gone": list(self.gone),
-            "now_labels": list(self.now_labels),
-            "unmatched_globs": list(self.unmatched),
+            "failures": [{"input": shown(i), "output": shown(o), "error": shown(e)} for i, o, e in self.failures],
+            "problems": [shown(p) for p in self.walk.problems],
+            "gone": [shown(g) for g in self.gone],
+            "now_labels": [shown(n) for n in self.now_labels],
+            "unmatched_globs": [shown(u) for u in self.unmatched],
             "removed": self.removed,
             "warnings": self.warned,
             "not_listed": {"failures": self.failures.unlisted, "gone": self.gone.unlisted,
@@ -208,7 +223,7 @@ class Summary:
             lines.append("everything is up to date")
         elif not self.counts and not self.walk.problems and not self.stopped:
             lines.append("no input file was selected: nothing to do")
-        lines.append(f"manifest: {self.manifest}" + (f" (its final rewrite failed: {self.manifest_failed})"
+        lines.append(f"manifest: {printable(self.manifest)}" + (f" (its final rewrite failed: {self.manifest_failed})"
                                                       if self.manifest_failed else ""))
         return "\n".join(lines)
 

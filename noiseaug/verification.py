@@ -15,7 +15,7 @@ from .config import REDACTED, redact_url
 from .errors import ManifestError, NoiseaugError, UsageError
 from .index import RecordSpool, spool_manifest, spooled
 from .manifest import read_run, recorded_root, rel_str, safe_rel
-from .report import Listed, printable
+from .report import Listed, printable, shown
 from .storage import LocalStorage
 from .storage.local import hash_stream
 from .storage.remote import is_url
@@ -60,7 +60,8 @@ class VerifyReport:
     def text(self) -> str:
         lines = list(self.notes)
         good = self.checked - self.mismatches.total
-        lines.append(f"{good} of {self.checked} outputs in {self.output_root} match {self.manifest}"
+        where = f"{printable(self.output_root)} match {printable(self.manifest)}"
+        lines.append(f"{good} of {self.checked} outputs in {where}"
                      + (f"; {self.not_checked} failed in the run and have no output" if self.not_checked else ""))
         if self.inputs_gone:
             lines.append(f"{self.inputs_gone} output(s) of inputs that are gone (input_missing) were checked by "
@@ -74,7 +75,7 @@ class VerifyReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"manifest": self.manifest, "output_root": self.output_root, "checked": self.checked,
+        return {"manifest": shown(self.manifest), "output_root": shown(self.output_root), "checked": self.checked,
                 "not_checked": self.not_checked,
                 "matching": self.checked - self.mismatches.total, "exit_code": self.exit_code,
                 "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches], "torn": self.torn,

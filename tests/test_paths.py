@@ -128,6 +128,15 @@ def test_input_and_output_roots_whose_names_are_not_utf8(cli, tmp_path):
     assert (os.fsencode(recorded_root(run, "input_root")), os.fsencode(recorded_root(run, "output_root"))) == (src, out)
     assert "1 of 1 outputs" in cli("verify", manifest, "--regenerate").stderr  # found, and regenerated
     assert "up to date" in cli("run", os.fsdecode(src), os.fsdecode(out), "--workers", 1).stderr
+    write_image(Path(os.fsdecode(src + b"/caf\xe9.png")), np.full((6, 6), 90, np.uint8))
+    cli("run", os.fsdecode(src), os.fsdecode(out), "--workers", 1)
+    os.unlink(src + b"/caf\xe9.png")
+    result = cli("run", os.fsdecode(src), os.fsdecode(out), "--workers", 1, "--json")
+    summary = json.loads(result.stdout_bytes.decode("utf-8"))  # strict: --json is UTF-8 any parser reads
+    assert summary["gone"] == ["caf\\xe9.png"] and summary["output"].endswith("o\\xfeut")
+    assert "caf\\xe9.png" in result.stderr and "\\udc" not in result.stderr  # shown as the manifest shows it
+    report = cli("verify", manifest, "--json")
+    assert json.loads(report.stdout_bytes.decode("utf-8"))["output_root"].endswith("o\\xfeut")
 
 
 def _listed_stamps_agree(local, root: bytes, names: list[bytes]) -> None:
