@@ -28,6 +28,7 @@ from .errors import DecodeError, UsageError
 from .noise import IMAGE_FULL_SCALE
 from .records import Job
 from .render import noise_image, render
+from .report import printable
 from .storage import LocalStorage
 from .storage.local import atomic_write, open_input, read_input
 
@@ -111,7 +112,9 @@ def _save(picture: np.ndarray, output: str | os.PathLike) -> None:
 
 
 def _text(canvas: np.ndarray, text: str, x: int, y: int, width: int, scale: float = 0.55) -> None:
-    """Write one line, shrunk until it fits ``width`` (never clipped)."""
+    """Write one line, shrunk until it fits ``width`` (never clipped). OpenCV's fonts draw ASCII only, and a
+    name that is not UTF-8 crashed it: anything else is written as its escape."""
+    text = printable(text).encode("ascii", "backslashreplace").decode("ascii")
     while scale > 0.3 and cv2.getTextSize(text, FONT, scale, 1)[0][0] > width:
         scale -= 0.05
     while cv2.getTextSize(text, FONT, scale, 1)[0][0] > width and len(text) > 4:

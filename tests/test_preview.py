@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -137,6 +138,21 @@ def test_no_input_takes_the_preview_pictures_name(cli, tmp_path):
     assert "already taken by another input or by noiseaug's own files" in result.stderr
     assert read_image(out / "noiseaug-preview.png").shape[1] > 2 * 50  # the picture, not a noisy copy
     cli("verify", out / "noiseaug-manifest.jsonl", code=1)  # the failed file is listed; every ok output holds
+
+
+def test_preview_of_a_file_whose_name_is_not_utf8_draws_its_escaped_name(tmp_path):
+    """OpenCV's putText crashed the process (SIGSEGV) on a name that is not UTF-8; in a subprocess here, so
+    that a crash fails this test and not the whole session."""
+    import os
+    import subprocess
+    import sys
+
+    name = os.fsencode(tmp_path) + b"/caf\xe9.png"
+    write_image(Path(os.fsdecode(name)), photo(12, 12))
+    done = subprocess.run([sys.executable, "-m", "noiseaug", "preview", name, "-o", tmp_path / "p.png"],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert cv2.imread(str(tmp_path / "p.png")) is not None
 
 
 def test_preview_refuses_what_it_cannot_show(cli, tmp_path):
