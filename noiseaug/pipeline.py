@@ -420,8 +420,9 @@ def run_record(cfg: Config, in_root: str, out_root: str, manifest_in_output: boo
 
 
 def _jobs(source: Storage, cfg: Config, stats: WalkStats,
-          reserved: set[str]) -> Iterator[tuple[Job, Candidate] | list[Outcome]]:
-    """Jobs in walk order (without their previous records); an output clash becomes an error record instead."""
+          reserved: set[str]) -> Iterator[tuple[Job, Candidate | list[Outcome]]]:
+    """Jobs in walk order (without their previous records), each with its candidate; an output clash comes
+    with its error records instead."""
     selection = _selection(cfg)
     claims = Claims(reserved)
     copies = range(cfg.copies)
@@ -431,8 +432,8 @@ def _jobs(source: Storage, cfg: Config, stats: WalkStats,
                   own_name_taken=cfg.copy_other and cand.kind == "image" and claims.taken(cand.rel))
         clash = next((o for o in outs if not claims.claim(o)), None)
         if clash is not None:
-            yield failed(job, cfg, f"output {clash} is already taken by another input "
-                                   "or by noiseaug's own files")
+            yield job, failed(job, cfg, f"output {clash} is already taken by another input "
+                                        "or by noiseaug's own files")
             continue
         yield job, cand
 
@@ -519,14 +520,14 @@ class _Run:
     def jobs(self) -> Iterator[Job]:
         """The jobs still to do, in walk order; what is up to date by size and mtime is collected at once."""
         items = _jobs(self.source, self.cfg, self.summary.walk, self.reserved)
-        paired = self.cache.beside((i[0].rel if isinstance(i, tuple) else "", i) for i in items) \
+        paired = self.cache.beside((i[0].rel if not isinstance(i[1], list) else "", i) for i in items) \
             if self.trusted else ((i, None) for i in items)  # an output clash ("") wants no row: it is a failure
-        for item, rows in paired:
-            if isinstance(item, list):
-                if self.collect(None, item):
+        for (job, cand), rows in paired:
+            if isinstance(cand, list):  # an output clash: its error records, said as they happen
+                if self.collect(None, cand):
                     return
+                self.reporter.finished(job, cand)
                 continue
-            job, cand = item
             self.reporter.discovered(cand)
             kept = self._alike(job, rows) if rows else None
             if kept is not None:
@@ -763,12 +764,11 @@ def _plan(source: Storage, target: Storage, manifest_path: Path, cfg: Config, pr
         index = RunIndex(Path(tmp) / manifest_path.name)
         if prior is not None:
             index.load_prior(read_lines(manifest_path))
-        for item in _jobs(source, cfg, summary.walk, set()):
-            if isinstance(item, list):
-                for outcome in item:
+        for job, cand in _jobs(source, cfg, summary.walk, set()):
+            if isinstance(cand, list):
+                for outcome in cand:
                     summary.add(outcome.record)
                 continue
-            job, cand = item
             job = _with_prior(job, index, cfg)
             fresh = unchanged(job, cand, cache, target, cfg) is not None or all_confirmed(job, source, target, cfg)
             action = "skip" if fresh else "label" if _left_alone(job, source, cfg) else "process"

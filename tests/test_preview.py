@@ -129,8 +129,10 @@ def test_no_input_takes_the_preview_pictures_name(cli, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     for rel in ["noiseaug-preview.png", "sub/noiseaug-preview.png", "a.png"]:
         write_image(src / rel, photo(40, 50))
-    result = cli("run", src, out, "--workers", 1, "--json", code=1)
+    result = cli("run", src, out, "--workers", 1, "--json", "-q", code=1)
     assert json.loads(result.stdout)["failed"] == 1
+    assert result.stderr.startswith("noiseaug: failed: noiseaug-preview.png: output noiseaug-preview.png is already "
+                                    "taken")  # said as it happens, -q or not, as any failure is
     result = cli("run", src, out, "--workers", 1, "--preview", 2, code=1)
     _, recs = records(out / "noiseaug-manifest.jsonl")
     assert {r["input"]: r["status"] for r in recs} == {"a.png": "ok", "noiseaug-preview.png": "error",
