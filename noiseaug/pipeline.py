@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import hashlib
 import importlib
 import itertools
 import json
 import os
 import platform
+import re
 import sqlite3
 import tempfile
 import time
@@ -71,7 +73,7 @@ from .report import Reporter, Summary
 from .signals import Stopper
 from .silence import quiet_loggers
 from .storage import OutputLock, Storage
-from .storage.local import LocalStorage, atomic_file, set_temp_tag
+from .storage.local import LocalStorage, atomic_file, live_locks, set_temp_tag
 
 if TYPE_CHECKING:  # the worker's side (numpy, the codecs) is imported once there is work: not for a no-op run
     from .worker import Context
@@ -133,9 +135,11 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
         home.prepare()  # the manifest's bucket first: a refusal leaves no OUTPUT folder behind
         target.prepare()
         name = lock_name(cfg.shard)
-        with stopper, _take_lock(target, name, target.root) as lock, _manifest_lock(home, target, cfg):
+        with stopper, _take_lock(target, name, target.root, cfg) as lock, _manifest_lock(home, target, cfg):
             home.pull()
             prior = _prior_manifest(manifest_path, cfg, shown)
+            if prior is None:  # again, under the lock: a run that ended since the first look left its manifest
+                _check_other_manifests(target, manifest_path, cfg)
             set_temp_tag(temp_tag(cfg.shard))
             if lock.dirty:
                 target.sweep(temp_tag(cfg.shard))
@@ -188,13 +192,20 @@ def _nothing_to_do(source: Storage, target: Storage, manifest_path: Path, cfg: C
 
 
 @contextlib.contextmanager
-def _take_lock(target: Storage, name: str, shown: str | os.PathLike) -> Iterator[OutputLock]:
-    """OUTPUT's lock; an OUTPUT where it cannot be created is a usage error."""
+def _take_lock(target: Storage, name: str, shown: str | os.PathLike, cfg: Config) -> Iterator[OutputLock]:
+    """OUTPUT's lock; an OUTPUT where it cannot be created is a usage error, and so is another run holding
+    another lock of OUTPUT (another shard's, the unsharded one) for a job with other options."""
     lock = target.lock(name)
+    lock.note = _job_note(cfg)
     try:
         lock.__enter__()
     except OSError as exc:
         raise UsageError(f"cannot write to OUTPUT {os.fsdecode(shown)}: {exc.strerror}") from None
+    try:
+        _check_live_runs(target, name, lock.note)
+    except UsageError:
+        lock.release(clean=not lock.dirty)  # as it was: this run wrote nothing
+        raise
     try:
         yield lock
     except BaseException:
@@ -279,6 +290,9 @@ def _safely(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         return
 
 
+LOCK_NAMES = re.compile(r"\.noiseaug(?:\.shard-\d+-of-\d+)?\.lock")  # every run's and shard's lock in OUTPUT
+
+
 def lock_name(shard: tuple[int, int]) -> str:
     """OUTPUT's lock file: one per shard, so shards may share an OUTPUT."""
     return ".noiseaug.lock" if shard[1] == 1 else f".noiseaug.shard-{shard[0]}-of-{shard[1]}.lock"
@@ -318,6 +332,30 @@ def _changed_option(run: dict[str, Any], cfg: Config, skip: tuple[str, ...] = ()
         if key not in skip and old.get(key, defaults[key]) != value:
             return f"--{key.replace('_', '-')} {_show(old.get(key))}, not {_show(value)}"
     return None
+
+
+def _job_note(cfg: Config) -> str:
+    """What a run's lock says of its job while it runs: a digest of the options that decide outputs, the shard
+    aside (shards of one job, whatever their count, write the same bytes)."""
+    job = {k: v for k, v in _utf8(cfg.job_options()).items() if k != "shard"}
+    return "job " + hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_live_runs(target: Storage, name: str, note: str) -> None:
+    """Another run writing OUTPUT now, under another of its locks, for a job with other options: refused (SPEC
+    §2), as its manifest will be once it holds a record. Two runs started together found no such manifest
+    (or one with no record yet, which binds nothing) and both wrote: each now sees the other's lock."""
+    if not isinstance(target, LocalStorage):
+        return
+    try:
+        names = [n for n in os.listdir(target.root) if LOCK_NAMES.fullmatch(n) and n != name]
+    except OSError:
+        return
+    for other, text in live_locks(target.root, names):
+        if ", job " in text and not text.endswith(note):
+            raise OptionsChangedError(f"another noiseaug run ({text.split(', job ')[0]}, {other}) is writing to "
+                                      "OUTPUT with other options; its outputs would be written over: wait for "
+                                      "it, or use another OUTPUT")
 
 
 def _check_other_manifests(target: Storage, manifest_path: Path, cfg: Config) -> None:

@@ -175,6 +175,42 @@ def test_a_manifest_another_run_is_writing_is_refused(cli, src, tmp_path, how):
     cli("verify", manifest)
 
 
+def test_a_run_under_another_lock_of_output_with_other_options_is_refused_while_it_runs(cli, src, tmp_path):
+    """A shard and an unsharded run (or two shard counts) of different options started together found no
+    manifest of the other yet, and both wrote: each lock now says which job holds it, and a run seeing another
+    lock of OUTPUT held for another job is refused. The same job, another shard, goes on."""
+    from noiseaug.config import make_config
+    from noiseaug.pipeline import _job_note
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".noiseaug.lock", "w") as fh:  # an unsharded run with --image-sigma 5, running now
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(f"running, pid 12345, {_job_note(make_config(image_sigma=5))}\n")
+        fh.flush()
+        result = refused(cli, "run", src, out, "--shard", "0/2", "--workers", 1, says="another noiseaug run")
+        assert "running, pid 12345, .noiseaug.lock" in result.stderr and not (out / "a.png").exists()
+        cli("run", src, out, "--shard", "0/2", "--image-sigma", 5, "--workers", 1)  # its own job: goes on
+    cli("run", src, out, "--shard", "1/2", "--image-sigma", 5, "--workers", 1)
+
+
+def test_two_runs_of_other_options_started_together_are_not_both_let_in(tmp_path):
+    """Real processes, started at once, many times: at least one of the two is refused every time."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    for i in range(40):
+        write_image(src / f"d{i % 4}" / f"f{i:03d}.png", np.full((8, 8, 3), i, np.uint8))
+    for attempt in range(6):
+        out = tmp_path / f"out{attempt}"
+        runs = [subprocess.Popen([sys.executable, "-m", "noiseaug", "run", src, out, "-q", "--workers", "1", *extra],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for extra in ([], ["--seed", "1", "--shard", "0/2"])]
+        said = [run.communicate(timeout=120)[1] for run in runs]
+        assert 2 in [run.returncode for run in runs], (attempt, said)
+
+
 def test_missing_input_is_refused(cli, tmp_path):
     refused(cli, "run", tmp_path / "nope", tmp_path / "out", says="not a folder")
 

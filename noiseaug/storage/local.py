@@ -17,6 +17,7 @@ import hashlib
 import os
 import secrets
 import stat
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -243,6 +244,7 @@ class OutputLock:
     def __init__(self, path: Path, what: str | None = None) -> None:
         self.path = path
         self.what = what  # what the lock keeps for its run, in the refusal: OUTPUT (its folder) by default
+        self.note = ""  # said in the file beside the pid while the run holds it (which job: see live_locks)
         self.dirty = False
         self._fh: IO[str] | None = None
 
@@ -254,13 +256,13 @@ class OutputLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            holder = fh.read().strip().split(", job ")[0] or "another process"
             fh.close()
             what = self.what or f"{os.fsdecode(self.path.parent)}; wait for it or pick another OUTPUT"
             raise LockedError(f"another noiseaug run ({holder}) is writing to {what}") from None
         fh.seek(0)
         self.dirty = fh.read().strip() not in ("", "clean")
-        self._rewrite(fh, f"running, pid {os.getpid()}")
+        self._rewrite(fh, f"running, pid {os.getpid()}" + (f", {self.note}" if self.note else ""))
         self._fh = fh
         return self
 
@@ -280,6 +282,35 @@ class OutputLock:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self.release(clean=exc_type is None)
+
+
+def live_locks(folder: str, names: list[str], wait: float = 0.5) -> list[tuple[str, str]]:
+    """The locks among ``names`` in ``folder`` that another process holds now, with what their files say. A
+    lock just taken may not say its note yet: read again for up to ``wait`` seconds."""
+    import fcntl
+
+    held = []
+    for name in names:
+        try:
+            fh = open_no_follow(Path(folder) / name, os.O_RDONLY, "r")
+        except OSError:
+            continue
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                continue  # nobody holds it (the shared lock goes with the file's closing)
+            except BlockingIOError:
+                pass
+            deadline = time.monotonic() + wait
+            while ", job " not in (text := _read_from_start(fh)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            held.append((name, text))
+    return held
+
+
+def _read_from_start(fh: IO[str]) -> str:
+    fh.seek(0)
+    return fh.read().strip()
 
 
 class Entry(NamedTuple):
