@@ -38,6 +38,7 @@ BLOCK_BYTES = 1 << 20
 MIN_BLOCK_FRAMES = 1024
 SFC_GET_LOG_INFO = 0x1001
 SFC_SET_ADD_PEAK_CHUNK = 0x1050
+SFC_GET_CHANNEL_MAP_INFO, SFC_SET_CHANNEL_MAP_INFO = 0x1100, 0x1101  # which speaker each channel is (WAVEX, CAF)
 # libsndfile's parse log says "data : 264600 (should be 88170)" for a cut file, and for an
 # AIFF whose COMM chunk promises more frames than its SSND chunk holds, says so too
 _SHORT_CHUNK = re.compile(rb"^\s*(data|SSND|Data Size|riff|Riff size)\s*:\s*(\d+)\s*\(should be (\d+)\)",
@@ -76,6 +77,7 @@ class Layout:
     lo: float
     hi: float
     full_scale: float  # the data value of digital full scale (1.0 for float)
+    speakers: tuple[int, ...] | None = None  # the channel map, when the file has one (a WAVEX's channel mask)
 
     @property
     def integer(self) -> bool:
@@ -111,6 +113,7 @@ def open_read(fh: BinaryIO) -> sf.SoundFile:
     native = _native(fh)
     if isinstance(native, int):  # libsndfile gets a descriptor of its own, and closes it: 1.2.0 closed the
         native = os.dup(native)  # caller's own on a failed open, whatever it was told
+        os.lseek(native, 0, os.SEEK_SET)  # from the start, whatever a buffered reader of ``fh`` left there
     try:
         with codec_stderr_silenced():
             snd = sf.SoundFile(native, closefd=isinstance(native, int))
@@ -145,7 +148,15 @@ def layout_of(snd: sf.SoundFile) -> Layout:
         dtype = np.dtype(np.float64 if snd.subtype == "DOUBLE" else np.float32)
         step, lo, hi, full = 1, -1.0, 1.0, 1.0
     return Layout(snd.format, snd.subtype, snd.endian, snd.samplerate, snd.channels,
-                  snd.frames, dtype, step, lo, hi, full)
+                  snd.frames, dtype, step, lo, hi, full, _speakers(snd))
+
+
+def _speakers(snd: sf.SoundFile) -> tuple[int, ...] | None:
+    """The file's channel map (libsndfile's SF_CHANNEL_MAP_* per channel), None when it has none."""
+    speakers = sf._ffi.new("int[]", snd.channels)
+    if not sf._snd.sf_command(snd._file, SFC_GET_CHANNEL_MAP_INFO, speakers, snd.channels * sf._ffi.sizeof("int")):
+        return None
+    return tuple(speakers)
 
 
 def block_frames(layout: Layout) -> int:
@@ -201,6 +212,9 @@ def open_write(fh: BinaryIO, layout: Layout, metadata: dict[str, str]) -> sf.Sou
         raise AudioError(f"cannot write {layout.format}/{layout.subtype}: {_one_line(exc)}") from None
     if layout.subtype in ("FLOAT", "DOUBLE"):
         sf._snd.sf_command(out._file, SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+    if layout.speakers is not None:  # before the first write: the header takes it (a WAVEX's channel mask)
+        speakers = sf._ffi.new("int[]", list(layout.speakers))
+        sf._snd.sf_command(out._file, SFC_SET_CHANNEL_MAP_INFO, speakers, len(layout.speakers) * sf._ffi.sizeof("int"))
     for key, value in metadata.items():
         try:
             setattr(out, key, value)
@@ -232,6 +246,89 @@ def clear_peak_time(fh: BinaryIO) -> None:
             fh.write(bytes(4))
             return
         pos += 8 + size + (size & 1)
+
+
+def container_problem(fh: BinaryIO) -> str | None:
+    """What libsndfile would silently change on writing this file back, read from its own header bytes
+    before libsndfile opens it: PCM samples narrower than their words (12 bits in 16 are written as 16, the
+    noise off the 12-bit grid), and an Ogg holding several streams (only the first is decoded). None when
+    the file is as libsndfile writes it, or not a WAV, AIFF or Ogg."""
+    fh.seek(0)
+    head = fh.read(12)
+    if head[:4] == b"OggS":
+        return _ogg_streams(fh)
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        bits = _wav_sample_bits(fh, big=head[:4] == b"RIFX")
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        bits = _aiff_sample_bits(fh)
+    else:
+        return None
+    if bits is None or bits[0] in (8, 16, 24, 32) and bits[0] == bits[1]:
+        return None
+    word = min(w for w in (8, 16, 24, 32, bits[1]) if w >= bits[1])
+    return f"{bits[0]}-bit samples in {word}-bit words (libsndfile would write them as {word}-bit samples)"
+
+
+def _chunks(fh: BinaryIO, start: int, big: bool, limit: int = 64) -> Iterator[tuple[bytes, int, int]]:
+    """RIFF-style chunks from ``start``: (id, offset of its data, size), at most ``limit`` of them."""
+    pos = start
+    for _ in range(limit):
+        fh.seek(pos)
+        header = fh.read(8)
+        if len(header) < 8:
+            return
+        size = int.from_bytes(header[4:], "big" if big else "little")
+        yield header[:4], pos + 8, size
+        pos += 8 + size + (size & 1)
+
+
+def _wav_sample_bits(fh: BinaryIO, big: bool) -> tuple[int, int] | None:
+    """A PCM WAV's (bits per sample, bits of its words): WAVE_FORMAT_EXTENSIBLE's valid bits in its
+    container, else wBitsPerSample (whose words are the next whole bytes); None for other encodings."""
+    order = "big" if big else "little"
+    for chunk, at, size in _chunks(fh, 12, big):
+        if chunk != b"fmt ":
+            continue
+        fh.seek(at)
+        fmt = fh.read(min(size, 40))
+        if len(fmt) < 16:
+            return None
+        tag, bits = int.from_bytes(fmt[0:2], order), int.from_bytes(fmt[14:16], order)
+        if tag == 0xFFFE and len(fmt) >= 28:
+            valid = int.from_bytes(fmt[18:20], order) or bits
+            return (valid, bits) if int.from_bytes(fmt[24:28], order) == 1 else None  # SubFormat: PCM
+        return (bits, -(-bits // 8) * 8) if tag == 1 else None
+    return None
+
+
+def _aiff_sample_bits(fh: BinaryIO) -> tuple[int, int] | None:
+    """An AIFF's sampleSize (its COMM chunk) and the bits of its words (the next whole bytes); None for
+    compressed or float AIFC."""
+    for chunk, at, size in _chunks(fh, 12, big=True):
+        if chunk == b"COMM" and size >= 8:
+            fh.seek(at)
+            comm = fh.read(min(size, 22))
+            if size >= 22 and comm[18:22] not in (b"NONE", b"twos", b"sowt", b"raw "):
+                return None
+            bits = int.from_bytes(comm[6:8], "big")
+            return bits, -(-bits // 8) * 8
+    return None
+
+
+def _ogg_streams(fh: BinaryIO) -> str | None:
+    """An Ogg file holding more than one stream (chained one after another, or multiplexed)."""
+    size = fh.seek(0, os.SEEK_END)
+    pos, starts = 0, 0
+    while pos + 27 <= size:
+        fh.seek(pos)
+        head = fh.read(27)
+        if len(head) < 27 or head[:4] != b"OggS":
+            return None
+        starts += head[5] & 0x02 != 0
+        table = fh.read(head[26])
+        pos += 27 + len(table) + sum(table)
+    return f"Ogg holding {starts} streams (chained or multiplexed): only the first would be kept" if starts > 1 \
+        else None
 
 
 def set_ogg_serials(data: bytes, seed: int) -> bytes:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import seeding
 from .config import Config, SigmaSpec
-from .errors import DecodeError, WriteError
+from .errors import DecodeError, UnsupportedError, WriteError
 from .noise import image_limits, image_sigma, noise_inplace, recording_escapes
 from .records import Job
 from .signals import checkpoint
@@ -201,6 +201,9 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config,
         size = fh.seek(0, os.SEEK_END)
         if size == 0:  # said as such, not as whatever libsndfile makes of no bytes
             raise DecodeError(rel, "empty file")
+        problem = audio_io.container_problem(fh)
+        if problem is not None:
+            raise UnsupportedError(rel, problem)
         fh.seek(0)
         try:
             snd = audio_io.open_read(fh)

@@ -217,6 +217,68 @@ def test_float_audio_with_a_nan_or_infinite_sample_is_refused_not_passed_through
         assert not (tmp_path / "out" / name).exists()
 
 
+def _wav(samples: bytes, word: int, bits: int, extensible: bool) -> bytes:
+    import struct
+
+    align = word // 8
+    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else 1, 1, RATE, RATE * align, align,
+                      word if extensible else bits)
+    if extensible:  # cbSize, valid bits, channel mask, SubFormat KSDATAFORMAT_SUBTYPE_PCM
+        fmt += struct.pack("<HHI", 22, bits, 4) + bytes.fromhex("0100000000001000800000aa00389b71")
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(samples)) + samples
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def test_samples_narrower_than_their_words_and_chained_ogg_are_refused(cli, tmp_path):
+    """libsndfile reads 12-bit PCM as PCM_16 and writes it back as 16-bit (the noise off the 12-bit grid), and
+    decodes the first stream of a chained Ogg only: both were marked ok. Refused with the reason now."""
+    src = tmp_path / "in"
+    src.mkdir()
+    signal = 0.3 * np.sin(np.arange(RATE) / 10)
+    twelve = (np.round(signal * 2047).astype("<i2") << 4).tobytes()
+    (src / "pcm12.wav").write_bytes(_wav(twelve, 16, 12, extensible=False))
+    (src / "x12in16.wav").write_bytes(_wav(twelve, 16, 12, extensible=True))
+    (src / "x24in32.wav").write_bytes(_wav((np.round(signal * 2**23).astype("<i4") << 8).tobytes(), 32, 24, True))
+    (src / "x16in16.wav").write_bytes(_wav(np.round(signal * 32767).astype("<i2").tobytes(), 16, 16, True))
+    sf.write(src / "aiff16.aiff", signal, RATE, subtype="PCM_16")
+    data = bytearray((src / "aiff16.aiff").read_bytes())
+    comm = data.find(b"COMM")
+    data[comm + 14:comm + 16] = (12).to_bytes(2, "big")  # sampleSize 12, still in 16-bit words
+    (src / "aiff12.aiff").write_bytes(bytes(data))
+    for name, length in (("a.ogg", RATE), ("b.ogg", RATE // 2)):
+        sf.write(tmp_path / name, signal[:length], RATE, format="OGG", subtype="VORBIS")
+    (src / "chained.ogg").write_bytes((tmp_path / "a.ogg").read_bytes() + (tmp_path / "b.ogg").read_bytes())
+    (src / "single.ogg").write_bytes((tmp_path / "a.ogg").read_bytes())
+    cli("run", src, tmp_path / "out", "--workers", 1, code=1)
+    recs = {r["input"]: r for r in records(tmp_path / "out" / "noiseaug-manifest.jsonl")[1]}
+    assert {name: r["status"] for name, r in recs.items()} == {
+        "pcm12.wav": "error", "x12in16.wav": "error", "x24in32.wav": "error", "aiff12.aiff": "error",
+        "chained.ogg": "error", "x16in16.wav": "ok", "aiff16.aiff": "ok", "single.ogg": "ok"}
+    assert recs["pcm12.wav"]["error"] == "not supported: 12-bit samples in 16-bit words (libsndfile would write " \
+                                        "them as 16-bit samples)"
+    assert "24-bit samples in 32-bit words" in recs["x24in32.wav"]["error"]
+    assert recs["chained.ogg"]["error"].startswith("not supported: Ogg holding 2 streams")
+
+
+def test_a_wavex_keeps_its_channel_mask(cli, tmp_path):
+    """Back-left and back-right (mask 0x30) came out front-left and front-right (libsndfile's default)."""
+    import struct
+
+    src = tmp_path / "in"
+    src.mkdir()
+    samples = np.round(0.2 * np.sin(np.arange(2 * RATE) / 9) * 32767).astype("<i2")
+    wav = bytearray(_wav(samples.tobytes(), 16, 16, extensible=True))
+    fmt = wav.find(b"fmt ") + 8
+    wav[fmt + 2:fmt + 4], wav[fmt + 12:fmt + 14] = struct.pack("<H", 2), struct.pack("<H", 4)  # two channels
+    wav[fmt + 8:fmt + 12] = struct.pack("<I", RATE * 4)
+    wav[fmt + 20:fmt + 24] = struct.pack("<I", 0x30)
+    (src / "back.wav").write_bytes(bytes(wav))
+    cli("run", src, tmp_path / "out", "--workers", 1)
+    out = (tmp_path / "out" / "back.wav").read_bytes()
+    at = out.find(b"fmt ") + 8
+    assert struct.unpack("<HH", out[at:at + 4]) == (0xFFFE, 2) and struct.unpack("<I", out[at + 20:at + 24]) == (0x30,)
+
+
 def test_an_snr_beyond_what_a_double_holds_is_refused_before_anything_runs(cli, tmp_path):
     (tmp_path / "in").mkdir()
     result = cli("run", tmp_path / "in", tmp_path / "out", "--audio-snr-db=7000", code=2)
