@@ -19,6 +19,7 @@ import binascii
 import io
 import os
 import re
+import weakref
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -166,15 +167,21 @@ def block_frames(layout: Layout) -> int:
     return max(MIN_BLOCK_FRAMES, BLOCK_BYTES // (layout.channels * layout.dtype.itemsize))
 
 
+_READ: "weakref.WeakSet[sf.SoundFile]" = weakref.WeakSet()  # open recordings read once already
+
+
 def blocks(snd: sf.SoundFile, layout: Layout) -> Iterator[np.ndarray]:
     """The file's samples, block by block, in its layout's dtype (one reused buffer)."""
     frames = block_frames(layout)
     buffer = np.empty((frames, layout.channels), dtype=layout.dtype)
     total = 0
-    try:
-        snd.seek(0)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"cannot decode: {_one_line(exc)}") from None
+    if snd in _READ or snd.seekable():  # a fresh unseekable stream (GSM 6.10, G.72x) is read from where it is
+        try:
+            snd.seek(0)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            again = " (it cannot be read twice, as --audio-snr-db and --copies above 1 would)" if snd in _READ else ""
+            raise AudioError(f"cannot decode: {_one_line(exc)}{again}") from None
+    _READ.add(snd)
     while True:
         try:
             with codec_stderr_silenced():

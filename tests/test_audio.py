@@ -279,6 +279,24 @@ def test_a_wavex_keeps_its_channel_mask(cli, tmp_path):
     assert struct.unpack("<HH", out[at:at + 4]) == (0xFFFE, 2) and struct.unpack("<I", out[at + 20:at + 24]) == (0x30,)
 
 
+def test_codecs_libsndfile_cannot_seek_in_are_read_once_from_the_start(cli, tmp_path):
+    """GSM 6.10 and G.72x streams cannot seek: a fresh one was refused ("Seek attempted on unseekable file
+    type") though it reads fine. Read once it is noised; a second pass (--audio-snr-db) says why it cannot be."""
+    src = tmp_path / "in"
+    src.mkdir()
+    signal = 0.3 * np.sin(np.arange(8000) / 10)
+    sf.write(src / "gsm.wav", signal, 8000, "GSM610", format="WAV")
+    sf.write(src / "g723.au", signal, 8000, "G723_24", format="AU")
+    cli("run", src, tmp_path / "out", "--workers", 1)
+    recs = {r["input"]: r for r in records(tmp_path / "out" / "noiseaug-manifest.jsonl")[1]}
+    for name in ("gsm.wav", "g723.au"):
+        decoded = sf.read(tmp_path / "out" / name)[0]
+        assert recs[name]["frames"] == sf.info(src / name).frames == decoded.shape[0]
+        assert 0.005 < np.std(decoded - sf.read(src / name)[0]) < 0.05  # noised (σ 0.01), not silence
+    result = cli("run", src, tmp_path / "snr", "--workers", 1, "--audio-snr-db", "20", code=1)
+    assert "it cannot be read twice" in result.stderr
+
+
 def test_an_snr_beyond_what_a_double_holds_is_refused_before_anything_runs(cli, tmp_path):
     (tmp_path / "in").mkdir()
     result = cli("run", tmp_path / "in", tmp_path / "out", "--audio-snr-db=7000", code=2)
