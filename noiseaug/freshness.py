@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 
 from .config import Config
 from .discover import Selection, WalkStats, walk
+from .manifest import rel_bytes
 from .records import LABEL, LEFT, OK, Job, copies_of, output_of, path_fields
 from .storage import LocalStorage, Storage
 
@@ -73,7 +74,7 @@ def nothing_to_do(source: Storage, target: Storage, manifest: Path, cfg: Config,
         return None
     key = _folders_key(cfg, noted)
     found = _same_folders(source, target, cache.folder_digests(key), _names(own))
-    return found if found is not None else _each_file(source, target, cfg, cache, selection, noted)
+    return found if found is not None else _each_file(source, target, cfg, cache, selection, noted, manifest)
 
 
 def note_folders(source: Storage, target: Storage, manifest: Path, cfg: Config, cache: Any,
@@ -85,7 +86,7 @@ def note_folders(source: Storage, target: Storage, manifest: Path, cfg: Config, 
         return False
     source.digests, outputs = {}, {}
     try:
-        found = _each_file(source, target, cfg, cache, selection, noted, (outputs, _names(own)))
+        found = _each_file(source, target, cfg, cache, selection, noted, manifest, (outputs, _names(own)))
         inputs = source.digests
     finally:
         source.digests = None
@@ -160,7 +161,7 @@ def _same_folders(source: Storage, target: Storage, noted: Any,
 
 
 def _each_file(source: Storage, target: Storage, cfg: Config, cache: Any, selection: Selection, noted: list[int],
-               noting: tuple[dict[bytes, bytes], set[tuple[bytes, bytes]]] | None = None,
+               manifest: Path, noting: tuple[dict[bytes, bytes], set[tuple[bytes, bytes]]] | None = None,
                ) -> tuple[Counter, WalkStats] | None:
     """The quick check file by file (see :func:`nothing_to_do`); ``noting``: where to put the digest of each
     output folder it lists, and noiseaug's own names to leave out of them."""
@@ -186,6 +187,29 @@ def _each_file(source: Storage, target: Storage, cfg: Config, cache: Any, select
                 return None
             skipped[kind] += 1
         seen += len(rows)
-    if seen != noted[2] or stats.problems:
+    if stats.problems or seen != noted[2] and seen + (_kept_gone(manifest, target, noting) or 0) != noted[2]:
         return None
     return Counter({(kind, "skipped"): n for kind, n in skipped.items()}), stats
+
+
+def _kept_gone(manifest: Path, target: Storage,
+               noting: tuple[dict[bytes, bytes], set[tuple[bytes, bytes]]] | None) -> int | None:
+    """How many records of inputs that are gone (flagged ``input_missing``) the manifest holds, when every
+    one's output is still there: a run keeps them as they are (it drops one whose output went too). None when
+    one's output is gone. Its folder is noted with the others, so the shortcut sees such an output go."""
+    count, folder, outputs = 0, b"\0", {}
+    try:
+        with open(manifest, "rb") as fh:
+            fh.readline()
+            for line in fh:
+                if b'"input_missing": true' not in line:  # a key: inside a string the quotes are escaped
+                    continue
+                where, _, name = rel_bytes(json.loads(line), "output").rpartition(b"/")
+                if where != folder:
+                    folder, outputs = where, _output_stamps(target, where, noting)
+                if outputs.get(name) is None:
+                    return None
+                count += 1
+    except (OSError, ValueError, KeyError):
+        return None
+    return count
