@@ -218,7 +218,8 @@ def _plain_png(data: bytes) -> ImageHeader | None:
     return _plain_png_header(data[16:26])
 
 
-_PNG_CARRIED = (b"gAMA", b"cHRM", b"sRGB", b"pHYs")  # how to show the pixels, and their density: OpenCV drops them
+_PNG_CARRIED = (b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCv", b"cLLi",  # how to show the pixels (HDR too) and
+                b"pHYs")  # their density: OpenCV drops them
 
 
 def _png_carried(data: bytes) -> bytes:
@@ -389,6 +390,11 @@ def _pnm_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -
     maxval = _pnm_maxval(data)
     if maxval not in (255, 65535):
         raise UnsupportedError(path, f"PNM with maximum value {maxval} (only 255 and 65535 keep their scale)")
+    if magic in (b"P5", b"P6") and im.tile:  # a binary PNM may hold more images, one after another
+        offset = im.tile[0][2]
+        end = offset + im.width * im.height * (3 if magic == b"P6" else 1) * (2 if maxval > 255 else 1)
+        if data[end:].lstrip()[:1] == b"P":
+            raise UnsupportedError(path, "PNM holding several images: only the first would be kept")
     return replace(header, ascii=magic in (b"P2", b"P3"))
 
 

@@ -341,6 +341,26 @@ def test_png_gamma_colour_and_density_and_jpeg_density_are_kept(cli, dirs):
     assert cli("verify", "--regenerate", out / "noiseaug-manifest.jsonl").exit_code == 0
 
 
+def test_png_hdr_signalling_is_kept_and_a_pnm_of_several_images_is_refused(cli, dirs):
+    """A PNG's cICP (BT.2100 PQ here), mDCv and cLLi say how to show HDR pixels: dropped, the output looked
+    wrong. A binary PNM may hold several images one after another: only the first was written."""
+    src, out = dirs
+    rgb = np.random.default_rng(8).integers(0, 256, (12, 10, 3), np.uint8)
+    hdr = [(b"cICP", bytes([9, 16, 0, 1])), (b"cLLi", (10000000).to_bytes(4, "big") + (4000000).to_bytes(4, "big"))]
+    (src / "hdr.png").write_bytes(_png_with(rgb, "RGB", hdr))
+    one = b"P5 10 12 255\n" + rgb[..., 0].tobytes()
+    (src / "two.pgm").write_bytes(one + one)
+    (src / "one.pgm").write_bytes(one)
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "two.pgm: not supported: PNM holding several images" in result.stderr and (out / "one.pgm").exists()
+    data = (out / "hdr.png").read_bytes()
+    for kind, body in hdr:
+        at = data.find(kind)
+        assert at > 0 and data[at + 4:at + 4 + len(body)] == body and at < data.find(b"IDAT"), kind
+    with Image.open(out / "hdr.png") as im:
+        im.verify()
+
+
 def test_an_rgb_jpeg_is_refused_as_an_rgb_tiff_is(cli, dirs):
     import imagecodecs
 
