@@ -498,8 +498,9 @@ def probe(data: bytes, path: str, fmt: str, options: ReadOptions = ReadOptions()
 
         layout, label = image_tiff.probe(data, path, options.max_pixels)
         if label and options.palette_images == "noise":
-            raise UnsupportedError(path, f"--palette-images noise on a {label} TIFF (its pages and storage "
-                                         "would not be kept; noised palettes work on PNG and BMP)")
+            raise UnsupportedError(path, f"noise on a {label} TIFF, a label map (--palette-images noise, or a "
+                                         "preview): its pages and storage would not be kept; noised palettes work "
+                                         "on PNG and BMP")
         return Probe(label, layout, fmt)
     _check_signature(data, fmt, path)
     header = read_header(data, fmt, path)

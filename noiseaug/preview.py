@@ -312,6 +312,8 @@ def _read_track(fh: Any, name: str) -> tuple[_Track, audio_io.Layout, float]:
         track, energy = _Track(layout_.frames, layout_.samplerate), 0.0
         for block in audio_io.blocks(snd, layout_):
             values = _as_float(block, layout_)
+            if not layout_.integer and not np.isfinite(values).all():  # said as a run says it, not drawn
+                raise DecodeError(name, "float samples that are not finite (NaN or infinity)")
             track.add(values.mean(axis=1))
             energy += float(np.square(values).sum())
     return track, layout_, energy

@@ -157,6 +157,20 @@ def test_preview_of_a_file_whose_name_is_not_utf8_draws_its_escaped_name(tmp_pat
     assert cv2.imread(str(tmp_path / "p.png")) is not None
 
 
+def test_preview_of_a_recording_with_a_nan_is_one_line_and_a_gsm_one_is_drawn(cli, tmp_path):
+    """A NaN drew a garbage picture after numpy's warnings (a run refuses the file); a GSM 6.10 recording,
+    which cannot seek, ended in a traceback."""
+    signal = (0.3 * np.sin(np.arange(8000) / 10)).astype(np.float32)
+    sf.write(tmp_path / "gsm.wav", signal, 8000, "GSM610")
+    signal[5] = np.nan
+    sf.write(tmp_path / "nan.wav", signal, 8000, "FLOAT")
+    result = cli("preview", tmp_path / "nan.wav", "-o", tmp_path / "nan.png", code=1)
+    assert result.stderr.strip() == "noiseaug: error: nan.wav: float samples that are not finite (NaN or infinity)"
+    assert not (tmp_path / "nan.png").exists()
+    cli("preview", tmp_path / "gsm.wav", "-o", tmp_path / "gsm.png")
+    assert cv2.imread(str(tmp_path / "gsm.png")) is not None
+
+
 def test_preview_refuses_what_it_cannot_show(cli, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert "not an image" in cli("preview", tmp_path / "notes.txt", "-o", tmp_path / "p.png", code=2).stderr
