@@ -659,8 +659,13 @@ def encode(picture: Picture, path: str, options: WriteOptions) -> bytes | np.nda
         params = [cv2.IMWRITE_WEBP_QUALITY, 101 if header.lossless else options.jpeg_quality]
     elif fmt == "pnm":
         params = [cv2.IMWRITE_PXM_BINARY, 0 if header.ascii else 1]
+    icc = header.icc if fmt in ICC_FORMATS else None
     with codec_stderr_silenced():
-        ok, encoded = _encode_with_profile(ext, pixels, params, header.icc if fmt in ICC_FORMATS else None)
+        ok, encoded = _encode_with_profile(ext, pixels, params, icc)
+    if not ok and icc is not None:
+        why = " (one JPEG segment holds 65,519 bytes)" if fmt == "jpeg" and icc.size > 65519 else ""
+        raise UnsupportedError(path, f"a colour profile of {icc.size} bytes, which OpenCV cannot write into a "
+                                     f"{fmt.upper()}{why}")
     if not ok:
         raise WriteError(path, f"OpenCV cannot write {pixels.dtype} {pixels.shape} as {fmt.upper()}")
     return _carry_back(encoded, header, fmt) if header.carried else encoded
@@ -704,7 +709,7 @@ def _encode_with_profile(ext: str, pixels: np.ndarray, params: list[int],
         try:
             return cv2.imencodeWithMetadata(ext, pixels, [cv2.IMAGE_METADATA_ICCP], [icc], params)
         except cv2.error:
-            pass  # a profile OpenCV will not embed: the pixels still go out
+            return False, None  # a profile OpenCV will not embed: dropping it would change how the output looks
     return cv2.imencode(ext, pixels, params)
 
 

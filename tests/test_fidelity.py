@@ -445,6 +445,21 @@ def test_a_jpeg_with_an_mpf_segment_keeps_its_own_colour_profile(cli, dirs):
         assert im.info.get("progressive") and im.info.get("icc_profile") == icc
 
 
+def test_a_jpeg_whose_colour_profile_opencv_cannot_write_says_so(cli, dirs):
+    """A profile over 64 KB (several APP2 segments, as large LUT profiles are) failed as "OpenCV cannot write
+    uint8 (16, 16, 3) as JPEG", blaming the pixels; and a profile OpenCV refused was silently dropped."""
+    import struct
+
+    src, out = dirs
+    icc = bytearray(150_000)
+    icc[0:4], icc[36:40] = struct.pack(">I", len(icc)), b"acsp"
+    rgb = np.random.default_rng(9).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src / "big.jpg", quality=95, icc_profile=bytes(icc))
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "big.jpg: not supported: a colour profile of 150000 bytes, which OpenCV cannot write into a JPEG " \
+           "(one JPEG segment holds 65,519 bytes)" in result.stderr and not (out / "big.jpg").exists()
+
+
 def test_lossless_and_12_bit_jpegs_are_refused(cli, dirs):
     import imagecodecs
 
