@@ -606,8 +606,8 @@ def _float_limits(pages: list[np.ndarray], path: str, given: tuple[float, float]
     for page in pages:
         if not np.isfinite(page).all():
             raise UnsupportedError(path, "float samples that are NaN or infinite")
-        low, high = float(page.min(initial=lo)), float(page.max(initial=hi))
-        if low < lo or high > hi:
+        low, high = (float(page.min()), float(page.max())) if page.size else (lo, hi)
+        if low < lo or high > hi:  # the samples' own range in the reason, not one clamped to [lo, hi]
             hint = "give their range with --float-range LO:HI" if given is None else "widen --float-range"
             raise UnsupportedError(path, f"float samples from {low:g} to {high:g}, outside "
                                          f"[{lo:g}, {hi:g}] ({hint})")

@@ -250,6 +250,7 @@ def test_hdr_float_tiff_is_refused_unless_its_range_is_given(cli, dirs, tmp_path
     (src / "hdr.tif").write_bytes(_tif(hdr, photometric="minisblack"))
     result = cli("run", src, out, "--workers", 1, code=1)
     assert "outside [0, 1]" in result.stderr and "--float-range" in result.stderr
+    assert f"float samples from {hdr.min():g} to {hdr.max():g}, outside" in result.stderr  # their own range
     assert not (out / "hdr.tif").exists()
     cli("run", src, tmp_path / "ranged", "--workers", 1, "--float-range", "0:4")
     noisy = tifffile.imread(tmp_path / "ranged" / "hdr.tif")
