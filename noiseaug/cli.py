@@ -182,7 +182,7 @@ def _run(input_dir: str, output_dir: str, cfg: Any, reporter: Any) -> Any:
 
 def _tell(summary: Any, sheet: Path | None, count: int, quiet: bool, json_out: bool) -> None:
     """The summary on stderr, the contact sheet, the JSON summary on stdout."""
-    if not quiet or summary.interrupted:
+    if not quiet:
         typer.echo(summary.text(), err=True)
     else:  # quiet, but paths the walk could not take (no file to fail live) and why a run stopped are failures
         from .report import printable
@@ -191,6 +191,9 @@ def _tell(summary: Any, sheet: Path | None, count: int, quiet: bool, json_out: b
             typer.echo(f"noiseaug: failed: {printable(problem)}", err=True)
         if summary.stopped:
             typer.echo(f"noiseaug: stopped: {summary.stopped}", err=True)
+        if summary.interrupted:  # one line, not the whole table
+            typer.echo(f"noiseaug: interrupted by {summary.signal or 'SIGINT'}: the manifest holds what was done; "
+                       "run again to continue", err=True)
     if sheet is not None and not summary.interrupted:
         _contact_sheet(summary, sheet, count, quiet)
     if json_out:

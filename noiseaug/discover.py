@@ -96,8 +96,8 @@ class Selection:
 
     def unmatched(self, hits: set[str]) -> list[str]:
         """The patterns that matched no path, each as the option that gave it."""
-        return [f"--include {g!r}" for g in self.include if g not in hits] + \
-               [f"--exclude {g!r}" for g in self.exclude if g not in hits]
+        return [f"--include '{g}'" for g in self.include if g not in hits] + \
+               [f"--exclude '{g}'" for g in self.exclude if g not in hits]
 
     def in_shard(self, rel: str) -> bool:
         index, count = self.shard

@@ -254,7 +254,7 @@ class Summary:
         return ", ".join(f"{n} {what}" for n, what in parts if n)
 
     def _warnings(self) -> list[str]:
-        lines = [f"noiseaug: warning: {option} matched no file" for option in self.unmatched]
+        lines = [f"noiseaug: warning: {printable(option)} matched no file" for option in self.unmatched]
         if self.warned:
             lines.append(f"noiseaug: warning: {self.warned} output(s) written with a warning: see the \"warning\" "
                          "field of their records")

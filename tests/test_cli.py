@@ -138,3 +138,16 @@ def test_summary_clipping_is_the_records_mean_and_max(cli, tmp_path):
     assert summary["clipped_fraction_mean"] == pytest.approx(sum(fractions) / 2)
     assert summary["clipped_fraction_max"] == max(fractions)
     assert f"{100 * sum(fractions) / 2:.3f}%" in result.stderr
+
+
+def test_quiet_says_an_interruption_in_one_line_not_the_summary_table(capsys):
+    """-q prints only failures, and why a run stopped: an interruption is one line, not the whole summary."""
+    from noiseaug.cli import _tell
+    from noiseaug.report import Summary
+
+    summary = Summary("in", "out", "out/noiseaug-manifest.jsonl", interrupted=True, signal="SIGTERM")
+    _tell(summary, None, 0, quiet=True, json_out=False)
+    assert capsys.readouterr().err.splitlines() == [
+        "noiseaug: interrupted by SIGTERM: the manifest holds what was done; run again to continue"]
+    _tell(summary, None, 0, quiet=False, json_out=False)
+    assert "manifest: out/noiseaug-manifest.jsonl" in capsys.readouterr().err
