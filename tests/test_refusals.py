@@ -209,6 +209,13 @@ def test_two_runs_of_other_options_started_together_are_not_both_let_in(tmp_path
                 for extra in ([], ["--seed", "1", "--shard", "0/2"])]
         said = [run.communicate(timeout=120)[1] for run in runs]
         assert 2 in [run.returncode for run in runs], (attempt, said)
+    for attempt in range(4):  # the shards of one job, started together, all go on (a job array)
+        out = tmp_path / f"shards{attempt}"
+        runs = [subprocess.Popen([sys.executable, "-m", "noiseaug", "run", src, out, "-q", "--workers", "1",
+                                  "--shard", f"{i}/3"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for i in range(3)]
+        said = [run.communicate(timeout=120)[1] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0, 0], (attempt, said)
 
 
 def test_missing_input_is_refused(cli, tmp_path):
