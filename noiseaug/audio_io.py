@@ -19,6 +19,7 @@ import binascii
 import io
 import os
 import re
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
@@ -40,6 +41,9 @@ MIN_BLOCK_FRAMES = 1024
 SFC_GET_LOG_INFO = 0x1001
 SFC_SET_ADD_PEAK_CHUNK = 0x1050
 SFC_GET_CHANNEL_MAP_INFO, SFC_SET_CHANNEL_MAP_INFO = 0x1100, 0x1101  # which speaker each channel is (WAVEX, CAF)
+SFC_GET_BROADCAST_INFO, SFC_SET_BROADCAST_INFO = 0x10F0, 0x10F1  # a Broadcast WAV's bext chunk
+BEXT_FIXED, BEXT_HISTORY_SIZE_AT = 608, 604  # SF_BROADCAST_INFO: fixed fields, then the coding history's size
+BEXT_FORMATS = ("WAV", "WAVEX", "RF64", "W64")
 # libsndfile's parse log says "data : 264600 (should be 88170)" for a cut file, and for an
 # AIFF whose COMM chunk promises more frames than its SSND chunk holds, says so too
 _SHORT_CHUNK = re.compile(rb"^\s*(data|SSND|Data Size|riff|Riff size)\s*:\s*(\d+)\s*\(should be (\d+)\)",
@@ -79,6 +83,7 @@ class Layout:
     hi: float
     full_scale: float  # the data value of digital full scale (1.0 for float)
     speakers: tuple[int, ...] | None = None  # the channel map, when the file has one (a WAVEX's channel mask)
+    broadcast: bytes | None = None  # a Broadcast WAV's bext fields (SF_BROADCAST_INFO), when it has them
 
     @property
     def integer(self) -> bool:
@@ -149,7 +154,20 @@ def layout_of(snd: sf.SoundFile) -> Layout:
         dtype = np.dtype(np.float64 if snd.subtype == "DOUBLE" else np.float32)
         step, lo, hi, full = 1, -1.0, 1.0, 1.0
     return Layout(snd.format, snd.subtype, snd.endian, snd.samplerate, snd.channels,
-                  snd.frames, dtype, step, lo, hi, full, _speakers(snd))
+                  snd.frames, dtype, step, lo, hi, full, _speakers(snd),
+                  _broadcast(snd) if snd.format in BEXT_FORMATS else None)
+
+
+def _broadcast(snd: sf.SoundFile) -> bytes | None:
+    """A Broadcast WAV's bext fields as libsndfile gives them (description, originator, dates, time reference,
+    coding history ...), None when the file has none."""
+    size = BEXT_FIXED + 65536
+    data = sf._ffi.new("char[]", size)
+    if not sf._snd.sf_command(snd._file, SFC_GET_BROADCAST_INFO, data, size):
+        return None
+    fields = bytes(sf._ffi.buffer(data, size))
+    history = min(int.from_bytes(fields[BEXT_HISTORY_SIZE_AT:BEXT_FIXED], sys.byteorder), size - BEXT_FIXED)
+    return fields[:BEXT_FIXED + history]
 
 
 def _speakers(snd: sf.SoundFile) -> tuple[int, ...] | None:
@@ -219,6 +237,9 @@ def open_write(fh: BinaryIO, layout: Layout, metadata: dict[str, str]) -> sf.Sou
         raise AudioError(f"cannot write {layout.format}/{layout.subtype}: {_one_line(exc)}") from None
     if layout.subtype in ("FLOAT", "DOUBLE"):
         sf._snd.sf_command(out._file, SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+    if layout.broadcast is not None:  # before the first write, as the channel map
+        sf._snd.sf_command(out._file, SFC_SET_BROADCAST_INFO, sf._ffi.from_buffer(layout.broadcast),
+                           len(layout.broadcast))
     if layout.speakers is not None:  # before the first write: the header takes it (a WAVEX's channel mask)
         speakers = sf._ffi.new("int[]", list(layout.speakers))
         sf._snd.sf_command(out._file, SFC_SET_CHANNEL_MAP_INFO, speakers, len(layout.speakers) * sf._ffi.sizeof("int"))

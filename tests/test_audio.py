@@ -297,6 +297,30 @@ def test_codecs_libsndfile_cannot_seek_in_are_read_once_from_the_start(cli, tmp_
     assert "it cannot be read twice" in result.stderr
 
 
+def test_a_broadcast_wav_keeps_its_bext_fields(cli, tmp_path):
+    """A Broadcast WAV's bext chunk (description, originator, time reference, coding history) was dropped;
+    libsndfile carries it now, and appends its own line to the coding history, as a processing step should."""
+    from noiseaug import audio_io
+
+    src = tmp_path / "in"
+    src.mkdir()
+    fields = bytearray(audio_io.BEXT_FIXED)
+    fields[0:18], fields[256:264], fields[340:344] = b"Take 3, room tone.", b"Studio A", (480000).to_bytes(4, "little")
+    with sf.SoundFile(src / "take.wav", "w", RATE, 1, "PCM_16", format="WAV") as out:
+        sf._snd.sf_command(out._file, audio_io.SFC_SET_BROADCAST_INFO, sf._ffi.from_buffer(fields), len(fields))
+        out.write(tone(0.5, 1, amplitude=0.5))
+    cli("run", src, tmp_path / "out", "--workers", 1)
+
+    def bext(path):
+        data = path.read_bytes()
+        at = data.find(b"bext")
+        return data[at + 8:at + 8 + int.from_bytes(data[at + 4:at + 8], "little")]
+
+    before, after = bext(src / "take.wav"), bext(tmp_path / "out" / "take.wav")
+    assert before[:18] == b"Take 3, room tone." and after[:602] == before[:602]  # every fixed field
+    assert after[602:].startswith(before[602:]) and len(after) > len(before)  # its history, and one more line
+
+
 def test_an_snr_beyond_what_a_double_holds_is_refused_before_anything_runs(cli, tmp_path):
     (tmp_path / "in").mkdir()
     result = cli("run", tmp_path / "in", tmp_path / "out", "--audio-snr-db=7000", code=2)
