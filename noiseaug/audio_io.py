@@ -44,6 +44,9 @@ SFC_GET_CHANNEL_MAP_INFO, SFC_SET_CHANNEL_MAP_INFO = 0x1100, 0x1101  # which spe
 SFC_GET_BROADCAST_INFO, SFC_SET_BROADCAST_INFO = 0x10F0, 0x10F1  # a Broadcast WAV's bext chunk
 BEXT_FIXED, BEXT_HISTORY_SIZE_AT = 608, 604  # SF_BROADCAST_INFO: fixed fields, then the coding history's size
 BEXT_FORMATS = ("WAV", "WAVEX", "RF64", "W64")
+# Chunks libsndfile reads and writes as fixed structs, carried byte for byte: (get, set, sizeof) of the cue
+# points (SF_CUES: a count and 100 points of 280 bytes) and the sampler's loops (SF_INSTRUMENT, the smpl chunk).
+STRUCTS = ((0x10CE, 0x10CF, 4 + 100 * 280), (0x10D0, 0x10D1, 272))
 # libsndfile's parse log says "data : 264600 (should be 88170)" for a cut file, and for an
 # AIFF whose COMM chunk promises more frames than its SSND chunk holds, says so too
 _SHORT_CHUNK = re.compile(rb"^\s*(data|SSND|Data Size|riff|Riff size)\s*:\s*(\d+)\s*\(should be (\d+)\)",
@@ -84,6 +87,7 @@ class Layout:
     full_scale: float  # the data value of digital full scale (1.0 for float)
     speakers: tuple[int, ...] | None = None  # the channel map, when the file has one (a WAVEX's channel mask)
     broadcast: bytes | None = None  # a Broadcast WAV's bext fields (SF_BROADCAST_INFO), when it has them
+    structs: tuple[tuple[int, bytes], ...] = ()  # (set command, data) of the cue points and sampler loops it has
 
     @property
     def integer(self) -> bool:
@@ -155,7 +159,17 @@ def layout_of(snd: sf.SoundFile) -> Layout:
         step, lo, hi, full = 1, -1.0, 1.0, 1.0
     return Layout(snd.format, snd.subtype, snd.endian, snd.samplerate, snd.channels,
                   snd.frames, dtype, step, lo, hi, full, _speakers(snd),
-                  _broadcast(snd) if snd.format in BEXT_FORMATS else None)
+                  _broadcast(snd) if snd.format in BEXT_FORMATS else None, _structs(snd))
+
+
+def _structs(snd: sf.SoundFile) -> tuple[tuple[int, bytes], ...]:
+    """The cue points and sampler loops libsndfile found in the file, as the set commands take them."""
+    found = []
+    for get, put, size in STRUCTS:
+        data = sf._ffi.new("char[]", size)
+        if sf._snd.sf_command(snd._file, get, data, size):
+            found.append((put, bytes(sf._ffi.buffer(data, size))))
+    return tuple(found)
 
 
 def _broadcast(snd: sf.SoundFile) -> bytes | None:
@@ -240,6 +254,8 @@ def open_write(fh: BinaryIO, layout: Layout, metadata: dict[str, str]) -> sf.Sou
     if layout.broadcast is not None:  # before the first write, as the channel map
         sf._snd.sf_command(out._file, SFC_SET_BROADCAST_INFO, sf._ffi.from_buffer(layout.broadcast),
                            len(layout.broadcast))
+    for put, data in layout.structs:
+        sf._snd.sf_command(out._file, put, sf._ffi.from_buffer(data), len(data))
     if layout.speakers is not None:  # before the first write: the header takes it (a WAVEX's channel mask)
         speakers = sf._ffi.new("int[]", list(layout.speakers))
         sf._snd.sf_command(out._file, SFC_SET_CHANNEL_MAP_INFO, speakers, len(layout.speakers) * sf._ffi.sizeof("int"))

@@ -321,6 +321,39 @@ def test_a_broadcast_wav_keeps_its_bext_fields(cli, tmp_path):
     assert after[602:].startswith(before[602:]) and len(after) > len(before)  # its history, and one more line
 
 
+def test_cue_points_and_sampler_loops_are_kept(cli, tmp_path):
+    """A WAV's cue points (cue chunk) and sampler loops (smpl) were dropped; libsndfile reads and writes them
+    as structs, carried byte for byte (the frames do not move, so the positions still hold)."""
+    from noiseaug import audio_io
+
+    (get_cue, set_cue, cue_size), (get_inst, set_inst, inst_size) = audio_io.STRUCTS
+    cues = bytearray(cue_size)
+    cues[0:4] = (2).to_bytes(4, "little")
+    for i, position in enumerate((1000, 5000)):
+        at = 4 + i * 280
+        cues[at:at + 8] = (i + 1).to_bytes(4, "little") + position.to_bytes(4, "little")
+        cues[at + 8:at + 12], cues[at + 20:at + 24] = b"data", position.to_bytes(4, "little")
+    loops = bytearray(inst_size)
+    loops[4], loops[12:16] = 60, (1).to_bytes(4, "little")  # base note, one loop from 100 to 8000
+    loops[16:28] = b"".join(v.to_bytes(4, "little") for v in (1, 100, 8000))
+    src = tmp_path / "in"
+    src.mkdir()
+    with sf.SoundFile(src / "s.wav", "w", RATE, 1, "PCM_16", format="WAV") as out:
+        for command, data in ((set_cue, cues), (set_inst, loops)):
+            assert sf._snd.sf_command(out._file, command, sf._ffi.from_buffer(data), len(data))
+        out.write(tone(0.5, 1, amplitude=0.5))
+    cli("run", src, tmp_path / "out", "--workers", 1)
+
+    def chunk(path, kind):
+        data = path.read_bytes()
+        at = data.find(kind)
+        return data[at + 8:at + 8 + int.from_bytes(data[at + 4:at + 8], "little")] if at > 0 else None
+
+    for kind in (b"cue ", b"smpl"):
+        assert chunk(src / "s.wav", kind) is not None and chunk(tmp_path / "out" / "s.wav", kind) == \
+            chunk(src / "s.wav", kind), kind
+
+
 def test_an_snr_beyond_what_a_double_holds_is_refused_before_anything_runs(cli, tmp_path):
     (tmp_path / "in").mkdir()
     result = cli("run", tmp_path / "in", tmp_path / "out", "--audio-snr-db=7000", code=2)
