@@ -329,7 +329,10 @@ def _jpeg_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) 
         raise UnsupportedError(path, "JPEG stored as RGB (components named R, G, B): the writer would store it as "
                                      "YCbCr")
     icc = im.info.get("icc_profile")  # Pillow's: OpenCV takes an MPF segment for a colour profile
-    header = replace(header, carried=_jfif_density(data), profiled=False,
+    density = _jfif_density(data)
+    if density and header.orientation >= 5:  # turned a quarter: the upright picture's x is the stored y
+        density = density[:1] + density[3:5] + density[1:3]
+    header = replace(header, carried=density, profiled=False,
                      icc=np.frombuffer(icc, dtype=np.uint8) if icc else None)
     progressive = bool(im.info.get("progressive") or im.info.get("progression"))
     if im.mode == "L":

@@ -362,6 +362,21 @@ def test_png_hdr_signalling_is_kept_and_a_pnm_of_several_images_is_refused(cli, 
         im.verify()
 
 
+def test_a_jpeg_turned_upright_by_a_quarter_swaps_its_densities(cli, dirs):
+    """EXIF orientation 6 turns a 60x40 picture stored at 72x144 dpi into a 40x60 one: its density is 144x72."""
+    src, out = dirs
+    rgb = np.random.default_rng(4).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(src / "turned.jpg", quality=95, dpi=(72, 144), exif=exif.tobytes())
+    Image.fromarray(rgb).save(src / "level.jpg", quality=95, dpi=(72, 144))
+    _run(cli, src, out)
+    with Image.open(out / "turned.jpg") as im:
+        assert im.size == (40, 60) and im.info["jfif_density"] == (144, 72)
+    with Image.open(out / "level.jpg") as im:
+        assert im.size == (60, 40) and im.info["jfif_density"] == (72, 144)
+
+
 def test_an_rgb_jpeg_is_refused_as_an_rgb_tiff_is(cli, dirs):
     import imagecodecs
 
