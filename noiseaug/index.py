@@ -169,19 +169,23 @@ def spooled(folder: str) -> Iterator[RecordSpool]:
 
 
 def spool_manifest(spool: RecordSpool, path: Path, source: int,
-                   check: Callable[[dict[str, Any]], None] | None = None) -> bool:
+                   check: Callable[[dict[str, Any]], None] | None = None) -> str | None:
     """Add the file records of manifest number ``source`` to ``spool`` (``check`` sees each first); returns
-    whether its last line was cut off (a run killed while writing it)."""
-    torn = [False]
+    why the manifest is not one a run finished, if it is not: a run that ends rewrites it sorted, one killed
+    leaves its records in the order they came (and maybe its last line cut off)."""
+    torn, last, in_order = [False], (b"", -1), True
     for number, (record, line) in enumerate(read_lines(path, torn), 2):
         try:
-            key, copy = sort_key(record)
+            key = sort_key(record)
         except (KeyError, ValueError, TypeError):
             raise ManifestError(f"{os.fsdecode(path)}:{number}: file record without input or copy") from None
         if check is not None:
             check(record)
-        spool.add(key, copy, source, line)
-    return torn[0]
+        in_order, last = in_order and key > last, key
+        spool.add(*key, source, line)
+    if torn[0]:
+        return "its last line is cut off (its run was killed while writing it)"
+    return None if in_order else "its records are not in order (its run stopped before its final rewrite)"
 
 
 class Claims:

@@ -61,22 +61,21 @@ def _gather(paths: list[Path], spool: RecordSpool) -> tuple[dict[str, Any], set[
                 raise ManifestError(f"{where} has {root} {run.get(root)!r}, {os.fsdecode(paths[0])} has "
                                     f"{first.get(root)!r}: not shards of one run")
         shards.add(str(options.get("shard", "0/1")))
-        if spool_manifest(spool, path, number, lambda r, where=where: (safe_rel(r, "input", where),
-                                                                      safe_rel(r, "output", where))):
-            torn.append(where)
+        why = spool_manifest(spool, path, number, lambda r, where=where: (safe_rel(r, "input", where),
+                                                                         safe_rel(r, "output", where)))
+        if why is not None:
+            torn.append(f"{where}: {why}")
     return first, shards, torn
 
 
-def _torn(torn: list[str], allow_missing: bool) -> list[str]:
-    """A shard manifest whose last line is cut off is a shard whose run was killed: not all there."""
-    if not torn:
-        return []
-    said = (f"{', '.join(torn)}: the last line is cut off (its run was killed while writing it): that shard is "
-            "not complete")
-    if not allow_missing:
-        raise MissingShardsError(f"{said}; run it again to complete it, or pass --allow-missing to join what is "
-                                 "there")
-    return [said]
+def _torn(unfinished: list[str], allow_missing: bool) -> list[str]:
+    """A shard manifest its run did not finish (killed: its last line cut off, or its records not rewritten in
+    order) is a shard not all there."""
+    notes = [f"{said}: that shard is not complete" for said in unfinished]
+    if notes and not allow_missing:
+        raise MissingShardsError(f"{notes[0]}; run it again to complete it, or pass --allow-missing to join what "
+                                 "is there")
+    return notes
 
 
 def _agreed(outputs: Iterator[list[str]]) -> Iterator[str]:

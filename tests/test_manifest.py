@@ -148,7 +148,9 @@ def test_verify_says_each_problem_as_found_lists_a_bounded_number_and_reads_the_
     stale = json.loads(lines[-1])
     later = {**stale, "output_sha256": "0" * 64}
     manifest.write_text("\n".join([*lines, json.dumps(later)]) + "\n", encoding="utf-8")
-    assert f"mismatch: {stale['output']}: content differs" in cli("verify", manifest, code=1).stderr
+    said = cli("verify", manifest, code=1).stderr
+    assert f"mismatch: {stale['output']}: content differs" in said
+    assert "records are not in order: the run that wrote them stopped before its final rewrite" in said
 
 
 def test_merge_refuses_shards_that_disagree_about_an_output(cli, src, tmp_path):
@@ -156,18 +158,21 @@ def test_merge_refuses_shards_that_disagree_about_an_output(cli, src, tmp_path):
     for i in range(2):
         cli("run", src, out, "--shard", f"{i}/2", "--workers", 1)
     first, second = sorted(out.glob("noiseaug-manifest.shard-*-of-2.jsonl"))
-    lines = first.read_text(encoding="utf-8").splitlines()
-    taken, theirs = json.loads(lines[1]), records(second)[1]
-    second.write_text(second.read_text(encoding="utf-8") + json.dumps({**taken, "seed": "1" * 32}) + "\n",
-                      encoding="utf-8")
+    mine = first.read_text(encoding="utf-8").splitlines()
+    theirs = second.read_text(encoding="utf-8").splitlines()
+    taken = json.loads(mine[1])
+
+    def second_with(record):  # the record put in its sorted place: the shard stays a finished one
+        lines = sorted([*theirs[1:], json.dumps(record)], key=lambda line: json.loads(line)["input"].encode())
+        second.write_text("\n".join([theirs[0], *lines]) + "\n", encoding="utf-8")
+
+    second_with({**taken, "seed": "1" * 32})
     result = cli("merge", first, second, "-o", tmp_path / "merged.jsonl", code=2)
     assert f"disagree about {taken['output']!r}" in result.stderr and not (tmp_path / "merged.jsonl").exists()
-    second.write_text(second.read_text(encoding="utf-8") + json.dumps(dict(reversed(taken.items()))) + "\n",
-                      encoding="utf-8")  # the same record, its fields in another order: they agree
-    cli("merge", first, second, "-o", tmp_path / "merged.jsonl")  # a later record in one manifest wins there
+    second_with(dict(reversed(taken.items())))  # the same record, its fields in another order: they agree
+    cli("merge", first, second, "-o", tmp_path / "merged.jsonl")
     merged = (tmp_path / "merged.jsonl").read_text(encoding="utf-8").splitlines()[1:]
-    assert merged == sorted(lines[1:] + second.read_text(encoding="utf-8").splitlines()[1:1 + len(theirs)],
-                            key=lambda line: json.loads(line)["input"].encode())
+    assert merged == sorted(mine[1:] + theirs[1:], key=lambda line: json.loads(line)["input"].encode())
 
 
 @pytest.mark.parametrize("bad", ["/etc/passwd", "../escape.png", "a/../../x.png"])

@@ -110,7 +110,12 @@ def test_shards_merged_equal_the_unsharded_manifest(cli, dataset, clean, tmp_pat
     data = shard_manifests[0].read_bytes()
     shard_manifests[0].write_bytes(data[:-20])  # what a shard killed while appending leaves
     result = cli("merge", *shard_manifests, "-o", tmp_path / "torn.jsonl", code=1)
-    assert "the last line is cut off" in result.stderr and not (tmp_path / "torn.jsonl").exists()
+    assert "its last line is cut off" in result.stderr and not (tmp_path / "torn.jsonl").exists()
+    unsorted = tmp_path / "unsorted.jsonl"  # a shard killed between records: appended, never rewritten in order
+    lines = shard_manifests[1].read_text(encoding="utf-8").splitlines()
+    unsorted.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n", encoding="utf-8")
+    result = cli("merge", shard_manifests[2], unsorted, "-o", tmp_path / "u.jsonl", "--allow-missing")
+    assert "its records are not in order" in result.stderr and "not complete" in result.stderr
     result = cli("merge", *shard_manifests, "-o", tmp_path / "torn.jsonl", "--allow-missing")
     assert "not complete" in result.stderr and len(records(tmp_path / "torn.jsonl")[1]) == sum(sizes) - 1
 
