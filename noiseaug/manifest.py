@@ -44,6 +44,27 @@ def dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, allow_nan=False)
 
 
+FINISHED = (', "finished": false}', ', "finished": true }')  # as long as each other: flipped in place
+
+
+def run_line(run: dict[str, Any], finished: bool) -> str:
+    """The run record's line, ending in whether the run that left the manifest finished (every file of its
+    selection tried: not interrupted, stopped or killed). The two endings have one length, so that a run
+    continuing a manifest says "not finished" in place before its first appended record."""
+    text = dumps({k: v for k, v in run.items() if k != "finished"})
+    return text[:-1] + FINISHED[finished] if text != "{}" else text
+
+
+def mark_unfinished(path: Path) -> None:
+    """Say in place, in the run record of an existing manifest, that its run has not finished."""
+    with open_no_follow(path, os.O_RDWR, "rb+") as fh:
+        first = fh.readline()
+        done = FINISHED[True].encode()
+        if first.rstrip(b"\n").endswith(done):
+            fh.seek(len(first.rstrip(b"\n")) - len(done))
+            fh.write(FINISHED[False].encode())
+
+
 def rel_bytes(record: dict[str, Any], key: str = "input") -> bytes:
     """A record's relative path as the exact bytes of the file name."""
     raw = record.get(f"{key}_raw")
@@ -151,9 +172,10 @@ class ManifestWriter:
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.append else os.O_TRUNC)
             if self.append:
                 cut_torn_tail(self.path)
+                mark_unfinished(self.path)  # until the rewrite at the end says otherwise
             self._fh = open_no_follow(self.path, flags, "a" if self.append else "w")
             if not self.append:
-                self._fh.write(dumps(self.run) + "\n")
+                self._fh.write(run_line(self.run, finished=False) + "\n")
         self._fh.write(text + "\n")
         self.written += 1
         now = time.monotonic()

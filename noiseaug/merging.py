@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from .errors import ManifestError, MissingShardsError
 from .index import RecordSpool, spool_manifest, spooled
-from .manifest import dumps, read_run, recorded_root, safe_rel, write_lines
+from .manifest import dumps, read_run, recorded_root, run_line, safe_rel, write_lines
 
 
 def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
@@ -36,7 +36,8 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
         first, shards, torn = _gather(paths, spool)
         notes = _missing_shards(shards, allow_missing) + _torn(torn, allow_missing)
         run = _merged_run(first, paths, output, shown)
-        count = write_lines(output, itertools.chain([dumps(run)], _agreed(spool.outputs())))
+        finished = not notes  # every shard there, each one finished
+        count = write_lines(output, itertools.chain([run_line(run, finished)], _agreed(spool.outputs())))
     return count - 1, notes
 
 
@@ -61,9 +62,11 @@ def _gather(paths: list[Path], spool: RecordSpool) -> tuple[dict[str, Any], set[
                 raise ManifestError(f"{where} has {root} {run.get(root)!r}, {os.fsdecode(paths[0])} has "
                                     f"{first.get(root)!r}: not shards of one run")
         shards.add(str(options.get("shard", "0/1")))
+        if run.get("finished") is False:
+            torn.append(f"{where}: its run did not finish (interrupted, stopped or killed)")
         why = spool_manifest(spool, path, number, lambda r, where=where: (safe_rel(r, "input", where),
                                                                          safe_rel(r, "output", where)))
-        if why is not None:
+        if why is not None and run.get("finished") is not False:  # said once
             torn.append(f"{where}: {why}")
     return first, shards, torn
 

@@ -52,6 +52,7 @@ from .manifest import (
     recorded_root,
     rel_bytes,
     rel_str,
+    run_line,
     state_path,
 )
 from .records import (
@@ -533,7 +534,7 @@ class _Run:
             if first is not None:  # nothing to dispatch (an up-to-date run): no executor to start
                 self._dispatch(ctx, itertools.chain([first], batches), stopper)
         finally:
-            self._finish()
+            self._finish(stopper)
 
     def _dispatch(self, ctx: Context, batches: Iterator[list[Job]], stopper: Stopper) -> None:
         for kind in self.cfg.kinds:  # loaded once here, inherited by forked workers
@@ -684,15 +685,18 @@ class _Run:
             finally:
                 cache.save()
 
-    def _finish(self) -> None:
+    def _finish(self, stopper: Stopper) -> None:
         try:
             self.writer.close()
         except OSError as exc:
             self.summary.stopped = self.summary.stopped or f"cannot write the manifest: {exc.strerror or exc}"
         try:
             seen_all = self.walk_done and not self.summary.walk.problems  # an unlistable folder's files are not gone
+            finished = self.walk_done and not (self.stop or stopper.stopping or self.summary.stopped
+                                               or getattr(self.lock, "lost", False))
             records = _finish(self.writer, self.prior, self.index, self.torn[0], seen_all, self.summary,
-                              self.source, self.target, lambda rel, copy: self.cache.set(rel, copy, (0, 0), None))
+                              self.source, self.target, lambda rel, copy: self.cache.set(rel, copy, (0, 0), None),
+                              finished)
             if not getattr(self.lock, "lost", False):  # OUTPUT is another run's now: leave its manifest alone
                 self.home.published()
             self.cache.note_manifest(self.writer.path, records, (self.source.root, self.target.root))
@@ -725,7 +729,8 @@ def unchanged(job: Job, cand: Candidate, cache: StateCache, target: Storage, cfg
 
 
 def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunIndex, torn: bool, walk_done: bool,
-            summary: Summary, source: Storage, target: Storage, forget: Callable[[str, int], None]) -> int:
+            summary: Summary, source: Storage, target: Storage, forget: Callable[[str, int], None],
+            finished: bool = True) -> int:
     """Rewrite the manifest sorted, streaming from the index, keeping what this run did not reach.
 
     Previous records of inputs this run never saw are kept (they may lie
@@ -735,19 +740,22 @@ def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunInde
     too; ``forget`` drops their stat-cache rows, so that an input that comes
     back is looked at again (its record loses the flag). A run that changed no
     record and found INPUT and OUTPUT where the run record says leaves the
-    manifest as it is (a torn last line aside). Returns how many file records
-    the manifest holds.
+    manifest as it is (a torn last line aside). The run record says whether
+    this run ``finished``: tried every file of its selection (see run_line).
+    Returns how many file records the manifest holds.
     """
     moved = prior is not None and [recorded_root(prior, k) for k in ROOTS] != [recorded_root(writer.run, k)
                                                                                 for k in ROOTS]
-    changed = prior is None or writer.written > 0 or moved or any(
+    was = prior.get("finished") if prior is not None else None  # None: a manifest from before the field
+    changed = prior is None or writer.written > 0 or moved or (was is not None and was != finished) or any(
         differs for _, differs in _final_lines(index, walk_done, [], source, target))  # a first pass reads only
     if not (changed or torn):
         return index.prior_count
-    head = writer.run if changed else prior
+    assert changed or prior is not None
+    head = run_line(writer.run, finished) if changed else run_line(prior, was) if was is not None else dumps(prior)
     count = 0
     with atomic_file(os.fsdecode(writer.path), durable=True) as fh:
-        fh.write((dumps(head) + "\n").encode("utf-8"))
+        fh.write((head + "\n").encode("utf-8"))
         for text, _ in _final_lines(index, walk_done, summary.gone, source, target, forget):
             if text:
                 fh.write(text.encode("utf-8") + b"\n")

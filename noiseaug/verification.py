@@ -37,6 +37,7 @@ class VerifyReport:
     pending: int = 0  # segments of records a run on object storage left beside the manifest: it did not finish
     inputs_gone: int = 0  # --regenerate: outputs of inputs flagged input_missing, checked by their hash alone
     unordered: bool = False  # the records are not in order: the run that wrote them did not finish (killed)
+    unfinished: bool = False  # the run record says its run did not finish (interrupted, stopped or killed)
     said: Callable[[str], None] | None = field(default=None, repr=False)
 
     def mismatch(self, output: str, reason: str) -> None:
@@ -51,7 +52,8 @@ class VerifyReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.mismatches or self.torn or self.failed or self.pending or self.unordered else 0
+        return 1 if (self.mismatches or self.torn or self.failed or self.pending or self.unordered
+                     or self.unfinished) else 0
 
     def lines(self) -> list[str]:
         """The problems listed (see ``said`` for all of them as they are found)."""
@@ -70,7 +72,10 @@ class VerifyReport:
         if self.torn:
             lines.append("the manifest's last line is cut off (a run was killed while writing it): "
                          "that record could not be read; run noiseaug again to complete the manifest")
-        if self.unordered and not self.pending:
+        if self.unfinished and not self.pending:
+            lines.append("the run that wrote the manifest did not finish (interrupted, stopped or killed), so "
+                         "outputs it did not reach are not checked; run noiseaug again to complete the manifest")
+        elif self.unordered and not self.pending:
             lines.append("the manifest's records are not in order: the run that wrote them stopped before its "
                          "final rewrite (killed?), so outputs it did not reach are not checked; run noiseaug again "
                          "to complete the manifest")
@@ -84,7 +89,8 @@ class VerifyReport:
                 "not_checked": self.not_checked,
                 "matching": self.checked - self.mismatches.total, "exit_code": self.exit_code,
                 "mismatches": [{"output": p, "reason": r} for p, r in self.mismatches], "torn": self.torn,
-                "pending_segments": self.pending, "inputs_gone": self.inputs_gone, "unfinished": self.unordered,
+                "pending_segments": self.pending, "inputs_gone": self.inputs_gone,
+                "unfinished": self.unordered or self.unfinished,
                 "failed": [{"input": p, "reason": r} for p, r in self.failed],
                 "not_listed": {"mismatches": self.mismatches.unlisted, "failed": self.failed.unlisted},
                 "notes": self.notes}
@@ -164,6 +170,7 @@ def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
             report = _verify(run, where, spool, regenerate, output_root, input_root, options, said)
         report.torn, report.pending = unfinished is not None and "cut off" in unfinished, pending
         report.unordered = unfinished is not None and not report.torn
+        report.unfinished = run.get("finished") is False
         return report
 
 

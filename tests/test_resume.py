@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import clean_run, random_images, records, tree
+from conftest import clean_run, random_images, records, tree, write_image
 
 HOUSEKEEPING = (".noiseaug.lock", ".noiseaug-manifest.jsonl.state")
 
@@ -169,3 +169,43 @@ def test_merge_into_a_missing_folder_is_a_usage_error(cli, dataset, tmp_path):
     for target in (shard, tmp_path / "alias.jsonl"):  # the result over one of its own inputs: refused
         assert "is one of the manifests to merge" in cli("merge", shard, "-o", target, code=2).stderr
     assert shard.read_bytes() == before
+
+
+def test_a_manifest_says_whether_its_run_finished_and_verify_and_merge_read_it(cli, tmp_path):
+    """A shard stopped by SIGTERM (a Slurm time limit) rewrites a sorted manifest, and one killed with SIGKILL
+    may leave its records in order: merge took either as a whole shard, and verify passed them. The run record
+    now ends saying whether its run finished; a run continuing a manifest says "no" in place before its first
+    appended record, and its final rewrite says what it did."""
+    import noiseaug
+    from noiseaug.manifest import ManifestWriter, read_run
+
+    src = tmp_path / "in"
+    for i in range(6):
+        write_image(src / f"f{i}.png", np.full((8, 8, 3), 10 * i, np.uint8))
+    (src / "f3.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):  # --on-error fail stops at the bad file: its shard does not finish
+        noiseaug.run(src, out, workers=1, shard=shard, on_error="fail")
+    manifests = sorted(out.glob("noiseaug-manifest.shard-*-of-2.jsonl"))
+    finished = {m.name: read_run(m)["finished"] for m in manifests}
+    assert sorted(finished.values()) == [False, True], finished
+    stopped = next(m for m in manifests if not finished[m.name])
+    assert "the run that wrote the manifest did not finish" in cli("verify", stopped, code=1).stderr
+    result = cli("merge", *manifests, "-o", tmp_path / "m.jsonl", code=1)
+    assert "its run did not finish" in result.stderr and not (tmp_path / "m.jsonl").exists()
+    cli("merge", *manifests, "-o", tmp_path / "m.jsonl", "--allow-missing")
+    assert read_run(tmp_path / "m.jsonl")["finished"] is False and cli("verify", tmp_path / "m.jsonl", code=1)
+    (src / "f3.png").unlink()
+    for shard in ("0/2", "1/2"):
+        noiseaug.run(src, out, workers=1, shard=shard)
+    assert all(read_run(m)["finished"] for m in manifests)
+    cli("merge", *manifests, "-o", tmp_path / "whole.jsonl")
+    assert read_run(tmp_path / "whole.jsonl")["finished"] is True
+    cli("verify", tmp_path / "whole.jsonl")
+    one = manifests[0]
+    size = one.stat().st_size
+    writer = ManifestWriter(one, read_run(one), append=True)  # a run continuing it, killed after one record
+    writer.write(records(one)[1][0])
+    writer.close()
+    assert read_run(one)["finished"] is False and one.stat().st_size > size
+    assert "did not finish" in cli("verify", one, code=1).stderr
