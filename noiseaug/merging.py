@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -92,18 +93,26 @@ def _agreed(outputs: Iterator[list[str]]) -> Iterator[str]:
 
 
 def _missing_shards(shards: set[str], allow_missing: bool) -> list[str]:
-    notes = []
-    counts = {s.split("/")[1] for s in shards if "/" in s}
+    """The shards that are not there: by index when all have one count; else, shards of several counts
+    (0/2 with 1/3) must still cover every file (a path goes to shard hash mod N, so coverage is decided on
+    the residues modulo the counts' least common multiple)."""
+    given = {(int(i), int(n)) for i, _, n in (s.partition("/") for s in shards) if n}
+    counts = {n for _, n in given}
     if len(counts) == 1:
-        count = int(counts.pop())
-        missing = sorted(set(range(count)) - {int(s.split("/")[0]) for s in shards})
-        if missing:
-            named = ", ".join(f"{i}/{count}" for i in missing)
-            if not allow_missing:
-                raise MissingShardsError(f"shards {named} are missing: merge their manifests too, or pass "
-                                         "--allow-missing to join what is there")
-            notes.append(f"shards {named} are missing from the merge")
-    return notes
+        count = counts.pop()
+        missing = sorted(set(range(count)) - {i for i, _ in given})
+        said = f"shards {', '.join(f'{i}/{count}' for i in missing)} are missing" if missing else ""
+    else:
+        period = math.lcm(*counts) if counts else 1
+        uncovered = period > 10**6 or any(all(r % n != i for i, n in given) for r in range(period))
+        said = (f"shards {', '.join(sorted(shards))} of different counts do not cover every file" if uncovered
+                else "")
+    if not said:
+        return []
+    if not allow_missing:
+        raise MissingShardsError(f"{said}: merge the missing ones too, or pass --allow-missing to join what is "
+                                 "there")
+    return [f"{said} from the merge"]
 
 
 def _merged_run(first: dict[str, Any], paths: list[Path], output: Path,

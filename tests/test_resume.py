@@ -107,6 +107,13 @@ def test_shards_merged_equal_the_unsharded_manifest(cli, dataset, clean, tmp_pat
     assert "shards 2/3 are missing" in result.stderr and not (tmp_path / "partial.jsonl").exists()
     result = cli("merge", *shard_manifests[:2], "-o", tmp_path / "partial.jsonl", "--allow-missing")
     assert "2/3" in result.stderr and len(records(tmp_path / "partial.jsonl")[1]) == sum(sizes[:2])
+    cli("run", dataset, out, "--shard", "1/2", "--workers", 1)  # shards of other counts, as a job array of 2
+    halves = {n: out / f"noiseaug-manifest.shard-{n}.jsonl" for n in ("0-of-2", "1-of-2")}
+    result = cli("merge", shard_manifests[0], halves["1-of-2"], "-o", tmp_path / "mixed.jsonl", code=1)
+    assert "of different counts do not cover every file" in result.stderr  # 0/3 and 1/2 miss a third of half
+    cli("run", dataset, out, "--shard", "0/2", "--workers", 1)
+    cli("merge", shard_manifests[0], *halves.values(), "-o", tmp_path / "mixed.jsonl")  # 0/2 + 1/2 cover all
+    assert records(tmp_path / "mixed.jsonl")[1] == records(clean / "noiseaug-manifest.jsonl")[1]
     data = shard_manifests[0].read_bytes()
     shard_manifests[0].write_bytes(data[:-20])  # what a shard killed while appending leaves
     result = cli("merge", *shard_manifests, "-o", tmp_path / "torn.jsonl", code=1)
