@@ -345,6 +345,35 @@ def _wav_sample_bits(fh: BinaryIO, big: bool) -> tuple[int, int] | None:
     return None
 
 
+def wav_channel_mask(fh: BinaryIO) -> tuple[int, int] | None:
+    """A WAVE_FORMAT_EXTENSIBLE file's (offset, value) of dwChannelMask, as written; None for other files."""
+    fh.seek(0)
+    head = fh.read(12)
+    if head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
+        return None
+    order = "big" if head[:4] == b"RIFX" else "little"
+    for chunk, at, size in _chunks(fh, 12, order == "big"):
+        if chunk == b"fmt ":
+            fh.seek(at)
+            fmt = fh.read(min(size, 24))
+            if len(fmt) == 24 and int.from_bytes(fmt[0:2], order) == 0xFFFE:
+                return at + 20, int.from_bytes(fmt[20:24], order)
+            return None
+    return None
+
+
+def set_channel_mask(fh: BinaryIO, mask: int) -> None:
+    """Put the input's channel mask into a WAVE_FORMAT_EXTENSIBLE output, as it was: libsndfile writes a
+    speaker layout of its own for a mask of 0 (no speaker assignment: microphone arrays, ambisonics) or one
+    that does not fit the channel count."""
+    found = wav_channel_mask(fh)
+    if found is not None and found[1] != mask:
+        fh.seek(0)
+        big = fh.read(4) == b"RIFX"
+        fh.seek(found[0])
+        fh.write(mask.to_bytes(4, "big" if big else "little"))
+
+
 def _aiff_sample_bits(fh: BinaryIO) -> tuple[int, int] | None:
     """An AIFF's sampleSize (its COMM chunk) and the bits of its words (the next whole bytes); None for
     compressed or float AIFC."""

@@ -90,7 +90,9 @@ def _flag(options: dict[str, Any], key: str) -> bool:
 
 
 def _fail(message: str, code: int) -> "typer.Exit":
-    typer.echo(f"noiseaug: error: {message}", err=True)
+    from .report import shown
+
+    typer.echo(f"noiseaug: error: {shown(message)}", err=True)  # a name that is not UTF-8 as \\xNN, as elsewhere
     return typer.Exit(code)
 
 
@@ -285,7 +287,9 @@ def merge(
         raise _fail(str(exc), exc.exit_code) from None
     for note in notes:
         typer.echo(f"noiseaug: warning: {note}", err=True)
-    typer.echo(f"{count} records from {named} manifests written to {redact_url(output)}", err=True)
+    from .report import printable
+
+    typer.echo(f"{count} records from {named} manifests written to {printable(redact_url(output))}", err=True)
 
 
 @app.command(name="preview")
@@ -316,7 +320,9 @@ def preview_command(
                          max_pixels=max_pixels)
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code if not isinstance(exc, FileError) else 1) from None
-    typer.echo(f"{output}: {layout.width}x{layout.height}", err=True)
+    from .report import printable
+
+    typer.echo(f"{printable(str(output))}: {layout.width}x{layout.height}", err=True)
 
 
 def main() -> None:

@@ -66,6 +66,8 @@ class RunIndex:
     def __init__(self, manifest: Path) -> None:
         self.path = manifest.with_name(f".{manifest.name}.index")
         with contextlib.suppress(FileNotFoundError):
+            if self.path.is_dir() and not self.path.is_symlink():
+                raise sqlite3.OperationalError(f"a folder stands where the run's index goes ({self.path.name})")
             self.path.unlink()  # a killed run's
         self.db = _connect(self.path)
         self.db.execute("PRAGMA journal_mode = OFF")

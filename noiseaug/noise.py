@@ -461,7 +461,8 @@ def _noise_banded(data: np.ndarray, sigma: float, rng: np.random.Generator, lo: 
         rows = view.shape[0]
         work, z = buf[:rows], zbuf[:rows]
         rng.standard_normal(out=z, dtype=wdtype)
-        z *= sigma
+        with np.errstate(over="ignore"):  # a σ beyond float32 (--audio-snr-db -1000): ±inf, clipped below
+            z *= sigma
         if shared:
             np.add(view, z, out=work, casting="unsafe")
         else:

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from . import audio_io, image_io, seeding
-from .config import MAX_PIXELS, make_config
+from .config import MAX_PIXELS, MAX_SNR_DB, make_config
 from .discover import kind_of
 from .errors import DecodeError, UsageError
 from .noise import IMAGE_FULL_SCALE
@@ -64,16 +64,20 @@ class Layout:
     clipped: list[float] = field(default_factory=list)
 
 
-def parse_values(text: str | float | Sequence[float], what: str) -> list[float]:
-    """'5,10,25' (or one number) as a list of non-negative values."""
+def parse_values(text: str | float | Sequence[float], what: str, signed: bool = False) -> list[float]:
+    """'5,10,25' (or one number) as a list of values: non-negative (σ), or any finite ones (``signed``: an SNR
+    in dB, within run's bounds)."""
     items = [text] if isinstance(text, (int, float)) else (
         str(text).split(",") if isinstance(text, str) else list(text))
     try:
         values = [float(v) for v in items if str(v).strip()]
     except ValueError:
         raise UsageError(f"{what} takes numbers separated by commas, not {text!r}") from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise UsageError(f"{what} takes non-negative numbers separated by commas, not {text!r}")
+    if signed and values and all(math.isfinite(v) and abs(v) <= MAX_SNR_DB for v in values):
+        return values
+    if signed or not values or any(not math.isfinite(v) or v < 0 for v in values):
+        kind = f"numbers within ±{MAX_SNR_DB:g}" if signed else "non-negative numbers"
+        raise UsageError(f"{what} takes {kind} separated by commas, not {text!r}")
     return values
 
 
@@ -93,7 +97,7 @@ def preview(path: str | os.PathLike, output: str | os.PathLike, *, image_sigma: 
             raise UsageError("--audio-sigma and --audio-snr-db exclude each other: give one")
         snr = audio_snr_db is not None
         values = parse_values(audio_snr_db if snr else (audio_sigma if audio_sigma is not None else 0.01),
-                              "--audio-snr-db" if snr else "--audio-sigma")
+                              "--audio-snr-db" if snr else "--audio-sigma", signed=snr)
         layout, picture = _audio_preview(src, values, snr, seed)
     else:
         raise UsageError(f"{src}: not an image or a recording noiseaug knows (see the supported extensions)")

@@ -204,6 +204,7 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config,
         problem = audio_io.container_problem(fh)
         if problem is not None:
             raise UnsupportedError(rel, problem)
+        mask = audio_io.wav_channel_mask(fh)
         fh.seek(0)
         try:
             snd = audio_io.open_read(fh)
@@ -233,7 +234,7 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config,
                 fields.update(sigma=sigma, sigma_full_scale=sigma, samplerate=layout.samplerate,
                               channels=layout.channels, format=layout.format, subtype=layout.subtype,
                               endian=layout.endian)
-                yield Rendered(copy, fields, _audio_writer(rel, snd, layout, metadata, sigma, rng, seed),
+                yield Rendered(copy, fields, _audio_writer(rel, snd, layout, metadata, sigma, rng, seed, mask),
                                in_memory=size <= AUDIO_IN_MEMORY)
 
 
@@ -247,7 +248,8 @@ def _peak(rel: str, block: np.ndarray) -> float:
 
 
 def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sigma: float,
-                  rng: np.random.Generator, seed: int) -> Callable[[BinaryIO], dict[str, Any]]:
+                  rng: np.random.Generator, seed: int,
+                  mask: tuple[int, int] | None = None) -> Callable[[BinaryIO], dict[str, Any]]:
     from . import audio_io
     from .audio_io import AudioError
 
@@ -279,6 +281,8 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
             fh.truncate()
         elif layout.format == "RF64" and layout.subtype in ("FLOAT", "DOUBLE"):
             audio_io.clear_peak_time(fh)
+        if mask is not None:  # a WAVEX's channel mask byte for byte, whatever libsndfile made of it
+            audio_io.set_channel_mask(fh, mask[1])
         done: dict[str, Any] = {"frames": frames, "clipped_fraction": clipped / max(1, frames * layout.channels)}
         if loudest > 1.0:  # SPEC §3 clips float audio to [-1, 1]: said, as a silent file's sigma of 0 is
             done["warning"] = (f"float samples beyond full scale (up to {loudest:.4g}) were clipped to [-1, 1]: "

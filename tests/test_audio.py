@@ -260,23 +260,28 @@ def test_samples_narrower_than_their_words_and_chained_ogg_are_refused(cli, tmp_
     assert recs["chained.ogg"]["error"].startswith("not supported: Ogg holding 2 streams")
 
 
-def test_a_wavex_keeps_its_channel_mask(cli, tmp_path):
-    """Back-left and back-right (mask 0x30) came out front-left and front-right (libsndfile's default)."""
+@pytest.mark.parametrize("channels,mask", [(2, 0x30), (2, 0x0), (4, 0x0), (2, 0x80000003), (1, 0x3)])
+def test_a_wavex_keeps_its_channel_mask(cli, tmp_path, channels, mask):
+    """Back-left and back-right (0x30) came out front-left and front-right; a mask of 0 (no speaker assignment:
+    microphone arrays, ambisonics) came out as a speaker layout, and so did masks that do not fit the channel
+    count. The output's mask is the input's, byte for byte."""
     import struct
 
     src = tmp_path / "in"
     src.mkdir()
-    samples = np.round(0.2 * np.sin(np.arange(2 * RATE) / 9) * 32767).astype("<i2")
+    samples = np.round(0.2 * np.sin(np.arange(channels * RATE) / 9) * 32767).astype("<i2")
     wav = bytearray(_wav(samples.tobytes(), 16, 16, extensible=True))
     fmt = wav.find(b"fmt ") + 8
-    wav[fmt + 2:fmt + 4], wav[fmt + 12:fmt + 14] = struct.pack("<H", 2), struct.pack("<H", 4)  # two channels
-    wav[fmt + 8:fmt + 12] = struct.pack("<I", RATE * 4)
-    wav[fmt + 20:fmt + 24] = struct.pack("<I", 0x30)
-    (src / "back.wav").write_bytes(bytes(wav))
+    wav[fmt + 2:fmt + 4], wav[fmt + 12:fmt + 14] = struct.pack("<H", channels), struct.pack("<H", 2 * channels)
+    wav[fmt + 8:fmt + 12] = struct.pack("<I", RATE * 2 * channels)
+    wav[fmt + 20:fmt + 24] = struct.pack("<I", mask)
+    (src / "m.wav").write_bytes(bytes(wav))
     cli("run", src, tmp_path / "out", "--workers", 1)
-    out = (tmp_path / "out" / "back.wav").read_bytes()
+    out = (tmp_path / "out" / "m.wav").read_bytes()
     at = out.find(b"fmt ") + 8
-    assert struct.unpack("<HH", out[at:at + 4]) == (0xFFFE, 2) and struct.unpack("<I", out[at + 20:at + 24]) == (0x30,)
+    assert struct.unpack("<HH", out[at:at + 4]) == (0xFFFE, channels)
+    assert struct.unpack("<I", out[at + 20:at + 24]) == (mask,)
+    assert sf.info(tmp_path / "out" / "m.wav").frames == RATE
 
 
 def test_codecs_libsndfile_cannot_seek_in_are_read_once_from_the_start(cli, tmp_path):
@@ -352,6 +357,18 @@ def test_cue_points_and_sampler_loops_are_kept(cli, tmp_path):
     for kind in (b"cue ", b"smpl"):
         assert chunk(src / "s.wav", kind) is not None and chunk(tmp_path / "out" / "s.wav", kind) == \
             chunk(src / "s.wav", kind), kind
+
+
+def test_the_snr_bounds_hold_for_preview_too_and_an_extreme_one_warns_nothing(cli, tmp_path):
+    """preview refused a negative --audio-snr-db that run takes; at -1000 dB sigma overflows float32, which
+    numpy said on stderr (the samples clip to full scale, as they should)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "f.wav", tone(0.5, 1, amplitude=0.5), RATE, subtype="FLOAT")
+    cli("preview", src / "f.wav", "-o", tmp_path / "p.png", "--audio-snr-db=-5")
+    result = cli("run", src, tmp_path / "out", "--workers", 1, "--audio-snr-db=-1000")
+    assert "Warning" not in result.stderr
+    assert np.abs(sf.read(tmp_path / "out" / "f.wav")[0]).min() == 1.0  # every sample at full scale
 
 
 def test_an_snr_beyond_what_a_double_holds_is_refused_before_anything_runs(cli, tmp_path):

@@ -134,6 +134,23 @@ def test_a_stat_cache_that_cannot_be_opened_is_one_line_and_the_next_run_goes_on
     assert (out / "a" / "new.png").exists()
 
 
+def test_a_folder_where_the_index_goes_is_one_line_and_names_stay_escaped_in_errors(cli, src, tmp_path):
+    """A folder at the run's index path raised IsADirectoryError (a traceback); an error line about a name
+    that is not UTF-8 showed it as \\udcNN where everything else shows \\xNN."""
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".noiseaug-manifest.jsonl.index").mkdir()
+    result = cli("run", src, out, "--workers", 1, code=1)
+    assert "Traceback" not in result.stderr and "a folder stands where the run's index goes" in result.stderr
+    (out / ".noiseaug-manifest.jsonl.index").rmdir()
+    cli("run", src, out, "--workers", 1)
+    missing = os.fsdecode(os.fsencode(tmp_path) + b"/nothere\xff.jsonl")
+    said = cli("verify", missing, code=2).stderr
+    assert "nothere\\xff.jsonl" in said and "\\udc" not in said
+
+
 def test_a_second_run_in_the_same_process_after_output_was_deleted(src, tmp_path):
     out = tmp_path / "out"
     noiseaug.run(src, out, workers=1)
