@@ -58,10 +58,9 @@ def _gather(paths: list[Path], spool: RecordSpool) -> tuple[dict[str, Any], set[
             if options.get(key) != value:
                 raise ManifestError(f"{where} was made with {key.replace('_', '-')}={options.get(key)!r}, "
                                     f"{os.fsdecode(paths[0])} with {value!r}: not shards of one run")
-        for root in ("input_root", "output_root"):
-            if recorded_root(run, root) != recorded_root(first, root):
-                raise ManifestError(f"{where} has {root} {run.get(root)!r}, {os.fsdecode(paths[0])} has "
-                                    f"{first.get(root)!r}: not shards of one run")
+        if recorded_root(run, "output_root") != recorded_root(first, "output_root"):  # INPUT may be mounted
+            raise ManifestError(f"{where} has output_root {run.get('output_root')!r}, {os.fsdecode(paths[0])} has "
+                                f"{first.get('output_root')!r}: not shards of one run")  # anywhere (SPEC §2)
         shards.add(str(options.get("shard", "0/1")))
         if run.get("finished") is False:
             torn.append(f"{where}: its run did not finish (interrupted, stopped or killed)")

@@ -111,7 +111,9 @@ def test_shards_merged_equal_the_unsharded_manifest(cli, dataset, clean, tmp_pat
     halves = {n: out / f"noiseaug-manifest.shard-{n}.jsonl" for n in ("0-of-2", "1-of-2")}
     result = cli("merge", shard_manifests[0], halves["1-of-2"], "-o", tmp_path / "mixed.jsonl", code=1)
     assert "of different counts do not cover every file" in result.stderr  # 0/3 and 1/2 miss a third of half
-    cli("run", dataset, out, "--shard", "0/2", "--workers", 1)
+    moved = tmp_path / "elsewhere"  # INPUT mounted at another path on the machine of shard 0/2 (SPEC §2)
+    shutil.copytree(dataset, moved)
+    cli("run", moved, out, "--shard", "0/2", "--workers", 1)
     cli("merge", shard_manifests[0], *halves.values(), "-o", tmp_path / "mixed.jsonl")  # 0/2 + 1/2 cover all
     assert records(tmp_path / "mixed.jsonl")[1] == records(clean / "noiseaug-manifest.jsonl")[1]
     data = shard_manifests[0].read_bytes()
