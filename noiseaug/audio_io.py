@@ -303,6 +303,8 @@ def container_problem(fh: BinaryIO) -> str | None:
         return _ogg_streams(fh)
     if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
         bits = _wav_sample_bits(fh, big=head[:4] == b"RIFX")
+    elif head[:4] == b"riff":  # Sony Wave64: the same fmt chunk, in GUID-named chunks with 64-bit sizes
+        bits = _w64_sample_bits(fh)
     elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
         bits = _aiff_sample_bits(fh)
     else:
@@ -329,20 +331,38 @@ def _chunks(fh: BinaryIO, start: int, big: bool, limit: int = 64) -> Iterator[tu
 def _wav_sample_bits(fh: BinaryIO, big: bool) -> tuple[int, int] | None:
     """A PCM WAV's (bits per sample, bits of its words): WAVE_FORMAT_EXTENSIBLE's valid bits in its
     container, else wBitsPerSample (whose words are the next whole bytes); None for other encodings."""
-    order = "big" if big else "little"
     for chunk, at, size in _chunks(fh, 12, big):
-        if chunk != b"fmt ":
-            continue
-        fh.seek(at)
-        fmt = fh.read(min(size, 40))
-        if len(fmt) < 16:
-            return None
-        tag, bits = int.from_bytes(fmt[0:2], order), int.from_bytes(fmt[14:16], order)
-        if tag == 0xFFFE and len(fmt) >= 28:
-            valid = int.from_bytes(fmt[18:20], order) or bits
-            return (valid, bits) if int.from_bytes(fmt[24:28], order) == 1 else None  # SubFormat: PCM
-        return (bits, -(-bits // 8) * 8) if tag == 1 else None
+        if chunk == b"fmt ":
+            fh.seek(at)
+            return _fmt_sample_bits(fh.read(min(size, 40)), "big" if big else "little")
     return None
+
+
+def _w64_sample_bits(fh: BinaryIO) -> tuple[int, int] | None:
+    """:func:`_wav_sample_bits` of a Wave64 file (chunks: a 16-byte GUID, a 64-bit size with the header, data
+    padded to 8 bytes)."""
+    pos = 40  # after the riff GUID, its size and the wave GUID
+    for _ in range(64):
+        fh.seek(pos)
+        header = fh.read(24)
+        size = int.from_bytes(header[16:24], "little") if len(header) == 24 else 0
+        if size < 24:
+            return None
+        if header[:4] == b"fmt ":
+            return _fmt_sample_bits(fh.read(min(size - 24, 40)), "little")
+        pos += size + (-size % 8)
+    return None
+
+
+def _fmt_sample_bits(fmt: bytes, order: str) -> tuple[int, int] | None:
+    """(bits per sample, bits of its words) from a WAVEFORMAT(EXTENSIBLE) body; None for other than PCM."""
+    if len(fmt) < 16:
+        return None
+    tag, bits = int.from_bytes(fmt[0:2], order), int.from_bytes(fmt[14:16], order)
+    if tag == 0xFFFE and len(fmt) >= 28:
+        valid = int.from_bytes(fmt[18:20], order) or bits
+        return (valid, bits) if int.from_bytes(fmt[24:28], order) == 1 else None  # SubFormat: PCM
+    return (bits, -(-bits // 8) * 8) if tag == 1 else None
 
 
 def wav_channel_mask(fh: BinaryIO) -> tuple[int, int] | None:

@@ -249,11 +249,17 @@ def test_samples_narrower_than_their_words_and_chained_ogg_are_refused(cli, tmp_
         sf.write(tmp_path / name, signal[:length], RATE, format="OGG", subtype="VORBIS")
     (src / "chained.ogg").write_bytes((tmp_path / "a.ogg").read_bytes() + (tmp_path / "b.ogg").read_bytes())
     (src / "single.ogg").write_bytes((tmp_path / "a.ogg").read_bytes())
+    sf.write(src / "w16.w64", signal, RATE, subtype="PCM_16", format="W64")
+    wave64 = bytearray((src / "w16.w64").read_bytes())
+    fmt = wave64.find(b"fmt ") + 24  # a Wave64 chunk: a 16-byte GUID and a 64-bit size before its body
+    wave64[fmt + 14:fmt + 16] = (12).to_bytes(2, "little")
+    (src / "w12.w64").write_bytes(bytes(wave64))
     cli("run", src, tmp_path / "out", "--workers", 1, code=1)
     recs = {r["input"]: r for r in records(tmp_path / "out" / "noiseaug-manifest.jsonl")[1]}
     assert {name: r["status"] for name, r in recs.items()} == {
         "pcm12.wav": "error", "x12in16.wav": "error", "x24in32.wav": "error", "aiff12.aiff": "error",
-        "chained.ogg": "error", "x16in16.wav": "ok", "aiff16.aiff": "ok", "single.ogg": "ok"}
+        "chained.ogg": "error", "x16in16.wav": "ok", "aiff16.aiff": "ok", "single.ogg": "ok", "w16.w64": "ok",
+        "w12.w64": "error"}
     assert recs["pcm12.wav"]["error"] == "not supported: 12-bit samples in 16-bit words (libsndfile would write " \
                                         "them as 16-bit samples)"
     assert "24-bit samples in 32-bit words" in recs["x24in32.wav"]["error"]
