@@ -130,6 +130,8 @@ def read_lines(path: Path, torn: list[bool] | None = None) -> Iterator[tuple[dic
     with fh:
         fh.readline()
         for number, line in enumerate(fh, 2):
+            if not line.strip():  # a blank line (an editor's last newline): no record
+                continue
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict):

@@ -110,8 +110,10 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         with quiet_loggers("asyncio", "aiobotocore", "botocore", "s3fs", "fsspec"):
             return _run_at(where, cfg, reporter)
     except sqlite3.Error as exc:  # the index or stat cache beside the manifest: one line, not a traceback
+        why = ("another process is using it: was OUTPUT's lock removed while a run held it?" if "locked" in str(exc)
+               else "free the space (or remove what is in the way) and run again")
         raise IndexFailedError(f"the run's index beside the manifest failed ({exc}): the manifest keeps what was "
-                               "done; free the space (or remove what is in the way) and run again") from None
+                               f"done; {why}") from None
     finally:
         where.home.close()
 
@@ -202,6 +204,8 @@ def _take_lock(target: Storage, name: str, shown: str | os.PathLike, cfg: Config
         lock.__enter__()
     except OSError as exc:
         raise UsageError(f"cannot write to OUTPUT {os.fsdecode(shown)}: {exc.strerror}") from None
+    except WriteError as exc:  # a link planted where the lock goes
+        raise UsageError(f"cannot write to OUTPUT {os.fsdecode(shown)}: {exc.reason}") from None
     try:
         _check_live_runs(target, name, lock.note)
     except UsageError:

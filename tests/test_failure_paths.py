@@ -149,6 +149,12 @@ def test_a_folder_where_the_index_goes_is_one_line_and_names_stay_escaped_in_err
     missing = os.fsdecode(os.fsencode(tmp_path) + b"/nothere\xff.jsonl")
     said = cli("verify", missing, code=2).stderr
     assert "nothere\\xff.jsonl" in said and "\\udc" not in said
+    manifest = out / "noiseaug-manifest.jsonl"
+    manifest.write_text(manifest.read_text(encoding="utf-8") + "\n", encoding="utf-8")  # an editor's blank line
+    cli("verify", manifest)
+    os.unlink(out / ".noiseaug.lock")
+    os.symlink(tmp_path / "elsewhere", out / ".noiseaug.lock")  # a link where the lock goes: OUTPUT refused
+    assert "cannot write to OUTPUT" in cli("run", src, out, "--workers", 1, code=2).stderr
 
 
 def test_a_second_run_in_the_same_process_after_output_was_deleted(src, tmp_path):
