@@ -419,12 +419,13 @@ def test_a_header_pillow_cannot_read_is_refused_not_guessed_by_opencv(cli, dirs)
 def test_an_rgb_jpeg_named_by_its_component_ids_and_a_multi_picture_jpeg_are_refused(cli, dirs):
     """libjpeg decodes a JPEG without JFIF or Adobe marker whose components are named R, G, B as RGB; a JPEG
     with an MPF segment (MPO) may hold more pictures than the first. Neither can be written back as it is."""
+    import imagecodecs
+
     src, out = dirs
     rgb = np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "JPEG", quality=95, keep_rgb=True)
-    data = buffer.getvalue()
+    data = imagecodecs.jpeg8_encode(rgb, level=95, colorspace="RGB", outcolorspace="RGB")  # ids R, G, B
     adobe = data.find(b"\xff\xee")
+    assert adobe > 0 and b"JFIF" not in data
     after = adobe + 2 + int.from_bytes(data[adobe + 2:adobe + 4], "big")
     (src / "rgb_ids.jpg").write_bytes(data[:adobe] + data[after:])  # the Adobe marker cut out
     Image.fromarray(rgb).save(src / "pair.jpg", "MPO", save_all=True, append_images=[Image.fromarray(rgb[::-1])])
