@@ -170,6 +170,10 @@ def spooled(folder: str) -> Iterator[RecordSpool]:
                                "free space there, or point TMPDIR elsewhere") from None
 
 
+TORN = "its last line is cut off (its run was killed while writing it)"  # what spool_manifest says of a manifest
+UNORDERED = "its records are not in order (its run stopped before its final rewrite)"
+
+
 def spool_manifest(spool: RecordSpool, path: Path, source: int,
                    check: Callable[[dict[str, Any]], None] | None = None) -> str | None:
     """Add the file records of manifest number ``source`` to ``spool`` (``check`` sees each first); returns
@@ -186,8 +190,8 @@ def spool_manifest(spool: RecordSpool, path: Path, source: int,
         in_order, last = in_order and key > last, key
         spool.add(*key, source, line)
     if torn[0]:
-        return "its last line is cut off (its run was killed while writing it)"
-    return None if in_order else "its records are not in order (its run stopped before its final rewrite)"
+        return TORN
+    return None if in_order else UNORDERED
 
 
 class Claims:

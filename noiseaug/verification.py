@@ -13,7 +13,7 @@ from typing import Any, Callable
 from . import __version__, seeding
 from .config import REDACTED, redact_url
 from .errors import ManifestError, NoiseaugError, UsageError
-from .index import RecordSpool, spool_manifest, spooled
+from .index import TORN, UNORDERED, RecordSpool, spool_manifest, spooled
 from .manifest import read_run, recorded_root, rel_str, safe_rel
 from .report import Listed, printable, shown
 from .storage import LocalStorage
@@ -168,8 +168,7 @@ def verify(manifest: str | os.PathLike, *, regenerate: bool = False,
             unfinished = spool_manifest(spool, path, 0, lambda r: (safe_rel(r, "input", where),
                                                                    safe_rel(r, "output", where)))
             report = _verify(run, where, spool, regenerate, output_root, input_root, options, said)
-        report.torn, report.pending = unfinished is not None and "cut off" in unfinished, pending
-        report.unordered = unfinished is not None and not report.torn
+        report.torn, report.unordered, report.pending = unfinished == TORN, unfinished == UNORDERED, pending
         report.unfinished = run.get("finished") is False
         return report
 
