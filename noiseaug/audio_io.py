@@ -40,7 +40,6 @@ BLOCK_BYTES = 1 << 20
 MIN_BLOCK_FRAMES = 1024
 SFC_GET_LOG_INFO = 0x1001
 SFC_SET_ADD_PEAK_CHUNK = 0x1050
-SFC_GET_CHANNEL_MAP_INFO, SFC_SET_CHANNEL_MAP_INFO = 0x1100, 0x1101  # which speaker each channel is (WAVEX, CAF)
 SFC_GET_BROADCAST_INFO, SFC_SET_BROADCAST_INFO = 0x10F0, 0x10F1  # a Broadcast WAV's bext chunk
 BEXT_FIXED, BEXT_HISTORY_SIZE_AT = 608, 604  # SF_BROADCAST_INFO: fixed fields, then the coding history's size
 BEXT_FORMATS = ("WAV", "WAVEX", "RF64", "W64")
@@ -85,7 +84,6 @@ class Layout:
     lo: float
     hi: float
     full_scale: float  # the data value of digital full scale (1.0 for float)
-    speakers: tuple[int, ...] | None = None  # the channel map, when the file has one (a WAVEX's channel mask)
     broadcast: bytes | None = None  # a Broadcast WAV's bext fields (SF_BROADCAST_INFO), when it has them
     structs: tuple[tuple[int, bytes], ...] = ()  # (set command, data) of the cue points and sampler loops it has
 
@@ -158,7 +156,7 @@ def layout_of(snd: sf.SoundFile) -> Layout:
         dtype = np.dtype(np.float64 if snd.subtype == "DOUBLE" else np.float32)
         step, lo, hi, full = 1, -1.0, 1.0, 1.0
     return Layout(snd.format, snd.subtype, snd.endian, snd.samplerate, snd.channels,
-                  snd.frames, dtype, step, lo, hi, full, _speakers(snd),
+                  snd.frames, dtype, step, lo, hi, full,
                   _broadcast(snd) if snd.format in BEXT_FORMATS else None, _structs(snd))
 
 
@@ -182,14 +180,6 @@ def _broadcast(snd: sf.SoundFile) -> bytes | None:
     fields = bytes(sf._ffi.buffer(data, size))
     history = min(int.from_bytes(fields[BEXT_HISTORY_SIZE_AT:BEXT_FIXED], sys.byteorder), size - BEXT_FIXED)
     return fields[:BEXT_FIXED + history]
-
-
-def _speakers(snd: sf.SoundFile) -> tuple[int, ...] | None:
-    """The file's channel map (libsndfile's SF_CHANNEL_MAP_* per channel), None when it has none."""
-    speakers = sf._ffi.new("int[]", snd.channels)
-    if not sf._snd.sf_command(snd._file, SFC_GET_CHANNEL_MAP_INFO, speakers, snd.channels * sf._ffi.sizeof("int")):
-        return None
-    return tuple(speakers)
 
 
 def block_frames(layout: Layout) -> int:
@@ -256,9 +246,6 @@ def open_write(fh: BinaryIO, layout: Layout, metadata: dict[str, str]) -> sf.Sou
                            len(layout.broadcast))
     for put, data in layout.structs:
         sf._snd.sf_command(out._file, put, sf._ffi.from_buffer(data), len(data))
-    if layout.speakers is not None:  # before the first write: the header takes it (a WAVEX's channel mask)
-        speakers = sf._ffi.new("int[]", list(layout.speakers))
-        sf._snd.sf_command(out._file, SFC_SET_CHANNEL_MAP_INFO, speakers, len(layout.speakers) * sf._ffi.sizeof("int"))
     for key, value in metadata.items():
         try:
             setattr(out, key, value)
@@ -292,27 +279,31 @@ def clear_peak_time(fh: BinaryIO) -> None:
         pos += 8 + size + (size & 1)
 
 
-def container_problem(fh: BinaryIO) -> str | None:
-    """What libsndfile would silently change on writing this file back, read from its own header bytes
-    before libsndfile opens it: PCM samples narrower than their words (12 bits in 16 are written as 16, the
-    noise off the 12-bit grid), and an Ogg holding several streams (only the first is decoded). None when
-    the file is as libsndfile writes it, or not a WAV, AIFF or Ogg."""
+def inspect_container(fh: BinaryIO) -> tuple[str | None, tuple[int, int] | None]:
+    """Read from a file's own header bytes before libsndfile opens it: (what libsndfile would silently
+    change on writing it back, its WAVEX channel mask as (offset, value)). The change: PCM samples narrower
+    than their words (12 bits in 16 are written as 16, the noise off the 12-bit grid), or an Ogg holding
+    several streams (only the first is decoded); None when the file is as libsndfile writes it. The mask:
+    libsndfile writes a speaker layout of its own for 0 (no speaker assignment: microphone arrays,
+    ambisonics) or for one that does not fit the channel count, so the output gets it back byte for byte."""
     fh.seek(0)
     head = fh.read(12)
+    mask = None
     if head[:4] == b"OggS":
-        return _ogg_streams(fh)
+        return _ogg_streams(fh), None
     if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
-        bits = _wav_sample_bits(fh, big=head[:4] == b"RIFX")
+        fmt = _wav_fmt(fh)
+        bits, mask = (_fmt_sample_bits(fmt[1], fmt[2]), _fmt_mask(fmt)) if fmt else (None, None)
     elif head[:4] == b"riff":  # Sony Wave64: the same fmt chunk, in GUID-named chunks with 64-bit sizes
         bits = _w64_sample_bits(fh)
     elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
         bits = _aiff_sample_bits(fh)
     else:
-        return None
+        return None, None
     if bits is None or bits[0] in (8, 16, 24, 32) and bits[0] == bits[1]:
-        return None
+        return None, mask
     word = min(w for w in (8, 16, 24, 32, bits[1]) if w >= bits[1])
-    return f"{bits[0]}-bit samples in {word}-bit words (libsndfile would write them as {word}-bit samples)"
+    return f"{bits[0]}-bit samples in {word}-bit words (libsndfile would write them as {word}-bit samples)", mask
 
 
 def _chunks(fh: BinaryIO, start: int, big: bool, limit: int = 64) -> Iterator[tuple[bytes, int, int]]:
@@ -328,19 +319,28 @@ def _chunks(fh: BinaryIO, start: int, big: bool, limit: int = 64) -> Iterator[tu
         pos += 8 + size + (size & 1)
 
 
-def _wav_sample_bits(fh: BinaryIO, big: bool) -> tuple[int, int] | None:
-    """A PCM WAV's (bits per sample, bits of its words): WAVE_FORMAT_EXTENSIBLE's valid bits in its
-    container, else wBitsPerSample (whose words are the next whole bytes); None for other encodings."""
+def _wav_fmt(fh: BinaryIO) -> tuple[int, bytes, str] | None:
+    """A RIFF, RIFX or RF64 WAV's fmt chunk: (offset of its body, its first 40 bytes, byte order)."""
+    fh.seek(0)
+    big = fh.read(4) == b"RIFX"
     for chunk, at, size in _chunks(fh, 12, big):
         if chunk == b"fmt ":
             fh.seek(at)
-            return _fmt_sample_bits(fh.read(min(size, 40)), "big" if big else "little")
+            return at, fh.read(min(size, 40)), "big" if big else "little"
+    return None
+
+
+def _fmt_mask(fmt: tuple[int, bytes, str]) -> tuple[int, int] | None:
+    """A WAVE_FORMAT_EXTENSIBLE fmt's dwChannelMask: (its offset in the file, its value)."""
+    at, body, order = fmt
+    if len(body) >= 24 and int.from_bytes(body[0:2], order) == 0xFFFE:
+        return at + 20, int.from_bytes(body[20:24], order)
     return None
 
 
 def _w64_sample_bits(fh: BinaryIO) -> tuple[int, int] | None:
-    """:func:`_wav_sample_bits` of a Wave64 file (chunks: a 16-byte GUID, a 64-bit size with the header, data
-    padded to 8 bytes)."""
+    """A Wave64 file's (bits per sample, bits of its words) from its fmt chunk (chunks: a 16-byte GUID, a
+    64-bit size with the header, data padded to 8 bytes)."""
     pos = 40  # after the riff GUID, its size and the wave GUID
     for _ in range(64):
         fh.seek(pos)
@@ -365,33 +365,13 @@ def _fmt_sample_bits(fmt: bytes, order: str) -> tuple[int, int] | None:
     return (bits, -(-bits // 8) * 8) if tag == 1 else None
 
 
-def wav_channel_mask(fh: BinaryIO) -> tuple[int, int] | None:
-    """A WAVE_FORMAT_EXTENSIBLE file's (offset, value) of dwChannelMask, as written; None for other files."""
-    fh.seek(0)
-    head = fh.read(12)
-    if head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
-        return None
-    order = "big" if head[:4] == b"RIFX" else "little"
-    for chunk, at, size in _chunks(fh, 12, order == "big"):
-        if chunk == b"fmt ":
-            fh.seek(at)
-            fmt = fh.read(min(size, 24))
-            if len(fmt) == 24 and int.from_bytes(fmt[0:2], order) == 0xFFFE:
-                return at + 20, int.from_bytes(fmt[20:24], order)
-            return None
-    return None
-
-
 def set_channel_mask(fh: BinaryIO, mask: int) -> None:
-    """Put the input's channel mask into a WAVE_FORMAT_EXTENSIBLE output, as it was: libsndfile writes a
-    speaker layout of its own for a mask of 0 (no speaker assignment: microphone arrays, ambisonics) or one
-    that does not fit the channel count."""
-    found = wav_channel_mask(fh)
-    if found is not None and found[1] != mask:
-        fh.seek(0)
-        big = fh.read(4) == b"RIFX"
+    """Put the input's channel mask (see :func:`inspect_container`) into a WAVE_FORMAT_EXTENSIBLE output."""
+    fmt = _wav_fmt(fh)
+    found = _fmt_mask(fmt) if fmt is not None else None
+    if fmt is not None and found is not None and found[1] != mask:
         fh.seek(found[0])
-        fh.write(mask.to_bytes(4, "big" if big else "little"))
+        fh.write(mask.to_bytes(4, fmt[2]))
 
 
 def _aiff_sample_bits(fh: BinaryIO) -> tuple[int, int] | None:

@@ -201,10 +201,9 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config,
         size = fh.seek(0, os.SEEK_END)
         if size == 0:  # said as such, not as whatever libsndfile makes of no bytes
             raise DecodeError(rel, "empty file")
-        problem = audio_io.container_problem(fh)
+        problem, mask = audio_io.inspect_container(fh)
         if problem is not None:
             raise UnsupportedError(rel, problem)
-        mask = audio_io.wav_channel_mask(fh)
         fh.seek(0)
         try:
             snd = audio_io.open_read(fh)
