@@ -138,7 +138,8 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
         home.prepare()  # the manifest's bucket first: a refusal leaves no OUTPUT folder behind
         target.prepare()
         name = lock_name(cfg.shard)
-        with stopper, _take_lock(target, name, target.root, cfg) as lock, _manifest_lock(home, target, cfg):
+        with stopper, _take_lock(target, name, target.root, cfg, others=prior is None) as lock, \
+                _manifest_lock(home, target, cfg):
             home.pull()
             prior = _prior_manifest(manifest_path, cfg, shown)
             if prior is None:  # again, under the lock: a run that ended since the first look left its manifest
@@ -195,9 +196,12 @@ def _nothing_to_do(source: Storage, target: Storage, manifest_path: Path, cfg: C
 
 
 @contextlib.contextmanager
-def _take_lock(target: Storage, name: str, shown: str | os.PathLike, cfg: Config) -> Iterator[OutputLock]:
-    """OUTPUT's lock; an OUTPUT where it cannot be created is a usage error, and so is another run holding
-    another lock of OUTPUT (another shard's, the unsharded one) for a job with other options."""
+def _take_lock(target: Storage, name: str, shown: str | os.PathLike, cfg: Config,
+               others: bool) -> Iterator[OutputLock]:
+    """OUTPUT's lock; an OUTPUT where it cannot be created is a usage error, and so is, for a run starting a
+    manifest of its own (``others``: the runs that look at OUTPUT's other manifests, listing its top folder
+    anyway), another run holding another lock of OUTPUT (another shard's, the unsharded one) for a job with
+    other options. A run continuing its manifest is bound by that manifest, and lists nothing (a no-op)."""
     lock = target.lock(name)
     lock.note = _job_note(cfg)
     try:
@@ -207,7 +211,8 @@ def _take_lock(target: Storage, name: str, shown: str | os.PathLike, cfg: Config
     except WriteError as exc:  # a link planted where the lock goes
         raise UsageError(f"cannot write to OUTPUT {os.fsdecode(shown)}: {exc.reason}") from None
     try:
-        _check_live_runs(target, name, lock.note)
+        if others:
+            _check_live_runs(target, name, lock.note)
     except UsageError:
         lock.release(clean=not lock.dirty)  # as it was: this run wrote nothing
         raise
@@ -734,7 +739,7 @@ def unchanged(job: Job, cand: Candidate, cache: StateCache, target: Storage, cfg
 
 def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunIndex, torn: bool, walk_done: bool,
             summary: Summary, source: Storage, target: Storage, forget: Callable[[str, int], None],
-            finished: bool = True) -> int:
+            finished: bool) -> int:
     """Rewrite the manifest sorted, streaming from the index, keeping what this run did not reach.
 
     Previous records of inputs this run never saw are kept (they may lie
@@ -755,7 +760,6 @@ def _finish(writer: ManifestWriter, prior: dict[str, Any] | None, index: RunInde
         differs for _, differs in _final_lines(index, walk_done, [], source, target))  # a first pass reads only
     if not (changed or torn):
         return index.prior_count
-    assert changed or prior is not None
     head = run_line(writer.run, finished) if changed else run_line(prior, was) if was is not None else dumps(prior)
     count = 0
     with atomic_file(os.fsdecode(writer.path), durable=True) as fh:
