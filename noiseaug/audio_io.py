@@ -118,6 +118,9 @@ def open_read(fh: BinaryIO) -> sf.SoundFile:
     libsndfile quietly shortens a cut WAV, AIFF, AU, W64 or RF64 to what is there; a dataset
     tool must not pass a truncated recording off as a good one.
     """
+    cut = _mp3_cut(fh)
+    if cut is not None:
+        raise AudioError(cut)
     native = _native(fh)
     if isinstance(native, int):  # libsndfile gets a descriptor of its own, and closes it: 1.2.0 closed the
         native = os.dup(native)  # caller's own on a failed open, whatever it was told
@@ -143,6 +146,37 @@ def open_read(fh: BinaryIO) -> sf.SoundFile:
             raise AudioError(f"truncated: the header declares {int(declared)} frames, "
                              f"the file holds {int(present)}")
     return snd
+
+
+def _mp3_cut(fh: BinaryIO) -> str | None:
+    """Why an MP3 is truncated, from the stream length its first frame's Xing, Info or VBRI header declares
+    (libsndfile takes the frame count from it, then decodes what is there without a word); None when it
+    declares none or the file is long enough. The whole file is compared, tags included: an intact one is
+    never refused, whatever an encoder counted."""
+    fh.seek(0)
+    head = fh.read(10)
+    if head[:3] != b"ID3" and head[:1] != b"\xff":
+        return None
+    start = 0
+    if head[:3] == b"ID3" and len(head) == 10:  # an ID3v2 tag first: its size is four 7-bit bytes
+        start = 10 + sum((head[6 + i] & 0x7F) << (7 * (3 - i)) for i in range(4)) + (10 if head[5] & 0x10 else 0)
+    fh.seek(start)
+    frame = fh.read(64)
+    if len(frame) < 4 or frame[0] != 0xFF or frame[1] & 0xE0 != 0xE0:
+        return None
+    mono = frame[3] >> 6 == 3
+    side = (17 if mono else 32) if (frame[1] >> 3) & 3 == 3 else (9 if mono else 17)  # MPEG-1, else 2 / 2.5
+    at, declared = 4 + side, 0
+    flags = frame[at + 7] if len(frame) >= at + 8 else 0  # 1: a frame count follows, 2: a byte count
+    if frame[at:at + 4] in (b"Xing", b"Info") and flags & 2:
+        bytes_at = at + 8 + (4 if flags & 1 else 0)
+        declared = int.from_bytes(frame[bytes_at:bytes_at + 4], "big")
+    elif frame[36:40] == b"VBRI":
+        declared = int.from_bytes(frame[46:50], "big")
+    held = fh.seek(0, os.SEEK_END)
+    if declared > held:
+        return f"truncated: the MP3's header declares {declared} bytes of audio, the file holds {held}"
+    return None
 
 
 def layout_of(snd: sf.SoundFile) -> Layout:

@@ -302,6 +302,8 @@ def preview_command(
     seed: int = typer.Option(0, help="Master seed, as for run."),
     channel_noise: str = typer.Option("per-channel", metavar="per-channel|shared", help="As for run."),
     max_pixels: int = typer.Option(MAX_PIXELS, metavar="P", help="Refuse larger images."),
+    root: Optional[Path] = typer.Option(None, metavar="INPUT", help="The INPUT folder run is given: FILE is seeded by its path relative to it, as run seeds it.  [default: FILE's folder]"),
+    palette_images: str = typer.Option("labels", metavar="labels|noise", help="As for run: a label map is shown left alone, or noised."),
     version: Optional[bool] = VersionOption,
 ) -> None:
     """Draw what a noise setting does to FILE: original, noisy and residual (images), or
@@ -317,7 +319,7 @@ def preview_command(
     try:
         layout = preview(file, output, image_sigma=image_sigma, audio_sigma=audio_sigma,
                          audio_snr_db=audio_snr_db, seed=seed, channel_noise=channel_noise,
-                         max_pixels=max_pixels)
+                         max_pixels=max_pixels, root=root, palette_images=palette_images)
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code if not isinstance(exc, FileError) else 1) from None
     from .report import printable

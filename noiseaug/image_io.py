@@ -401,6 +401,21 @@ def _pnm_check(data: bytes, im: "Image.Image", header: ImageHeader, path: str) -
     return replace(header, ascii=magic in (b"P2", b"P3"))
 
 
+def _check_plain_pnm(data: bytes, pixels: np.ndarray, path: str) -> None:
+    """Refuse a plain (ASCII) PNM that OpenCV reads leniently: it splits a token such as ``20x9`` or ``300,0``
+    into two samples and takes a sample above the maximum value, where Pillow's reader, strict, refuses the
+    file. What Pillow reads must be what OpenCV read, sample for sample."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            strict = np.asarray(im)
+    except (ValueError, OSError, SyntaxError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DecodeError(path, f"malformed plain PNM samples ({text})") from None
+    ours = pixels[..., ::-1] if pixels.ndim == 3 else pixels  # OpenCV's BGR
+    if strict.shape != ours.shape or not np.array_equal(strict, ours):
+        raise DecodeError(path, "malformed plain PNM samples (OpenCV and Pillow read them differently)")
+
+
 def _pnm_maxval(data: bytes) -> int | None:
     """The maximum sample value of a P2/P3/P5/P6 header (comments skipped)."""
     tokens: list[bytes] = []
@@ -501,8 +516,8 @@ def probe(data: bytes, path: str, fmt: str, options: ReadOptions = ReadOptions()
 
         layout, label = image_tiff.probe(data, path, options.max_pixels)
         if label and options.palette_images == "noise":
-            raise UnsupportedError(path, f"noise on a {label} TIFF, a label map (--palette-images noise, or a "
-                                         "preview): its pages and storage would not be kept; noised palettes work "
+            raise UnsupportedError(path, f"noise on a {label} TIFF, a label map (--palette-images noise): "
+                                         "its pages and storage would not be kept; noised palettes work "
                                          "on PNG and BMP")
         return Probe(label, layout, fmt)
     _check_signature(data, fmt, path)
@@ -522,8 +537,23 @@ def check_label(data: bytes, path: str, fmt: str) -> None:
                     im.seek(frame)
                     im.load()
     except Exception as exc:
-        text = re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", " ".join(str(exc).split()))[:200]  # no addresses
-        raise DecodeError(path, f"cannot decode as {fmt.upper()} ({text})") from None
+        raise _pillow_failed(exc, path, fmt) from None
+
+
+def label_view(data: bytes, path: str, fmt: str) -> np.ndarray:
+    """A label map's first page as 8-bit BGR in its palette's colours: for showing it (a preview), not noise."""
+    try:
+        with _quiet_pillow():
+            with Image.open(io.BytesIO(data)) as im:
+                rgb = np.asarray(im.convert("RGB"))
+    except Exception as exc:
+        raise _pillow_failed(exc, path, fmt) from None
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
+def _pillow_failed(exc: Exception, path: str, fmt: str) -> DecodeError:
+    text = re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", " ".join(str(exc).split()))[:200]  # no addresses
+    return DecodeError(path, f"cannot decode as {fmt.upper()} ({text})")
 
 
 def decode(data: bytes, path: str, fmt: str, options: ReadOptions = ReadOptions(),
@@ -578,6 +608,8 @@ def _decode_flat(data: bytes, path: str, fmt: str, options: ReadOptions, header:
                                   f"--max-pixels {options.max_pixels}")
     if pixels.dtype not in SAMPLE_TYPES:
         raise UnsupportedError(path, f"{pixels.dtype} samples (only 8-bit, 16-bit and float images)")
+    if header.ascii:
+        _check_plain_pnm(data, pixels, path)
     if header.gray and pixels.ndim == 3:  # a gray palette: keep it gray (and its transparency)
         pixels = np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 3 else pixels[..., [0, 3]])
         header = replace(header, gray_alpha=pixels.ndim == 3)

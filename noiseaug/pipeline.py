@@ -338,10 +338,20 @@ def _changed_option(run: dict[str, Any], cfg: Config, skip: tuple[str, ...] = ()
     new"; None when they all agree."""
     old = run.get("options", {})
     defaults = Config().job_options()  # options newer than the manifest had their default then
-    for key, value in _utf8(cfg.job_options()).items():  # as the run record keeps them
-        if key not in skip and old.get(key, defaults[key]) != value:
-            return f"--{key.replace('_', '-')} {_show(old.get(key))}, not {_show(value)}"
-    return None
+    differ = {key: (old.get(key, defaults[key]), value) for key, value in _utf8(cfg.job_options()).items()
+              if key not in skip and old.get(key, defaults[key]) != value}  # as the run record keeps them
+    if not differ:
+        return None
+    if all(key in differ for key in AUDIO_NOISE):  # one of the two for the other: each named as it was given
+        was = next(key for key in AUDIO_NOISE if differ[key][0] is not None)
+        now = next(key for key in AUDIO_NOISE if differ[key][1] is not None)
+        return f"--{was.replace('_', '-')} {_show(differ[was][0])}, not --{now.replace('_', '-')} " \
+               f"{_show(differ[now][1])}"
+    key, (before, after) = next(iter(differ.items()))
+    return f"--{key.replace('_', '-')} {_show(before)}, not {_show(after)}"
+
+
+AUDIO_NOISE = ("audio_sigma", "audio_snr_db")  # options that exclude each other: a run has one of them
 
 
 def _job_note(cfg: Config) -> str:

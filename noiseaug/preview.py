@@ -6,8 +6,9 @@ the whole gray range: noise is seen at the scale it is added, not averaged
 away by downscaling. Audio previews show the waveform envelope and a
 log-frequency spectrogram of the original and of each noisy version, both
 computed in one streaming pass, so long recordings need no more memory than
-short ones. The noise is the one ``noiseaug run`` would add to the file if it
-sat at the top of INPUT (same seed scheme, copy 0).
+short ones. The noise is the one ``noiseaug run`` would add to the file, seeded
+by its path relative to ``root`` (INPUT; by default the file's own folder), copy
+0; a label map ``run`` leaves alone is shown left alone.
 """
 
 from __future__ import annotations
@@ -83,26 +84,46 @@ def parse_values(text: str | float | Sequence[float], what: str, signed: bool = 
 
 def preview(path: str | os.PathLike, output: str | os.PathLike, *, image_sigma: Any = 10,
             audio_sigma: Any = None, audio_snr_db: Any = None, seed: int = 0,
-            channel_noise: str = "per-channel", max_pixels: int = MAX_PIXELS) -> Layout:
-    """Draw a preview picture of ``path`` with the given noise settings into ``output`` (PNG)."""
+            channel_noise: str = "per-channel", max_pixels: int = MAX_PIXELS,
+            root: str | os.PathLike | None = None, palette_images: str = "labels") -> Layout:
+    """Draw a preview picture of ``path`` with the given noise settings into ``output`` (PNG).
+
+    ``root`` is the INPUT folder ``run`` would be given: the file is seeded by its path relative to it, as
+    ``run`` seeds it (by default, the file's own folder: as if it sat at INPUT's top)."""
     src = os.fspath(path)
     kind = kind_of(os.path.basename(src))
     if not os.path.isfile(src):
         raise UsageError(f"{src} is not a file")
+    if os.path.exists(output) and os.path.samefile(output, src):
+        raise UsageError(f"-o {os.fspath(output)} is FILE itself: a preview never writes over its input")
+    if palette_images not in ("labels", "noise"):
+        raise UsageError(f"--palette-images takes labels or noise, not {palette_images!r}")
+    top, rel = _seeded_as(src, root)
     if kind == "image":
-        layout, picture = _image_preview(src, parse_values(image_sigma, "--image-sigma"), seed,
-                                         channel_noise == "shared", max_pixels)
+        layout, picture = _image_preview(src, rel, parse_values(image_sigma, "--image-sigma"), seed,
+                                         channel_noise == "shared", image_io.ReadOptions(max_pixels, palette_images))
     elif kind == "audio":
         if audio_sigma is not None and audio_snr_db is not None:
             raise UsageError("--audio-sigma and --audio-snr-db exclude each other: give one")
         snr = audio_snr_db is not None
         values = parse_values(audio_snr_db if snr else (audio_sigma if audio_sigma is not None else 0.01),
                               "--audio-snr-db" if snr else "--audio-sigma", signed=snr)
-        layout, picture = _audio_preview(src, values, snr, seed)
+        layout, picture = _audio_preview(top, rel, values, snr, seed)
     else:
         raise UsageError(f"{src}: not an image or a recording noiseaug knows (see the supported extensions)")
     _save(picture, output)
     return layout
+
+
+def _seeded_as(src: str, root: str | os.PathLike | None) -> tuple[str, str]:
+    """(INPUT's folder, the file's path relative to it with forward slashes): what ``run`` seeds it by."""
+    top = os.path.abspath(root if root is not None else os.path.dirname(os.path.abspath(src)))
+    if not os.path.isdir(top):
+        raise UsageError(f"--root {os.fspath(root or top)} is not a folder")
+    rel = os.path.relpath(os.path.abspath(src), top)
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise UsageError(f"{src} is not under --root {os.fspath(root or top)}")
+    return top, rel.replace(os.sep, "/")
 
 
 def _save(picture: np.ndarray, output: str | os.PathLike) -> None:
@@ -163,12 +184,17 @@ def _zoom(view: np.ndarray) -> tuple[np.ndarray, int]:
 # ---- images ----------------------------------------------------------------------------------
 
 
-def _image_preview(src: str, sigmas: list[float], seed: int, shared: bool,
-                   max_pixels: int) -> tuple[Layout, np.ndarray]:
+def _image_preview(src: str, rel: str, sigmas: list[float], seed: int, shared: bool,
+                   options: image_io.ReadOptions) -> tuple[Layout, np.ndarray]:
     data = read_input(src)
     name = os.path.basename(src)
-    decoded = image_io.decode(data, name, image_io.format_of(name), image_io.ReadOptions(max_pixels, "noise"))
-    pixels = decoded.pages[0]
+    fmt = image_io.format_of(name)
+    label_map = image_io.probe(data, name, fmt, options).label  # one run leaves alone is shown so
+    if label_map:
+        pixels, colour, limits = image_io.label_view(data, name, fmt), 3, None
+    else:
+        decoded = image_io.decode(data, name, fmt, options)
+        pixels, colour, limits = decoded.pages[0], decoded.colours[0], decoded.limits
     height, width = pixels.shape[:2]
     top, left = max(0, (height - CROP) // 2), max(0, (width - CROP) // 2)
     crop = np.ascontiguousarray(pixels[top:top + CROP, left:left + CROP])
@@ -185,15 +211,16 @@ def _image_preview(src: str, sigmas: list[float], seed: int, shared: bool,
     canvas = _canvas(layout.width, layout.height)
     _text(canvas, layout.title, PAD, 26, layout.width - 2 * PAD, 0.6)
     for row, sigma in enumerate(sigmas):
-        rng = seeding.generator(seeding.file_seed(seed, os.fsencode(name), 0))
+        rng = seeding.generator(seeding.file_seed(seed, os.fsencode(rel), 0))
         noisy = pixels.copy()
-        clipped = noise_image(noisy, sigma, rng, shared=shared, colour=decoded.colours[0], limits=decoded.limits)
+        clipped = 0.0 if label_map else noise_image(noisy, sigma, rng, shared=shared, colour=colour, limits=limits)
         layout.clipped.append(clipped)
         noisy_crop = noisy[top:top + CROP, left:left + CROP]
         residual, gain = residual_display(crop, noisy_crop, sigma)
         y = title_h + row * (LABEL_H + ph + PAD)
         panels = [("original", "original", shown),
-                  ("noisy", f"noisy  sigma={sigma:g}  clipped {100 * clipped:.2f}%", _zoom(_to_display(noisy_crop))[0]),
+                  ("noisy", f"{label_map} label map: left alone by run (see --palette-images)" if label_map else
+                   f"noisy  sigma={sigma:g}  clipped {100 * clipped:.2f}%", _zoom(_to_display(noisy_crop))[0]),
                   ("residual", f"residual x{gain:.2f} (+-3 sigma = black..white)", _zoom(residual)[0])]
         for col, (kind, label, picture) in enumerate(panels):
             x = PAD + col * (pw + PAD)
@@ -252,10 +279,10 @@ class _Track:
             self.start += count * self.hop
 
 
-def _audio_preview(src: str, values: list[float], snr: bool, seed: int) -> tuple[Layout, np.ndarray]:
+def _audio_preview(top: str, name: str, values: list[float], snr: bool,
+                   seed: int) -> tuple[Layout, np.ndarray]:
     """The original and, for each value, exactly what ``run`` writes (rendered by the same code, then read back)."""
-    name = os.path.basename(src)
-    source = LocalStorage(os.path.dirname(os.path.abspath(src)))
+    source = LocalStorage(top)
     with source.open(name) as fh:
         original, layout_, signal_energy = _read_track(fh, name)
     noisy, sigmas, noise_energy = [], [], []

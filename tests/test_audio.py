@@ -198,6 +198,25 @@ def test_a_cut_recording_whose_header_declares_its_length_is_refused_as_truncate
     assert len(status) == 3 and all(s == "error" and "truncated" in e for s, e in status.values()), status
 
 
+def test_a_cut_mp3_whose_header_declares_its_length_is_refused_as_truncated(cli, tmp_path):
+    """libsndfile takes an MP3's frame count from its Xing header, then decodes what is there: a cut file was
+    recorded ok, shorter. Whole files pass, an ID3v2 tag before the stream or not."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "whole.mp3", tone(1.0, 2), RATE, subtype="MPEG_LAYER_III")
+    data = (src / "whole.mp3").read_bytes()
+    tag = b"ID3\x04\x00\x00\x00\x00\x01\x00" + b"\x00" * 128  # an empty ID3v2.4 tag of 128 bytes
+    (src / "tagged.mp3").write_bytes(tag + data)
+    for fraction in (0.5, 0.97):
+        (src / f"cut{fraction}.mp3").write_bytes(data[: int(len(data) * fraction)])
+    (src / "tagged_cut.mp3").write_bytes(tag + data[: len(data) // 2])
+    cli("run", src, tmp_path / "out", "--workers", 1, code=1)
+    _, recs = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
+    status = {r["input"]: (r["status"], r.get("error", "")) for r in recs}
+    assert status.pop("whole.mp3") == ("ok", "") and status.pop("tagged.mp3") == ("ok", "")
+    assert len(status) == 3 and all(s == "error" and "truncated" in e for s, e in status.values()), status
+
+
 @pytest.mark.parametrize("mode", [[], ["--audio-snr-db", "20"]])
 def test_float_audio_with_a_nan_or_infinite_sample_is_refused_not_passed_through(cli, tmp_path, mode):
     """A NaN went into the output as it was (marked ok); with --audio-snr-db one infinite sample made sigma

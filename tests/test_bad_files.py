@@ -155,3 +155,25 @@ def test_an_undecodable_name_is_shown_the_same_way_live_and_in_the_summary(cli, 
     live = [line for line in result.stderr.splitlines() if line.startswith("noiseaug: failed:")]
     summary = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
     assert live == ["noiseaug: " + summary[0]] and summary[0].startswith("failed: \\xfe.png: ")
+
+
+def test_a_plain_pnm_that_opencv_reads_leniently_is_refused_and_good_ones_are_kept(cli, tmp_path):
+    """OpenCV split ``20x9`` into the samples 20 and 9 and took 300 where the maximum is 255: the file was
+    recorded ok with samples it does not hold. Pillow's strict reader must read what OpenCV read."""
+    src = tmp_path / "in"
+    src.mkdir()
+    bad = {"letter.pgm": b"P2\n4 1\n255\n10 20x9 30\n", "comma.pgm": b"P2\n3 1\n255\n250,0 5\n",
+           "above.pgm": b"P2\n2 1\n255\n10 300\n", "rgb.ppm": b"P3\n2 1\n255\n1 2 3 4 5- 6\n"}
+    good = {"gray.pgm": (b"P2\n# made by hand\n4 1\n255\n10 20 9 30\n", [[10, 20, 9, 30]]),
+            "deep.pgm": (b"P2\n4 1\n65535\n10 20000 9 65535\n", [[10, 20000, 9, 65535]]),
+            "colour.ppm": (b"P3\n2 1\n255\n1 2 3\n4 5 6\n", [[[3, 2, 1], [6, 5, 4]]])}  # read back as BGR
+    for name, data in [*bad.items(), *((n, d) for n, (d, _) in good.items())]:
+        (src / name).write_bytes(data)
+    cli("run", src, tmp_path / "out", "--image-sigma", 0, "--workers", 1, code=1)
+    _, recs = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
+    status = {r["input"]: (r["status"], r.get("error", "")) for r in recs}
+    for name in bad:
+        assert status[name][0] == "error" and "malformed plain PNM samples" in status[name][1], status[name]
+    for name, (_, samples) in good.items():
+        assert status[name] == ("ok", ""), status[name]
+        assert read_image(tmp_path / "out" / name).tolist() == samples

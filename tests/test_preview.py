@@ -183,34 +183,69 @@ def test_preview_refuses_what_it_cannot_show(cli, tmp_path):
     assert nowhere.strip().endswith("no does not exist") and len(nowhere.splitlines()) == 1
 
 
-def test_the_noisy_panel_is_what_run_writes(tmp_path):
-    """The preview's noisy image is the run's output, pixel for pixel (same renderer, same seed)."""
+@pytest.mark.parametrize("rel", ["p.png", "sub/deeper/p.png"])
+def test_the_noisy_panel_is_what_run_writes(cli, tmp_path, rel):
+    """The preview's noisy image is the run's output, pixel for pixel (same renderer, same seed): a file below
+    INPUT's top is seeded by its path from INPUT (--root), as run seeds it; it was seeded by its name alone."""
     import noiseaug
     from noiseaug import preview as pv
 
     src = tmp_path / "in"
     pixels = np.random.default_rng(4).integers(40, 220, (48, 56, 3), dtype=np.uint8)
-    write_image(src / "p.png", pixels)
+    write_image(src / rel, pixels)
     noiseaug.run(src, tmp_path / "out", workers=1, image_sigma=9, seed=3)
-    layout = pv.preview(src / "p.png", tmp_path / "pre.png", image_sigma="9", seed=3)
-    panel = next(p for p in layout.panels if p.name == "noisy")
-    x, y, w, h = panel.box
-    shown = read_image(tmp_path / "pre.png")[y:y + h, x:x + w]
-    expected = pv._zoom(pv._to_display(read_image(tmp_path / "out" / "p.png")))[0]
-    assert np.array_equal(shown, expected)
+    expected = pv._zoom(pv._to_display(read_image(tmp_path / "out" / rel)))[0]
+    layout = pv.preview(src / rel, tmp_path / "pre.png", image_sigma="9", seed=3, root=src)
+    cli("preview", src / rel, "-o", tmp_path / "cli.png", "--image-sigma", 9, "--seed", 3, "--root", src)
+    guessed = pv.preview(src / rel, tmp_path / "guessed.png", image_sigma="9", seed=3)  # as if at INPUT's top
+    x, y, w, h = next(p for p in layout.panels if p.name == "noisy").box
+    for picture in ("pre.png", "cli.png"):
+        assert np.array_equal(read_image(tmp_path / picture)[y:y + h, x:x + w], expected)
+    assert np.array_equal(read_image(tmp_path / "guessed.png"), read_image(tmp_path / "pre.png")) == ("/" not in rel)
+    assert layout.clipped == guessed.clipped or "/" in rel
+    with pytest.raises(noiseaug.UsageError, match="is not under --root"):
+        pv.preview(src / rel, tmp_path / "x.png", root=tmp_path / "out")
 
 
-def test_the_audio_preview_measures_what_run_writes(tmp_path):
+def test_a_preview_shows_a_label_map_left_alone_and_never_writes_over_its_input(cli, tmp_path):
+    """run leaves palette and 1-bit images alone (label maps): the preview drew them noised. And ``-o FILE``
+    replaced the input with the picture."""
+    from PIL import Image
+
+    from noiseaug import preview as pv
+
+    classes = (np.indices((40, 60)).sum(axis=0) // 7 % 4).astype(np.uint8)
+    mask = Image.fromarray(classes, "P")
+    mask.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    mask.save(tmp_path / "mask.png")
+    Image.fromarray(classes % 2 * 255).convert("1").save(tmp_path / "bits.tif")
+    for name in ("mask.png", "bits.tif"):
+        layout = pv.preview(tmp_path / name, tmp_path / "pre.png", image_sigma="20")
+        panels = {p.name: p for p in layout.panels}
+        assert "label map: left alone" in panels["noisy"].label and layout.clipped == [0.0]
+        shown = read_image(tmp_path / "pre.png")
+        crops = [shown[b[1]:b[1] + b[3], b[0]:b[0] + b[2]] for b in (panels[k].box for k in ("original", "noisy"))]
+        assert np.array_equal(*crops) and len(np.unique(crops[0].reshape(-1, 3), axis=0)) == (4 if "png" in name else 2)
+    noised = pv.preview(tmp_path / "mask.png", tmp_path / "pre.png", image_sigma="20", palette_images="noise")
+    assert noised.clipped[0] > 0 and "sigma=20" in next(p.label for p in noised.panels if p.name == "noisy")
+    before = (tmp_path / "mask.png").read_bytes()
+    said = cli("preview", tmp_path / "mask.png", "-o", tmp_path / "." / "mask.png", code=2).stderr
+    assert said.strip().endswith("a preview never writes over its input") and len(said.splitlines()) == 1
+    assert (tmp_path / "mask.png").read_bytes() == before
+
+
+@pytest.mark.parametrize("rel", ["t.flac", "voices/t.flac"])
+def test_the_audio_preview_measures_what_run_writes(tmp_path, rel):
     import noiseaug
     from noiseaug import preview as pv
 
     src = tmp_path / "in"
-    src.mkdir()
+    (src / rel).parent.mkdir(parents=True)
     t = np.arange(16000) / 16000
-    sf.write(src / "t.flac", (0.3 * np.sin(2 * np.pi * 440 * t)), 16000, subtype="PCM_16")
+    sf.write(src / rel, (0.3 * np.sin(2 * np.pi * 440 * t)), 16000, subtype="PCM_16")
     noiseaug.run(src, tmp_path / "out", workers=1, audio_snr_db=12, seed=5)
-    layout = pv.preview(src / "t.flac", tmp_path / "pre.png", audio_snr_db="12", seed=5)
-    x = sf.read(src / "t.flac", dtype="float64")[0]
-    y = sf.read(tmp_path / "out" / "t.flac", dtype="float64")[0]
+    layout = pv.preview(src / rel, tmp_path / "pre.png", audio_snr_db="12", seed=5, root=src)
+    x = sf.read(src / rel, dtype="float64")[0]
+    y = sf.read(tmp_path / "out" / rel, dtype="float64")[0]
     measured = 10 * np.log10(np.sum(x**2) / np.sum((y - x) ** 2))
     assert layout.snr_db[0] == pytest.approx(measured, abs=1e-9)

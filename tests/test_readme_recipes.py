@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,15 @@ def test_verify_exits_1_on_a_manifest_that_records_failures(project):
     result = subprocess.run(["noiseaug", "verify", "data/noisy/noiseaug-manifest.jsonl"], cwd=root, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 1 and "failed in the run: broken.png" in result.stderr
+
+
+def test_the_preview_recipe_draws_what_it_says(project):
+    """The README's preview line, run as written over the repository's sample data: it prints what it says."""
+    root, env = project
+    lines = [line.strip() for line in block("console", "### `noiseaug preview").splitlines()]
+    command, said = lines[0], lines[1]
+    assert command.startswith("$ noiseaug preview ") and "--root sample_data" in command
+    (root / "sample_data").symlink_to(README.parent / "sample_data")
+    done = subprocess.run(shlex.split(command[2:]), cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr.strip() == said, done.stderr
+    assert (root / "preview.png").stat().st_size > 0

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from conftest import tree, write_image
 
@@ -97,6 +98,20 @@ def test_manifest_from_other_options_is_refused_without_overwrite(cli, src, tmp_
     assert tree(out) == before
     cli("run", src, out, "--image-sigma", 3, "--overwrite", "--workers", 1)
     assert tree(out)["a.png"] != before["a.png"]
+
+
+def test_a_change_between_audio_sigma_and_snr_names_each_option_as_given(cli, tmp_path):
+    """The two audio noise options exclude each other: the message named the one the user did not give."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    sf.write(src / "a.wav", 0.3 * np.sin(np.arange(8000) / 5), 8000, subtype="PCM_16")
+    cli("run", src, out, "--workers", 1)
+    refused(cli, "run", src, out, "--audio-snr-db", 20, "--workers", 1,
+            says="made with --audio-sigma 0.01, not --audio-snr-db 20;")
+    cli("run", src, out, "--audio-snr-db", 20, "--workers", 1, "--overwrite")
+    refused(cli, "run", src, out, "--audio-sigma", 0.02, "--workers", 1,
+            says="made with --audio-snr-db 20, not --audio-sigma 0.02;")
+    refused(cli, "run", src, out, "--audio-snr-db", 30, "--workers", 1, says="made with --audio-snr-db 20, not 30;")
 
 
 def test_a_held_lock_is_refused(cli, src, tmp_path):
