@@ -28,6 +28,7 @@ import argparse
 import compileall
 import multiprocessing
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -233,8 +234,9 @@ def _harness(kind: str, src: Path, count: int, mode: str) -> None:
 
 
 def instructions(count: int) -> None:
-    """User-space instructions per file, noiseaug's worker path beside the floor's, in one process: counted by
-    valgrind (callgrind), so a shared, noisy machine does not move them (system calls are not counted)."""
+    """User-space instructions per file, noiseaug's worker path beside the floor's, in one process, and the
+    parent's own in a real run: counted by valgrind (callgrind), so a shared, noisy machine does not move them
+    (system calls are not counted)."""
     with tempfile.TemporaryDirectory(prefix="noiseaug-instructions-") as tmp:
         make_pngs(Path(tmp) / "png", count + 20, 32)
         make_wavs(Path(tmp) / "wav", count + 20)
@@ -242,13 +244,28 @@ def instructions(count: int) -> None:
             counted = {}
             for mode in ("floor", "noiseaug"):
                 for n in (0, count):
-                    run = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", PYTHON,
-                                          __file__, "--harness", kind, str(Path(tmp) / kind), str(n), mode],
-                                         capture_output=True, text=True, check=True)
-                    counted[mode, n] = int(run.stderr.rsplit("Collected : ", 1)[1].split()[0])
+                    counted[mode, n] = _callgrind([__file__, "--harness", kind, str(Path(tmp) / kind), str(n), mode])
             floor_, ours = ((counted[m, count] - counted[m, 0]) / count for m in ("floor", "noiseaug"))
             print(f"{kind}: floor {floor_ / 1e6:.2f} M instructions a file, noiseaug {ours / 1e6:.2f} M "
                   f"({ours / floor_:.2f}x)")
+        sizes = (count, 3 * count)
+        for n in sizes:
+            make_pngs(Path(tmp) / f"run{n}", n, 32)
+        parent = [_callgrind(["-m", "noiseaug", "run", str(Path(tmp) / f"run{n}"), str(Path(tmp) / f"out{n}"), "-q",
+                              "--workers", "2"]) for n in sizes]
+        print(f"png: the parent of a run (2 workers) {(parent[1] - parent[0]) / (sizes[1] - sizes[0]) / 1e6:.2f} M "
+              "instructions a file, on top of its workers'")
+
+
+def _callgrind(args: list[str]) -> int:
+    """Instructions of one Python process run with ``args`` under callgrind (the process itself, not the workers
+    it forks)."""
+    with tempfile.TemporaryDirectory(prefix="noiseaug-callgrind-") as out:
+        proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p", PYTHON, *args],
+                              capture_output=True, text=True, check=True)
+        pid = int(proc.stderr.split("==", 2)[1])  # valgrind's lines start with ==PID==
+        return int(re.search(r"^(?:summary|totals): (\d+)", Path(out, f"cg.{pid}").read_text(errors="replace"),
+                             re.M).group(1))
 
 
 def main() -> None:
