@@ -342,6 +342,14 @@ class StateCache:
                             "excluded.output_mtime, excluded.kind, excluded.sums)", self._pending)
         self._pending.clear()
 
+    def clear(self) -> None:
+        """Forget everything: for a run that starts a manifest of its own (the first, or --overwrite), whose
+        rows would otherwise stand for the records of the manifest it replaces (once noted with the new one,
+        an interrupted --overwrite's cache kept every output it had not reached as up to date)."""
+        self._pending.clear()
+        for table in ("stamps", "meta", "folders"):
+            self.db.execute(f"DELETE FROM {table}")
+
     def manifest_stamp(self) -> list[Any] | None:
         """[size, mtime_ns, records, INPUT, OUTPUT] of the manifest as the last run left it (a cache from before
         the roots were noted has the first three)."""

@@ -528,6 +528,8 @@ class _Run:
         if prior is None:
             home.fresh()
         self.cache = StateCache(state_path(manifest_path))
+        if prior is None:  # a manifest of its own: no row may stand for a record of the one it replaces
+            self.cache.clear()
         self.index = RunIndex(manifest_path)
         self.torn = [False]
         if prior is not None:

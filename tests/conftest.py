@@ -36,12 +36,12 @@ def random_images(root: Path, names: list[str], shape: tuple[int, ...] = (20, 24
     return root
 
 
-def clean_run(src: Path, out: Path) -> Path:
+def clean_run(src: Path, out: Path, *options: str) -> Path:
     """An uninterrupted run (two workers) to compare an interrupted one with."""
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "noiseaug", "run", src, out, "--workers", "2", "-q"], check=True)
+    subprocess.run([sys.executable, "-m", "noiseaug", "run", src, out, "--workers", "2", "-q", *options], check=True)
     return out
 
 

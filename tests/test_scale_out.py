@@ -1022,3 +1022,34 @@ def test_an_upper_case_scheme_is_the_same_storage(s3, tmp_path):
     upload(client, in_bucket, "i", random_images(tmp_path / "in", ["a.png"]))
     noiseaug("run", f"S3://{in_bucket}/i", f"S3://{out_bucket}/o", "--workers", "1")
     assert "a.png" in objects(client, out_bucket, "o")
+
+
+def test_an_upload_to_an_endpoint_that_stops_answering_gives_up_instead_of_waiting_for_ever():
+    """botocore asks for ``Expect: 100-continue`` on uploads and aiohttp waited for the interim answer under no
+    timeout: against an endpoint that accepts and never answers (a stalled proxy, a network dropping packets)
+    a run hung for ever, past two Ctrl-Cs. Now the read timeout (1 s here, one attempt a request) bounds each
+    request, and the retries give up."""
+    import socket
+    import threading
+
+    from noiseaug.storage.remote import filesystem
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[Any] = []  # accepted, never answered
+    threading.Thread(target=lambda: [held.append(silent.accept()) for _ in iter(int, 1)], daemon=True).start()
+    fs, path = filesystem("s3://bucket/key.png", {
+        "key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{silent.getsockname()[1]}",
+        "config_kwargs": {"read_timeout": 1, "connect_timeout": 1, "retries": {"max_attempts": 1}}})
+    outcome: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            fs.pipe_file(path, b"\x89PNG" * 64)
+        except Exception as exc:  # what the run's worker gets, and records
+            outcome.append(exc)
+
+    worker = threading.Thread(target=upload, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "the upload is still waiting for an answer"
+    assert held and outcome and "timeout" in str(outcome[0]).lower(), outcome

@@ -9,11 +9,13 @@ and its workers as a terminal's Ctrl-C or a CI cancellation would.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -29,9 +31,9 @@ def _defaults() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-def start(src: Path, out: Path, workers: int) -> subprocess.Popen:
+def start(src: Path, out: Path, workers: int, *options: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "noiseaug", "run", src, out, "--workers", str(workers),
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--no-progress", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_defaults)
 
 
@@ -51,17 +53,19 @@ def clean(dataset, tmp_path_factory) -> Path:
 
 
 def interrupt(dataset: Path, out: Path, workers: int, signals: list[int], after: int = 4, pattern: str = "*.png",
-              delay: float = 0.0):
-    """Start a run, wait for ``after`` outputs, send ``signals`` to its process group; (code, stderr).
+              delay: float = 0.0, options: tuple[str, ...] = (), done: Callable[[Path], int] | None = None):
+    """Start a run, wait for ``after`` outputs (or ``after`` by ``done``), send ``signals`` to its process group;
+    (code, stderr).
 
     A second signal is sent once the run has said it is stopping (two signals
     sent at once may arrive as one, as POSIX allows).
     """
+    done = done or (lambda out: sum(1 for _ in out.rglob(pattern)) if out.exists() else 0)
     for _ in range(3):  # on a loaded machine the run may finish before the signal: try again
-        proc = start(dataset, out, workers)
+        proc = start(dataset, out, workers, *options)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and sum(1 for _ in out.rglob(pattern)) >= after:
+            if done(out) >= after:
                 break
             time.sleep(0.002)
         time.sleep(delay)  # into the next files: equal files keep the workers in step, ending together
@@ -134,6 +138,31 @@ def test_a_second_signal_abandons_files_in_flight_and_the_next_run_sweeps(big, b
     assert any(r["status"] == "error" for r in recs)  # the abandoned file is recorded, not lost
     assert (out / ".noiseaug.lock").read_text().strip() != "clean"  # tells the next run to sweep
     resume_equals_clean(big, out, big_clean)
+
+
+def test_an_interrupted_overwrite_is_continued_by_a_plain_run_not_vouched_for_by_the_old_stat_cache(
+        dataset, clean, tmp_path):
+    """--overwrite, then Ctrl-C: the stat cache of the run before it still vouched for its outputs (noted with the
+    new manifest), so a plain re-run with the new options kept the old outputs as up to date, then failed with
+    a traceback, every time. Not retried here: the interrupted run must not finish (nothing to clean up)."""
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    returncode, stderr = interrupt(dataset, out, 1, [signal.SIGINT], after=3, options=("--image-sigma", "5",
+                                   "--overwrite"), done=_records_at_sigma_5)
+    assert returncode == 130, stderr
+    assert 3 <= _records_at_sigma_5(out) < 40
+    fresh = clean_run(dataset, tmp_path / "fresh", "--image-sigma", "5")
+    again = subprocess.run([sys.executable, "-m", "noiseaug", "run", dataset, out, "-q", "--image-sigma", "5"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert outputs(out) == outputs(fresh)
+    assert records(out / "noiseaug-manifest.jsonl")[1] == records(fresh / "noiseaug-manifest.jsonl")[1]
+
+
+def _records_at_sigma_5(out: Path) -> int:
+    """File records in OUTPUT's manifest, once it is the one of a run with --image-sigma 5 (else 0)."""
+    lines = (out / "noiseaug-manifest.jsonl").read_bytes().splitlines()
+    return len(lines) - 1 if lines and b'"image_sigma": "5"' in lines[0] else 0
 
 
 def test_a_run_killed_twice_between_manifest_appends_still_resumes(dataset, clean, tmp_path):

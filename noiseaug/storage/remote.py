@@ -67,7 +67,7 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     if scheme in ("s3", "s3a"):
         options = _pinned_endpoint(options)
     try:
-        fs, path = fsspec.core.url_to_fs(url, **options)
+        fs, path = _s3(url, options) if scheme in ("s3", "s3a") else fsspec.core.url_to_fs(url, **options)
     except ImportError:
         extra = EXTRAS.get(scheme, scheme)
         raise UsageError(f"{redact_url(url)}: {scheme}:// needs its file system: pip install "
@@ -79,6 +79,13 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     except TypeError as exc:
         raise UsageError(f"--storage-option not taken by {scheme}://: {_first_line(exc)}") from None
     return fs, path.rstrip("/")
+
+
+def _s3(url: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """An s3:// URL's file system (s3fs's, whose uploads cannot wait for ever: see storage/s3) and path."""
+    from .s3 import S3FileSystem
+
+    return S3FileSystem(**options), S3FileSystem._strip_protocol(url)
 
 
 def _pinned_endpoint(options: dict[str, Any]) -> dict[str, Any]:
