@@ -1053,3 +1053,15 @@ def test_an_upload_to_an_endpoint_that_stops_answering_gives_up_instead_of_waiti
     worker.join(120)
     assert not worker.is_alive(), "the upload is still waiting for an answer"
     assert held and outcome and "timeout" in str(outcome[0]).lower(), outcome
+
+
+def test_an_input_whose_name_is_not_utf8_fails_alone_on_object_storage_with_a_reason(s3, tmp_path):
+    """A key must be UTF-8: the record said "'utf-8' codec can't encode character '\\udcff'..." instead."""
+    client, (_, out_bucket) = s3
+    src = random_images(tmp_path / "in", ["good.png"], shape=(8, 8, 3))
+    (src / os.fsdecode(b"caf\xe9.png")).write_bytes((src / "good.png").read_bytes())
+    done = noiseaug("run", src, f"s3://{out_bucket}/out", "--workers", 1, check=1)
+    said = [line for line in done.stderr.splitlines() if line.startswith("noiseaug: failed: ")]
+    assert said == ["noiseaug: failed: caf\\xe9.png: cannot upload: its name is not UTF-8, which an object's key "
+                    "must be"], done.stderr
+    assert sorted(outputs(objects(client, out_bucket, "out"))) == ["good.png"]

@@ -81,6 +81,14 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     return fs, path.rstrip("/")
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name's undecodable bytes, kept as surrogates
+        return False
+    return True
+
+
 def _s3(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     """An s3:// URL's file system (s3fs's, whose uploads cannot wait for ever: see storage/s3) and path."""
     from .s3 import S3FileSystem
@@ -399,6 +407,8 @@ class FsspecStorage:
         """An object that appears at ``rel`` with one complete upload when the ``with`` body succeeds."""
         if unsafe_key(rel):
             raise WriteError(rel, "refusing a key with an empty, '.' or '..' segment")
+        if not rel.isascii() and not _utf8(rel):
+            raise WriteError(rel, "cannot upload: its name is not UTF-8, which an object's key must be")
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, prefix="noiseaug-") as fh:
             yield fh  # type: ignore[misc]
             size = fh.seek(0, io.SEEK_END)
