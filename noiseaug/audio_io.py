@@ -151,8 +151,8 @@ def open_read(fh: BinaryIO) -> sf.SoundFile:
 def _mp3_cut(fh: BinaryIO) -> str | None:
     """Why an MP3 is truncated, from the stream length its first frame's Xing, Info or VBRI header declares
     (libsndfile takes the frame count from it, then decodes what is there without a word); None when it
-    declares none or the file is long enough. The whole file is compared, tags included: an intact one is
-    never refused, whatever an encoder counted."""
+    declares none or the file is long enough. The stream is what lies between an ID3v2 tag at the start and
+    an ID3v1 tag at the end, as LAME and FFmpeg count it."""
     fh.seek(0)
     head = fh.read(10)
     if head[:3] != b"ID3" and head[:1] != b"\xff":
@@ -173,7 +173,9 @@ def _mp3_cut(fh: BinaryIO) -> str | None:
         declared = int.from_bytes(frame[bytes_at:bytes_at + 4], "big")
     elif frame[36:40] == b"VBRI":
         declared = int.from_bytes(frame[46:50], "big")
-    held = fh.seek(0, os.SEEK_END)
+    end = fh.seek(0, os.SEEK_END)
+    fh.seek(max(start, end - 128))
+    held = end - start - (128 if fh.read(3) == b"TAG" and end - start >= 128 else 0)  # an ID3v1 tag at the end
     if declared > held:
         return f"truncated: the MP3's header declares {declared} bytes of audio, the file holds {held}"
     return None

@@ -322,6 +322,8 @@ def preview_command(
                          max_pixels=max_pixels, root=root, palette_images=palette_images)
     except NoiseaugError as exc:
         raise _fail(str(exc), exc.exit_code if not isinstance(exc, FileError) else 1) from None
+    except OSError as exc:  # FILE unreadable, or -o unwritable
+        raise _fail(f"{exc.filename or file}: {exc.strerror or exc}", 1) from None
     from .report import printable
 
     typer.echo(f"{printable(str(output))}: {layout.width}x{layout.height}", err=True)

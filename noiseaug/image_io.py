@@ -412,6 +412,8 @@ def _check_plain_pnm(data: bytes, pixels: np.ndarray, path: str) -> None:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DecodeError(path, f"malformed plain PNM samples ({text})") from None
     ours = pixels[..., ::-1] if pixels.ndim == 3 else pixels  # OpenCV's BGR
+    if ours.ndim == 3 and ours.dtype == np.uint16:  # Pillow holds 16-bit colour as 8 bits: its parse is the check
+        return
     if strict.shape != ours.shape or not np.array_equal(strict, ours):
         raise DecodeError(path, "malformed plain PNM samples (OpenCV and Pillow read them differently)")
 
@@ -594,9 +596,10 @@ def _decode_flat(data: bytes, path: str, fmt: str, options: ReadOptions, header:
             raise TooLargeError(path, f"{header.width}x{header.height} pixels is more than "
                                       f"--max-pixels {options.max_pixels}")
         _check_memory(path, header.width * header.height * header.pixel_bytes, (header.width, header.height))
+    coded = data + b"\n" if header.ascii and data[-1:].strip() else data  # OpenCV wants a separator at the end
     try:
         with codec_stderr_silenced():
-            pixels, icc = _decode_with_profile(np.frombuffer(data, dtype=np.uint8), header.profiled)
+            pixels, icc = _decode_with_profile(np.frombuffer(coded, dtype=np.uint8), header.profiled)
             if icc is not None:
                 header = replace(header, icc=icc)
     except cv2.error:  # OpenCV's text is a source location and an assertion, not a reason

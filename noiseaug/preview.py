@@ -92,6 +92,8 @@ def preview(path: str | os.PathLike, output: str | os.PathLike, *, image_sigma: 
     ``run`` seeds it (by default, the file's own folder: as if it sat at INPUT's top)."""
     src = os.fspath(path)
     kind = kind_of(os.path.basename(src))
+    if os.path.islink(src):
+        raise UsageError(f"{src} is a symbolic link, which run does not follow: give the file it names")
     if not os.path.isfile(src):
         raise UsageError(f"{src} is not a file")
     if os.path.exists(output) and os.path.samefile(output, src):
@@ -117,10 +119,10 @@ def preview(path: str | os.PathLike, output: str | os.PathLike, *, image_sigma: 
 
 def _seeded_as(src: str, root: str | os.PathLike | None) -> tuple[str, str]:
     """(INPUT's folder, the file's path relative to it with forward slashes): what ``run`` seeds it by."""
-    top = os.path.abspath(root if root is not None else os.path.dirname(os.path.abspath(src)))
+    top = os.path.realpath(root if root is not None else os.path.dirname(os.path.abspath(src)))
     if not os.path.isdir(top):
         raise UsageError(f"--root {os.fspath(root or top)} is not a folder")
-    rel = os.path.relpath(os.path.abspath(src), top)
+    rel = os.path.relpath(os.path.realpath(src), top)
     if rel == os.pardir or rel.startswith(os.pardir + os.sep):
         raise UsageError(f"{src} is not under --root {os.fspath(root or top)}")
     return top, rel.replace(os.sep, "/")

@@ -210,11 +210,17 @@ def test_a_cut_mp3_whose_header_declares_its_length_is_refused_as_truncated(cli,
     for fraction in (0.5, 0.97):
         (src / f"cut{fraction}.mp3").write_bytes(data[: int(len(data) * fraction)])
     (src / "tagged_cut.mp3").write_bytes(tag + data[: len(data) // 2])
+    (src / "tagged_short.mp3").write_bytes(tag + data[:-100])  # short by less than its tag: the tag is no audio
+    (src / "trailed.mp3").write_bytes(data + b"TAG" + bytes(125))  # an ID3v1 tag at the end
+    (src / "trailed_short.mp3").write_bytes(data[:-1] + b"TAG" + bytes(125))
     cli("run", src, tmp_path / "out", "--workers", 1, code=1)
     _, recs = records(tmp_path / "out" / "noiseaug-manifest.jsonl")
     status = {r["input"]: (r["status"], r.get("error", "")) for r in recs}
-    assert status.pop("whole.mp3") == ("ok", "") and status.pop("tagged.mp3") == ("ok", "")
-    assert len(status) == 3 and all(s == "error" and "truncated" in e for s, e in status.values()), status
+    for whole in ("whole.mp3", "tagged.mp3", "trailed.mp3"):
+        assert status.pop(whole) == ("ok", ""), whole
+    assert len(status) == 5 and all(s == "error" and "truncated" in e for s, e in status.values()), status
+    assert status["tagged_short.mp3"][1].endswith(f"declares {len(data)} bytes of audio, the file holds "
+                                                  f"{len(data) - 100}")
 
 
 @pytest.mark.parametrize("mode", [[], ["--audio-snr-db", "20"]])

@@ -163,10 +163,13 @@ def test_a_plain_pnm_that_opencv_reads_leniently_is_refused_and_good_ones_are_ke
     src = tmp_path / "in"
     src.mkdir()
     bad = {"letter.pgm": b"P2\n4 1\n255\n10 20x9 30\n", "comma.pgm": b"P2\n3 1\n255\n250,0 5\n",
-           "above.pgm": b"P2\n2 1\n255\n10 300\n", "rgb.ppm": b"P3\n2 1\n255\n1 2 3 4 5- 6\n"}
+           "above.pgm": b"P2\n2 1\n255\n10 300\n", "rgb.ppm": b"P3\n2 1\n255\n1 2 3 4 5- 6\n",
+           "deep_rgb.ppm": b"P3\n1 1\n65535\n1000 20x0 3000\n"}
     good = {"gray.pgm": (b"P2\n# made by hand\n4 1\n255\n10 20 9 30\n", [[10, 20, 9, 30]]),
             "deep.pgm": (b"P2\n4 1\n65535\n10 20000 9 65535\n", [[10, 20000, 9, 65535]]),
-            "colour.ppm": (b"P3\n2 1\n255\n1 2 3\n4 5 6\n", [[[3, 2, 1], [6, 5, 4]]])}  # read back as BGR
+            "colour.ppm": (b"P3\n2 1\n255\n1 2 3\n4 5 6\n", [[[3, 2, 1], [6, 5, 4]]]),  # read back as BGR
+            "deep_colour.ppm": (b"P3\n1 1\n65535\n1000 2000 65535\n", [[[65535, 2000, 1000]]]),
+            "unended.pgm": (b"P2\n2 1\n255\n1 2", [[1, 2]])}  # no whitespace after the last sample
     for name, data in [*bad.items(), *((n, d) for n, (d, _) in good.items())]:
         (src / name).write_bytes(data)
     cli("run", src, tmp_path / "out", "--image-sigma", 0, "--workers", 1, code=1)

@@ -205,6 +205,12 @@ def test_the_noisy_panel_is_what_run_writes(cli, tmp_path, rel):
     assert layout.clipped == guessed.clipped or "/" in rel
     with pytest.raises(noiseaug.UsageError, match="is not under --root"):
         pv.preview(src / rel, tmp_path / "x.png", root=tmp_path / "out")
+    (tmp_path / "linked").symlink_to(src)  # INPUT named through a link: the same folder
+    pv.preview(src / rel, tmp_path / "linked.png", image_sigma="9", seed=3, root=tmp_path / "linked")
+    assert np.array_equal(read_image(tmp_path / "linked.png"), read_image(tmp_path / "pre.png"))
+    (src / "link.png").symlink_to(src / rel)  # run does not follow links: nor does preview, in one line
+    said = cli("preview", src / "link.png", "-o", tmp_path / "l.png", code=2).stderr
+    assert said.strip().endswith("is a symbolic link, which run does not follow: give the file it names")
 
 
 def test_a_preview_shows_a_label_map_left_alone_and_never_writes_over_its_input(cli, tmp_path):
