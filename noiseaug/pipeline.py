@@ -490,8 +490,9 @@ def _jobs(source: Storage, cfg: Config, stats: WalkStats,
                   own_name_taken=cfg.copy_other and cand.kind == "image" and claims.taken(cand.rel))
         clash = next((o for o in outs if not claims.claim(o)), None)
         if clash is not None:
+            which = f" (copy {outs.index(clash)}: no copy of it is written)" if len(outs) > 1 else ""
             yield job, failed(job, cfg, f"output {clash} is already taken by another input "
-                                        "or by noiseaug's own files")
+                                        f"or by noiseaug's own files{which}")
             continue
         yield job, cand
 

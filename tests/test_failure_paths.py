@@ -355,3 +355,17 @@ def test_a_script_calling_run_without_the_main_guard_gets_one_clear_error(src, t
         "count, unless OPENBLAS_NUM_THREADS=1): its worker processes then start from a fork server, which "
         "imports the script again")
     assert "LockedError" not in done.stderr and done.stderr.count("Traceback") <= 1, done.stderr
+
+
+def test_an_output_name_clash_names_the_copy_that_clashes(cli, tmp_path):
+    """Each copy's record of an input whose outputs clash gave the same reason, naming an output that was not
+    its own: the reason says which copy clashed, and that none of the input's copies is written."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a.png", "a1.png"):  # a.png's copy 10 is a10.png: a1.png's copy 0
+        write_image(src / name, np.full((4, 4, 3), 90, np.uint8))
+    cli("run", src, out, "--workers", 1, "--copies", 12, "--name", "{stem}{copy}{ext}", code=1)
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    reasons = {r["error"] for r in recs if r["input"] == "a1.png"}
+    assert reasons == {"output a10.png is already taken by another input or by noiseaug's own files (copy 0: no "
+                       "copy of it is written)"}
+    assert sum(r["status"] == "ok" for r in recs) == 12 and len(recs) == 24
