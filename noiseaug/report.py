@@ -163,7 +163,8 @@ class Summary:
             "not_taken": {"unsupported": self.walk.unsupported, "filtered": self.walk.filtered,
                           "other_shard": self.walk.other_shard, "links": self.walk.links,
                           "special": self.walk.special, "labels": self.walk.labels},
-            "failures": [{"input": shown(i), "output": shown(o), "error": shown(e)} for i, o, e in self.failures],
+            "failures": [{"input": shown(i), "output": shown(o), "error": shown(e)}
+                         for i, o, e in sorted(self.failures)],
             "problems": [shown(p) for p in self.walk.problems],
             "gone": [shown(g) for g in self.gone],
             "now_labels": [shown(n) for n in self.now_labels],
@@ -208,7 +209,7 @@ class Summary:
             lines.append(f"{len(self.walk.problems)} path(s) of INPUT could not be taken, counted as failed:")
         for problem in self.walk.problems:
             lines.append(f"failed: {printable(problem)}")
-        said = list(dict.fromkeys((path, reason) for path, _, reason in self.failures))  # one line per input and reason
+        said = sorted(dict.fromkeys((path, reason) for path, _, reason in self.failures))  # by input, as the manifest
         for path, reason in said[:20]:
             lines.append(f"failed: {printable(path)}: {reason}")
         more = max(0, len(said) - 20) + self.failures.unlisted

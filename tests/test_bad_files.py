@@ -180,3 +180,16 @@ def test_a_plain_pnm_that_opencv_reads_leniently_is_refused_and_good_ones_are_ke
     for name, (_, samples) in good.items():
         assert status[name] == ("ok", ""), status[name]
         assert read_image(tmp_path / "out" / name).tolist() == samples
+
+
+def test_the_summary_lists_failures_by_input_whatever_order_the_workers_finished_in(tmp_path):
+    """Workers finish files out of order: the summary's failure lines (and --json's list) came in that order."""
+    from noiseaug.report import Summary
+
+    summary = Summary("in", "out", "out/noiseaug-manifest.jsonl")
+    for name in ("z.png", "a.png", "m/b.png"):
+        summary.add({"type": "file", "input": name, "output": name, "kind": "image", "copy": 0, "status": "error",
+                     "error": "cannot decode"})
+    assert [line for line in summary.text().splitlines() if line.startswith("failed:")] == [
+        "failed: a.png: cannot decode", "failed: m/b.png: cannot decode", "failed: z.png: cannot decode"]
+    assert [f["input"] for f in summary.to_dict()["failures"]] == ["a.png", "m/b.png", "z.png"]
