@@ -129,7 +129,7 @@ def run(
     storage_options: Optional[List[str]] = typer.Option(None, "--storage-option", metavar="KEY=VALUE", help="An option of the URL's file system (fsspec), e.g. endpoint_url=http://host:9000 (repeatable; values never recorded)."),
     config: Optional[Path] = typer.Option(None, metavar="FILE.toml", help="Options as TOML keys; command-line options win."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr.  [default: on a terminal]"),
-    preview: int = typer.Option(0, "--preview", metavar="N", help="After the run, draw N evenly chosen outputs beside their inputs in OUTPUT/noiseaug-preview.png."),
+    preview: int = typer.Option(0, "--preview", min=0, metavar="N", help="After the run, draw N evenly chosen outputs beside their inputs in OUTPUT/noiseaug-preview.png."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary object on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only failures on stderr."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="One line per file on stderr."),
@@ -211,8 +211,13 @@ def _configure(config: Path | None, given: dict[str, Any]) -> tuple[Any, dict[st
 
     options = load_toml(config, PRESENTATION) if config is not None else {}
     shown = {k: options.pop(k) for k in PRESENTATION if k in options}
-    for key in ("json", "quiet", "verbose"):
+    for key in ("json", "quiet", "verbose", *(("progress",) if "progress" in shown else ())):
         _flag(shown, key)
+    count = shown.get("preview", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        from .errors import UsageError
+
+        raise UsageError(f"--config: preview takes a number of outputs (0 or more), not {count!r}")
     return make_config(**merged(options, given)), shown
 
 

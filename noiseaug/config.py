@@ -191,6 +191,8 @@ def _bool(value: Any, what: str) -> bool:
 
 
 def _kinds(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (str, list, tuple)):
+        raise UsageError(f"--kinds takes a comma-separated list of {', '.join(KINDS)}, not {value!r}")
     items = value.split(",") if isinstance(value, str) else list(value)
     kinds = {str(k).strip() for k in items if str(k).strip()}
     if not kinds or kinds - set(KINDS):
@@ -199,7 +201,7 @@ def _kinds(value: Any) -> tuple[str, ...]:
 
 
 def _globs(value: Any, what: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else list(value)
+    items = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
     if not all(isinstance(g, str) and g for g in items):
         raise UsageError(f"{what} takes non-empty glob patterns, not {value!r}")
     return tuple(sorted(set(items)))  # order and repeats do not change the selection
@@ -231,6 +233,8 @@ def _manifest(value: Any) -> Path | str | None:
     """--manifest: a path, or a URL kept as text (a Path would fold its '//')."""
     if value is None:
         return None
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise UsageError(f"--manifest takes a path or a URL, not {value!r}")
     text = os.fsdecode(value) if isinstance(value, (os.PathLike, bytes)) else str(value)
     scheme = text.split("://", 1)[0]
     return text if "://" in text and scheme.isidentifier() else Path(value)

@@ -70,7 +70,10 @@ def rel_bytes(record: dict[str, Any], key: str = "input") -> bytes:
     raw = record.get(f"{key}_raw")
     if raw is not None:
         return base64.b64decode(raw)
-    return str(record[key]).encode("utf-8")
+    value = record[key]
+    if not isinstance(value, str):  # a hand-edited record: null or a number is no path
+        raise TypeError(f"{key} is not a string")
+    return value.encode("utf-8")
 
 
 def rel_str(record: dict[str, Any], key: str = "input") -> str:
@@ -142,8 +145,10 @@ def read_lines(path: Path, torn: list[bool] | None = None) -> Iterator[tuple[dic
                         torn[0] = True  # the last line of a run that was killed mid-write
                     return
                 raise ManifestError(f"{os.fsdecode(path)}:{number}: not a JSON object") from None
-            if record.get("type") == "file":
-                yield record, line.rstrip(b"\n").decode("utf-8")
+            if record.get("type") != "file":  # the run record is the first line, and only there
+                raise ManifestError(f"{os.fsdecode(path)}:{number}: a record of type {record.get('type')!r}, "
+                                    "not a file record")
+            yield record, line.rstrip(b"\n").decode("utf-8")
 
 
 FLUSH_SECONDS = 0.1  # appended records reach the file at least this often (a killed run's last ones redone)

@@ -32,7 +32,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -64,6 +64,12 @@ def image_limits(dtype: np.dtype) -> tuple[float, float]:
         return 0.0, 1.0
     info = np.iinfo(dtype)
     return float(info.min), float(info.max)
+
+
+def numpy_defaults() -> Any:
+    """numpy's own floating-point error handling, whatever the caller set (``np.seterr(under="raise")`` made a
+    library run with --workers 1 fail files a pool run did): for the length of a ``with``, this thread only."""
+    return np.errstate(divide="warn", over="warn", under="ignore", invalid="warn")
 
 
 def image_sigma(sigma_8bit: float, dtype: np.dtype) -> float:
@@ -511,6 +517,7 @@ def add_noise(
     if (alpha or shared) and out.ndim != 3:
         raise ValueError("alpha and shared need an (H, W, C) array")
     channels = out.shape[-1] - 1 if alpha else (out.shape[-1] if shared else None)
-    noise_inplace(out, float(sigma), rng if rng is not None else np.random.default_rng(),
-                  lo=limits[0], hi=limits[1], channels=channels, shared=shared)
+    with numpy_defaults():
+        noise_inplace(out, float(sigma), rng if rng is not None else np.random.default_rng(),
+                      lo=limits[0], hi=limits[1], channels=channels, shared=shared)
     return out

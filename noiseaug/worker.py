@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Iterator
 from .config import Config
 from .errors import FileError, WriteError
 from .freshness import confirmed
+from .noise import numpy_defaults
 from .records import Job, Outcome, base_records, carried, error_record, output_of
 from .render import Rendered, probe_image, render, written_fields
 from .signals import checkpoint
@@ -51,7 +52,13 @@ def limit_threads(kinds: tuple[str, ...]) -> int | None:
 
 
 def process_job(job: Job, ctx: Context) -> list[Outcome]:
-    """Read the input, keep the copies that are up to date, render and write the rest."""
+    """Read the input, keep the copies that are up to date, render and write the rest (under numpy's own
+    floating-point error handling, whatever a library caller set: see :func:`~noiseaug.noise.numpy_defaults`)."""
+    with numpy_defaults():
+        return _process_job(job, ctx)
+
+
+def _process_job(job: Job, ctx: Context) -> list[Outcome]:
     cfg = ctx.config
     try:
         data, digest, size = read_source(job, ctx.source)

@@ -184,6 +184,25 @@ def test_the_library_leaves_process_state_as_it_found_it(src, tmp_path):
         "OPENBLAS_NUM_THREADS")
 
 
+def test_the_callers_numpy_error_settings_decide_nothing(tmp_path):
+    """np.seterr(under="raise") in the caller made every PCM file of a --workers 1 run fail (its noise law
+    underflows, as numpy's defaults ignore); a pool's workers ran under their own settings: other records."""
+    import soundfile as sf
+
+    src = tmp_path / "in"
+    write_image(src / "a.png", np.full((8, 8, 3), 100, np.uint8))
+    sf.write(src / "t.wav", 0.3 * np.sin(np.arange(4000) / 5), 8000, subtype="PCM_16")
+    sigmas = {"audio_sigma": 0.0137, "image_sigma": 7.3}  # laws no other test made (they are cached)
+    with np.errstate(all="raise"):
+        summary = noiseaug.run(src, tmp_path / "strict", workers=1, **sigmas)
+        assert noiseaug.verify(tmp_path / "strict" / "noiseaug-manifest.jsonl", regenerate=True).exit_code == 0
+        assert np.geterr() == dict.fromkeys(("divide", "over", "under", "invalid"), "raise")
+    noiseaug.run(src, tmp_path / "plain", workers=1, **sigmas)
+    assert summary.exit_code == 0 and summary.failed == 0
+    assert records(tmp_path / "strict" / "noiseaug-manifest.jsonl")[1] == \
+        records(tmp_path / "plain" / "noiseaug-manifest.jsonl")[1]
+
+
 def test_the_compiled_kernel_steps_aside_when_it_disagrees_with_numpy(monkeypatch):
     if noise._kernel is None:
         pytest.skip(f"no compiled kernel beside {noise.__file__} (no compiler at install time, or built elsewhere)")

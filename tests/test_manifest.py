@@ -797,3 +797,49 @@ def test_a_manifest_put_back_is_not_taken_at_the_stat_caches_word(cli, tmp_path,
     _, recs = records(manifest)
     (a,) = [r for r in recs if r["input"] == "a.png"]
     assert a["input_sha256"] == hashlib.sha256((src / "a.png").read_bytes()).hexdigest()
+
+
+def test_verify_of_a_manifest_copied_out_of_output_alone_checks_the_recorded_output(cli, src, tmp_path):
+    """Kept as a CI artifact, the manifest alone: verify looked beside it and found every output missing."""
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    (tmp_path / "kept").mkdir()
+    shutil.copy(out / "noiseaug-manifest.jsonl", tmp_path / "kept" / "m.jsonl")
+    said = cli("verify", tmp_path / "kept" / "m.jsonl").stderr
+    assert f"outputs in {out} match" in said
+    shutil.copytree(out, tmp_path / "moved")  # a copied OUTPUT still verifies itself
+    assert f"in {tmp_path / 'moved'} match" in cli("verify", tmp_path / "moved" / "noiseaug-manifest.jsonl").stderr
+
+
+@pytest.mark.parametrize("field", ["sigma", "height", "clipped_fraction", "input_bytes", "output_bytes"])
+def test_verify_regenerate_names_a_record_field_edited_by_hand(cli, src, tmp_path, field):
+    """A record whose sigma, shape, clipped fraction or sizes were edited passed verify --regenerate."""
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    lines = (out / "noiseaug-manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[1])
+    record[field] += 1
+    lines[1] = json.dumps(record, ensure_ascii=False)
+    (out / "noiseaug-manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    said = cli("verify", out / "noiseaug-manifest.jsonl", "--regenerate", code=1).stderr
+    assert f"mismatch: {record['output']}: the record's {field} ({record[field]!r}) is not" in said, said
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda r: r.update(type="weird"), "a record of type 'weird', not a file record"),
+    (lambda r: r.update(output=None), "a file record has no valid 'output' path"),
+    (lambda r: r.update(output=5), "a file record has no valid 'output' path"),
+])
+def test_verify_and_merge_refuse_a_record_edited_out_of_shape(cli, src, tmp_path, edit, says):
+    """A record of another type dropped out silently; an output of null or 5 gave a traceback (merge took it)."""
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    lines = (out / "noiseaug-manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[1])
+    edit(record)
+    lines[1] = json.dumps(record)
+    (out / "noiseaug-manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for command in (["verify", out / "noiseaug-manifest.jsonl"],
+                    ["merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "merged.jsonl"]):
+        said = cli(*command, code=2).stderr
+        assert says in said and len(said.strip().splitlines()) == 1, said

@@ -239,6 +239,8 @@ def test_missing_input_is_refused(cli, tmp_path):
 
 @pytest.mark.parametrize("toml,says", [
     ('copy-other = "no"', "true or false"), ("workers = 0", "--workers"), ('name = "{stem!r}{ext}"', "conversions"),
+    ("include = 5", "--include takes"), ("kinds = 5", "--kinds takes"), ("manifest = 5", "--manifest takes"),
+    ('preview = "abc"', "preview takes"), ("preview = -1", "preview takes"), ('progress = "x"', "progress takes"),
 ])
 def test_toml_values_of_the_wrong_type_are_refused(cli, src, tmp_path, toml, says):
     config = tmp_path / "opts.toml"
