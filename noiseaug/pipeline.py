@@ -528,10 +528,10 @@ class _Run:
                                      append=prior is not None)
         if prior is None:
             home.fresh()
+        self.index = RunIndex(manifest_path)  # first: if it cannot be made, the cache is not yet written to
         self.cache = StateCache(state_path(manifest_path))
         if prior is None:  # a manifest of its own: no row may stand for a record of the one it replaces
             self.cache.clear()
-        self.index = RunIndex(manifest_path)
         self.torn = [False]
         if prior is not None:
             self.index.load_prior(read_lines(manifest_path, self.torn))

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,19 +166,38 @@ def test_a_second_run_in_the_same_process_after_output_was_deleted(src, tmp_path
     assert summary.total("ok") == 4 and summary.failed == 0
 
 
-def test_the_library_leaves_process_state_as_it_found_it(src, tmp_path):
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_the_library_leaves_process_state_as_it_found_it(src, tmp_path, monkeypatch, start):
+    """... the default start method too: a pool through a fork server fixed it (a later set_start_method
+    failed with "context has already been set")."""
+    import multiprocessing
+
+    from noiseaug.executors import pool
+
+    monkeypatch.setattr(pool, "_start_method", lambda: start)
+    saved = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(None, force=True)  # "not chosen yet", as in a fresh process
+    try:
+        _runs_leave_process_state_alone(src, tmp_path)
+    finally:
+        multiprocessing.set_start_method(saved, force=True)
+
+
+def _runs_leave_process_state_alone(src: Path, tmp_path: Path) -> None:
+    import multiprocessing
+
     import cv2
     from PIL import Image
 
     before = (Image.MAX_IMAGE_PIXELS, dict(os.environ), signal.getsignal(signal.SIGINT),
               signal.getsignal(signal.SIGTERM), sorted(os.listdir("/proc/self/fd")), cv2.getNumThreads(),
-              signal.set_wakeup_fd(-1))
+              multiprocessing.get_start_method(allow_none=True), signal.set_wakeup_fd(-1))
     signal.set_wakeup_fd(before[-1])
     noiseaug.run(src, tmp_path / "out", workers=1)
     noiseaug.run(src, tmp_path / "out2", workers=2)
     after = (Image.MAX_IMAGE_PIXELS, dict(os.environ), signal.getsignal(signal.SIGINT),
              signal.getsignal(signal.SIGTERM), sorted(os.listdir("/proc/self/fd")), cv2.getNumThreads(),
-             signal.set_wakeup_fd(-1))
+             multiprocessing.get_start_method(allow_none=True), signal.set_wakeup_fd(-1))
     signal.set_wakeup_fd(before[-1])
     assert after == before
     assert "noiseaug.cli" not in sys.modules or os.environ.get("OPENBLAS_NUM_THREADS") == before[1].get(

@@ -214,6 +214,9 @@ class ProcessPool:
                  on_lost: Callable[[Job, int], None]) -> None:
         self._mp = multiprocessing.get_context(_start_method())
         self._helpers = idle_helpers()  # the fork server and resource tracker this pool starts, it stops
+        # starting a fork server's or spawned child fixes the process-wide default start method (CPython's
+        # spawn.get_preparation_data asks for it): put back "not chosen yet" on close, if so it was
+        self._default_unset = multiprocessing.get_start_method(allow_none=True) is None
         self._context = context
         self._timeout = file_timeout
         self._on_lost = on_lost
@@ -379,6 +382,8 @@ class ProcessPool:
                 worker.process.join()
             worker.conn.close()
         stop_helpers(self._helpers)
+        if self._default_unset:
+            multiprocessing.set_start_method(None, force=True)  # the documented way to unset it
 
 
 def idle_helpers() -> list[Any]:
