@@ -343,4 +343,7 @@ def main() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     global _owns_process
     _owns_process = True
+    from .silence import own_stderr
+
+    own_stderr()
     app(prog_name="noiseaug")

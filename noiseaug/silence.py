@@ -8,6 +8,13 @@ from typing import Iterator
 
 _held: list[int] = []  # a /dev/null descriptor kept open while a run processes files (see held_devnull)
 _silent: list[bool] = []  # [True] while stderr itself is /dev/null (a pool worker's whole life)
+_owner: list[bool] = []  # [True] in the noiseaug program: its process, its file descriptor 2
+
+
+def own_stderr() -> None:
+    """Say that file descriptor 2 is noiseaug's to point elsewhere for a while (the program, not a library
+    call: a host's other threads write there too, and would lose their lines meanwhile)."""
+    _owner.append(True)
 
 
 @contextmanager
@@ -39,9 +46,11 @@ def codec_stderr_silenced() -> Iterator[None]:
     """Keep C codec libraries (libpng, libtiff, libjpeg, mpg123) off stderr meanwhile.
 
     They print straight to file descriptor 2, in the middle of noiseaug's own
-    lines; the reason for a failure is noiseaug's to report, once.
+    lines; the reason for a failure is noiseaug's to report, once. Only in the
+    noiseaug program (:func:`own_stderr`): a library call leaves its host's
+    descriptor 2 alone, codec warnings and all.
     """
-    if _silent:
+    if _silent or not _owner:
         yield
         return
     devnull = _held[-1] if _held else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)

@@ -408,3 +408,29 @@ def test_an_output_name_clash_names_the_copy_that_clashes(cli, tmp_path):
     assert reasons == {"output a10.png is already taken by another input or by noiseaug's own files (copy 0: no "
                        "copy of it is written)"}
     assert sum(r["status"] == "ok" for r in recs) == 12 and len(recs) == 24
+
+
+def test_a_library_run_leaves_its_hosts_stderr_descriptor_alone(src, tmp_path, capfd):
+    """Codec chatter was kept off stderr by pointing descriptor 2 at /dev/null around each codec call, in the
+    caller's process too: another thread of the host lost about one line in ten meanwhile."""
+    import threading
+    import time
+
+    done = threading.Event()
+    written = []
+
+    def log() -> None:
+        while not done.is_set():
+            os.write(2, b"host-line\n")
+            written.append(1)
+            time.sleep(0.0002)
+
+    writer = threading.Thread(target=log)
+    writer.start()
+    try:
+        for i in range(3):
+            noiseaug.run(src, tmp_path / f"out{i}", workers=1)
+    finally:
+        done.set()
+        writer.join()
+    assert capfd.readouterr().err.count("host-line\n") == len(written) > 0
