@@ -72,7 +72,6 @@ def _root(version: Optional[bool] = VersionOption) -> None:
     """Add exact, reproducible Gaussian noise to image and audio datasets."""
 
 
-PRESENTATION = ("json", "progress", "quiet", "verbose", "preview")  # TOML keys the CLI itself handles
 _CONFIG_KEYS = frozenset(("image_sigma", "audio_sigma", "audio_snr_db", "seed", "copies", "name", "workers", "kinds",
                           "include", "exclude", "channel_noise", "jpeg_quality", "png_compression", "copy_other",
                           "overwrite", "dry_run", "on_error", "shard", "max_pixels", "file_timeout", "manifest",
@@ -207,7 +206,7 @@ _owns_process = False  # True when started as the noiseaug program (main), not c
 
 def _configure(config: Path | None, given: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The run's Config (the --config file under the options given) and the file's presentation keys."""
-    from .config import load_toml, make_config, merged
+    from .config import PRESENTATION, load_toml, make_config, merged
 
     options = load_toml(config, PRESENTATION) if config is not None else {}
     shown = {k: options.pop(k) for k in PRESENTATION if k in options}

@@ -367,8 +367,9 @@ def make_config(config: str | os.PathLike | None = None, **options: Any) -> Conf
     here win over it, and an ``audio_sigma`` given here replaces the file's
     ``audio_snr_db`` and the other way round.
     """
-    if config is not None:
-        options = merged(load_toml(Path(config)), options)
+    if config is not None:  # one file for the command and the library: the command's own keys are its own
+        read = load_toml(Path(config), PRESENTATION)
+        options = merged({k: v for k, v in read.items() if k not in PRESENTATION}, options)
     fields = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(options) - fields)
     if unknown:
@@ -443,6 +444,9 @@ def merged(from_file: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         options.pop("audio_sigma", None)
     options.update(explicit)
     return options
+
+
+PRESENTATION = ("json", "progress", "quiet", "verbose", "preview")  # TOML keys that shape the command's output only
 
 
 def load_toml(path: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:

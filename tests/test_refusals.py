@@ -306,3 +306,19 @@ def test_a_manifest_from_another_noise_scheme_is_refused(cli, src, tmp_path):
     refused(cli, "run", src, out, "--workers", 1, says="another noise scheme")
     assert "another noise scheme" in cli("verify", manifest, "--regenerate", code=2).stderr
     cli("verify", manifest)  # the hashes still check
+
+
+def test_the_library_takes_the_commands_config_file(src, tmp_path):
+    """One TOML file for `noiseaug run --config` and `noiseaug.run(config=...)`: the library refused the keys
+    that shape the command's output (json, quiet, preview, ...); it leaves them to the command."""
+    import json
+
+    import noiseaug
+
+    config = tmp_path / "opts.toml"
+    config.write_text('json = true\nquiet = true\nprogress = false\npreview = 2\nimage-sigma = 4\n', encoding="utf-8")
+    summary = noiseaug.run(src, tmp_path / "out", config=config, workers=1)
+    run = json.loads((tmp_path / "out" / "noiseaug-manifest.jsonl").read_text().splitlines()[0])
+    assert summary.exit_code == 0 and run["options"]["image_sigma"] == "4"
+    with pytest.raises(noiseaug.UsageError, match="unknown option 'preview'"):
+        noiseaug.run(src, tmp_path / "out2", preview=2)  # as a keyword it is no option of the library's
