@@ -23,12 +23,12 @@ import cv2
 import numpy as np
 
 from . import audio_io, image_io, seeding
-from .config import MAX_PIXELS, MAX_SNR_DB, make_config
+from .config import MAX_PIXELS, MAX_SNR_DB, SigmaSpec, make_config
 from .discover import kind_of
 from .errors import DecodeError, UsageError
 from .noise import IMAGE_FULL_SCALE
 from .records import Job
-from .render import noise_image, render
+from .render import draw_sigma, noise_image, render
 from .report import printable
 from .storage import LocalStorage
 from .storage.local import atomic_write, open_input, read_input
@@ -65,21 +65,21 @@ class Layout:
     clipped: list[float] = field(default_factory=list)
 
 
-def parse_values(text: str | float | Sequence[float], what: str, signed: bool = False) -> list[float]:
-    """'5,10,25' (or one number) as a list of values: non-negative (σ), or any finite ones (``signed``: an SNR
-    in dB, within run's bounds)."""
+def parse_values(text: str | float | Sequence[float], what: str, signed: bool = False) -> list[SigmaSpec]:
+    """'5,10,25' (or one number) as a list of values, each a number or a range A:B (drawn per file, as run
+    draws it): non-negative (σ), or any finite ones (``signed``: an SNR in dB, within run's bounds)."""
     items = [text] if isinstance(text, (int, float)) else (
         str(text).split(",") if isinstance(text, str) else list(text))
-    try:
-        values = [float(v) for v in items if str(v).strip()]
-    except ValueError:
-        raise UsageError(f"{what} takes numbers separated by commas, not {text!r}") from None
-    if signed and values and all(math.isfinite(v) and abs(v) <= MAX_SNR_DB for v in values):
-        return values
-    if signed or not values or any(not math.isfinite(v) or v < 0 for v in values):
-        kind = f"numbers within ±{MAX_SNR_DB:g}" if signed else "non-negative numbers"
-        raise UsageError(f"{what} takes {kind} separated by commas, not {text!r}")
-    return values
+    specs = [SigmaSpec.parse(v if isinstance(v, (int, float)) else str(v).strip(), what)
+             for v in items if str(v).strip()]
+    if not specs:
+        raise UsageError(f"{what} takes values separated by commas, not {text!r}")
+    for spec in specs:
+        if signed and max(abs(spec.low), abs(spec.high)) > MAX_SNR_DB:
+            raise UsageError(f"{what} takes values within ±{MAX_SNR_DB:g}, not {text!r}")
+        if not signed and spec.low < 0:
+            raise UsageError(f"{what} takes non-negative values, not {text!r}")
+    return specs
 
 
 def preview(path: str | os.PathLike, output: str | os.PathLike, *, image_sigma: Any = 10,
@@ -126,6 +126,11 @@ def _seeded_as(src: str, root: str | os.PathLike | None) -> tuple[str, str]:
     if rel == os.pardir or rel.startswith(os.pardir + os.sep):
         raise UsageError(f"{src} is not under --root {os.fspath(root or top)}")
     return top, rel.replace(os.sep, "/")
+
+
+def _drawn(spec: SigmaSpec) -> str:
+    """How a label says a value was drawn from a range (nothing for a plain value)."""
+    return f" (drawn from {spec})" if spec.is_range else ""
 
 
 def _save(picture: np.ndarray, output: str | os.PathLike) -> None:
@@ -212,8 +217,9 @@ def _image_preview(src: str, rel: str, sigmas: list[float], seed: int, shared: b
     layout.height = title_h + rows * (LABEL_H + ph + PAD) + PAD
     canvas = _canvas(layout.width, layout.height)
     _text(canvas, layout.title, PAD, 26, layout.width - 2 * PAD, 0.6)
-    for row, sigma in enumerate(sigmas):
+    for row, spec in enumerate(sigmas):
         rng = seeding.generator(seeding.file_seed(seed, os.fsencode(rel), 0))
+        sigma = draw_sigma(spec, rng)  # as run draws it: first, from the file's own stream
         noisy = pixels.copy()
         clipped = 0.0 if label_map else noise_image(noisy, sigma, rng, shared=shared, colour=colour, limits=limits)
         layout.clipped.append(clipped)
@@ -222,7 +228,8 @@ def _image_preview(src: str, rel: str, sigmas: list[float], seed: int, shared: b
         y = title_h + row * (LABEL_H + ph + PAD)
         panels = [("original", "original", shown),
                   ("noisy", f"{label_map} label map: left alone by run (see --palette-images)" if label_map else
-                   f"noisy  sigma={sigma:g}  clipped {100 * clipped:.2f}%", _zoom(_to_display(noisy_crop))[0]),
+                   f"noisy  sigma={sigma:g}{_drawn(spec)}  clipped {100 * clipped:.2f}%",
+                   _zoom(_to_display(noisy_crop))[0]),
                   ("residual", f"residual x{gain:.2f} (+-3 sigma = black..white)", _zoom(residual)[0])]
         for col, (kind, label, picture) in enumerate(panels):
             x = PAD + col * (pw + PAD)
@@ -287,12 +294,13 @@ def _audio_preview(top: str, name: str, values: list[float], snr: bool,
     source = LocalStorage(top)
     with source.open(name) as fh:
         original, layout_, signal_energy = _read_track(fh, name)
-    noisy, sigmas, noise_energy = [], [], []
+    noisy, drawn, noise_energy = [], [], []
     for value in values:
-        cfg = make_config(seed=seed, workers=1, **({"audio_snr_db": value} if snr else {"audio_sigma": value}))
+        exact = f"{value.low!r}:{value.high!r}" if value.is_range else value.low  # str(value) rounds to 6 digits
+        cfg = make_config(seed=seed, workers=1, **({"audio_snr_db": exact} if snr else {"audio_sigma": exact}))
         outputs = render(Job(name, "audio", 0), source, None, [0], cfg)  # holds the input open while it writes
         rendered = next(outputs)
-        sigmas.append(rendered.fields["sigma"])
+        drawn.append(rendered.fields)
         with tempfile.TemporaryFile() as out, source.open(name) as clean:
             rendered.write(out)
             outputs.close()
@@ -307,8 +315,9 @@ def _audio_preview(top: str, name: str, values: list[float], snr: bool,
     layout.snr_db = [10 * math.log10(signal_energy / e) if e > 0 and signal_energy > 0 else math.inf
                      for e in noise_energy]
     labels = ["original"] + [
-        (f"noisy  target SNR {v:g} dB (sigma={s:.4g})" if snr else f"noisy  sigma={v:g} of full scale")
-        + f"  measured SNR {m:.2f} dB" for v, s, m in zip(values, sigmas, layout.snr_db)]
+        (f"noisy  target SNR {f['snr_db']:g} dB{_drawn(v)} (sigma={f['sigma']:.4g})" if snr
+         else f"noisy  sigma={f['sigma']:g}{_drawn(v)} of full scale")
+        + f"  measured SNR {m:.2f} dB" for v, f, m in zip(values, drawn, layout.snr_db)]
     tracks = [original] + noisy
     axis_w = 60
     layout.width = axis_w + PLOT_W + PAD

@@ -255,3 +255,26 @@ def test_the_audio_preview_measures_what_run_writes(tmp_path, rel):
     y = sf.read(tmp_path / "out" / rel, dtype="float64")[0]
     measured = 10 * np.log10(np.sum(x**2) / np.sum((y - x) ** 2))
     assert layout.snr_db[0] == pytest.approx(measured, abs=1e-9)
+
+
+def test_a_range_is_drawn_as_run_draws_it(tmp_path):
+    """preview refused --image-sigma 4:12, which run takes: each row now draws from the file's own stream."""
+    import json
+
+    import noiseaug
+    from noiseaug import preview as pv
+
+    src = tmp_path / "in"
+    write_image(src / "d/p.png", np.random.default_rng(4).integers(40, 220, (40, 40, 3), dtype=np.uint8))
+    sf.write(src / "t.wav", 0.3 * np.sin(np.arange(8000) / 5), 8000, subtype="PCM_16")
+    noiseaug.run(src, tmp_path / "out", workers=1, image_sigma="4:12", audio_snr_db="10:20", seed=3)
+    recs = {r["input"]: r for r in map(json.loads, (tmp_path / "out" / "noiseaug-manifest.jsonl").read_text()
+                                       .splitlines()[1:])}
+    layout = pv.preview(src / "d/p.png", tmp_path / "pre.png", image_sigma="4:12", seed=3, root=src)
+    noisy = next(p for p in layout.panels if p.name == "noisy")
+    assert noisy.label.startswith(f"noisy  sigma={recs['d/p.png']['sigma']:g} (drawn from 4:12)")
+    x, y, w, h = noisy.box
+    expected = pv._zoom(pv._to_display(read_image(tmp_path / "out" / "d/p.png")))[0]
+    assert np.array_equal(read_image(tmp_path / "pre.png")[y:y + h, x:x + w], expected)
+    heard = pv.preview(src / "t.wav", tmp_path / "pre.png", audio_snr_db="10:20", seed=3, root=src)
+    assert f"target SNR {recs['t.wav']['snr_db']:g} dB (drawn from 10:20)" in heard.panels[-1].label
