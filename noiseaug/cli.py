@@ -293,7 +293,8 @@ def merge(
         typer.echo(f"noiseaug: warning: {note}", err=True)
     from .report import printable
 
-    typer.echo(f"{count} records from {named} manifests written to {printable(redact_url(output))}", err=True)
+    typer.echo(f"{count} records from {named} manifest{'s' if named != 1 else ''} written to "
+               f"{printable(redact_url(output))}", err=True)
 
 
 @app.command(name="preview")

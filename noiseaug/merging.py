@@ -33,6 +33,8 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
         raise ManifestError(f"-o {os.fsdecode(output)}: its folder does not exist")
     if output.exists() and any(p.exists() and os.path.samefile(output, p) for p in paths):
         raise ManifestError(f"-o {os.fsdecode(output)} is one of the manifests to merge; write the result elsewhere")
+    if output.exists() and not _a_manifest(output):
+        raise ManifestError(f"-o {os.fsdecode(output)} exists and is no noiseaug manifest: it is not written over")
     with tempfile.TemporaryDirectory(prefix="noiseaug-merge-") as folder, spooled(folder) as spool:
         first, shards, torn = _gather(paths, spool)
         notes = _missing_shards(shards, allow_missing) + _torn(torn, allow_missing)
@@ -124,6 +126,15 @@ def _merged_run(first: dict[str, Any], paths: list[Path], output: Path,
     if not (isinstance(recorded, str) and folder in (recorded, os.path.realpath(recorded))):
         options["manifest"] = target  # not in OUTPUT: verify must look at OUTPUT itself
     return {**first, "options": options, "merged_from": names}
+
+
+def _a_manifest(path: Path) -> bool:
+    """Whether a file holds a noiseaug manifest (its run record first), which a merge may write over."""
+    try:
+        read_run(path)
+    except ManifestError:
+        return False
+    return True
 
 
 def merge_anywhere(manifests: list[str], output: str, *, allow_missing: bool,

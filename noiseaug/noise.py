@@ -74,7 +74,10 @@ def numpy_defaults() -> Any:
 
 def image_sigma(sigma_8bit: float, dtype: np.dtype) -> float:
     """σ in 8-bit intensity units, expressed on this sample type's scale."""
-    return sigma_8bit * IMAGE_FULL_SCALE[np.dtype(dtype)] / 255.0
+    scale = IMAGE_FULL_SCALE.get(np.dtype(dtype))
+    if scale is None:
+        raise ValueError(f"image samples are uint8, uint16 or float, not {np.dtype(dtype)}")
+    return sigma_8bit * scale / 255.0
 
 
 LUMP8 = 256  # |K| >= 256 clips to the same 8-bit output: lumped into ±256 exactly

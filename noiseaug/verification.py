@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -218,6 +219,8 @@ def _check_hash(target: Any, rel: str, record: dict[str, Any]) -> str | None:
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link stands there (not followed)"
         return f"cannot read: {exc.strerror or exc}"
     if hashlib.sha256(data).hexdigest() != record.get("output_sha256"):
         return "content differs from the recorded hash"

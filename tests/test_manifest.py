@@ -843,3 +843,26 @@ def test_verify_and_merge_refuse_a_record_edited_out_of_shape(cli, src, tmp_path
                     ["merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "merged.jsonl"]):
         said = cli(*command, code=2).stderr
         assert says in said and len(said.strip().splitlines()) == 1, said
+
+
+def test_small_things_said_right_about_merge_verify_and_image_sigma(cli, src, tmp_path):
+    """merge wrote over any file named by -o; "1 manifests"; an output replaced by a link was "Too many levels
+    of symbolic links"; image_sigma of an unsupported dtype was a bare KeyError."""
+    import noiseaug
+
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    (tmp_path / "photo.png").write_bytes(b"precious")
+    said = cli("merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "photo.png", code=2).stderr
+    assert "exists and is no noiseaug manifest: it is not written over" in said
+    assert (tmp_path / "photo.png").read_bytes() == b"precious"
+    said = cli("merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "m.jsonl").stderr
+    assert " records from 1 manifest written to " in said
+    cli("merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "m.jsonl")  # an older result: written over
+    name = json.loads((out / "noiseaug-manifest.jsonl").read_text().splitlines()[1])["output"]
+    (out / name).unlink()
+    (out / name).symlink_to(tmp_path / "photo.png")
+    said = cli("verify", out / "noiseaug-manifest.jsonl", code=1).stderr
+    assert f"mismatch: {name}: a symbolic link stands there (not followed)" in said
+    with pytest.raises(ValueError, match="image samples are uint8, uint16 or float, not int16"):
+        noiseaug.image_sigma(10, np.int16)
