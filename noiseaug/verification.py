@@ -219,7 +219,7 @@ def _check_hash(target: Any, rel: str, record: dict[str, Any]) -> str | None:
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno == errno.ELOOP and exc.strerror == os.strerror(errno.ELOOP):  # the output itself, not a folder
             return "a symbolic link stands there (not followed)"
         return f"cannot read: {exc.strerror or exc}"
     if hashlib.sha256(data).hexdigest() != record.get("output_sha256"):
