@@ -33,7 +33,7 @@ def merge(paths: list[Path], output: Path, *, allow_missing: bool = False,
         raise ManifestError(f"-o {os.fsdecode(output)}: its folder does not exist")
     if output.exists() and any(p.exists() and os.path.samefile(output, p) for p in paths):
         raise ManifestError(f"-o {os.fsdecode(output)} is one of the manifests to merge; write the result elsewhere")
-    if output.exists() and not _a_manifest(output):
+    if output.exists() and output.stat().st_size and not _a_manifest(output):  # an empty file (mktemp's) may go
         raise ManifestError(f"-o {os.fsdecode(output)} exists and is no noiseaug manifest: it is not written over")
     with tempfile.TemporaryDirectory(prefix="noiseaug-merge-") as folder, spooled(folder) as spool:
         first, shards, torn = _gather(paths, spool)

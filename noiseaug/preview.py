@@ -26,7 +26,7 @@ from . import audio_io, image_io, seeding
 from .config import MAX_PIXELS, MAX_SNR_DB, SigmaSpec, make_config
 from .discover import kind_of
 from .errors import DecodeError, UsageError
-from .noise import IMAGE_FULL_SCALE
+from .noise import IMAGE_FULL_SCALE, numpy_defaults
 from .records import Job
 from .render import draw_sigma, noise_image, render
 from .report import printable
@@ -101,9 +101,17 @@ def preview(path: str | os.PathLike, output: str | os.PathLike, *, image_sigma: 
     if palette_images not in ("labels", "noise"):
         raise UsageError(f"--palette-images takes labels or noise, not {palette_images!r}")
     top, rel = _seeded_as(src, root)
-    if kind == "image":
-        layout, picture = _image_preview(src, rel, parse_values(image_sigma, "--image-sigma"), seed,
+    with numpy_defaults():  # as a run's worker renders: whatever np.seterr the caller set
+        picture, layout = _drawn_picture(src, kind, top, rel, image_sigma, audio_sigma, audio_snr_db, seed,
                                          channel_noise == "shared", image_io.ReadOptions(max_pixels, palette_images))
+    _save(picture, output)
+    return layout
+
+
+def _drawn_picture(src: str, kind: str, top: str, rel: str, image_sigma: Any, audio_sigma: Any, audio_snr_db: Any,
+                   seed: int, shared: bool, options: image_io.ReadOptions) -> tuple[np.ndarray, Layout]:
+    if kind == "image":
+        layout, picture = _image_preview(src, rel, parse_values(image_sigma, "--image-sigma"), seed, shared, options)
     elif kind == "audio":
         if audio_sigma is not None and audio_snr_db is not None:
             raise UsageError("--audio-sigma and --audio-snr-db exclude each other: give one")
@@ -113,8 +121,7 @@ def preview(path: str | os.PathLike, output: str | os.PathLike, *, image_sigma: 
         layout, picture = _audio_preview(top, rel, values, snr, seed)
     else:
         raise UsageError(f"{src}: not an image or a recording noiseaug knows (see the supported extensions)")
-    _save(picture, output)
-    return layout
+    return picture, layout
 
 
 def _seeded_as(src: str, root: str | os.PathLike | None) -> tuple[str, str]:
@@ -191,7 +198,7 @@ def _zoom(view: np.ndarray) -> tuple[np.ndarray, int]:
 # ---- images ----------------------------------------------------------------------------------
 
 
-def _image_preview(src: str, rel: str, sigmas: list[float], seed: int, shared: bool,
+def _image_preview(src: str, rel: str, sigmas: list[SigmaSpec], seed: int, shared: bool,
                    options: image_io.ReadOptions) -> tuple[Layout, np.ndarray]:
     data = read_input(src)
     name = os.path.basename(src)
@@ -288,7 +295,7 @@ class _Track:
             self.start += count * self.hop
 
 
-def _audio_preview(top: str, name: str, values: list[float], snr: bool,
+def _audio_preview(top: str, name: str, values: list[SigmaSpec], snr: bool,
                    seed: int) -> tuple[Layout, np.ndarray]:
     """The original and, for each value, exactly what ``run`` writes (rendered by the same code, then read back)."""
     source = LocalStorage(top)

@@ -20,7 +20,7 @@ import numpy as np
 from . import seeding
 from .config import Config, SigmaSpec
 from .errors import DecodeError, UnsupportedError, WriteError
-from .noise import image_limits, image_sigma, noise_inplace, numpy_defaults, recording_escapes
+from .noise import image_limits, image_sigma, noise_inplace, recording_escapes
 from .records import Job
 from .signals import checkpoint
 from .storage import Storage
@@ -133,9 +133,8 @@ def noise_image(pixels: np.ndarray, sigma_8bit: float, rng: np.random.Generator,
         colour = channels - 1 if channels in (2, 4) else channels
     lo, hi = limits if limits is not None else image_limits(pixels.dtype)
     sigma = image_sigma(sigma_8bit, pixels.dtype) if pixels.dtype.kind != "f" else sigma_8bit * (hi - lo) / 255.0
-    with numpy_defaults():  # a preview's caller's np.seterr decides nothing either
-        clipped = noise_inplace(pixels, sigma, rng, lo=lo, hi=hi, channels=colour if pixels.ndim == 3 else None,
-                                shared=shared and colour > 1)
+    clipped = noise_inplace(pixels, sigma, rng, lo=lo, hi=hi, channels=colour if pixels.ndim == 3 else None,
+                            shared=shared and colour > 1)
     return clipped / max(1, pixels.shape[0] * pixels.shape[1] * colour)
 
 
@@ -254,10 +253,6 @@ def _audio_writer(rel: str, snd: Any, layout: Any, metadata: dict[str, str], sig
     from .audio_io import AudioError
 
     def write(fh: BinaryIO) -> dict[str, Any]:
-        with numpy_defaults():  # verify --regenerate and preview write here too, outside a run's worker
-            return _write(fh)
-
-    def _write(fh: BinaryIO) -> dict[str, Any]:
         clipped = frames = 0
         loudest = 0.0  # of a float recording, whose full scale is 1: louder samples are clipped to it
         try:

@@ -260,6 +260,12 @@ class _Regenerator:
                                 "comparing decoded samples instead of bytes")
 
     def check(self, record: dict[str, Any], target: Any, out_rel: str) -> str | None:
+        from .noise import numpy_defaults
+
+        with numpy_defaults():  # as a run's worker renders: whatever np.seterr the caller set
+            return self._check(record, target, out_rel)
+
+    def _check(self, record: dict[str, Any], target: Any, out_rel: str) -> str | None:
         from .records import Job
         from .worker import read_source
 

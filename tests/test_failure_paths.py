@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -209,6 +210,8 @@ def test_the_callers_numpy_error_settings_decide_nothing(tmp_path):
     underflows, as numpy's defaults ignore); a pool's workers ran under their own settings: other records."""
     import soundfile as sf
 
+    from noiseaug.preview import preview
+
     src = tmp_path / "in"
     write_image(src / "a.png", np.full((8, 8, 3), 100, np.uint8))
     sf.write(src / "t.wav", 0.3 * np.sin(np.arange(4000) / 5), 8000, subtype="PCM_16")
@@ -216,6 +219,10 @@ def test_the_callers_numpy_error_settings_decide_nothing(tmp_path):
     with np.errstate(all="raise"):
         summary = noiseaug.run(src, tmp_path / "strict", workers=1, **sigmas)
         assert noiseaug.verify(tmp_path / "strict" / "noiseaug-manifest.jsonl", regenerate=True).exit_code == 0
+        preview(src / "t.wav", tmp_path / "p.png", audio_sigma=0.0171)  # a law not made before either
+        subprocess.run([sys.executable, "-m", "noiseaug", "run", src, tmp_path / "other", "-q",
+                        "--audio-sigma", "0.0193"], check=True)  # made elsewhere: verify makes its law here
+        assert noiseaug.verify(tmp_path / "other" / "noiseaug-manifest.jsonl", regenerate=True).exit_code == 0
         assert np.geterr() == dict.fromkeys(("divide", "over", "under", "invalid"), "raise")
     noiseaug.run(src, tmp_path / "plain", workers=1, **sigmas)
     assert summary.exit_code == 0 and summary.failed == 0

@@ -856,6 +856,7 @@ def test_small_things_said_right_about_merge_verify_and_image_sigma(cli, src, tm
     said = cli("merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "photo.png", code=2).stderr
     assert "exists and is no noiseaug manifest: it is not written over" in said
     assert (tmp_path / "photo.png").read_bytes() == b"precious"
+    (tmp_path / "m.jsonl").touch()  # an empty file, as mktemp leaves one: written
     said = cli("merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "m.jsonl").stderr
     assert " records from 1 manifest written to " in said
     cli("merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "m.jsonl")  # an older result: written over

@@ -22,8 +22,10 @@ class S3FileSystem(s3fs.S3FileSystem):
     """s3fs's S3 file system; every client it makes sends no ``Expect: 100-continue``."""
 
     async def set_session(self, refresh: bool = False, kwargs: dict[str, Any] = {}) -> Any:  # noqa: B006 (s3fs's)
-        client = await super().set_session(refresh=refresh, kwargs=kwargs)
-        client.meta.events.register("before-call.s3", _without_expect, unique_id="noiseaug-without-expect")
+        client = await super().set_session(refresh=refresh, kwargs=kwargs)  # asked before every request
+        if client is not self.__dict__.get("_plain_client"):  # a new client: once each
+            client.meta.events.register("before-call.s3", _without_expect, unique_id="noiseaug-without-expect")
+            self._plain_client = client
         return client
 
 
