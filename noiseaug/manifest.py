@@ -41,7 +41,12 @@ def default_path(output_root: Path, shard: tuple[int, int]) -> Path:
 
 
 def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(record)
+
+
+# json.dumps(record, ensure_ascii=False, allow_nan=False), with one encoder for every record (json.dumps builds
+# one a call) and no check for cycles (a record is plain data): the same text
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, check_circular=False)
 
 
 FINISHED = (', "finished": false}', ', "finished": true }')  # as long as each other: flipped in place

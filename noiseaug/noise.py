@@ -59,11 +59,15 @@ IMAGE_FULL_SCALE: dict[np.dtype, float] = {
 
 def image_limits(dtype: np.dtype) -> tuple[float, float]:
     """The range an image of this sample type is clipped to."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return 0.0, 1.0
-    info = np.iinfo(dtype)
-    return float(info.min), float(info.max)
+    limits = _LIMITS.get(dtype)
+    if limits is None:
+        dtype = np.dtype(dtype)
+        limits = _LIMITS[dtype] = (0.0, 1.0) if dtype.kind == "f" else (float(np.iinfo(dtype).min),
+                                                                         float(np.iinfo(dtype).max))
+    return limits
+
+
+_LIMITS: dict[Any, tuple[float, float]] = {}  # by sample type: np.iinfo costs a few µs a call
 
 
 def numpy_defaults() -> Any:

@@ -75,6 +75,8 @@ def path_fields(key: str, rel: str) -> dict[str, str]:
 @functools.lru_cache(maxsize=1024)  # asked several times per file, by the worker and by the parent
 def output_rel(rel: str, template: str, copy: int) -> str:
     """The output's relative path: the input's folder and the --name template."""
+    if template == "{stem}{ext}":  # the default name of a single copy: the input's own path
+        return rel
     folder, base = os.path.split(rel)
     stem, ext = os.path.splitext(base)
     name = template.format(stem=stem, ext=ext, copy=copy)

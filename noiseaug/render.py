@@ -55,18 +55,26 @@ def probe_image(rel: str, data: bytes | None, cfg: Config) -> Any:
     return image_io.probe(data or b"", rel, image_io.format_of(rel), read_options(cfg))
 
 
-@functools.lru_cache(maxsize=8)  # a Config is frozen: the same options for every file of a run
 def read_options(cfg: Config) -> Any:
-    from .image_io import ReadOptions
+    """The codec's read options of a run's config (the same object for every file of a run)."""
+    if _read_options[0] is not cfg:  # by identity: hashing a Config costs more than building these
+        from .image_io import ReadOptions
 
-    return ReadOptions(cfg.max_pixels, cfg.palette_images, cfg.float_range)
+        _read_options[:] = [cfg, ReadOptions(cfg.max_pixels, cfg.palette_images, cfg.float_range)]
+    return _read_options[1]
 
 
-@functools.lru_cache(maxsize=8)
 def write_options(cfg: Config) -> Any:
-    from .image_io import WriteOptions
+    """The codec's write options of a run's config."""
+    if _write_options[0] is not cfg:
+        from .image_io import WriteOptions
 
-    return WriteOptions(cfg.jpeg_quality, cfg.png_compression, cfg.jpeg_subsampling)
+        _write_options[:] = [cfg, WriteOptions(cfg.jpeg_quality, cfg.png_compression, cfg.jpeg_subsampling)]
+    return _write_options[1]
+
+
+_read_options: list[Any] = [None, None]  # (the config, its options): the last one asked for
+_write_options: list[Any] = [None, None]
 
 
 def _bytes_writer(encoded: Any) -> Callable[[BinaryIO], dict[str, Any]]:
@@ -164,7 +172,7 @@ def _render_label(rel: str, data: bytes) -> Iterator[Rendered]:
 def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config, probe: Any) -> Iterator[Rendered]:
     from . import image_io
 
-    picture = image_io.decode(data, rel, image_io.format_of(rel), read_options(cfg), probe)
+    picture = image_io.decode(data, rel, probe.fmt, read_options(cfg), probe)
     del data  # a large image's compressed bytes need not stay beside its pixels and its encoding
     first = picture.pages[0]
     shape = {"height": first.shape[0], "width": first.shape[1],

@@ -219,3 +219,19 @@ def test_workers_that_hang_while_starting_end_the_run_with_one_error(src_small, 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "worker processes do not start (one hung for 0.3 s while starting)" in result.stdout, result.stderr
     assert result.returncode == 0
+
+
+def test_a_temporary_name_left_by_a_killed_process_of_the_same_pid_is_stepped_over(tmp_path, monkeypatch):
+    """Temporary names are a per-process random part and a counter: one that a killed process (an earlier
+    holder of this pid) left behind is not written through, nor does it fail the file; the next name is taken."""
+    import itertools
+
+    from noiseaug.storage import local
+
+    monkeypatch.setattr(local, "_names", [os.getpid(), "cafe", itertools.count()])
+    stale = tmp_path / f".cafe0.run.{os.getpid()}.noiseaug-tmp"
+    stale.write_bytes(b"a killed run's")
+    size, _ = local.put_file(str(tmp_path / "out.png"), b"new bytes", lambda: None)
+    assert (tmp_path / "out.png").read_bytes() == b"new bytes" and size == 9
+    assert stale.read_bytes() == b"a killed run's"  # left for the sweep, which knows it by its tag and pid
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.png", stale.name])

@@ -14,6 +14,7 @@ import array
 import bisect
 import errno
 import hashlib
+import itertools
 import os
 import secrets
 import stat
@@ -96,8 +97,10 @@ def read_input(path: str | bytes) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
         parts, want = [], st.st_size + 1  # one more byte than its size: a file that grew is read whole too
-        while chunk := os.read(fd, min(want, READ_CHUNK)):
+        while chunk := os.read(fd, asked := min(want, READ_CHUNK)):
             parts.append(chunk)
+            if len(chunk) == st.st_size < asked:  # all of it, and nothing after it: no read to find the end
+                break
             want = max(want - len(chunk), 1 << 16)
         return parts[0] if len(parts) == 1 else b"".join(parts)
     finally:
@@ -178,13 +181,26 @@ def atomic_file(path: str, *, durable: bool = False) -> Iterator[BinaryIO]:
 
 
 def _temporary(path: str) -> tuple[str, int]:
-    """A new temporary file beside ``path``, named for the sweep (tag, pid): its name and descriptor."""
+    """A new temporary file beside ``path``, named for the sweep (tag, pid): its name and descriptor.
+
+    Names differ by a counter within a process (the pid tells processes apart) after a random part drawn once
+    per process; a name left by a killed process of the same pid is stepped over."""
     folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{secrets.token_hex(8)}.{_temp_tag}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise WriteError(path, f"cannot write: {exc.strerror}", exc.errno) from exc
+    pid = os.getpid()
+    if _names[0] != pid:
+        _names[:] = [pid, secrets.token_hex(4), itertools.count()]
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{_names[1]}{next(_names[2]):x}.{_temp_tag}.{pid}{TMP_SUFFIX}")
+        try:
+            return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise WriteError(path, f"cannot write: {exc.strerror}", exc.errno) from exc
+    raise WriteError(path, "cannot write: no free name for a temporary file", errno.EEXIST)
+
+
+_names: list[Any] = [0, "", None]  # this process's (pid, random part, counter) of temporary names
 
 
 def _discard(tmp: str, path: str, exc: BaseException) -> NoReturn:
