@@ -153,7 +153,34 @@ def read_lines(path: Path, torn: list[bool] | None = None) -> Iterator[tuple[dic
             if record.get("type") != "file":  # the run record is the first line, and only there
                 raise ManifestError(f"{os.fsdecode(path)}:{number}: a record of type {record.get('type')!r}, "
                                     "not a file record")
+            check_record(record, f"{os.fsdecode(path)}:{number}")
             yield record, line.rstrip(b"\n").decode("utf-8")
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+STATUSES = ("ok", "skipped", "error")
+
+
+def check_record(record: dict[str, Any], where: str) -> None:
+    """Refuse (:class:`ManifestError`) a file record that run, verify and merge cannot take at its word: a
+    manifest is input too, and may have been edited by hand. Its paths must stay inside their roots, its
+    copy be a whole number, its hashes, sizes and status what noiseaug writes."""
+    safe_rel(record, "input", where)
+    safe_rel(record, "output", where)
+    copy = record.get("copy", 0)
+    if type(copy) is not int or copy < 0:
+        raise ManifestError(f"{where}: a file record's copy is {copy!r}, not a whole number from 0")
+    for key in ("input_sha256", "output_sha256"):
+        value = record.get(key)
+        if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+            raise ManifestError(f"{where}: a file record's {key} is {value!r}, not a SHA-256 (64 hex digits)")
+    for key in ("input_bytes", "output_bytes"):
+        value = record.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            raise ManifestError(f"{where}: a file record's {key} is {value!r}, not a size in bytes")
+    if record.get("status", "ok") not in STATUSES:
+        raise ManifestError(f"{where}: a file record's status is {record.get('status')!r}, not one of "
+                            f"{', '.join(STATUSES)}")
 
 
 FLUSH_SECONDS = 0.1  # appended records reach the file at least this often (a killed run's last ones redone)

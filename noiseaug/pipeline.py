@@ -534,7 +534,11 @@ class _Run:
             self.cache.clear()
         self.torn = [False]
         if prior is not None:
-            self.index.load_prior(read_lines(manifest_path, self.torn))
+            try:
+                self.index.load_prior(read_lines(manifest_path, self.torn))
+            except BaseException:  # a record refused (ManifestError): the run index goes, nothing is written
+                self.index.close()
+                raise
         self.reserved = reserved | {lock_name(cfg.shard)}
         self.lock = lock
         self.walk_done = self.stop = False

@@ -829,9 +829,21 @@ def test_verify_regenerate_names_a_record_field_edited_by_hand(cli, src, tmp_pat
     (lambda r: r.update(type="weird"), "a record of type 'weird', not a file record"),
     (lambda r: r.update(output=None), "a file record has no valid 'output' path"),
     (lambda r: r.update(output=5), "a file record has no valid 'output' path"),
+    (lambda r: r.pop("output"), "a file record has no valid 'output' path"),
+    (lambda r: r.update(input=5), "a file record has no valid 'input' path"),
+    (lambda r: r.update(input="../../etc/passwd"), "refusing input path '../../etc/passwd'"),
+    (lambda r: r.update(output="/etc/passwd"), "refusing output path '/etc/passwd'"),
+    (lambda r: r.update(copy="a"), "a file record's copy is 'a', not a whole number from 0"),
+    (lambda r: r.update(copy=-1), "a file record's copy is -1, not a whole number from 0"),
+    (lambda r: r.update(output_sha256=5), "a file record's output_sha256 is 5, not a SHA-256"),
+    (lambda r: r.update(input_bytes="12"), "a file record's input_bytes is '12', not a size in bytes"),
+    (lambda r: r.update(status="fine"), "a file record's status is 'fine', not one of ok, skipped, error"),
 ])
-def test_verify_and_merge_refuse_a_record_edited_out_of_shape(cli, src, tmp_path, edit, says):
-    """A record of another type dropped out silently; an output of null or 5 gave a traceback (merge took it)."""
+def test_run_verify_and_merge_refuse_a_record_edited_out_of_shape(cli, src, tmp_path, edit, says):
+    """A record of another type dropped out silently; an output of null or 5 gave a traceback (merge took it);
+    run gave a traceback at its end on a record without an output, a number for a path or a copy that is no
+    number, every time, and took a record climbing out of its roots (looking there) or a hash of 5. A manifest
+    is input to all three: each refuses such a record in one line, exit 2, the manifest left as it is."""
     out = tmp_path / "out"
     cli("run", src, out, "--workers", 1)
     lines = (out / "noiseaug-manifest.jsonl").read_text(encoding="utf-8").splitlines()
@@ -839,10 +851,15 @@ def test_verify_and_merge_refuse_a_record_edited_out_of_shape(cli, src, tmp_path
     edit(record)
     lines[1] = json.dumps(record)
     (out / "noiseaug-manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    before = tree(out)
     for command in (["verify", out / "noiseaug-manifest.jsonl"],
-                    ["merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "merged.jsonl"]):
+                    ["merge", out / "noiseaug-manifest.jsonl", "-o", tmp_path / "merged.jsonl"],
+                    ["run", src, out, "--workers", 1], ["run", src, out, "--workers", 1, "-v"]):
         said = cli(*command, code=2).stderr
         assert says in said and len(said.strip().splitlines()) == 1, said
+    after = tree(out)
+    assert after.pop(".noiseaug.lock") and before.pop(".noiseaug.lock")  # the lock says which run last held it
+    assert after == before and not (tmp_path / "merged.jsonl").exists()
 
 
 def test_small_things_said_right_about_merge_verify_and_image_sigma(cli, src, tmp_path):
