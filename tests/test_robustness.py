@@ -235,3 +235,34 @@ def test_a_temporary_name_left_by_a_killed_process_of_the_same_pid_is_stepped_ov
     assert (tmp_path / "out.png").read_bytes() == b"new bytes" and size == 9
     assert stale.read_bytes() == b"a killed run's"  # left for the sweep, which knows it by its tag and pid
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.png", stale.name])
+
+
+def test_a_worker_with_descriptors_past_1024_still_ends_with_its_parent(tmp_path):
+    """--workers 300: each forked worker held the pipes of the others, its parent watch got a descriptor past
+    1024, and select() failed with a traceback in every worker (whose watch was then gone)."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1200:
+        pytest.skip("needs a descriptor limit above 1200 to reach past select's 1024")
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    script = ("import os, resource, sys, time\n"
+              "from noiseaug.executors.pool import _exit_with\n"
+              "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2048), hard))\n"
+              "held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]\n"
+              f"_exit_with({parent.pid})\n"
+              "print('watching', flush=True)\n"
+              "time.sleep(30)\n")
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert worker.stdout.readline() == b"watching\n"
+        time.sleep(0.3)
+        parent.kill()
+        parent.wait()
+        _, stderr = worker.communicate(timeout=10)
+        assert worker.returncode == 1  # gone with its parent, as _exit_with promises
+        assert b"Traceback" not in stderr, stderr.decode()
+    finally:
+        for process in (parent, worker):
+            process.kill()
+            process.communicate()

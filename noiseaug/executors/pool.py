@@ -79,8 +79,10 @@ def _exit_with(pid: int) -> None:
         fd = None
 
     def watch() -> None:
-        if fd is not None:
-            select.select([fd], [], [])
+        if fd is not None:  # poll, not select: a worker of many has descriptors past select's 1024
+            watcher = select.poll()
+            watcher.register(fd, select.POLLIN)
+            watcher.poll()
         else:
             while True:
                 time.sleep(1.0)
