@@ -153,7 +153,9 @@ def _check(page: Any, path: str) -> None:
         raise UnsupportedError(path, "LogLuv (SGILOG) TIFF: its samples are encoded luminance, not stored values")
     kind = (page.sampleformat, page.bitspersample)
     if kind not in _SAMPLES:
-        what = {SAMPLEFORMAT.INT: "signed integer", SAMPLEFORMAT.IEEEFP: "float"}.get(page.sampleformat, "unsigned")
+        what = {SAMPLEFORMAT.INT: "signed integer", SAMPLEFORMAT.IEEEFP: "float", SAMPLEFORMAT.VOID: "untyped",
+                SAMPLEFORMAT.COMPLEXINT: "complex integer",
+                SAMPLEFORMAT.COMPLEXIEEEFP: "complex float"}.get(page.sampleformat, "unsigned")
         raise UnsupportedError(path, f"TIFF with {page.bitspersample}-bit {what} samples "
                                      "(only 8/16-bit unsigned and 32/64-bit float are noised)")
     if page.photometric not in _PHOTOMETRIC:

@@ -194,6 +194,8 @@ def cases() -> list[Case]:
         Case("t_hdr.tif", t(hdr, photometric="rgb"), expect="refused", reason="outside [0, 1]"),
         Case("t_int16.tif", t(pixels((H, W), np.int16, 18), photometric="minisblack"), expect="refused",
              reason="signed integer"),
+        Case("t_complex64.tif", t(pixels((H, W), np.float32, 19).astype(np.complex64), photometric="minisblack"),
+             expect="refused", reason="64-bit complex float samples"),
         # PNG
         Case("p_gray8.png", opencv(gray8, ".png")),
         Case("p_gray16.png", opencv(gray16, ".png")),
