@@ -134,6 +134,10 @@ def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:
             home.pull(write=False)
             prior = _prior_manifest(manifest_path, cfg, shown)
             _plan(source, target, manifest_path, cfg, prior, summary, reporter)
+            if cfg.overwrite:
+                for rel in _stale_outputs(manifest_path, source, target, cfg):
+                    reporter.planned_removal(rel)
+                    summary.would_remove += 1
             return summary
         home.prepare()  # the manifest's bucket first: a refusal leaves no OUTPUT folder behind
         target.prepare()
@@ -255,12 +259,24 @@ def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Co
     recorded bytes; done before any work, so an interrupted run loses nothing
     it would have made again.
     """
+    removed = 0
+    for rel in _stale_outputs(manifest_path, source, target, cfg):
+        try:
+            target.remove(rel)
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _stale_outputs(manifest_path: Path, source: Storage, target: Storage, cfg: Config) -> Iterator[str]:
+    """The outputs --overwrite removes (see :func:`_remove_stale`), one at a time."""
     try:
         if not manifest_path.exists() or _stillborn(manifest_path):
-            return 0
+            return
         previous = read_records(manifest_path)
     except ManifestError:
-        return 0
+        return
     produced: set[str] = set()
     labels: set[str] = set()  # image inputs whose old record was a label map, copied again by this run
     for cand in walk(source, _selection(cfg), WalkStats()):
@@ -270,18 +286,15 @@ def _remove_stale(manifest_path: Path, source: Storage, target: Storage, cfg: Co
             produced.update(output_rel(cand.rel, cfg.name, c) for c in range(cfg.copies))
             if cand.kind == "image" and cfg.copy_other and cfg.palette_images == "labels":
                 labels.add(cand.rel)
-    removed = 0
     for record in _safely(previous):
         rel = rel_str(record, "output")
         if record.get("status") != "ok" or _produced_again(record, rel, produced, labels, cfg):
             continue
         try:
             if target.hash(rel)[0] == record.get("output_sha256"):
-                target.remove(rel)
-                removed += 1
+                yield rel
         except OSError:
             continue
-    return removed
 
 
 def _produced_again(record: dict[str, Any], rel: str, produced: set[str], labels: set[str], cfg: Config) -> bool:

@@ -54,6 +54,10 @@ class ConsoleReporter(Reporter):
             said = {"process": "would process", "skip": "up to date", "label": "label map, would be left alone"}
             self._print(f"{said[action]}: {shown(job.rel)}")
 
+    def planned_removal(self, rel: str) -> None:
+        if self.verbose and not self.quiet:
+            self._print(f"would remove: {shown(rel)}")
+
     def finished(self, job: Job, outcomes: list[Outcome]) -> None:
         self.bytes_done += job.size
         records = [o.record for o in outcomes if o.record is not None]

@@ -49,6 +49,9 @@ class Reporter:
     def planned(self, job: Job, action: str) -> None:
         """--dry-run: what would happen to a file ("process" or "skip")."""
 
+    def planned_removal(self, rel: str) -> None:
+        """--dry-run --overwrite: an output of the previous run that the run would remove."""
+
     def note(self, text: str, always: bool = False) -> None:
         """Something worth saying with -v (how the run goes, not about one file); ``always``: unless --quiet."""
 
@@ -104,6 +107,7 @@ class Summary:
     planned_bytes: Counter = field(default_factory=Counter)
     unmatched: list[str] = field(default_factory=list)  # --include/--exclude patterns that matched nothing
     removed: int = 0  # --overwrite: outputs of the previous run that this run does not produce, removed
+    would_remove: int = 0  # --overwrite --dry-run: those the run would remove
     warned: int = 0  # outputs written with a warning in their record (said on stderr as they were written)
     manifest_failed: str | None = None  # why the manifest's final rewrite (or upload) failed: it is not as the run ends
 
@@ -177,6 +181,7 @@ class Summary:
         if self.dry_run:
             out["plan"] = {k: {a: self.planned[k, a] for a in ("process", "skip")} for k in kinds}
             out["plan_bytes"] = {k: self.planned_bytes[k] for k in kinds}
+            out["plan_remove"] = self.would_remove
         return out
 
     @property
@@ -191,6 +196,9 @@ class Summary:
         kinds = sorted({k for k, _ in self.counts})
         lines = _table(self._rows(kinds)) if kinds else []
         lines.append(f"{self.seconds:.2f} s, {self.rate:.1f} files/s")
+        if self.would_remove:
+            lines.append(f"would remove {self.would_remove} output(s) of the previous run that this run does not "
+                         "produce (--overwrite)")
         not_taken = self._not_taken()
         if not_taken:
             lines.append("not taken: " + not_taken)
@@ -270,6 +278,9 @@ class Summary:
             lines.append(f"{kind}: {self.planned[kind, 'process']} to process, "
                          f"{self.planned[kind, 'skip']} up to date, "
                          f"{_size(self.planned_bytes[kind])} to read")
+        if self.would_remove:
+            lines.append(f"would remove {self.would_remove} output(s) of the previous run that this run does not "
+                         "produce (--overwrite)")
         not_taken = self._not_taken()
         if not_taken:
             lines.append("not taken: " + not_taken)

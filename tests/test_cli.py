@@ -89,6 +89,21 @@ def test_dry_run_plans_and_writes_nothing(cli, src, tmp_path):
     assert "new.png" not in str(tree(tmp_path / "out").keys())
 
 
+def test_a_dry_run_with_overwrite_says_what_the_run_would_remove(cli, src, tmp_path):
+    """The plan left out the one step that destroys: the previous run's outputs that --overwrite removes."""
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    before = tree(out)
+    result = cli("run", src, out, "--copies", 2, "--overwrite", "--dry-run", "--json", "-v")
+    summary = json.loads(result.stdout)
+    assert summary["plan_remove"] == 4 and summary["removed"] == 0 and tree(out) == before
+    named = sorted(line.split(": ", 1)[1] for line in result.stderr.splitlines() if line.startswith("would remove: "))
+    assert named == sorted(k for k in before if k.endswith((".png", ".jpg")))
+    assert "would remove 4 output(s) of the previous run that this run does not produce (--overwrite)" in \
+        cli("run", src, out, "--copies", 2, "--overwrite", "--dry-run").stderr
+    assert json.loads(cli("run", src, out, "--copies", 2, "--overwrite", "--json").stdout)["removed"] == 4
+
+
 def test_library_api_runs_without_the_cli(src, tmp_path):
     import noiseaug
 
