@@ -516,8 +516,11 @@ def add_noise(
     if sigma < 0 or not np.isfinite(sigma):
         raise ValueError(f"sigma must be finite and non-negative, not {sigma!r}")
     out = np.array(array, copy=True, order="C")
-    if out.dtype.kind not in "iuf":
-        raise TypeError(f"add_noise needs an integer or float array, not {out.dtype}")
+    if out.dtype.kind not in "iuf" or out.dtype.kind == "f" and out.dtype not in (np.float32, np.float64):
+        raise TypeError(f"add_noise needs an integer, float32 or float64 array, not {out.dtype}")
+    if out.dtype.kind == "f" and not np.isfinite(out).all():  # as a file's would be: noise cannot be added to it
+        raise ValueError("add_noise needs finite samples: the array holds NaN or infinity")
+    rng = _generator(rng)
     if limits is None:
         limits = image_limits(out.dtype) if out.dtype.kind == "f" else (
             float(np.iinfo(out.dtype).min), float(np.iinfo(out.dtype).max))
@@ -525,6 +528,16 @@ def add_noise(
         raise ValueError("alpha and shared need an (H, W, C) array")
     channels = out.shape[-1] - 1 if alpha else (out.shape[-1] if shared else None)
     with numpy_defaults():
-        noise_inplace(out, float(sigma), rng if rng is not None else np.random.default_rng(),
-                      lo=limits[0], hi=limits[1], channels=channels, shared=shared)
+        noise_inplace(out, float(sigma), rng, lo=limits[0], hi=limits[1], channels=channels, shared=shared)
     return out
+
+
+def _generator(rng: Any) -> np.random.Generator:
+    """``add_noise``'s rng: a Generator as it is, a seed (an int) as ``np.random.default_rng(seed)``, None as a
+    fresh one; anything else (a RandomState, which has no spawnable streams) refused in one line."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), an int seed or None, "
+                    f"not {type(rng).__name__}")

@@ -105,7 +105,7 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     reporter = reporter or Reporter()
     if not cfg.dry_run:
         check_executor(cfg)  # a missing extra is a usage error before anything is written
-    where = open_locations(input_dir, output_dir, cfg)
+    where = open_locations(_path(input_dir, "INPUT"), _path(output_dir, "OUTPUT"), cfg)
     try:
         with quiet_loggers("asyncio", "aiobotocore", "botocore", "s3fs", "fsspec"):
             return _run_at(where, cfg, reporter)
@@ -116,6 +116,15 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                                f"done; {why}") from None
     finally:
         where.home.close()
+
+
+def _path(value: Any, what: str) -> str | os.PathLike:
+    """INPUT or OUTPUT as given to :func:`run`: a string, a path object, or bytes (a name that is not UTF-8)."""
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{what} must be a path (str, bytes or os.PathLike), not {type(value).__name__}")
+    return value
 
 
 def _run_at(where: Locations, cfg: Config, reporter: Reporter) -> Summary:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +113,22 @@ def test_library_api_runs_without_the_cli(src, tmp_path):
     assert summary.exit_code == 0 and summary.total("ok") == 4
     with pytest.raises(noiseaug.UsageError):
         noiseaug.run(src, src)
+    with pytest.raises(noiseaug.UsageError, match="INPUT must be a path"):
+        noiseaug.run(5, tmp_path / "five")
+
+
+def test_library_run_takes_bytes_paths_for_names_that_are_not_utf8(src, tmp_path):
+    """run(b'in', b'out') was a TypeError, though names that are not UTF-8 work from the command line."""
+    import shutil
+
+    import noiseaug
+
+    odd = os.path.join(os.fsencode(tmp_path), b"in-\xff")
+    shutil.copytree(src, os.fsdecode(odd))
+    out = os.path.join(os.fsencode(tmp_path), b"out-\xfe")
+    summary = noiseaug.run(odd, out, workers=1)
+    assert summary.exit_code == 0 and summary.total("ok") == 4
+    assert tree(Path(os.fsdecode(out)))["cats/a.png"]
 
 
 def test_cli_offers_every_option_of_the_config():

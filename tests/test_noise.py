@@ -131,6 +131,19 @@ def test_negative_or_nan_sigma_is_refused():
         noiseaug.add_noise(np.zeros((2, 2), np.uint8), float("nan"))
 
 
+def test_add_noise_refuses_what_it_cannot_noise_in_one_line_and_takes_a_seed():
+    """float16 gave numpy's "Unsupported dtype float16 for standard_normal", a RandomState or an int rng an
+    AttributeError, and NaN samples came back NaN without a word (the CLI refuses such a file)."""
+    with pytest.raises(TypeError, match="add_noise needs an integer, float32 or float64 array, not float16"):
+        noiseaug.add_noise(np.zeros((5, 5), np.float16), 0.04)
+    with pytest.raises(TypeError, match="rng must be a numpy Generator .*not RandomState"):
+        noiseaug.add_noise(np.zeros((5, 5), np.uint8), 10, rng=np.random.RandomState(0))
+    with pytest.raises(ValueError, match="add_noise needs finite samples"):
+        noiseaug.add_noise(np.array([[0.5, np.nan]], np.float32), 0.04)
+    x = np.full((40, 40), 128, np.uint8)
+    assert np.array_equal(noiseaug.add_noise(x, 10, rng=5), noiseaug.add_noise(x, 10, np.random.default_rng(5)))
+
+
 @contextlib.contextmanager
 def _kernel_path(name: str, monkeypatch) -> Iterator[str]:
     """Run the table noise one way: "avx2" or "scalar" (the compiled loops) or "numpy" (the twin)."""
