@@ -245,9 +245,13 @@ def test_a_planted_directory_link_in_output_is_refused(cli, src, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     os.symlink(elsewhere, out / "c")
+    (out / "b").write_bytes(b"a file where a folder of outputs goes")
     result = cli("run", src, out, "--workers", 1, code=1)
     assert list(elsewhere.iterdir()) == []
-    assert "c/d/e.png" in result.stderr
+    # the message names what is in the way, not the output it was on the way to
+    assert "c/d/e.png: c in OUTPUT is a file or a link, not a folder: refusing to write through it" in result.stderr
+    assert "b/a.jpg: b in OUTPUT is a file or a link, not a folder" in result.stderr
+    assert (out / "b").read_bytes() == b"a file where a folder of outputs goes"
 
 
 @pytest.mark.parametrize("how", ["default", "--manifest into OUTPUT", "merged through a link"])

@@ -112,8 +112,8 @@ def ensure_dir(root: str, rel_dir: str, known: set[str]) -> str:
 
     ``known`` caches folders already checked by this process.
     """
-    path = root
-    for part in [p for p in rel_dir.split("/") if p]:
+    path, parts = root, [p for p in rel_dir.split("/") if p]
+    for depth, part in enumerate(parts, 1):
         path = os.path.join(path, part)
         if path in known:
             continue
@@ -121,7 +121,7 @@ def ensure_dir(root: str, rel_dir: str, known: set[str]) -> str:
             os.mkdir(path)
         except FileExistsError:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise WriteError(path, "exists and is not a folder (a link or a file); "
+                raise WriteError(path, f"{'/'.join(parts[:depth])} in OUTPUT is a file or a link, not a folder: "
                                        "refusing to write through it") from None
         except OSError as exc:
             raise WriteError(path, f"cannot create folder: {exc.strerror}", exc.errno) from exc
