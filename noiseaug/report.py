@@ -214,7 +214,8 @@ class Summary:
                          "alone without --copy-other and their records dropped; the outputs made from what they "
                          "were stay (--overwrite removes them)")
         if self.walk.problems:
-            lines.append(f"{len(self.walk.problems)} path(s) of INPUT could not be taken, counted as failed:")
+            lines.append(f"{len(self.walk.problems)} path(s) of INPUT could not be taken (no record, not counted "
+                         "in the table: they fail the run):")
         for problem in self.walk.problems:
             lines.append(f"failed: {printable(problem)}")
         said = sorted(dict.fromkeys((path, reason) for path, _, reason in self.failures))  # by input, as the manifest
