@@ -12,9 +12,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import math
 import os
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .config import Config
 from .errors import FileError, WriteError
@@ -55,10 +56,116 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
     """Read the input, keep the copies that are up to date, render and write the rest (under numpy's own
     floating-point error handling, whatever a library caller set: see :func:`~noiseaug.noise.numpy_defaults`)."""
     with numpy_defaults():
-        return _process_job(job, ctx)
+        step = _prepare(job, ctx)
+        return step if isinstance(step, list) else _complete(step, ctx)
 
 
-def _process_job(job: Job, ctx: Context) -> list[Outcome]:
+STAGED_INPUT = 1 << 16  # bytes: an image input this small may go through process_group with others
+STAGED_PIXELS = 1 << 18  # bytes of decoded pixels: an image this small is rendered in the group's second stage
+GROUP = 16  # files a stage takes in turn before the next stage starts
+
+
+def groups(batch: list[Job]) -> Iterator[tuple[int, list[Job]]]:
+    """A batch as (index of its first job, jobs): runs of up to GROUP small images, any other file alone."""
+    start = 0
+    while start < len(batch):
+        end = start + 1
+        while end < len(batch) and end - start < GROUP and _small(batch[start]) and _small(batch[end]):
+            end += 1
+        yield start, batch[start:end]
+        start = end
+
+
+def _small(job: Job) -> bool:
+    return job.kind == "image" and job.size <= STAGED_INPUT
+
+
+def process_group(jobs: list[Job], ctx: Context, on_file: Callable[[int], None]) -> Iterator[list[Outcome]]:
+    """Each job's outcomes, in order, as :func:`process_job` gives them, done stage by stage: every file read
+    and probed, then every small image rendered (decoded, noised, encoded) into memory, then every file
+    written. Each stage's code, tables and system calls stay warm in the processor's caches across the
+    group: gone through one file at a time, a 32×32 PNG paid a third of its time to evict and refetch them.
+    ``on_file(i)`` is called as a stage starts on file i (the pool's slot says which file is in flight, and
+    since when: a file alone is timed whole, one of a group stage by stage)."""
+    pending: list[list[Outcome] | _Pending] = []
+    try:
+        with numpy_defaults():
+            for i, job in enumerate(jobs):
+                on_file(i)
+                pending.append(_prepare(job, ctx))
+            for i, step in enumerate(pending):
+                if isinstance(step, _Pending) and len(jobs) > 1 and _pixel_bytes(step.probe) <= STAGED_PIXELS:
+                    on_file(i)
+                    step.render_early(ctx)
+        for i, step in enumerate(pending):
+            if len(jobs) > 1:
+                on_file(i)
+            if isinstance(step, _Pending):
+                with numpy_defaults():
+                    step = pending[i] = _complete(step, ctx)
+            yield step
+    finally:  # a group left before its end (a full disk): what is open is closed
+        for step in pending:
+            if isinstance(step, _Pending):
+                step.close()
+
+
+def _pixel_bytes(probe: Any) -> float:
+    """The decoded size an image's header promises (infinite when it says none)."""
+    layout = getattr(probe, "layout", None)
+    if probe is None or probe.label is not None or layout is None:
+        return math.inf
+    if hasattr(layout, "nbytes"):  # a TIFF: every page
+        return layout.nbytes
+    return layout.width * layout.height * layout.pixel_bytes if layout.width and layout.height else math.inf
+
+
+@dataclass
+class _Pending:
+    """A file between the stages of :func:`process_group`: read and probed, its outputs still to make."""
+
+    job: Job
+    data: bytes | BinaryIO | None  # the input's bytes, or an open recording
+    probe: Any
+    base: list[dict[str, Any]]  # every copy's record so far
+    todo: list[dict[str, Any]]  # the copies to render and write
+    outcomes: dict[int, Outcome]  # the copies already settled (up to date)
+    rendered: list[Rendered] | None = None  # rendered early (process_group): written by _complete
+    error: Exception | None = None  # what rendering the next copy raised, raised again where it is written
+
+    def __post_init__(self) -> None:
+        self.opened = self.data if hasattr(self.data, "close") else None  # closed at the end, whoever read it
+
+    def render_early(self, ctx: Context) -> None:
+        """Render every copy into memory now; a failure is kept for :func:`_complete` to meet where it would."""
+        data, self.data, self.rendered = self.data, None, []
+        try:
+            for rendered in render(self.job, ctx.source, data, [r["copy"] for r in self.todo], ctx.config,
+                                   self.probe):
+                self.rendered.append(rendered)
+        except Exception as exc:
+            self.error = exc
+
+    def outputs(self, ctx: Context) -> Iterator[Rendered]:
+        if self.rendered is None:
+            data, self.data = self.data, None  # the renderer holds the input now, and lets it go once decoded
+            return render(self.job, ctx.source, data, [r["copy"] for r in self.todo], ctx.config, self.probe)
+        return _replayed(self.rendered, self.error)
+
+    def close(self) -> None:
+        if self.opened is not None:  # an open recording
+            self.opened.close()
+
+
+def _replayed(rendered: list[Rendered], error: Exception | None) -> Iterator[Rendered]:
+    yield from rendered
+    if error is not None:
+        raise error
+
+
+def _prepare(job: Job, ctx: Context) -> list[Outcome] | _Pending:
+    """Read and probe the input and settle the copies that are up to date: its outcomes when that is all,
+    else what is left to render and write."""
     cfg = ctx.config
     try:
         data, digest, size = read_source(job, ctx.source)
@@ -67,10 +174,23 @@ def _process_job(job: Job, ctx: Context) -> list[Outcome]:
         return [Outcome(error_record(r, f"cannot read: {exc.strerror or exc}"), fatal=fatal)
                 for r in base_records(job, cfg)]
     try:
-        return _process(job, ctx, data, {"input_sha256": digest, "input_bytes": size})
-    finally:
-        if hasattr(data, "close"):  # an open recording
+        step = _settle(job, ctx, data, {"input_sha256": digest, "input_bytes": size})
+    except BaseException:
+        if hasattr(data, "close"):
             data.close()
+        raise
+    if isinstance(step, list) and hasattr(data, "close"):
+        data.close()
+    return step
+
+
+def _complete(step: _Pending, ctx: Context) -> list[Outcome]:
+    """Render (unless done already) and write a prepared file's outputs: its outcomes, by copy."""
+    try:
+        step.outcomes.update(_write_outputs(ctx, step.job, step.outputs(ctx), step.base, step.todo))
+    finally:
+        step.close()
+    return [_stamped(step.outcomes[c], step.job, ctx) for c in sorted(step.outcomes)]
 
 
 def ends_batch(outcomes: list[Outcome], config: Config) -> bool:
@@ -79,7 +199,8 @@ def ends_batch(outcomes: list[Outcome], config: Config) -> bool:
     return any(o.fatal or (config.on_error == "fail" and o.status == "error") for o in outcomes)
 
 
-def _process(job: Job, ctx: Context, data: bytes | BinaryIO | None, known: dict[str, Any]) -> list[Outcome]:
+def _settle(job: Job, ctx: Context, data: bytes | BinaryIO | None,
+            known: dict[str, Any]) -> list[Outcome] | _Pending:
     cfg, digest = ctx.config, known["input_sha256"]
     try:
         probe = probe_image(job.rel, data, cfg) if job.kind == "image" else None
@@ -102,9 +223,7 @@ def _process(job: Job, ctx: Context, data: bytes | BinaryIO | None, known: dict[
         else:
             todo.append(record)
     if todo:
-        outputs = render(job, ctx.source, data, [r["copy"] for r in todo], cfg, probe)
-        data = None  # the renderer holds the input now, and lets it go once decoded
-        outcomes.update(_write_outputs(ctx, job, outputs, base, todo))
+        return _Pending(job, data, probe, base, todo, outcomes)
     return [_stamped(outcomes[c], job, ctx) for c in sorted(outcomes)]
 
 

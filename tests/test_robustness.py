@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import records, write_image
+from conftest import records, tree, write_image
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +266,66 @@ def test_a_worker_with_descriptors_past_1024_still_ends_with_its_parent(tmp_path
         for process in (parent, worker):
             process.kill()
             process.communicate()
+
+
+def _run_with_encode_that(src: Path, out: Path, when: str, **options) -> dict:
+    """``noiseaug.run(src, out, **options)`` in a fresh process whose image_io.encode first runs ``when``
+    (Python lines that see ``path`` and ``call``, how many times this process has encoded that path): forked
+    workers inherit it (this process may hold OpenCV's threads, whose workers start from a fork server)."""
+    script = ("import json, os, signal, sys\n"
+              "import noiseaug\n"
+              "from noiseaug import image_io\n"
+              "real, calls = image_io.encode, {}\n"
+              "def encode(picture, path, options):\n"
+              "    calls[path] = call = calls.get(path, 0) + 1\n"
+              + "".join(f"    {line}\n" for line in when.splitlines()) +
+              "    return real(picture, path, options)\n"
+              "image_io.encode = encode\n"
+              "summary = noiseaug.run(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))\n"
+              "print(json.dumps(summary.to_dict()))\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script, src, out, json.dumps(options)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_worker_killed_in_the_middle_of_a_group_of_small_images_costs_that_file_only(tmp_path):
+    """Small images go through a worker a group at a time, stage by stage: a worker killed while rendering
+    one of them (all of the group read, none written) fails that file alone; the group's others are done
+    again by another worker, each with its one record."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(8):
+        write_image(src / "a" / f"{i}.png", np.full((16, 16, 3), 20 * i, np.uint8))
+    summary = _run_with_encode_that(src, out, "if path == 'a/3.png': os.kill(os.getpid(), signal.SIGKILL)",
+                                    workers=2)
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert [r["input"] for r in recs] == [f"a/{i}.png" for i in range(8)]
+    status = {r["input"]: (r["status"], r.get("error", "")) for r in recs}
+    assert status.pop("a/3.png") == ("error", "the worker process reading this file was killed by SIGKILL "
+                                               "(out of memory?)")
+    assert {s for s, _ in status.values()} == {"ok"} and summary["failed"] == 1
+    assert sorted(p.name for p in (out / "a").iterdir()) == [f"{i}.png" for i in range(8) if i != 3]
+
+
+def test_a_copy_that_fails_in_a_group_fails_alone_as_it_does_one_file_at_a_time(tmp_path):
+    """A group renders its small images into memory before writing any: a failure while rendering a file's
+    second copy is met where that copy would be written, so its first copy is written and recorded, the
+    second fails, and the group's other files are untouched: the records of a run one file at a time."""
+    src = tmp_path / "in"
+    for i in range(6):
+        write_image(src / f"{i}.png", np.full((16, 16), 30 * i, np.uint8))
+    made = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        summary = _run_with_encode_that(src, out, "if path == '2.png' and call == 2: raise RuntimeError('no copy')",
+                                        workers=workers, copies=2)
+        assert summary["failed"] == 1 and summary["ok"] == 11
+        made[workers] = tree(out)
+        _, recs = records(out / "noiseaug-manifest.jsonl")
+        [bad] = [r for r in recs if r["status"] == "error"]
+        assert (bad["input"], bad["copy"], bad["error"]) == ("2.png", 1, "unexpected RuntimeError: no copy")
+    for name in made[1]:
+        if name.endswith(".png"):
+            assert made[1][name] == made[2][name], name
+    assert "2_n0.png" in made[2] and "2_n1.png" not in made[2]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import mmap
 import multiprocessing
 import multiprocessing.heap
@@ -39,7 +40,7 @@ from ..records import Job, Outcome, failed
 from ..signals import ABANDONED, Stopper
 from ..silence import held_devnull
 from ..storage.local import set_temp_tag
-from ..worker import Context, ends_batch, limit_threads, process_job
+from ..worker import Context, ends_batch, groups, limit_threads, process_group
 from . import GUARD_HINT
 
 Outcomes = list[Outcome]
@@ -131,20 +132,27 @@ def _serve_batch(conn: Connection, slot: Any, context: Context, batch: list[Job]
     """
     done: list[tuple[int, Outcomes]] = []
     sent = time.monotonic()
-    for index, job in enumerate(batch):
-        if index and conn.poll() and conn.recv() in ("stop", None):
+    for start, group in groups(batch):  # small images a group at a time, stage by stage (see process_group)
+        if start and conn.poll() and conn.recv() in ("stop", None):
             break
-        slot[STARTED], slot[CURRENT] = time.monotonic(), index  # before the index: the parent reads them in turn
-        outcomes = process_job(job, context)
-        slot[FINISHED] = index + 1
-        done.append((index, outcomes))
-        last = ends_batch(outcomes, context.config)
-        if last or time.monotonic() - sent >= REPORT_EVERY:
-            conn.send(("files", done))
-            done, sent = [], time.monotonic()
-        if last:
-            break  # a full disk fails the next file too, --on-error fail stops: the rest is the parent's to decide
+        files = process_group(group, context, functools.partial(_on_file, slot, start))
+        for index, outcomes in enumerate(files, start):
+            slot[FINISHED] = index + 1
+            done.append((index, outcomes))
+            last = ends_batch(outcomes, context.config)
+            if last or time.monotonic() - sent >= REPORT_EVERY:
+                conn.send(("files", done))
+                done, sent = [], time.monotonic()
+            if last:  # a full disk fails the next file too, --on-error fail stops: the rest is the parent's to decide
+                files.close()
+                return done
     return done
+
+
+def _on_file(slot: Any, start: int, index: int) -> None:
+    """A worker starts (a stage of) file ``start + index`` of its batch: said in its slot, the time first (the
+    parent reads them in turn)."""
+    slot[STARTED], slot[CURRENT] = time.monotonic(), start + index
 
 
 @dataclass
