@@ -4,7 +4,9 @@ Runs inside an executor's worker (or in-process with ``--workers 1``).
 Workers read and write files themselves, so no pixel or sample crosses a
 process boundary; they return outcomes and never touch the manifest. Every
 failure of one file, expected or not, becomes an ``"error"`` record with a
-one-line reason, so one bad file never stops the batch.
+one-line reason, so one bad file never stops the batch. Pool workers take
+small images a group at a time, stage by stage (:func:`process_group`), with
+the same outcomes.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
 
 
 STAGED_INPUT = 1 << 16  # bytes: an image input this small may go through process_group with others
-STAGED_PIXELS = 1 << 18  # bytes of decoded pixels: an image this small is rendered in the group's second stage
+STAGED_PIXELS = 1 << 18  # bytes of decoded pixels, all copies: an image this small is rendered in the group's
+#                          second stage, its outputs held until the third (any other is rendered as it is written)
 GROUP = 16  # files a stage takes in turn before the next stage starts
 
 
@@ -94,7 +97,8 @@ def process_group(jobs: list[Job], ctx: Context, on_file: Callable[[int], None])
                 on_file(i)
                 pending.append(_prepare(job, ctx))
             for i, step in enumerate(pending):
-                if isinstance(step, _Pending) and len(jobs) > 1 and _pixel_bytes(step.probe) <= STAGED_PIXELS:
+                if isinstance(step, _Pending) and len(jobs) > 1 and \
+                        _pixel_bytes(step.probe) * len(step.todo) <= STAGED_PIXELS:
                     on_file(i)
                     step.render_early(ctx)
         for i, step in enumerate(pending):
