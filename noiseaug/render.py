@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ class Rendered:
     write: Callable[[BinaryIO], dict[str, Any]]
     data: Any = None  # the output's bytes, when they are all in memory (written with one call: see put)
     in_memory: bool = False  # small enough to be written into memory first, then with one call
+    samples: int | None = None  # bytes of the samples it holds, when known before it is written (a recording)
+
+    def encoded(self) -> "Rendered":
+        """This output with its bytes made now, in memory (its fields then include what writing it told)."""
+        buffer = io.BytesIO()
+        told = self.write(buffer)
+        return Rendered(self.copy, {**self.fields, **told}, self.write, buffer.getvalue(), samples=self.samples)
 
 
 def draw_sigma(spec: SigmaSpec, rng: np.random.Generator) -> float:
@@ -242,7 +250,9 @@ def _render_audio(rel: str, source: Storage, copies: list[int], cfg: Config,
                               channels=layout.channels, format=layout.format, subtype=layout.subtype,
                               endian=layout.endian)
                 yield Rendered(copy, fields, _audio_writer(rel, snd, layout, metadata, sigma, rng, seed, mask),
-                               in_memory=size <= AUDIO_IN_MEMORY)
+                               in_memory=size <= AUDIO_IN_MEMORY,
+                               samples=layout.frames * layout.channels * layout.dtype.itemsize
+                               if layout.frames > 0 else None)
 
 
 def _peak(rel: str, block: np.ndarray) -> float:

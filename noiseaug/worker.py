@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def groups(batch: list[Job]) -> Iterator[tuple[int, list[Job]]]:
 
 
 def _small(job: Job) -> bool:
-    return job.kind == "image" and job.size <= STAGED_INPUT
+    return job.kind in ("image", "audio") and job.size <= STAGED_INPUT
 
 
 def process_group(jobs: list[Job], ctx: Context, on_file: Callable[[int], None]) -> Iterator[list[Outcome]]:
@@ -97,8 +98,8 @@ def process_group(jobs: list[Job], ctx: Context, on_file: Callable[[int], None])
                 on_file(i)
                 pending.append(_prepare(job, ctx))
             for i, step in enumerate(pending):
-                if isinstance(step, _Pending) and len(jobs) > 1 and \
-                        _pixel_bytes(step.probe) * len(step.todo) <= STAGED_PIXELS:
+                if isinstance(step, _Pending) and len(jobs) > 1 and (
+                        step.job.kind == "audio" or _pixel_bytes(step.probe) * len(step.todo) <= STAGED_PIXELS):
                     on_file(i)
                     step.render_early(ctx)
         for i, step in enumerate(pending):
@@ -136,16 +137,25 @@ class _Pending:
     outcomes: dict[int, Outcome]  # the copies already settled (up to date)
     rendered: list[Rendered] | None = None  # rendered early (process_group): written by _complete
     error: Exception | None = None  # what rendering the next copy raised, raised again where it is written
+    rest: Iterator[Rendered] = iter(())  # the copies left to render as they are written (a recording too long)
 
     def __post_init__(self) -> None:
         self.opened = self.data if hasattr(self.data, "close") else None  # closed at the end, whoever read it
 
     def render_early(self, ctx: Context) -> None:
-        """Render every copy into memory now; a failure is kept for :func:`_complete` to meet where it would."""
+        """Render the copies into memory now, a recording's while its samples stay small (the others are
+        rendered as they are written); a failure is kept for :func:`_complete` to meet where it would."""
         data, self.data, self.rendered = self.data, None, []
+        copies = [r["copy"] for r in self.todo]
+        outputs = render(self.job, ctx.source, data, copies, ctx.config, self.probe)
         try:
-            for rendered in render(self.job, ctx.source, data, [r["copy"] for r in self.todo], ctx.config,
-                                   self.probe):
+            for rendered in outputs:
+                if rendered.data is None:  # a recording: its bytes are made as it is written
+                    if rendered.samples is None or rendered.samples * len(copies) > STAGED_PIXELS or \
+                            not rendered.in_memory:
+                        self.rest = itertools.chain([rendered], outputs)
+                        return
+                    rendered = rendered.encoded()
                 self.rendered.append(rendered)
         except Exception as exc:
             self.error = exc
@@ -154,17 +164,18 @@ class _Pending:
         if self.rendered is None:
             data, self.data = self.data, None  # the renderer holds the input now, and lets it go once decoded
             return render(self.job, ctx.source, data, [r["copy"] for r in self.todo], ctx.config, self.probe)
-        return _replayed(self.rendered, self.error)
+        return _replayed(self.rendered, self.error, self.rest)
 
     def close(self) -> None:
         if self.opened is not None:  # an open recording
             self.opened.close()
 
 
-def _replayed(rendered: list[Rendered], error: Exception | None) -> Iterator[Rendered]:
+def _replayed(rendered: list[Rendered], error: Exception | None, rest: Iterator[Rendered]) -> Iterator[Rendered]:
     yield from rendered
     if error is not None:
         raise error
+    yield from rest
 
 
 def _prepare(job: Job, ctx: Context) -> list[Outcome] | _Pending:

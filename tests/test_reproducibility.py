@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,41 @@ def test_listing_order_and_sharding_do_not_change_outputs(cli, dataset, tmp_path
             seen[name] = data
             assert full[name] == data, name
     assert len(seen) == 13
+
+
+def test_small_recordings_and_images_grouped_by_a_pool_worker_come_out_as_one_at_a_time(cli, tmp_path):
+    """Pool workers take small files a group at a time (read all, render all into memory, write all);
+    --workers 1 takes them one at a time. Every kind of small recording (an Ogg's serials, a float WAV's
+    peak, a WAVEX's mask, a clipped float's warning), images between them, a cut WAV, copies and an SNR:
+    the same bytes and the same records either way."""
+    import soundfile as sf
+
+    src = tmp_path / "in"
+    (src / "mix").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    tone = 0.4 * np.sin(np.arange(1600) / 7.0)[:, None] * np.ones((1, 2)) + 0.01 * rng.standard_normal((1600, 2))
+    for name, fmt, subtype in [("a16.wav", "WAV", "PCM_16"), ("b24.wav", "WAV", "PCM_24"),
+                               ("cu8.wav", "WAV", "PCM_U8"), ("dfl.flac", "FLAC", "PCM_16"),
+                               ("eogg.ogg", "OGG", "VORBIS"), ("frf.rf64", "RF64", "FLOAT"),
+                               ("gai.aiff", "AIFF", "PCM_16"), ("hx.wav", "WAVEX", "PCM_16"),
+                               ("iw64.w64", "W64", "PCM_16"), ("jau.au", "AU", "FLOAT")]:
+        sf.write(src / "mix" / name, tone, 8000, format=fmt, subtype=subtype)
+        write_image(src / "mix" / f"{name}.png", rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    sf.write(src / "mix" / "kloud.wav", tone * 3, 8000, subtype="FLOAT")  # beyond full scale: a warning
+    cut = (src / "mix" / "a16.wav").read_bytes()
+    (src / "mix" / "lcut.wav").write_bytes(cut[:len(cut) // 2])
+    made = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        cli("run", src, out, "--workers", workers, "--copies", 2, "--audio-snr-db", "10:30", code=1)
+        made[workers] = tree(out)
+        lines = (out / "noiseaug-manifest.jsonl").read_text(encoding="utf-8").splitlines()[1:]
+        made[workers]["records"] = "\n".join(lines).encode()
+    assert made[1].keys() == made[2].keys()
+    for name in made[1]:
+        if not name.startswith(".noiseaug") and name != "noiseaug-manifest.jsonl":
+            assert made[1][name] == made[2][name], name
+    recs = [json.loads(line) for line in made[2]["records"].decode().splitlines()]
+    assert len(recs) == 2 * 22 and sum(r["status"] == "error" for r in recs) == 2  # the cut WAV's two copies
+    assert sum("warning" in r for r in recs) == 2 and all(r["status"] == "ok" for r in recs
+                                                          if not r["input"].endswith("lcut.wav"))
