@@ -63,14 +63,15 @@ def process_job(job: Job, ctx: Context) -> list[Outcome]:
         return step if isinstance(step, list) else _complete(step, ctx)
 
 
-STAGED_INPUT = 1 << 16  # bytes: an image input this small may go through process_group with others
-STAGED_PIXELS = 1 << 18  # bytes of decoded pixels, all copies: an image this small is rendered in the group's
-#                          second stage, its outputs held until the third (any other is rendered as it is written)
+STAGED_INPUT = 1 << 16  # bytes: an image or recording this small may go through process_group with others
+STAGED_PIXELS = 1 << 18  # bytes of decoded pixels or samples, all copies: a file this small is rendered in the
+#                          group's second stage, its outputs held until the third (any other as it is written)
 GROUP = 16  # files a stage takes in turn before the next stage starts
 
 
 def groups(batch: list[Job]) -> Iterator[tuple[int, list[Job]]]:
-    """A batch as (index of its first job, jobs): runs of up to GROUP small images, any other file alone."""
+    """A batch as (index of its first job, jobs): runs of up to GROUP small images and recordings, any other
+    file alone."""
     start = 0
     while start < len(batch):
         end = start + 1
@@ -86,7 +87,7 @@ def _small(job: Job) -> bool:
 
 def process_group(jobs: list[Job], ctx: Context, on_file: Callable[[int], None]) -> Iterator[list[Outcome]]:
     """Each job's outcomes, in order, as :func:`process_job` gives them, done stage by stage: every file read
-    and probed, then every small image rendered (decoded, noised, encoded) into memory, then every file
+    and probed, then every small one rendered (decoded, noised, encoded) into memory, then every file
     written. Each stage's code, tables and system calls stay warm in the processor's caches across the
     group: gone through one file at a time, a 32×32 PNG paid a third of its time to evict and refetch them.
     ``on_file(i)`` is called as a stage starts on file i (the pool's slot says which file is in flight, and
@@ -147,8 +148,8 @@ class _Pending:
         rendered as they are written); a failure is kept for :func:`_complete` to meet where it would."""
         data, self.data, self.rendered = self.data, None, []
         copies = [r["copy"] for r in self.todo]
-        outputs = render(self.job, ctx.source, data, copies, ctx.config, self.probe)
         try:
+            outputs = render(self.job, ctx.source, data, copies, ctx.config, self.probe)
             for rendered in outputs:
                 if rendered.data is None:  # a recording: its bytes are made as it is written
                     if rendered.samples is None or rendered.samples * len(copies) > STAGED_PIXELS or \
