@@ -85,26 +85,35 @@ def _small(job: Job) -> bool:
     return job.kind in ("image", "audio") and job.size <= STAGED_INPUT
 
 
-def process_group(jobs: list[Job], ctx: Context, on_file: Callable[[int], None]) -> Iterator[list[Outcome]]:
+def process_group(jobs: list[Job], ctx: Context, on_file: Callable[[int], None],
+                  stopping: Callable[[], bool] = lambda: False) -> Iterator[list[Outcome]]:
     """Each job's outcomes, in order, as :func:`process_job` gives them, done stage by stage: every file read
     and probed, then every small one rendered (decoded, noised, encoded) into memory, then every file
     written. Each stage's code, tables and system calls stay warm in the processor's caches across the
     group: gone through one file at a time, a 32×32 PNG paid a third of its time to evict and refetch them.
     ``on_file(i)`` is called as a stage starts on file i (the pool's slot says which file is in flight, and
-    since when: a file alone is timed whole, one of a group stage by stage)."""
+    since when: a file alone is timed whole, one of a group stage by stage). ``stopping()`` is asked
+    between files, as a worker taking files one at a time would: once it says so, the group ends after the
+    file in hand (the others, read or rendered but not written, have no outcome: they are not done)."""
     pending: list[list[Outcome] | _Pending] = []
     try:
         with numpy_defaults():
             for i, job in enumerate(jobs):
+                if i and stopping():
+                    break
                 on_file(i)
                 pending.append(_prepare(job, ctx))
             for i, step in enumerate(pending):
                 if isinstance(step, _Pending) and len(jobs) > 1 and (
                         step.job.kind == "audio" or _pixel_bytes(step.probe) * len(step.todo) <= STAGED_PIXELS):
+                    if stopping():
+                        break
                     on_file(i)
                     step.render_early(ctx)
         for i, step in enumerate(pending):
             if len(jobs) > 1:
+                if i and stopping():
+                    return
                 on_file(i)
             if isinstance(step, _Pending):
                 with numpy_defaults():

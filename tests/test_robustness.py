@@ -302,7 +302,7 @@ def test_a_worker_killed_in_the_middle_of_a_group_of_small_images_costs_that_fil
     _, recs = records(out / "noiseaug-manifest.jsonl")
     assert [r["input"] for r in recs] == [f"a/{i}.png" for i in range(8)]
     status = {r["input"]: (r["status"], r.get("error", "")) for r in recs}
-    assert status.pop("a/3.png") == ("error", "the worker process reading this file was killed by SIGKILL "
+    assert status.pop("a/3.png") == ("error", "the worker process working on this file was killed by SIGKILL "
                                                "(out of memory?)")
     assert {s for s, _ in status.values()} == {"ok"} and summary["failed"] == 1
     assert sorted(p.name for p in (out / "a").iterdir()) == [f"{i}.png" for i in range(8) if i != 3]

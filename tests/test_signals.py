@@ -107,6 +107,24 @@ def test_one_signal_to_the_group_finishes_files_in_flight(dataset, clean, tmp_pa
     resume_equals_clean(dataset, out, clean)
 
 
+def test_a_signal_stops_a_worker_between_the_small_files_of_its_group(tmp_path):
+    """Small inputs go through a pool worker 16 at a time, stage by stage: a worker that looked for a stop
+    only between groups wrote up to 16 more files after Ctrl-C. Small on disk, slow to write (a plain
+    1500x1500 gray PNG is 5 KB and 2.3 MB of noisy pixels): one signal must cost a file or so per worker."""
+    from conftest import write_image
+
+    src = tmp_path / "in"
+    for i in range(48):
+        write_image(src / "flat" / f"g{i:02d}.png", np.full((1500, 1500), 4 * i, np.uint8))
+    assert all(p.stat().st_size < 65536 for p in (src / "flat").iterdir())
+    out = tmp_path / "out"
+    returncode, stderr = interrupt(src, out, 2, [signal.SIGINT], after=2)
+    assert returncode == 130, stderr
+    _, recs = records(out / "noiseaug-manifest.jsonl")
+    assert 2 <= len(recs) <= 2 + 4 and all(r["status"] == "ok" for r in recs), [r["input"] for r in recs]
+    assert sorted(p.name for p in (out / "flat").iterdir()) == sorted(r["output"][5:] for r in recs)
+
+
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
     """Few long FLAC recordings: each is in flight for a second or so, coded block by block, so a

@@ -132,10 +132,11 @@ def _serve_batch(conn: Connection, slot: Any, context: Context, batch: list[Job]
     """
     done: list[tuple[int, Outcomes]] = []
     sent = time.monotonic()
-    for start, group in groups(batch):  # small images a group at a time, stage by stage (see process_group)
-        if start and conn.poll() and conn.recv() in ("stop", None):
+    stopping = _Asked(conn)
+    for start, group in groups(batch):  # small files a group at a time, stage by stage (see process_group)
+        if start and stopping():
             break
-        files = process_group(group, context, functools.partial(_on_file, slot, start))
+        files = process_group(group, context, functools.partial(_on_file, slot, start), stopping)
         for index, outcomes in enumerate(files, start):
             slot[FINISHED] = index + 1
             done.append((index, outcomes))
@@ -147,6 +148,19 @@ def _serve_batch(conn: Connection, slot: Any, context: Context, batch: list[Job]
                 files.close()
                 return done
     return done
+
+
+class _Asked:
+    """Whether the parent has asked this worker to stop (or to end) since its batch began: looked at between
+    files, remembered once seen."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn, self._seen = conn, False
+
+    def __call__(self) -> bool:
+        if not self._seen and self._conn.poll():
+            self._seen = self._conn.recv() in ("stop", None)
+        return self._seen
 
 
 def _on_file(slot: Any, start: int, index: int) -> None:
@@ -177,7 +191,7 @@ class _Worker:
         return self.slot[STARTED] if self.batch and self.culprit() is not None else None
 
 
-def _death(exitcode: int | None, doing: str = " reading this file") -> str:
+def _death(exitcode: int | None, doing: str = " working on this file") -> str:
     if exitcode is not None and exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
