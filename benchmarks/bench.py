@@ -212,11 +212,11 @@ def baseline(label: str, approach: str, fs: FileSet, workers: int) -> Approach:
                             "--workers", str(workers)])
 
 
-def noiseaug_run(fs: FileSet, workers: int, label: str = "noiseaug") -> Approach:
+def noiseaug_run(fs: FileSet, workers: int, label: str = "noiseaug", *options: str) -> Approach:
     """``noiseaug run`` on a set: fresh OUT, manifest and hashing included."""
     sigma = ["--image-sigma", str(IMAGE_SIGMA)] if fs.kind == "image" else ["--audio-sigma", str(AUDIO_SIGMA)]
     return Approach(label, [str(NOISEAUG), "run", str(fs.folder), OUT, "--workers", str(workers),
-                            "--no-progress", "-q", *sigma, "--kinds", fs.kind])
+                            "--no-progress", "-q", *sigma, "--kinds", fs.kind, *options])
 
 
 def interleaved(approaches: list[Approach], fs: FileSet, rounds: int,
@@ -537,6 +537,7 @@ def bench_large_image(png: Path, workspace: Path) -> None:
     with Image.open(png) as im:
         decoded = im.size[0] * im.size[1] * len(im.getbands())  # 8-bit
     _report_large(fs, decoded, [noiseaug_run(fs, 1, "noiseaug --workers 1"),
+                                noiseaug_run(fs, 1, "noiseaug --workers 1 --copies 3", "--copies", "3"),
                                 baseline("codec floor, 1 worker", "codec-floor", fs, 1)],
                   workspace, lambda rss: (rss < 3 * decoded, "SPEC < 3x decoded"))
 

@@ -27,6 +27,8 @@ from .signals import checkpoint
 from .storage import Storage
 
 AUDIO_IN_MEMORY = 1 << 24  # bytes: a smaller recording's output is encoded into memory, then written at once
+REDECODE = 1 << 24  # bytes of pixels: a larger image's next copy is decoded again from its compressed bytes (when
+#                     they are smaller than its pixels) rather than copied from pixels held beside the noisy ones
 
 
 @dataclass
@@ -180,26 +182,35 @@ def _render_label(rel: str, data: bytes) -> Iterator[Rendered]:
 def _render_image(rel: str, data: bytes, copies: list[int], cfg: Config, probe: Any) -> Iterator[Rendered]:
     from . import image_io
 
-    picture = image_io.decode(data, rel, probe.fmt, read_options(cfg), probe)
+    picture: Any = image_io.decode(data, rel, probe.fmt, read_options(cfg), probe)
+    pixels = sum(page.nbytes for page in picture.pages)
+    again = data if len(copies) > 1 and pixels > REDECODE and len(data) < pixels else None
     del data  # a large image's compressed bytes need not stay beside its pixels and its encoding
     first = picture.pages[0]
     shape = {"height": first.shape[0], "width": first.shape[1],
              "channels": first.shape[2] if first.ndim == 3 else 1, "dtype": _dtype_name(first.dtype)}
+    del first  # a page held here would outlive the noisy copies made from it
     options = write_options(cfg)
+    layout = picture.fields(options)
     for i, copy in enumerate(copies):
         seed = seeding.file_seed(cfg.seed, os.fsencode(rel), copy)
         rng = seeding.generator(seed)
         sigma = draw_sigma(cfg.image_sigma, rng)
-        noisy = picture if i == len(copies) - 1 else picture.copy()
+        if picture is None:  # the copy before noised it in place: decoded again (see REDECODE)
+            picture = image_io.decode(again, rel, probe.fmt, read_options(cfg), probe)
+        keep = i < len(copies) - 1 and again is None
+        noisy, picture = (picture.copy(), picture) if keep else (picture, None)
         clipped = noise_picture(noisy, sigma, seed, rng, shared=cfg.channel_noise == "shared")
         encoded = image_io.encode(noisy, rel, options)
+        noisy = None  # gone before the output is written and the next copy made: memory stays near one image
         yield Rendered(copy, {
             "seed": f"{seed:032x}",
             "sigma": sigma,
             "sigma_full_scale": sigma / 255.0,
-            **shape, **picture.fields(options),
+            **shape, **layout,
             "clipped_fraction": clipped,
         }, _bytes_writer(encoded), encoded)
+        encoded = None
 
 
 @functools.lru_cache(maxsize=32)

@@ -273,6 +273,7 @@ def _write_outputs(ctx: Context, job: Job, outputs: Iterator[Rendered], base: li
             record.update(rendered.fields)
             out_stat = _write(ctx, output_of(job, record["copy"], ctx.config, record["kind"]), record, rendered)
             done[record["copy"]] = Outcome(record, out_stat=out_stat)
+            rendered = None  # its bytes go before the next copy is made, not after
     except FileError as exc:
         fatal = isinstance(exc, WriteError) and exc.fatal
         done.update(_failed(todo, done, exc.reason, fatal))
