@@ -152,15 +152,20 @@ def _serve_batch(conn: Connection, slot: Any, context: Context, batch: list[Job]
 
 class _Asked:
     """Whether the parent has asked this worker to stop (or to end) since its batch began: looked at between
-    files, remembered once seen."""
+    files, at most every ASK_EVERY seconds (a system call each), remembered once seen."""
 
     def __init__(self, conn: Connection) -> None:
-        self._conn, self._seen = conn, False
+        self._conn, self._seen, self._asked = conn, False, time.monotonic()
 
     def __call__(self) -> bool:
-        if not self._seen and self._conn.poll():
-            self._seen = self._conn.recv() in ("stop", None)
+        if not self._seen and time.monotonic() - self._asked >= ASK_EVERY:
+            self._asked = time.monotonic()
+            if self._conn.poll():
+                self._seen = self._conn.recv() in ("stop", None)
         return self._seen
+
+
+ASK_EVERY = 0.005  # seconds: how often a worker between small files looks for the parent's stop
 
 
 def _on_file(slot: Any, start: int, index: int) -> None:
