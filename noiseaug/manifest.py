@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import time
@@ -74,7 +75,9 @@ def rel_bytes(record: dict[str, Any], key: str = "input") -> bytes:
     """A record's relative path as the exact bytes of the file name."""
     raw = record.get(f"{key}_raw")
     if raw is not None:
-        return base64.b64decode(raw)
+        if not isinstance(raw, str):
+            raise TypeError(f"{key}_raw is not a string")
+        return base64.b64decode(raw, validate=True)  # binascii.Error (a ValueError) for what is not base64
     value = record[key]
     if not isinstance(value, str):  # a hand-edited record: null or a number is no path
         raise TypeError(f"{key} is not a string")
@@ -89,7 +92,15 @@ def rel_str(record: dict[str, Any], key: str = "input") -> str:
 def recorded_root(run: dict[str, Any], key: str) -> str | None:
     """INPUT or OUTPUT (``input_root``, ``output_root``) as a run record names it, a path that is not UTF-8
     from its ``_raw`` twin; None when the record has none."""
-    return rel_str(run, key) if isinstance(run.get(key), str) else None
+    if not isinstance(run.get(key), str):
+        return None
+    try:
+        root = rel_str(run, key)
+    except (TypeError, ValueError):
+        raise ManifestError(f"the run record's {key}_raw is not the base64 of a path") from None
+    if not root:
+        raise ManifestError(f"the run record's {key} is empty")
+    return root
 
 
 def sort_key(record: dict[str, Any]) -> tuple[bytes, int]:
@@ -163,24 +174,56 @@ STATUSES = ("ok", "skipped", "error")
 
 def check_record(record: dict[str, Any], where: str) -> None:
     """Refuse (:class:`ManifestError`) a file record that run, verify and merge cannot take at its word: a
-    manifest is input too, and may have been edited by hand. Its paths must stay inside their roots, its
-    copy be a whole number, its hashes, sizes and status what noiseaug writes."""
-    safe_rel(record, "input", where)
-    safe_rel(record, "output", where)
-    copy = record.get("copy", 0)
-    if type(copy) is not int or copy < 0:
+    manifest is input too, and may have been edited by hand. Its paths must stay inside their roots, in the
+    form noiseaug writes them, its output be none of noiseaug's own files, its copy a whole number, its kind
+    the one its name says, and its hashes, sizes, status and numbers what noiseaug writes for its status."""
+    for key in ("input", "output"):
+        rel = safe_rel(record, key, where)
+        if any(part in ("", ".") for part in rel.split("/")):
+            raise ManifestError(f"{where}: refusing {key} path {rel!r}: an empty or '.' segment")
+    if record.get("status") == "ok" and OWN_NAMES.fullmatch(rel_str(record, "output")):  # (a failed one may)
+        raise ManifestError(f"{where}: a file record's output is noiseaug's own file {record.get('output')!r}")
+    copy = record.get("copy")
+    if type(copy) is not int or not 0 <= copy < MAX_COPY:
         raise ManifestError(f"{where}: a file record's copy is {copy!r}, not a whole number from 0")
+    _check_kind(record, where)
+    status = record.get("status")
+    if status not in STATUSES:
+        raise ManifestError(f"{where}: a file record's status is {status!r}, not one of {', '.join(STATUSES)}")
+    needed = ("input_sha256", "output_sha256", "input_bytes", "output_bytes") if status == "ok" else ()
     for key in ("input_sha256", "output_sha256"):
         value = record.get(key)
-        if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+        if (value is not None or key in needed) and not (isinstance(value, str) and _SHA256.fullmatch(value)):
             raise ManifestError(f"{where}: a file record's {key} is {value!r}, not a SHA-256 (64 hex digits)")
     for key in ("input_bytes", "output_bytes"):
         value = record.get(key)
-        if value is not None and (type(value) is not int or value < 0):
+        if (value is not None or key in needed) and (type(value) is not int or not 0 <= value < 1 << 63):
             raise ManifestError(f"{where}: a file record's {key} is {value!r}, not a size in bytes")
-    if record.get("status", "ok") not in STATUSES:
-        raise ManifestError(f"{where}: a file record's status is {record.get('status')!r}, not one of "
-                            f"{', '.join(STATUSES)}")
+    error = record.get("error")
+    if status == "error" and not (isinstance(error, str) and error and "\n" not in error):
+        raise ManifestError(f"{where}: an error record's error is {error!r}, not a reason on one line")
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ManifestError(f"{where}: a file record's {key} is {value!r}, not a finite number")
+
+
+MAX_COPY = 1 << 31  # beyond any --copies
+
+
+def _check_kind(record: dict[str, Any], where: str) -> None:
+    """A record's kind must be one noiseaug writes, and an image's or a recording's the one its name says."""
+    from .discover import kind_of
+
+    kind = record.get("kind")
+    if kind not in KINDS:
+        raise ManifestError(f"{where}: a file record's kind is {kind!r}, not one of {', '.join(KINDS)}")
+    named = kind_of(rel_str(record, "input"))
+    if kind in ("image", "audio", "label") and named != ("image" if kind == "label" else kind):
+        raise ManifestError(f"{where}: a file record's kind is {kind!r}, but {record.get('input')!r} is "
+                            f"named as {'an' if named == 'image' else 'a'} {named} file")
+
+
+KINDS = ("image", "audio", "other", "label")
 
 
 FLUSH_SECONDS = 0.1  # appended records reach the file at least this often (a killed run's last ones redone)

@@ -842,6 +842,20 @@ def test_verify_regenerate_names_a_record_field_edited_by_hand(cli, src, tmp_pat
     (lambda r: r.update(output_sha256=5), "a file record's output_sha256 is 5, not a SHA-256"),
     (lambda r: r.update(input_bytes="12"), "a file record's input_bytes is '12', not a size in bytes"),
     (lambda r: r.update(status="fine"), "a file record's status is 'fine', not one of ok, skipped, error"),
+    (lambda r: r.update(copy=1 << 70), "a file record's copy is 1180591620717411303424, not a whole number"),
+    (lambda r: r.pop("copy"), "a file record's copy is None, not a whole number from 0"),
+    (lambda r: r.pop("status"), "a file record's status is None, not one of ok, skipped, error"),
+    (lambda r: r.pop("output_sha256"), "a file record's output_sha256 is None, not a SHA-256"),
+    (lambda r: r.update(input_bytes=None), "a file record's input_bytes is None, not a size in bytes"),
+    (lambda r: r.update(sigma=float("nan")), "a file record's sigma is nan, not a finite number"),
+    (lambda r: r.update(kind="audio"), "a file record's kind is 'audio', but 'a.png' is named as an image file"),
+    (lambda r: r.update(kind="weird"), "a file record's kind is 'weird', not one of image, audio, other, label"),
+    (lambda r: r.update(output="noiseaug-manifest.shard-1-of-2.jsonl"),
+     "a file record's output is noiseaug's own file 'noiseaug-manifest.shard-1-of-2.jsonl'"),
+    (lambda r: r.update(output="b//a.png"), "refusing output path 'b//a.png': an empty or '.' segment"),
+    (lambda r: r.update(input="./a.png"), "refusing input path './a.png': an empty or '.' segment"),
+    (lambda r: r.update(input_raw="@@@"), "a file record has no valid 'input' path"),
+    (lambda r: r.update(status="error", error="two\nlines"), "an error record's error is 'two\\nlines', not a"),
 ])
 def test_run_verify_and_merge_refuse_a_record_edited_out_of_shape(cli, src, tmp_path, edit, says):
     """A record of another type dropped out silently; an output of null or 5 gave a traceback (merge took it);
@@ -888,3 +902,23 @@ def test_small_things_said_right_about_merge_verify_and_image_sigma(cli, src, tm
     assert f"mismatch: {name}: a symbolic link stands there (not followed)" in said
     with pytest.raises(ValueError, match="image samples are uint8, uint16 or float, not int16"):
         noiseaug.image_sigma(10, np.int16)
+
+
+@pytest.mark.parametrize("raw", [5, "@@@"])
+def test_a_run_record_whose_raw_root_is_no_base64_is_refused(cli, src, tmp_path, raw):
+    """input_root_raw of 5 gave run and verify --regenerate a traceback; "@@@" was read as an empty root:
+    verify could not read a single input, run said everything was up to date."""
+    out = tmp_path / "out"
+    cli("run", src, out, "--workers", 1)
+    manifest = out / "noiseaug-manifest.jsonl"
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    run = json.loads(lines[0])
+    run["input_root_raw"] = raw
+    lines[0] = json.dumps(run)
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    edited = manifest.read_bytes()
+    (src / "a.png").touch()  # not up to date by the stat cache alone: the run reads its manifest
+    for command in (["verify", manifest, "--regenerate"], ["run", src, out, "--workers", 1]):
+        said = cli(*command, code=2).stderr
+        assert said.strip() == "noiseaug: error: the run record's input_root_raw is not the base64 of a path", said
+    assert manifest.read_bytes() == edited
